@@ -1,0 +1,1 @@
+"""Prefect flows: thin orchestration of :mod:`genai_pipeline.stages`."""

@@ -1,0 +1,100 @@
+"""The nightly job as a Prefect flow: ingest → train → generate → validate → export.
+
+Each task wraps exactly one library function. Transient failures (storage, workers) are retried
+with the job's retry policy; permanent ones (bad config, corrupt data, a failed quality gate,
+a diverging model) fail at once. Whatever fails, the run is recorded as failed, its staging area
+is removed and nothing of it is published.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from genai_pipeline.settings import apply_prefect_defaults
+
+apply_prefect_defaults()
+
+from prefect import flow, task  # noqa: E402  (settings must be in the environment first)
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from genai_pipeline import stages  # noqa: E402
+from genai_pipeline.config import JobSpec, parse_run_date  # noqa: E402
+from genai_pipeline.errors import PermanentError  # noqa: E402
+from genai_pipeline.runs import Run, new_run_id  # noqa: E402
+
+
+def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry storage and infrastructure failures; never a config, data or quality-gate error."""
+    try:
+        state.result()
+    except PermanentError:
+        return False
+    except BaseException:
+        return True
+    return True
+
+
+def _task(fn: Any, name: str) -> Any:
+    return task(fn, name=name, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
+
+
+ingest = _task(stages.ingest, "ingest")
+train = _task(stages.train, "train")
+generate = _task(stages.generate, "generate")
+validate = _task(stages.validate, "validate")
+export = _task(stages.export, "export")
+record_failure = _task(stages.record_failure, "record-failure")
+
+
+def _artifact_key(name: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") + "-summary"
+
+
+def _record_failure(run: Run, error: Exception, policy: dict[str, Any]) -> None:
+    """Record the failure and post its summary; never hide the original error behind a new one."""
+    try:
+        failure = record_failure.with_options(**policy)(run, error)
+    except Exception as cleanup_error:  # storage may be what failed in the first place
+        failure = {
+            "status": "failed",
+            "error": f"{type(error).__name__}: {error}",
+            "cleanup_error": f"{type(cleanup_error).__name__}: {cleanup_error}",
+        }
+    create_markdown_artifact(stages.summary_markdown(run, failure), key=_artifact_key(run.job.name))
+
+
+@flow(name="synthesize")
+def synthesize(job: JobSpec, run_date: str | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """Turn the job's dataset into validated synthetic data and publish it."""
+    run = Run(job=job, run_date=parse_run_date(run_date), run_id=run_id or new_run_id())
+    policy = {"retries": job.retries.count, "retry_delay_seconds": job.retries.delay_seconds}
+    try:
+        dataset = ingest.with_options(**policy)(run)
+        model = train.with_options(**policy)(run, dataset=dataset)
+        generated = generate.with_options(**policy)(run, model=model)
+        report = validate.with_options(**policy)(run, dataset=dataset, generated=generated)
+        published = export.with_options(**policy)(
+            run, dataset=dataset, model=model, generated=generated, report=report
+        )
+    except Exception as error:
+        _record_failure(run, error, policy)
+        raise
+    create_markdown_artifact(stages.summary_markdown(run, published.manifest), key=_artifact_key(job.name))
+    return {
+        "run_id": published.run_id,
+        "run_date": published.run_date,
+        "num_samples": published.num_samples,
+        "data_url": published.data_url,
+        "manifest_url": published.manifest_url,
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience for `python flows/synthesize.py JOB`
+    import sys
+
+    from genai_pipeline.config import load_job
+
+    print(synthesize(job=load_job(sys.argv[1]), run_date=os.environ.get("RUN_DATE")))

@@ -1,0 +1,316 @@
+"""The job spec: what a nightly job reads, trains, generates, checks and publishes.
+
+A job is a YAML file validated by the pydantic models below. Every model forbids unknown keys,
+so a typo fails at load time with one line naming the field, before anything starts. Storage
+credentials are kept as ``SecretStr`` so that every serialisation of a spec (Prefect parameters,
+run manifests, artifacts) shows ``**********`` instead of the secret; ``${VAR}`` references are
+kept as they are and expanded from the environment only when storage is opened.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from genai_pipeline.datasets.builtin import BUILTINS
+from genai_pipeline.errors import ConfigError
+
+Modality = Literal["tabular", "image"]
+DatasetFormat = Literal["parquet", "csv", "imagefolder", "image_parquet"]
+ConditionValue = str | int | float | bool
+
+#: Keys of storage options whose literal values are secrets (s3fs, botocore and MinIO spellings).
+SECRET_KEYS = frozenset(
+    {
+        "key",
+        "secret",
+        "token",
+        "password",
+        "session_token",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+    }
+)
+_ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
+
+
+def _protect_secrets(options: Any) -> Any:
+    """Wrap literal secret values in ``SecretStr`` (recursively); env references stay visible."""
+    if isinstance(options, dict):
+        return {
+            key: (
+                SecretStr(str(value))
+                if key in SECRET_KEYS
+                and not isinstance(value, (dict, SecretStr))
+                and not _ENV_REF.match(str(value))
+                else _protect_secrets(value)
+            )
+            for key, value in options.items()
+        }
+    return options
+
+
+class StrictModel(BaseModel):
+    """Base of every spec model: unknown keys are errors, values are re-checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetSpec(StrictModel):
+    """Where the real data lives and how to read it."""
+
+    uri: str = Field(min_length=1, description="local path, s3://bucket/key, or builtin://NAME")
+    format: DatasetFormat | None = Field(
+        default=None,
+        description="inferred from the URI: .csv → csv, builtins → theirs, anything else parquet",
+    )
+    label: str | None = Field(default=None, description="label/target column")
+    image_column: str = "image"
+    image_size: tuple[int, int] | None = Field(
+        default=None, description="resize images to (height, width); default: most common size"
+    )
+    channels: Literal[1, 3] | None = Field(
+        default=None, description="1 (grayscale) or 3 (RGB); default: what most images are"
+    )
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    _protect = field_validator("storage_options")(_protect_secrets)
+
+    @field_validator("uri")
+    @classmethod
+    def _known_builtin(cls, uri: str) -> str:
+        name = uri.removeprefix("builtin://")
+        if uri.startswith("builtin://") and name not in BUILTINS:
+            raise ValueError(f"unknown built-in dataset {name!r} (available: {', '.join(sorted(BUILTINS))})")
+        return uri
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive_size(cls, size: tuple[int, int] | None) -> tuple[int, int] | None:
+        if size is not None and not all(4 <= side <= 1024 for side in size):
+            raise ValueError("each side must be between 4 and 1024 pixels")
+        return size
+
+    @model_validator(mode="after")
+    def _resolve_format(self) -> DatasetSpec:
+        if self.is_builtin:
+            name = self.builtin_name
+            builtin = BUILTINS[name]
+            if self.format not in (None, builtin.format):
+                raise ValueError(f"builtin://{name} has format {builtin.format!r}")
+            object.__setattr__(self, "format", builtin.format)
+            if self.label is None:
+                object.__setattr__(self, "label", builtin.label)
+        elif self.format is None:
+            lowered = self.uri.lower()
+            inferred = "csv" if lowered.endswith((".csv", ".csv.gz")) else "parquet"
+            object.__setattr__(self, "format", inferred)
+        if self.format == "image_parquet" and self.label is None:
+            raise ValueError("image_parquet datasets need a label column (dataset.label)")
+        return self
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.uri.startswith("builtin://")
+
+    @property
+    def builtin_name(self) -> str:
+        return self.uri.removeprefix("builtin://")
+
+    @property
+    def modality(self) -> Modality:
+        return "image" if self.format in ("imagefolder", "image_parquet") else "tabular"
+
+
+class ModelSpec(BaseModel):
+    """The generative family plus its hyper-parameters (checked against the family's config)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    family: Literal["gan", "vae", "diffusion", "autoregressive"]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainSpec(StrictModel):
+    """How long and where to train; the shared training loop reads these."""
+
+    epochs: int = Field(default=100, ge=1, le=100_000)
+    batch_size: int = Field(default=256, ge=1, le=65_536)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    max_minutes: float | None = Field(default=None, gt=0, le=24 * 60)
+    checkpoint_every: int = Field(default=500, ge=1, description="steps between checkpoints")
+
+
+class GenerateSpec(StrictModel):
+    """How many samples to generate, in which batches, under which conditions."""
+
+    num_samples: int = Field(default=1000, ge=1, le=10_000_000_000)
+    batch_size: int = Field(default=4096, ge=1, le=1_000_000)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="default: train.seed")
+    conditions: dict[str, ConditionValue] = Field(
+        default_factory=dict, description="fixed values, e.g. {label: 3} or {species: Adelie}"
+    )
+
+
+class ExpectationSpec(StrictModel):
+    """An extra Great Expectations expectation, by its snake_case type and keyword arguments."""
+
+    type: str = Field(pattern=r"^expect_[a-z0-9_]+$")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ValidateSpec(StrictModel):
+    """The quality gate: a run that misses any of these is not published."""
+
+    min_column_shapes: float = Field(
+        default=0.75, ge=0, le=1, description="tabular: mean of 1-KS / 1-TVD over columns"
+    )
+    null_tolerance: float = Field(
+        default=0.1, ge=0, le=1, description="allowed difference of null fractions per column"
+    )
+    sample_rows: int = Field(default=100_000, ge=100, description="rows/images validated at most")
+    expectations: list[ExpectationSpec] = Field(default_factory=list)
+
+
+class ExportSpec(StrictModel):
+    """Where the published output goes."""
+
+    output: str = Field(default="./output", min_length=1, description="local path or s3://…")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    _protect = field_validator("storage_options")(_protect_secrets)
+
+
+class RetriesSpec(StrictModel):
+    """Task retries for transient failures (storage, workers); permanent errors are not retried."""
+
+    count: int = Field(default=2, ge=0, le=10)
+    delay_seconds: float = Field(default=10.0, ge=0, le=3600)
+
+
+class JobSpec(StrictModel):
+    """One nightly job."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    description: str = ""
+    dataset: DatasetSpec
+    model: ModelSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    generate: GenerateSpec = Field(default_factory=GenerateSpec)
+    validate_: ValidateSpec = Field(default_factory=ValidateSpec, alias="validate")
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    retries: RetriesSpec = Field(default_factory=RetriesSpec)
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @property
+    def generate_seed(self) -> int:
+        return self.train.seed if self.generate.seed is None else self.generate.seed
+
+    def public_dict(self) -> dict[str, Any]:
+        """The spec as JSON-able data with every literal secret masked (for manifests and logs)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _format_error(error: dict[str, Any], section: str) -> str:
+    where = ".".join([section, *map(str, error["loc"])] if section else map(str, error["loc"]))
+    where = where or "job"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown field"
+    message = error["msg"].removeprefix("Value error, ")
+    shown = error.get("input")
+    if error["type"] in ("missing",) or isinstance(shown, dict | list):
+        return f"{where}: {message}"
+    return f"{where}: {message} (got {shown!r})"
+
+
+def format_validation_error(exc: ValidationError, *, prefix: str = "", section: str = "") -> str:
+    """One line for all of a ValidationError's problems, each naming its field."""
+    return prefix + "; ".join(_format_error(error, section) for error in exc.errors())
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    target = data
+    for key in keys[:-1]:
+        existing = target.get(key)
+        if existing is None:
+            existing = target[key] = {}
+        if not isinstance(existing, dict):
+            raise ConfigError(f"--set {dotted}: {key} is not a section")
+        target = existing
+    target[keys[-1]] = value
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+    """``["train.epochs=5", "generate.conditions.label=3"]`` → ``{dotted key: YAML value}``."""
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
+            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE with a dotted key")
+        overrides[key] = yaml.safe_load(raw) if raw else ""
+    return overrides
+
+
+def build_job(data: Any, *, overrides: dict[str, Any] | None = None, source: str = "job") -> JobSpec:
+    """Validate raw job data (with dotted-key overrides applied) into a JobSpec or raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a job must be a mapping of sections, got {type(data).__name__}")
+    data = yaml.safe_load(yaml.safe_dump(data))  # a deep copy that keeps only plain data
+    for key, value in (overrides or {}).items():
+        _set_path(data, key, value)
+    try:
+        job = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, prefix=f"{source}: ")) from None
+    from genai_pipeline.models import model_config_for  # imports torch: only for valid specs
+
+    model_config_for(job, source=source)
+    return job
+
+
+def load_job(path: str | Path, *, overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Read a job YAML file safely (no Python tags) and validate it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: job file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read job file ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return build_job(data, overrides=overrides, source=str(path))
+
+
+def parse_run_date(value: str | None) -> str:
+    """A run date as YYYY-MM-DD; today (UTC) when not given."""
+    if value is None:
+        return dt.datetime.now(dt.UTC).date().isoformat()
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise ConfigError(f"--run-date: expected YYYY-MM-DD (got {value!r})") from None

@@ -1,0 +1,151 @@
+"""In-memory datasets, their fingerprints and schemas, and the run's snapshot of them.
+
+Between stages data travels as Arrow tables (tabular) or uint8 NHWC arrays plus string labels
+(images). Ingest writes one Parquet snapshot of what it read into the run's staging area, so
+training and validation see exactly the bytes that were fingerprinted even if the source changes
+during the night.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from genai_pipeline.storage import Storage
+
+
+@dataclass(frozen=True)
+class TabularData:
+    """A table and its optional label/target column."""
+
+    table: pa.Table
+    label: str | None = None
+
+    modality = "tabular"
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Images as uint8 ``(N, H, W, C)`` with one string label each."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    label_names: tuple[str, ...] = field(default=())
+
+    modality = "image"
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 NHWC, got {self.images.dtype} {self.images.shape}")
+        if len(self.labels) != len(self.images):
+            raise ValueError("one label per image is required")
+        labels = np.asarray(self.labels).astype(str)
+        object.__setattr__(self, "labels", labels)
+        if not self.label_names:
+            object.__setattr__(self, "label_names", tuple(sorted(set(labels.tolist()))))
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(height, width, channels)."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+
+Dataset = TabularData | ImageData
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """What crosses a task boundary: where the snapshot is and what it holds (no data)."""
+
+    source: str
+    snapshot: str
+    modality: str
+    fingerprint: str
+    num_rows: int
+    schema: dict[str, Any]
+    label: str | None
+
+
+def fingerprint(data: Dataset) -> str:
+    """A content hash that ignores chunking and file layout: same values → same fingerprint."""
+    digest = hashlib.sha256()
+    if isinstance(data, TabularData):
+        table = data.table.combine_chunks()
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        digest.update(sink.getvalue())
+    else:
+        digest.update(json.dumps(data.images.shape).encode())
+        digest.update(np.ascontiguousarray(data.images).tobytes())
+        digest.update("\n".join(data.labels.tolist()).encode())
+    return digest.hexdigest()[:16]
+
+
+def describe_schema(data: Dataset) -> dict[str, Any]:
+    """A JSON-able schema for manifests and drift checks."""
+    if isinstance(data, TabularData):
+        return {
+            "columns": [
+                {"name": f.name, "type": str(f.type), "nulls": data.table.column(f.name).null_count}
+                for f in data.table.schema
+            ],
+            "label": data.label,
+        }
+    height, width, channels = data.shape
+    return {"height": height, "width": width, "channels": channels, "labels": list(data.label_names)}
+
+
+_IMAGE_META = b"genai_pipeline.image"
+
+
+def write_snapshot(data: Dataset, storage: Storage, rel: str) -> None:
+    """Write a dataset as one Parquet file (images as raw pixel bytes plus their shape)."""
+    if isinstance(data, TabularData):
+        table = data.table
+    else:
+        height, width, channels = data.shape
+        width_bytes = height * width * channels
+        pixels = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(width_bytes),
+            len(data.images),
+            [None, pa.py_buffer(np.ascontiguousarray(data.images).tobytes())],
+        )
+        table = pa.table({"label": pa.array(data.labels.tolist(), pa.string()), "pixels": pixels})
+        meta = {"shape": [height, width, channels], "label_names": list(data.label_names)}
+        table = table.replace_schema_metadata({_IMAGE_META: json.dumps(meta).encode()})
+    with storage.open_atomic(rel) as handle:
+        pq.write_table(table, handle, compression="zstd")
+
+
+def read_snapshot(storage: Storage, rel: str, label: str | None) -> Dataset:
+    """Read back what :func:`write_snapshot` wrote."""
+    with storage.open_read(rel) as handle:
+        table = pq.read_table(handle)
+    meta = (table.schema.metadata or {}).get(_IMAGE_META)
+    if meta is None:
+        return TabularData(table=table, label=label)
+    info = json.loads(meta)
+    pixels = table.column("pixels").combine_chunks()
+    size = int(np.prod(info["shape"]))
+    flat = np.frombuffer(
+        pixels.buffers()[1], dtype=np.uint8, count=len(pixels) * size, offset=pixels.offset * size
+    )
+    images = flat.reshape(table.num_rows, *info["shape"])
+    labels = np.asarray(table.column("label").to_pylist(), dtype=str)
+    return ImageData(images=images.copy(), labels=labels, label_names=tuple(info["label_names"]))

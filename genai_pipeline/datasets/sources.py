@@ -1,0 +1,206 @@
+"""Reading users' datasets in the layouts the ecosystem already uses.
+
+Tables: a Parquet or CSV file, a folder of them, or a glob. Images: a class-per-subfolder tree
+(torchvision's ImageFolder convention) or a Parquet with an image column (a struct of
+``bytes``/``path`` as Hugging Face datasets writes it, or plain encoded bytes) and a label column.
+Every failure names the file it came from.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import posixpath
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
+
+from genai_pipeline.config import DatasetSpec
+from genai_pipeline.datasets.base import Dataset, ImageData, TabularData
+from genai_pipeline.datasets.builtin import BUILTINS
+from genai_pipeline.errors import DatasetError
+from genai_pipeline.storage import open_filesystem
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_TABLE_SUFFIXES = {"parquet": (".parquet", ".pq", ".parq"), "csv": (".csv", ".csv.gz")}
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+def read_dataset(spec: DatasetSpec) -> Dataset:
+    """Read the dataset a job names, whatever its layout, into memory."""
+    if spec.is_builtin:
+        loaded = BUILTINS[spec.builtin_name].load()
+        if isinstance(loaded, pa.Table):
+            return TabularData(table=loaded, label=spec.label)
+        images, labels = loaded
+        return ImageData(images=images, labels=labels)
+    fs, path = open_filesystem(spec.uri, spec.storage_options)
+    if spec.format == "imagefolder":
+        return _read_image_folder(fs, path, spec)
+    table = _read_table(fs, path, spec)
+    if spec.format == "image_parquet":
+        return _images_from_table(fs, path, table, spec)
+    if spec.label is not None and spec.label not in table.column_names:
+        raise DatasetError(f"{spec.uri}: label column {spec.label!r} not found (dataset.label)")
+    return TabularData(table=table, label=spec.label)
+
+
+def _list_files(fs: fsspec.AbstractFileSystem, path: str, suffixes: Sequence[str], uri: str) -> list[str]:
+    """A file, every matching file below a folder, or a glob's matches; sorted for stability."""
+    try:
+        if any(char in path for char in "*?["):
+            files = [f for f in fs.glob(path) if fs.isfile(f)]
+        elif fs.isdir(path):
+            files = [
+                f
+                for f in fs.find(path)
+                if f.lower().endswith(tuple(suffixes))
+                and not any(part.startswith(("_", ".")) for part in f[len(path) :].split("/"))
+            ]
+        elif fs.isfile(path):
+            files = [path]
+        else:
+            raise DatasetError(f"{uri}: dataset not found (dataset.uri)")
+    except (PermissionError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise DatasetError(f"{uri}: dataset not found (dataset.uri)") from None
+        raise
+    if not files:
+        raise DatasetError(f"{uri}: no {'/'.join(suffixes)} files found (dataset.uri)")
+    return sorted(files)
+
+
+def _read_table(fs: fsspec.AbstractFileSystem, path: str, spec: DatasetSpec) -> pa.Table:
+    kind = "csv" if spec.format == "csv" else "parquet"
+    tables = []
+    for name in _list_files(fs, path, _TABLE_SUFFIXES[kind], spec.uri):
+        try:
+            with fs.open(name, "rb", compression="infer" if kind == "csv" else None) as handle:
+                tables.append(pacsv.read_csv(handle) if kind == "csv" else pq.read_table(handle))
+        except (pa.ArrowException, OSError, EOFError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DatasetError(f"{name}: not a readable {kind.upper()} file ({first_line})") from None
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    except pa.ArrowException as exc:
+        raise DatasetError(f"{spec.uri}: files have incompatible schemas ({exc})") from None
+    if table.num_rows == 0:
+        raise DatasetError(f"{spec.uri}: the table has no rows")
+    return table.combine_chunks()
+
+
+def _decode_images(blobs: Sequence[bytes], names: Sequence[str]) -> list[Image.Image]:
+    """Decode encoded images in a thread pool (PIL releases the GIL while decoding)."""
+
+    def decode(item: tuple[bytes, str]) -> Image.Image:
+        blob, name = item
+        try:
+            image = Image.open(io.BytesIO(blob))
+            image.load()
+            return image
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise DatasetError(f"{name}: not a readable image ({exc})") from None
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(decode, zip(blobs, names)))
+
+
+def _to_array(images: Sequence[Image.Image], spec: DatasetSpec, uri: str) -> np.ndarray:
+    """One size and one colour mode for all images: the spec's, or what most images have."""
+    if not images:
+        raise DatasetError(f"{uri}: no images found")
+    sizes = Counter((image.height, image.width) for image in images)
+    height, width = spec.image_size or sizes.most_common(1)[0][0]
+    channels = spec.channels or (1 if all(image.mode in _GRAY_MODES for image in images) else 3)
+    mode = "L" if channels == 1 else "RGB"
+    resized = sum(count for size, count in sizes.items() if size != (height, width))
+    if resized:
+        log.warning("%s: resized %d of %d images to %dx%d", uri, resized, len(images), height, width)
+    out = np.empty((len(images), height, width, channels), dtype=np.uint8)
+    for index, image in enumerate(images):
+        if image.mode != mode:
+            image = image.convert(mode)
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.LANCZOS)
+        out[index] = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
+    return out
+
+
+def _read_image_folder(fs: fsspec.AbstractFileSystem, root: str, spec: DatasetSpec) -> ImageData:
+    """``root/<label>/**/<image>``: the first folder below the root is the label, as is."""
+    if not fs.isdir(root):
+        raise DatasetError(f"{spec.uri}: image folder not found (dataset.uri)")
+    files, skipped = [], 0
+    for name in sorted(fs.find(root)):
+        parts = name[len(root) :].strip("/").split("/")
+        if len(parts) >= 2 and name.lower().endswith(IMAGE_SUFFIXES) and not parts[-1].startswith("."):
+            files.append((name, parts[0]))
+        else:
+            skipped += 1
+    if skipped:
+        log.warning("%s: skipped %d files that are not images in a label folder", spec.uri, skipped)
+    if not files:
+        raise DatasetError(f"{spec.uri}: no images in class subfolders (expected ROOT/<label>/<image>.png)")
+    blobs = fs.cat([name for name, _ in files])
+    images = _decode_images([blobs[name] for name, _ in files], [name for name, _ in files])
+    labels = np.asarray([label for _, label in files], dtype=str)
+    return ImageData(images=_to_array(images, spec, spec.uri), labels=labels)
+
+
+def _label_names(table: pa.Table, column: str) -> list[str] | None:
+    """Hugging Face stores ClassLabel columns as integers with their names in schema metadata."""
+    raw = (table.schema.metadata or {}).get(b"huggingface")
+    if not raw:
+        return None
+    try:
+        feature = json.loads(raw)["info"]["features"][column]
+    except (KeyError, TypeError, ValueError):
+        return None
+    names = feature.get("names") if isinstance(feature, dict) else None
+    return list(names) if names else None
+
+
+def _images_from_table(
+    fs: fsspec.AbstractFileSystem, path: str, table: pa.Table, spec: DatasetSpec
+) -> ImageData:
+    for column, field_name in ((spec.image_column, "dataset.image_column"), (spec.label, "dataset.label")):
+        if column not in table.column_names:
+            raise DatasetError(f"{spec.uri}: column {column!r} not found ({field_name})")
+    images = table.column(spec.image_column)
+    base = path if fs.isdir(path) else posixpath.dirname(path)
+    if pa.types.is_struct(images.type):
+        rows = images.to_pylist()
+        blobs = [
+            row.get("bytes") or fs.cat_file(posixpath.join(base, row["path"]))
+            if row and (row.get("bytes") or row.get("path"))
+            else None
+            for row in rows
+        ]
+    elif pa.types.is_binary(images.type) or pa.types.is_large_binary(images.type):
+        blobs = images.to_pylist()
+    else:
+        raise DatasetError(
+            f"{spec.uri}: column {spec.image_column!r} holds {images.type}, expected encoded image "
+            "bytes or a struct of bytes/path (dataset.image_column)"
+        )
+    missing = [index for index, blob in enumerate(blobs) if not blob]
+    if missing:
+        raise DatasetError(f"{spec.uri}: row {missing[0]} has no image ({len(missing)} rows in all)")
+    labels = table.column(spec.label).to_pylist()
+    names = _label_names(table, spec.label)
+    if names is not None:
+        labels = [names[value] if isinstance(value, int) else value for value in labels]
+    if any(label is None for label in labels):
+        raise DatasetError(f"{spec.uri}: label column {spec.label!r} has nulls")
+    decoded = _decode_images(blobs, [f"{spec.uri} row {index}" for index in range(len(blobs))])
+    return ImageData(images=_to_array(decoded, spec, spec.uri), labels=np.asarray(labels, dtype=str))

@@ -1,0 +1,1 @@
+"""Tabular encoders: reversible transforms between tables and model matrices."""

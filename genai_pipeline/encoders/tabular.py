@@ -1,0 +1,316 @@
+"""A fitted, reversible transform between Arrow tables and the float matrices models learn.
+
+Each column becomes one or more *spans* of the matrix (the idea of CTGAN's ``SpanInfo``): a
+``continuous`` span of width 1 or a ``softmax`` span of one-hot categories. Models shape their
+output heads from the spans and never see column types.
+
+- Numeric, integer, decimal and temporal columns with many distinct values map through their
+  empirical quantiles to a standard normal (so any marginal, skewed or multi-modal, becomes easy
+  to model and decodes back inside the real range); nulls get a two-way softmax span of their own.
+- Strings, booleans and numeric columns with few distinct values are categories (one-hot); null is
+  a category of its own; beyond ``max_categories`` the rarest values share one "rare" category that
+  decodes by drawing from their observed frequencies, so one-hot width stays bounded.
+- A column that is entirely null is reproduced as entirely null.
+
+Decoding restores the input's exact Arrow schema (types, dictionary encoding, null pattern).
+The fitted state is plain JSON (plus the serialised Arrow schema), never a pickle.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from scipy.special import ndtr, ndtri
+
+SpanKind = Literal["continuous", "softmax"]
+_NULL = "__null__"
+_RARE = "__rare__"
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Span:
+    """A slice of the encoded matrix belonging to one column."""
+
+    column: str
+    kind: SpanKind
+    size: int
+
+
+def _is_numeric(type_: pa.DataType) -> bool:
+    return (
+        pa.types.is_integer(type_)
+        or pa.types.is_floating(type_)
+        or pa.types.is_decimal(type_)
+        or pa.types.is_temporal(type_)
+    )
+
+
+def _value_type(type_: pa.DataType) -> pa.DataType:
+    return type_.value_type if pa.types.is_dictionary(type_) else type_
+
+
+def _dense(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One contiguous array, dictionary-decoded."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
+
+
+def _to_float(array: pa.Array) -> np.ndarray:
+    """Numeric or temporal values as float64 (temporal: their integer storage), nulls as NaN."""
+    type_ = array.type
+    if pa.types.is_temporal(type_):
+        array = array.view(pa.int32() if type_.bit_width == 32 else pa.int64())
+    return np.asarray(pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _from_float(values: np.ndarray, type_: pa.DataType, mask: np.ndarray) -> pa.Array:
+    """The inverse of :func:`_to_float`, rounding where the type is integral."""
+    if pa.types.is_temporal(type_):
+        storage = pa.int32() if type_.bit_width == 32 else pa.int64()
+        ints = pa.array(np.rint(values).astype(np.int64), mask=mask).cast(storage)
+        return ints.view(type_)
+    if pa.types.is_integer(type_):
+        info = np.iinfo(type_.to_pandas_dtype())
+        values = np.clip(np.rint(values), info.min, info.max)
+        return pa.array(values.astype(type_.to_pandas_dtype()), type=type_, mask=mask)
+    return pc.cast(pa.array(values, type=pa.float64(), mask=mask), type_, safe=False)
+
+
+@dataclass
+class ColumnCodec:
+    """How one column is encoded; all fields are JSON-able."""
+
+    name: str
+    kind: Literal["continuous", "categorical", "null"]
+    has_nulls: bool = False
+    knots: list[float] | None = None  # continuous: sorted values …
+    knot_probs: list[float] | None = None  # … and their (mid-rank) CDF
+    categories: list[Any] | None = None  # categorical: values (null and rare as markers)
+    rare_values: list[Any] | None = None
+    rare_probs: list[float] | None = None
+
+    @property
+    def spans(self) -> list[Span]:
+        if self.kind == "continuous":
+            nulls = [Span(self.name, "softmax", 2)] if self.has_nulls else []
+            return [Span(self.name, "continuous", 1), *nulls]
+        if self.kind == "categorical":
+            return [Span(self.name, "softmax", len(self.categories or []))]
+        return []
+
+
+def _fit_continuous(name: str, values: np.ndarray, has_nulls: bool, max_knots: int) -> ColumnCodec:
+    uniques, counts = np.unique(values, return_counts=True)
+    cdf = np.cumsum(counts) / counts.sum()
+    mid = cdf - counts / (2 * counts.sum())
+    if len(uniques) > max_knots:  # keep a quantile grid, not every value
+        pick = np.unique(np.linspace(0, len(uniques) - 1, max_knots).round().astype(int))
+        uniques, mid = uniques[pick], mid[pick]
+    return ColumnCodec(name, "continuous", has_nulls, uniques.tolist(), mid.tolist())
+
+
+def _fit_categorical(name: str, values: list[Any], has_nulls: bool, max_categories: int) -> ColumnCodec:
+    counts: dict[Any, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    ranked = sorted(counts, key=lambda value: (-counts[value], str(value)))
+    kept, rare = ranked[:max_categories], ranked[max_categories:]
+    total_rare = sum(counts[value] for value in rare)
+    categories = sorted(kept, key=str) + ([_RARE] if rare else []) + ([_NULL] if has_nulls else [])
+    return ColumnCodec(
+        name,
+        "categorical",
+        has_nulls,
+        categories=categories,
+        rare_values=rare or None,
+        rare_probs=[counts[value] / total_rare for value in rare] or None,
+    )
+
+
+class TableEncoder:
+    """Fit on a table once; encode tables into matrices and decode matrices into tables."""
+
+    def __init__(self, codecs: list[ColumnCodec], schema: pa.Schema, condition: str | None):
+        self.codecs = codecs
+        self.schema = schema
+        self.condition = condition
+        by_name = {codec.name: codec for codec in codecs}
+        self.condition_codec = by_name.get(condition) if condition else None
+        if self.condition_codec is not None and self.condition_codec.kind != "categorical":
+            self.condition_codec = None  # only categorical columns can condition a model
+        self.data_codecs = [c for c in codecs if c is not self.condition_codec]
+        self.spans = [span for codec in self.data_codecs for span in codec.spans]
+        self.width = sum(span.size for span in self.spans)
+
+    @classmethod
+    def fit(
+        cls,
+        table: pa.Table,
+        *,
+        condition: str | None = None,
+        max_categories: int = 1000,
+        discrete_threshold: int = 20,
+        max_knots: int = 2000,
+    ) -> TableEncoder:
+        """Learn each column's codec from the real table."""
+        codecs = []
+        for field in table.schema:
+            column = _dense(table.column(field.name))
+            type_ = column.type
+            has_nulls = column.null_count > 0
+            if column.null_count == len(column) or pa.types.is_null(type_):
+                codecs.append(ColumnCodec(field.name, "null", True))
+            elif _is_numeric(type_):
+                values = _to_float(column)
+                present = values[~np.isnan(values)]
+                if len(np.unique(present)) > discrete_threshold:
+                    codecs.append(_fit_continuous(field.name, present, has_nulls, max_knots))
+                else:
+                    codecs.append(_fit_categorical(field.name, present.tolist(), has_nulls, max_categories))
+            elif pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_boolean(type_):
+                present = column.drop_null().to_pylist()
+                codecs.append(_fit_categorical(field.name, present, has_nulls, max_categories))
+            else:
+                raise ValueError(
+                    f"column {field.name!r}: type {field.type} is not supported for tabular models"
+                )
+        return cls(codecs, table.schema, condition)
+
+    # -- encoding -------------------------------------------------------------------------
+
+    @staticmethod
+    def _category_index(codec: ColumnCodec, column: pa.Array) -> np.ndarray:
+        """Vectorised lookup of each value's category (null and rare values to their markers)."""
+        categories = codec.categories or []
+        plain = [value for value in categories if value not in (_NULL, _RARE)]
+        if _is_numeric(column.type):
+            column, value_set = (
+                pa.array(_to_float(column), mask=column.is_null().to_numpy(zero_copy_only=False)),
+                pa.array(plain, pa.float64()),
+            )
+        else:
+            value_set = pa.array(plain, column.type)
+        found = pc.index_in(column, value_set=value_set).to_numpy(zero_copy_only=False)
+        # index_in numbers the plain categories; map back to positions in the full list
+        positions = np.array([categories.index(value) for value in plain] + [-1], dtype=np.int64)
+        out = positions[np.nan_to_num(found, nan=len(plain)).astype(np.int64)]
+        nulls = column.is_null().to_numpy(zero_copy_only=False)
+        out[nulls] = categories.index(_NULL) if _NULL in categories else -1
+        unknown = (out < 0) & ~nulls
+        out[unknown] = categories.index(_RARE) if _RARE in categories else -1
+        if (out < 0).any():
+            raise ValueError(f"column {codec.name!r}: values the model was not fitted on")
+        return out
+
+    def encode(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(x, cond)``: the float32 matrix of data spans and the condition's category indices."""
+        blocks = []
+        for codec in self.data_codecs:
+            column = _dense(table.column(codec.name))
+            if codec.kind == "continuous":
+                values = _to_float(column)
+                nulls = np.isnan(values)
+                filled = np.where(nulls, codec.knots[0], values)
+                z = ndtri(np.clip(np.interp(filled, codec.knots, codec.knot_probs), _EPS, 1 - _EPS))
+                blocks.append(np.where(nulls, 0.0, z)[:, None])
+                if codec.has_nulls:
+                    blocks.append(np.stack([~nulls, nulls], axis=1))
+            elif codec.kind == "categorical":
+                index = self._category_index(codec, column)
+                blocks.append(np.eye(len(codec.categories or []), dtype=np.float32)[index])
+        n = table.num_rows
+        x = np.concatenate(blocks, axis=1).astype(np.float32) if blocks else np.zeros((n, 0), np.float32)
+        cond = None
+        if self.condition_codec is not None:
+            cond = self._category_index(self.condition_codec, _dense(table.column(self.condition)))
+        return x, cond
+
+    # -- conditions -------------------------------------------------------------------------
+
+    @property
+    def condition_values(self) -> list[Any]:
+        """The values the condition column can take (null as None)."""
+        if self.condition_codec is None:
+            return []
+        return [None if value == _NULL else value for value in self.condition_codec.categories or []]
+
+    def condition_index(self, value: Any) -> int:
+        """The category index of a requested condition value, compared as the user wrote it."""
+        for index, known in enumerate(self.condition_values):
+            if known == value or str(known) == str(value):
+                return index
+        raise KeyError(value)
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def _build_column(self, codec: ColumnCodec, values: np.ndarray, mask: np.ndarray) -> pa.Array:
+        """An Arrow array of the column's original type from decoded values and a null mask."""
+        field = self.schema.field(codec.name)
+        type_ = _value_type(field.type)
+        if codec.kind == "null":
+            array = pa.nulls(len(mask), type=type_)
+        elif _is_numeric(type_):
+            array = _from_float(np.where(mask, 0.0, values).astype(np.float64), type_, mask)
+        else:
+            array = pa.array(np.where(mask, None, values), type=type_, from_pandas=True)
+        if pa.types.is_dictionary(field.type):
+            array = array.dictionary_encode().cast(field.type)
+        return array
+
+    def _decode_categorical(
+        self, codec: ColumnCodec, index: np.ndarray, rng: np.random.Generator
+    ) -> pa.Array:
+        values = np.array(codec.categories or [], dtype=object)[index]
+        if codec.rare_values:
+            rare = values == _RARE
+            draws = rng.choice(len(codec.rare_values), size=int(rare.sum()), p=codec.rare_probs)
+            values[rare] = np.array(codec.rare_values, dtype=object)[draws]
+        mask = values == _NULL
+        return self._build_column(codec, values, np.asarray(mask, dtype=bool))
+
+    def decode(self, x: np.ndarray, cond: np.ndarray | None, *, seed: int) -> pa.Table:
+        """A table with the input's schema from a sampled matrix (one-hot for categoricals)."""
+        rng = np.random.default_rng(seed)
+        n = len(x)
+        columns: dict[str, pa.Array] = {}
+        offset = 0
+        for codec in self.data_codecs:
+            if codec.kind == "continuous":
+                values = np.interp(ndtr(x[:, offset].astype(np.float64)), codec.knot_probs, codec.knots)
+                mask = np.zeros(n, dtype=bool)
+                if codec.has_nulls:
+                    mask = x[:, offset + 2] > x[:, offset + 1]
+                columns[codec.name] = self._build_column(codec, values, mask)
+            elif codec.kind == "categorical":
+                width = len(codec.categories or [])
+                index = x[:, offset : offset + width].argmax(axis=1)
+                columns[codec.name] = self._decode_categorical(codec, index, rng)
+            else:
+                columns[codec.name] = self._build_column(codec, np.zeros(n), np.ones(n, dtype=bool))
+            offset += sum(span.size for span in codec.spans)
+        if self.condition_codec is not None:
+            if cond is None:
+                raise ValueError("a conditioned encoder needs condition indices to decode")
+            columns[self.condition] = self._decode_categorical(self.condition_codec, cond, rng)
+        return pa.table([columns[field.name] for field in self.schema], schema=self.schema)
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode(),
+            "condition": self.condition,
+            "codecs": [vars(codec) for codec in self.codecs],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> TableEncoder:
+        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(state["schema"])))
+        return cls([ColumnCodec(**codec) for codec in state["codecs"]], schema, state["condition"])

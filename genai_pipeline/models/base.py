@@ -1,0 +1,145 @@
+"""The one model interface, its registry, and how a model is saved and loaded.
+
+Every family and modality implements :class:`Synthesizer`. A ``@register_model`` line maps
+``(modality, family)`` to the class, so the job spec picks a model by name and adding a family is
+one module plus one decorator.
+
+A saved model is a folder with ``model.json`` (family, config, fitted state such as encoders and
+label maps, versions) and ``weights.safetensors``. Loading rebuilds the networks from the config
+and state and then loads tensors: nothing is unpickled, so a model file cannot execute code.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import BaseModel, ConfigDict
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+from torch import nn
+
+import genai_pipeline
+from genai_pipeline.config import TrainSpec
+from genai_pipeline.datasets.base import Dataset
+from genai_pipeline.errors import ConfigError
+from genai_pipeline.storage import Storage
+from genai_pipeline.training import CheckpointStore, FitReport
+
+
+class ModelConfig(BaseModel):
+    """Base of every family's hyper-parameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """Generated images (uint8 NHWC) and the label each was conditioned on."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+Batch = pa.Table | ImageBatch
+Conditions = Mapping[str, Any]
+
+
+class Synthesizer(ABC):
+    """Fit on a dataset, then stream samples; save and load without pickling."""
+
+    family: ClassVar[str]
+    modality: ClassVar[str]
+    Config: ClassVar[type[ModelConfig]]
+
+    def __init__(self, config: ModelConfig, *, device: torch.device):
+        self.config = config
+        self.device = device
+
+    @abstractmethod
+    def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
+        """Learn from the data with the shared training loop."""
+
+    @abstractmethod
+    def sample(self, n: int, *, conditions: Conditions | None, seed: int, batch_size: int) -> Iterator[Batch]:
+        """Yield ``n`` samples in batches of at most ``batch_size``; never one giant array."""
+
+    @abstractmethod
+    def check_conditions(self, conditions: Conditions) -> None:
+        """Raise ConfigError naming ``generate.conditions.<key>`` when a condition cannot be met."""
+
+    @abstractmethod
+    def networks(self) -> dict[str, nn.Module]:
+        """The modules whose weights make up the model."""
+
+    @abstractmethod
+    def fitted_state(self) -> dict[str, Any]:
+        """JSON-able state learned from data (encoders, label maps) needed to sample later."""
+
+    @abstractmethod
+    def restore(self, state: dict[str, Any]) -> None:
+        """Rebuild the networks from :meth:`fitted_state` (weights are loaded afterwards)."""
+
+    def save(self, storage: Storage, rel: str) -> None:
+        meta = {
+            "family": self.family,
+            "modality": self.modality,
+            "config": self.config.model_dump(mode="json"),
+            "state": self.fitted_state(),
+            "versions": {"genai_pipeline": genai_pipeline.__version__, "torch": torch.__version__},
+        }
+        tensors = {
+            f"{name}.{key}": value.detach().cpu().contiguous()
+            for name, module in self.networks().items()
+            for key, value in module.state_dict().items()
+        }
+        storage.write_bytes(f"{rel}/weights.safetensors", save_tensors(tensors))
+        storage.write_bytes(f"{rel}/model.json", json.dumps(meta, indent=1).encode())
+
+
+def load_model(storage: Storage, rel: str, device: torch.device) -> Synthesizer:
+    """Rebuild a saved model from its config and state, then load its tensors."""
+    meta = json.loads(storage.read_bytes(f"{rel}/model.json"))
+    cls = model_class(meta["modality"], meta["family"])
+    model = cls(cls.Config.model_validate(meta["config"]), device=device)
+    model.restore(meta["state"])
+    tensors = load_tensors(storage.read_bytes(f"{rel}/weights.safetensors"))
+    for name, module in model.networks().items():
+        prefix = f"{name}."
+        module.load_state_dict(
+            {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        )
+        module.to(device).eval()
+    return model
+
+
+_REGISTRY: dict[tuple[str, str], type[Synthesizer]] = {}
+
+
+def register_model(cls: type[Synthesizer]) -> type[Synthesizer]:
+    """Class decorator: make a Synthesizer selectable by ``(modality, family)``."""
+    _REGISTRY[(cls.modality, cls.family)] = cls
+    return cls
+
+
+def model_class(modality: str, family: str) -> type[Synthesizer]:
+    try:
+        return _REGISTRY[(modality, family)]
+    except KeyError:
+        available = sorted(f for m, f in _REGISTRY if m == modality)
+        raise ConfigError(
+            f"model.family: no {family!r} model for {modality} data yet (available: {', '.join(available)})"
+        ) from None
+
+
+def require_condition_values(key: str, value: Any, known: list[Any]) -> None:
+    """A condition value must be one the model saw; compare as the user wrote it."""
+    if not any(value == item or str(value) == str(item) for item in known):
+        shown = ", ".join(map(str, known[:20])) + (" …" if len(known) > 20 else "")
+        raise ConfigError(f"generate.conditions.{key}: {value!r} is not a known value (known: {shown})")

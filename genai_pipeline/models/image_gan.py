@@ -1,0 +1,246 @@
+"""A class-conditional DCGAN with a spectrally normalised projection discriminator and hinge loss.
+
+The generator is DCGAN-shaped (a linear stem to a quarter-resolution map, two upsampling conv
+blocks, tanh output; group norm where DCGAN has batch norm), conditioned by concatenating a label
+embedding to the noise, with a mode-seeking term against collapse within a class.
+The discriminator uses spectral normalisation and the projection trick of Miyato & Koyama (2018),
+trained with the hinge loss; an exponential moving average of the generator's weights is what
+samples, which steadies GAN output considerably at no training cost.
+Any image size is handled: the generator works at ``ceil(size / 4)`` and crops its output.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from genai_pipeline.config import TrainSpec
+from genai_pipeline.datasets.base import Dataset, ImageData
+from genai_pipeline.errors import ConfigError, DatasetError
+from genai_pipeline.models.base import (
+    Conditions,
+    ImageBatch,
+    ModelConfig,
+    Synthesizer,
+    register_model,
+    require_condition_values,
+)
+from genai_pipeline.training import CheckpointStore, FitReport, batched_indices, check_gradients, fit_loop
+
+
+class ImageGANConfig(ModelConfig):
+    latent_dim: int = Field(default=64, ge=1, le=1024)
+    channels: int = Field(default=64, ge=8, le=1024, multiple_of=8, description="width of the conv layers")
+    learning_rate: float = Field(default=2e-4, gt=0, le=1)
+    betas: tuple[float, float] = (0.5, 0.999)
+    d_steps: int = Field(default=1, ge=1, le=10, description="discriminator steps per generator step")
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    mode_seeking: float = Field(default=1.0, ge=0, le=100, description="weight of the diversity term")
+
+
+class Generator(nn.Module):
+    def __init__(self, shape: tuple[int, int, int], num_labels: int, config: ImageGANConfig):
+        super().__init__()
+        height, width, channels = shape
+        ch = config.channels
+        self.shape = shape
+        self.start = (math.ceil(height / 4), math.ceil(width / 4))
+        self.embed = nn.Embedding(num_labels, config.latent_dim)
+        # group norm instead of batch norm: it behaves the same in training and sampling, where
+        # batch norm's running statistics do not match the generator and collapse its output
+        self.stem = nn.Sequential(
+            nn.Linear(2 * config.latent_dim, 2 * ch * self.start[0] * self.start[1]),
+            nn.ReLU(),
+        )
+        self.body = nn.Sequential(
+            nn.GroupNorm(8, 2 * ch),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(2 * ch, ch, 3, padding=1),
+            nn.GroupNorm(8, ch),
+            nn.ReLU(),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(ch, ch // 2, 3, padding=1),
+            nn.GroupNorm(4, ch // 2),
+            nn.ReLU(),
+            nn.Conv2d(ch // 2, channels, 3, padding=1),
+            nn.Tanh(),
+        )
+        self.channels = ch
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        h = self.stem(torch.cat([z, self.embed(labels)], dim=1))
+        h = h.view(len(z), 2 * self.channels, *self.start)
+        height, width, _ = self.shape
+        return self.body(h)[:, :, :height, :width]
+
+
+class Discriminator(nn.Module):
+    def __init__(self, shape: tuple[int, int, int], num_labels: int, config: ImageGANConfig):
+        super().__init__()
+        ch = config.channels
+        channels = shape[2]
+        self.body = nn.Sequential(
+            spectral_norm(nn.Conv2d(channels, ch // 2, 3, padding=1)),
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Conv2d(ch // 2, ch, 4, stride=2, padding=1)),
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Conv2d(ch, 2 * ch, 4, stride=2, padding=1)),
+            nn.LeakyReLU(0.2),
+        )
+        # +1 channel: the minibatch standard deviation (ProGAN), which lets the discriminator see
+        # a batch without variety and so keeps the generator from collapsing within a class
+        self.head = nn.Sequential(
+            spectral_norm(nn.Conv2d(2 * ch + 1, 2 * ch, 3, padding=1)), nn.LeakyReLU(0.2)
+        )
+        self.linear = spectral_norm(nn.Linear(2 * ch, 1))
+        self.embed = spectral_norm(nn.Embedding(num_labels, 2 * ch))
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        h = self.body(images)
+        spread = h.std(dim=0, unbiased=False).mean().expand(len(h), 1, *h.shape[2:])
+        features = self.head(torch.cat([h, spread], dim=1)).sum(dim=(2, 3))
+        return self.linear(features)[:, 0] + (self.embed(labels) * features).sum(dim=1)
+
+
+def to_unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC → float NCHW in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float NCHW in [-1, 1] → uint8 NHWC."""
+    scaled = images.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    return scaled.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@register_model
+class ImageGAN(Synthesizer):
+    family = "gan"
+    modality = "image"
+    Config = ImageGANConfig
+
+    config: ImageGANConfig
+    label_names: list[str]
+    label_probs: list[float]
+    shape: tuple[int, int, int]
+
+    def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
+        if not isinstance(data, ImageData):
+            raise DatasetError("the image GAN needs images")
+        names = list(data.label_names)
+        index = {name: i for i, name in enumerate(names)}
+        labels = np.array([index[label] for label in data.labels], dtype=np.int64)
+        counts = np.bincount(labels, minlength=len(names))
+        self.restore(
+            {"shape": list(data.shape), "label_names": names, "label_probs": (counts / counts.sum()).tolist()}
+        )
+        discriminator = Discriminator(self.shape, len(names), self.config).to(self.device)
+        opt_g = torch.optim.Adam(
+            self.generator.parameters(), lr=self.config.learning_rate, betas=self.config.betas
+        )
+        opt_d = torch.optim.Adam(
+            discriminator.parameters(), lr=self.config.learning_rate, betas=self.config.betas
+        )
+        latent, d_steps = self.config.latent_dim, self.config.d_steps
+        first_parameter = next(self.generator.parameters())
+
+        def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+            real, y = batch
+            for _ in range(d_steps):
+                z = torch.randn(len(real), latent, device=real.device)
+                with torch.no_grad():
+                    fake = self.generator(z, y)
+                d_loss = F.relu(1 - discriminator(real, y)).mean() + F.relu(1 + discriminator(fake, y)).mean()
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                check_gradients(discriminator.parameters(), max_norm=1e3, name="image GAN discriminator")
+                opt_d.step()
+            # mode seeking (Mao et al., 2019): two noise vectors for each label must give images
+            # as far apart as the vectors are, or the generator collapses within each class
+            z = torch.randn(2 * len(real), latent, device=real.device)
+            fake = self.generator(z, torch.cat([y, y]))
+            g_loss = -discriminator(fake, torch.cat([y, y])).mean()
+            first, second = fake.chunk(2)
+            z1, z2 = z.chunk(2)
+            seeking = (first - second).abs().mean() / (z1 - z2).abs().mean()
+            g_loss = g_loss + self.config.mode_seeking / (seeking + 1e-5)
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            check_gradients(self.generator.parameters(), max_norm=1e3, name="image GAN generator")
+            opt_g.step()
+            with torch.no_grad():
+                # warm-up: early on the average follows the generator closely; Adam's step count
+                # is part of the optimiser state, so a resumed run continues the same schedule
+                steps = float(opt_g.state[first_parameter]["step"])
+                ema_decay = min(self.config.ema_decay, (1 + steps) / (10 + steps))
+                for ema_p, p in zip(self.ema.parameters(), self.generator.parameters()):
+                    ema_p.lerp_(p, 1 - ema_decay)
+            return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
+
+        return fit_loop(
+            name="image GAN",
+            modules={"generator": self.generator, "ema": self.ema, "discriminator": discriminator},
+            optimizers={"g": opt_g, "d": opt_d},
+            step=step,
+            data=(to_unit(data.images), torch.from_numpy(labels)),
+            train=train,
+            device=self.device,
+            checkpoints=checkpoints,
+        )
+
+    def check_conditions(self, conditions: Conditions) -> None:
+        for key, value in conditions.items():
+            if key != "label":
+                raise ConfigError(f"generate.conditions.{key}: images can be conditioned on their label only")
+            require_condition_values(key, value, self.label_names)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, *, conditions: Conditions | None, seed: int, batch_size: int
+    ) -> Iterator[ImageBatch]:
+        conditions = dict(conditions or {})
+        self.check_conditions(conditions)
+        fixed = next((str(value) for value in conditions.values()), None)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        probs = torch.tensor(self.label_probs, device=self.device)
+        names = np.array(self.label_names, dtype=object)
+        self.ema.eval()
+        for start, stop in batched_indices(n, batch_size):
+            size = stop - start
+            if fixed is not None:
+                labels = torch.full(
+                    (size,), self.label_names.index(fixed), device=self.device, dtype=torch.long
+                )
+            else:
+                labels = torch.multinomial(probs, size, replacement=True, generator=generator)
+            z = torch.randn((size, self.config.latent_dim), generator=generator, device=self.device)
+            images = to_uint8(self.ema(z, labels))
+            yield ImageBatch(images=images, labels=names[labels.cpu().numpy()].astype(str))
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"ema": self.ema}
+
+    def fitted_state(self) -> dict[str, Any]:
+        return {
+            "shape": list(self.shape),
+            "label_names": self.label_names,
+            "label_probs": self.label_probs,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.shape = tuple(state["shape"])  # type: ignore[assignment]
+        self.label_names = list(state["label_names"])
+        self.label_probs = list(state["label_probs"])
+        self.generator = Generator(self.shape, len(self.label_names), self.config).to(self.device)
+        self.ema = copy.deepcopy(self.generator).eval()
+        for parameter in self.ema.parameters():
+            parameter.requires_grad_(False)

@@ -1,0 +1,70 @@
+"""Output heads shaped by the tabular encoder's spans, shared by every tabular model.
+
+A continuous span is one Gaussian value (the encoder maps every numeric marginal to a standard
+normal); a softmax span is a categorical distribution. Models produce raw outputs for the whole
+matrix; these helpers turn them into a loss against real rows, or into sampled rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from genai_pipeline.encoders.tabular import Span
+
+
+def span_slices(spans: Sequence[Span]) -> list[tuple[Span, slice]]:
+    """Each span with its column slice of the encoded matrix."""
+    out, offset = [], 0
+    for span in spans:
+        out.append((span, slice(offset, offset + span.size)))
+        offset += span.size
+    return out
+
+
+def continuous_mask(spans: Sequence[Span]) -> torch.Tensor:
+    """A boolean mask over the matrix's columns marking continuous values."""
+    return torch.tensor([span.kind == "continuous" for span in spans for _ in range(span.size)])
+
+
+def reconstruction_loss(
+    outputs: torch.Tensor, target: torch.Tensor, spans: Sequence[Span], log_sigma: torch.Tensor
+) -> torch.Tensor:
+    """Gaussian NLL for continuous spans (one learned sigma each) plus cross-entropy for softmax
+    spans, summed over columns and averaged over rows."""
+    total = outputs.new_zeros(())
+    sigma_index = 0
+    for span, cols in span_slices(spans):
+        if span.kind == "continuous":
+            log_s = log_sigma[sigma_index]
+            sigma_index += 1
+            diff = target[:, cols.start] - outputs[:, cols.start]
+            total = total + (diff.pow(2) / (2 * torch.exp(2 * log_s)) + log_s).mean()
+        else:
+            total = total + F.cross_entropy(outputs[:, cols], target[:, cols].argmax(dim=1))
+    return total
+
+
+def sample_spans(
+    outputs: torch.Tensor,
+    spans: Sequence[Span],
+    log_sigma: torch.Tensor | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Draw rows: Gaussian noise around continuous means, one-hot draws from softmax spans."""
+    pieces = []
+    sigma_index = 0
+    for span, cols in span_slices(spans):
+        block = outputs[:, cols].float()
+        if span.kind == "continuous":
+            if log_sigma is not None:
+                noise = torch.randn(block.shape, generator=generator, device=block.device)
+                block = block + noise * torch.exp(log_sigma[sigma_index]).float()
+            sigma_index += 1
+            pieces.append(block)
+        else:
+            draws = torch.multinomial(torch.softmax(block, dim=1), 1, generator=generator)
+            pieces.append(F.one_hot(draws[:, 0], span.size).float())
+    return torch.cat(pieces, dim=1) if pieces else outputs.new_zeros((len(outputs), 0))

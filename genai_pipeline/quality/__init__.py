@@ -1,0 +1,1 @@
+"""The validate stage's parts: GX suites, statistical metrics and the gate."""

@@ -1,0 +1,217 @@
+"""A run: its identity, the output layout, and how it is published or recorded as failed.
+
+Output contract (what analysts and CI rely on), under ``{output}/{job}/``::
+
+    data/run_date=YYYY-MM-DD/part-00000.parquet     rows, or the image manifest
+    images/run_date=…/label=…/<sample_id>.png       images (labels percent-encoded in paths)
+    quality/run_date=…/{expectations.json, metrics.parquet}
+    models/<key>/{model.json, weights.safetensors}  saved models
+    _runs/<run_id>.json                             manifest, written last
+    _staging/<run_id>/…                             invisible to readers ('_' prefix)
+
+A run writes below ``_staging/<run_id>/`` with the same relative layout, is validated there, and
+is promoted file by file: images and quality files first, then each data file in one atomic
+replace (a rename locally, a single server-side copy on S3), then the previous run's leftovers of
+the same partitions are removed and the manifest is written. Readers of ``data/`` therefore see the
+previous run or this one, never a mix, a partial run or a failed one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import secrets
+import urllib.parse
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import genai_pipeline
+from genai_pipeline.config import JobSpec
+from genai_pipeline.datasets.base import DatasetRef
+from genai_pipeline.errors import QualityGateFailed
+from genai_pipeline.storage import Storage
+
+log = logging.getLogger(__name__)
+
+PUBLISHED_PREFIXES = ("data", "images", "quality")
+
+
+def new_run_id() -> str:
+    """Sortable by start time, unique across machines."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def encode_partition_value(value: str) -> str:
+    """A value safe as one path segment: ``/``, ``..``, spaces and unicode are percent-encoded."""
+    encoded = urllib.parse.quote(value, safe="")
+    return encoded.replace(".", "%2E") if set(encoded) <= {"."} else encoded
+
+
+@dataclass(frozen=True)
+class Run:
+    """One execution of a job for one run date."""
+
+    job: JobSpec
+    run_date: str
+    run_id: str = field(default_factory=new_run_id)
+
+    @property
+    def root_url(self) -> str:
+        return f"{self.job.export.output.rstrip('/')}/{self.job.name}"
+
+    def storage(self) -> Storage:
+        """The job's output root (fsspec caches filesystems, so this is cheap)."""
+        return Storage(self.root_url, self.job.export.storage_options)
+
+    @property
+    def staging(self) -> str:
+        return f"_staging/{self.run_id}"
+
+    def staged(self, rel: str) -> str:
+        return f"{self.staging}/{rel}"
+
+    def partition(self, kind: str) -> str:
+        """``data``, ``images`` or ``quality`` folder of this run's date."""
+        return f"{kind}/run_date={self.run_date}"
+
+    @property
+    def data_file(self) -> str:
+        return f"{self.partition('data')}/part-00000.parquet"
+
+    @property
+    def manifest(self) -> str:
+        return f"_runs/{self.run_id}.json"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A trained model in storage and how its training went."""
+
+    uri: str
+    family: str
+    modality: str
+    key: str
+    fit: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GeneratedRef:
+    """What generation staged: files (relative to the job root) and counts."""
+
+    files: list[str]
+    num_samples: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """The validate stage's verdict."""
+
+    passed: bool
+    failures: list[str]
+    metrics: list[dict[str, Any]]
+    expectations_evaluated: int
+    expectations_failed: int
+
+
+@dataclass(frozen=True)
+class PublishedRun:
+    """Where a published run's output is."""
+
+    run_id: str
+    run_date: str
+    data_url: str
+    manifest_url: str
+    num_samples: int
+    files: dict[str, int]
+    manifest: dict[str, Any]
+
+
+def _staged_files(storage: Storage, run: Run) -> dict[str, int]:
+    """The run's staged files, keyed by where they go (their path relative to the staging area)."""
+    prefix = run.staging + "/"
+    return {rel.removeprefix(prefix): size for rel, size in storage.list_files(run.staging).items()}
+
+
+def _manifest(run: Run, status: str, **sections: Any) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "job": run.job.name,
+        "run_date": run.run_date,
+        "status": status,
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+        "seed": run.job.train.seed,
+        "spec": run.job.public_dict(),
+        "versions": {"genai_pipeline": genai_pipeline.__version__},
+        **sections,
+    }
+
+
+def publish(
+    run: Run,
+    *,
+    dataset: DatasetRef,
+    model: ModelRef,
+    generated: GeneratedRef,
+    report: QualityReport,
+) -> PublishedRun:
+    """Promote a validated run from staging into place and write its manifest last."""
+    if not report.passed:
+        raise QualityGateFailed(report.failures)
+    storage = run.storage()
+    staged = _staged_files(storage, run)
+    promoted = {rel: size for rel, size in staged.items() if rel.split("/")[0] in PUBLISHED_PREFIXES}
+    order = sorted(promoted, key=lambda rel: (rel.startswith("data/"), rel))  # data files last
+    storage.move((run.staged(rel), rel) for rel in order)
+    stale = [
+        rel
+        for prefix in PUBLISHED_PREFIXES
+        for rel in storage.list_files(run.partition(prefix))
+        if rel not in promoted
+    ]
+    storage.delete(stale)
+    manifest = _manifest(
+        run,
+        "published",
+        dataset=asdict(dataset),
+        model=asdict(model),
+        generated={"num_samples": generated.num_samples, "seconds": generated.seconds},
+        quality=asdict(report),
+        files=[{"path": rel, "size": size} for rel, size in sorted(promoted.items())],
+        location=storage.url_of(run.partition("data")),
+    )
+    storage.write_bytes(run.manifest, json.dumps(manifest, indent=1, default=str).encode())
+    storage.delete_tree(run.staging)
+    log.info("published %d samples to %s", generated.num_samples, storage.url_of(run.partition("data")))
+    return PublishedRun(
+        run_id=run.run_id,
+        run_date=run.run_date,
+        data_url=storage.url_of(run.partition("data")),
+        manifest_url=storage.url_of(run.manifest),
+        num_samples=generated.num_samples,
+        files=promoted,
+        manifest=manifest,
+    )
+
+
+def record_failure(run: Run, error: BaseException) -> dict[str, Any]:
+    """Keep the failed run's quality results for review, write a failed manifest, drop staging.
+
+    Nothing of a failed run reaches ``data/``, ``images/`` or ``quality/``.
+    """
+    storage = run.storage()
+    staged = _staged_files(storage, run)
+    kept = {rel: f"_runs/{run.run_id}/{rel}" for rel in staged if rel.startswith("quality/")}
+    storage.move((run.staged(rel), dest) for rel, dest in kept.items())
+    failures = getattr(error, "failures", None)
+    manifest = _manifest(
+        run,
+        "failed",
+        error=f"{type(error).__name__}: {error}",
+        failures=failures,
+        files=[{"path": dest, "size": staged[rel]} for rel, dest in sorted(kept.items())],
+    )
+    storage.write_bytes(run.manifest, json.dumps(manifest, indent=1, default=str).encode())
+    storage.delete_tree(run.staging)
+    return manifest

@@ -1,0 +1,29 @@
+"""Prefect settings that make the embedded (serverless) mode work well on small machines.
+
+They are defaults only: anything already in the environment wins, so a deployment pointed at a
+real server or Prefect Cloud keeps its own settings. They must be applied before Prefect is
+imported, because Prefect reads its settings once at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+PREFECT_DEFAULTS = {
+    # the first flow run of a process starts a temporary server: 9-19 s on 2 cores
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # offline and quiet: no phoning home, no UI assets
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_UI_ENABLED": "false",
+    # the library logs through the standard `logging` module; show it in flow run logs
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "genai_pipeline",
+}
+
+
+def apply_prefect_defaults() -> None:
+    """Set Prefect's environment defaults and the log levels that show a run's progress."""
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    logging.getLogger("genai_pipeline").setLevel(os.environ.get("GENAI_PIPELINE_LOG_LEVEL", "INFO"))
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)

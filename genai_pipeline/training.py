@@ -1,0 +1,230 @@
+"""The one training loop every model uses: device, seeding, AMP, checkpoints, resume, budget,
+divergence checks and progress.
+
+A model supplies its networks, optimisers and a ``step`` function that does one optimisation step
+on a batch and returns its losses (a GAN alternates two optimisers inside its step, a diffusion
+model adds noise). Everything else is here, once.
+
+Checkpoints hold only tensors and plain numbers; they are loaded with ``weights_only=True`` so a
+checkpoint cannot execute code. A retried training task finds the last checkpoint of its run and
+continues from that step, with the same batch order and random state as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from genai_pipeline.config import TrainSpec
+from genai_pipeline.errors import ConfigError, TrainingDiverged
+from genai_pipeline.storage import Storage
+
+log = logging.getLogger(__name__)
+
+StepFn = Callable[[tuple[torch.Tensor, ...]], Mapping[str, torch.Tensor | float]]
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is a config error."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was requested but no CUDA device is available")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator a model may touch, so the same job and seed give the same result."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA (no loss scaling needed); full precision on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def check_gradients(parameters: Any, *, max_norm: float, name: str) -> float:
+    """Clip gradients and fail fast when their norm is no longer finite."""
+    norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+    if not math.isfinite(norm):
+        raise TrainingDiverged(f"{name}: gradient norm became {norm}; lower the learning rate")
+    return norm
+
+
+class CheckpointStore:
+    """The latest training checkpoint of a run, in the run's storage (local or S3)."""
+
+    def __init__(self, storage: Storage, prefix: str):
+        self.storage = storage
+        self.rel = f"{prefix.rstrip('/')}/latest.pt"
+
+    def save(self, state: dict[str, Any]) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self.storage.write_bytes(self.rel, buffer.getvalue())
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.storage.exists(self.rel):
+            return None
+        return torch.load(
+            io.BytesIO(self.storage.read_bytes(self.rel)), weights_only=True, map_location="cpu"
+        )
+
+
+@dataclass
+class FitReport:
+    """What training did: for logs, manifests and benchmarks."""
+
+    steps: int = 0
+    epochs: int = 0
+    seconds: float = 0.0
+    samples_per_second: float = 0.0
+    losses: dict[str, float] = field(default_factory=dict)
+    stopped: str = "epochs"
+    resumed_from_step: int = 0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch of shuffled index batches; a short last batch is dropped when there are others."""
+    order = torch.randperm(n, generator=generator)
+    batch_size = min(batch_size, n)
+    return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def fit_loop(
+    *,
+    name: str,
+    modules: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    step: StepFn,
+    data: tuple[torch.Tensor, ...],
+    train: TrainSpec,
+    device: torch.device,
+    checkpoints: CheckpointStore | None = None,
+    log_every_seconds: float = 10.0,
+) -> FitReport:
+    """Run ``step`` over shuffled batches of ``data`` for ``train.epochs`` or the time budget."""
+    seed_everything(train.seed)
+    data = tuple(tensor.to(device) for tensor in data)
+    n = len(data[0])
+    order = torch.Generator().manual_seed(train.seed)
+    start_epoch = start_batch = global_step = 0
+    elapsed_before = 0.0
+    saved = checkpoints.load() if checkpoints else None
+    if saved is not None:
+        for key, module in modules.items():
+            module.load_state_dict(saved["modules"][key])
+        for key, optimizer in optimizers.items():
+            optimizer.load_state_dict(saved["optimizers"][key])
+        start_epoch, start_batch = int(saved["epoch"]), int(saved["batch"])
+        global_step, elapsed_before = int(saved["step"]), float(saved["elapsed"])
+        order.set_state(saved["order"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        if "cuda" in saved["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state(saved["rng"]["cuda"])
+        log.info("%s: resuming from checkpoint at step %d (epoch %d)", name, global_step, start_epoch)
+    report = FitReport(resumed_from_step=global_step, device=str(device))
+    budget = train.max_minutes * 60 if train.max_minutes else math.inf
+    started = last_log = time.monotonic()
+    seen = 0
+    losses: dict[str, float] = {}
+
+    def save(epoch: int, batch: int, epoch_order: torch.Tensor) -> None:
+        if checkpoints is None:
+            return
+        checkpoints.save(
+            {
+                "modules": {key: module.state_dict() for key, module in modules.items()},
+                "optimizers": {key: opt.state_dict() for key, opt in optimizers.items()},
+                "epoch": epoch,
+                "batch": batch,
+                "step": global_step,
+                "elapsed": elapsed_before + time.monotonic() - started,
+                "order": epoch_order,
+                "rng": _rng_state(),
+            }
+        )
+
+    for module in modules.values():
+        module.train()
+    epoch = start_epoch
+    for epoch in range(start_epoch, train.epochs):
+        epoch_order = order.get_state()
+        batches = _batches(n, train.batch_size, order)
+        for index in range(start_batch if epoch == start_epoch else 0, len(batches)):
+            idx = batches[index].to(device)
+            with autocast(device):
+                raw = step(tuple(tensor[idx] for tensor in data))
+            losses = {key: float(value) for key, value in raw.items()}
+            bad = {key: value for key, value in losses.items() if not math.isfinite(value)}
+            if bad:
+                key, value = next(iter(bad.items()))
+                raise TrainingDiverged(
+                    f"{name}: loss {key} became {value} at step {global_step + 1} (epoch {epoch + 1}); "
+                    "lower the learning rate or check the data"
+                )
+            global_step += 1
+            seen += len(idx)
+            now = time.monotonic()
+            if global_step % train.checkpoint_every == 0:
+                save(epoch, index + 1, epoch_order)
+            if now - last_log >= log_every_seconds:
+                last_log = now
+                rate = seen / max(now - started, 1e-9)
+                shown = " ".join(f"{key}={value:.4f}" for key, value in losses.items())
+                log.info(
+                    "%s: epoch %d/%d step %d %s (%.0f samples/s)",
+                    name,
+                    epoch + 1,
+                    train.epochs,
+                    global_step,
+                    shown,
+                    rate,
+                )
+            if elapsed_before + now - started >= budget:
+                report.stopped = "time budget"
+                break
+        if report.stopped == "time budget":
+            break
+    seconds = time.monotonic() - started
+    for module in modules.values():
+        module.eval()
+    report.steps = global_step
+    report.epochs = epoch + 1
+    report.seconds = elapsed_before + seconds
+    report.samples_per_second = seen / max(seconds, 1e-9)
+    report.losses = losses
+    log.info("%s: trained %d steps in %.1f s (%s)", name, global_step, report.seconds, report.stopped)
+    return report
+
+
+def batched_indices(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` pairs covering ``range(n)`` in batches."""
+    for start in range(0, n, batch_size):
+        yield start, min(start + batch_size, n)

@@ -1,0 +1,182 @@
+"""Reading datasets in the ecosystem's layouts, locally and from S3; fingerprints; snapshots."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+from PIL import Image
+
+from genai_pipeline.config import DatasetSpec
+from genai_pipeline.datasets import (
+    BUILTINS,
+    ImageData,
+    TabularData,
+    fingerprint,
+    read_snapshot,
+    write_snapshot,
+)
+from genai_pipeline.datasets.sources import read_dataset
+from genai_pipeline.errors import DatasetError
+from genai_pipeline.storage import Storage
+
+TABLE = pa.table({"id": [1, 2, 3, 4], "kind": ["a", "b", None, "a"], "x": [0.5, None, 2.5, 3.0]})
+
+
+def _png(value: int, size: tuple[int, int] = (6, 5), mode: str = "L") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, value if mode == "L" else (value, 0, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_builtins_load_from_installed_packages() -> None:
+    penguins = BUILTINS["penguins"].load()
+    assert penguins.num_rows == 344 and penguins.column("sex").null_count == 11
+    assert penguins.schema.field("body_mass_g").type == pa.int64()
+    digits, labels = BUILTINS["digits"].load()
+    assert digits.shape == (1797, 8, 8, 1) and digits.dtype == np.uint8 and digits.max() == 255
+    mnist, labels = BUILTINS["mnist"].load()
+    assert mnist.shape == (5000, 28, 28, 1) and set(labels) == {str(i) for i in range(10)}
+
+
+def test_parquet_file_folder_and_glob(tmp_path: Path) -> None:
+    pq.write_table(TABLE.slice(0, 2), tmp_path / "a.parquet")
+    pq.write_table(TABLE.slice(2), tmp_path / "b.parquet")
+    (tmp_path / "_SUCCESS").write_text("")
+    for uri in (str(tmp_path / "a.parquet"), str(tmp_path), str(tmp_path / "*.parquet")):
+        data = read_dataset(DatasetSpec(uri=uri))
+        assert isinstance(data, TabularData)
+    assert read_dataset(DatasetSpec(uri=str(tmp_path))).table.equals(TABLE)
+
+
+def test_csv_and_label_column(tmp_path: Path) -> None:
+    pacsv.write_csv(TABLE, tmp_path / "t.csv")
+    data = read_dataset(DatasetSpec(uri=str(tmp_path / "t.csv"), label="kind"))
+    assert data.num_rows == 4 and data.label == "kind"
+    with pytest.raises(DatasetError, match="label column 'nope' not found"):
+        read_dataset(DatasetSpec(uri=str(tmp_path / "t.csv"), label="nope"))
+
+
+def test_missing_corrupt_and_empty_inputs_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="dataset not found"):
+        read_dataset(DatasetSpec(uri=str(tmp_path / "absent.parquet")))
+    corrupt = tmp_path / "corrupt.parquet"
+    pq.write_table(TABLE, corrupt)
+    corrupt.write_bytes(corrupt.read_bytes()[:-30])
+    with pytest.raises(DatasetError, match=r"corrupt.parquet: not a readable PARQUET file"):
+        read_dataset(DatasetSpec(uri=str(corrupt)))
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(TABLE.slice(0, 0), empty)
+    with pytest.raises(DatasetError, match="has no rows"):
+        read_dataset(DatasetSpec(uri=str(empty)))
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(DatasetError, match="no .parquet"):
+        read_dataset(DatasetSpec(uri=str(tmp_path / "nothing")))
+
+
+def test_image_folder_keeps_labels_and_normalises_sizes(tmp_path: Path) -> None:
+    labels = {"zwölf mit Leerzeichen": 10, "plain": 200}
+    for label, value in labels.items():
+        folder = tmp_path / label / "nested"
+        folder.mkdir(parents=True)
+        (folder / "a.png").write_bytes(_png(value))
+        (folder / "b.png").write_bytes(_png(value, size=(12, 10)))  # another size: resized
+    (tmp_path / "plain" / "notes.txt").write_text("not an image")
+    (tmp_path / "README.md").write_text("top-level file, not in a label folder")
+    data = read_dataset(DatasetSpec(uri=str(tmp_path), format="imagefolder"))
+    assert isinstance(data, ImageData)
+    assert data.shape == (5, 6, 1) and data.num_rows == 4
+    assert set(data.label_names) == set(labels)
+    bad = tmp_path / "plain" / "broken.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    with pytest.raises(DatasetError, match="broken.png: not a readable image"):
+        read_dataset(DatasetSpec(uri=str(tmp_path), format="imagefolder"))
+
+
+def test_colour_images_and_explicit_size(tmp_path: Path) -> None:
+    (tmp_path / "red").mkdir()
+    (tmp_path / "red" / "a.png").write_bytes(_png(200, mode="RGB"))
+    (tmp_path / "red" / "b.png").write_bytes(_png(100))  # a grayscale one joins as RGB
+    data = read_dataset(DatasetSpec(uri=str(tmp_path), format="imagefolder", image_size=(8, 8)))
+    assert data.shape == (8, 8, 3)
+
+
+def test_hugging_face_style_parquet_with_class_names(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "image": pa.array(
+                [{"bytes": _png(i * 40), "path": None} for i in range(4)],
+                pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+            ),
+            "label": pa.array([0, 1, 1, 0], pa.int64()),
+        }
+    )
+    features = {"info": {"features": {"label": {"names": ["cat / kitten", "dog"], "_type": "ClassLabel"}}}}
+    table = table.replace_schema_metadata({b"huggingface": json.dumps(features).encode()})
+    pq.write_table(table, tmp_path / "train.parquet")
+    data = read_dataset(
+        DatasetSpec(uri=str(tmp_path / "train.parquet"), format="image_parquet", label="label")
+    )
+    assert data.labels.tolist() == ["cat / kitten", "dog", "dog", "cat / kitten"]
+    plain = pa.table({"png": [_png(1), _png(2)], "y": ["a", "b"]})
+    pq.write_table(plain, tmp_path / "plain.parquet")
+    data = read_dataset(
+        DatasetSpec(
+            uri=str(tmp_path / "plain.parquet"), format="image_parquet", image_column="png", label="y"
+        )
+    )
+    assert data.num_rows == 2
+    with pytest.raises(DatasetError, match="column 'image' not found"):
+        read_dataset(DatasetSpec(uri=str(tmp_path / "plain.parquet"), format="image_parquet", label="y"))
+
+
+def test_reading_from_s3(s3_server: dict[str, str]) -> None:
+    fs = s3fs.S3FileSystem(
+        key=s3_server["key"], secret=s3_server["secret"], endpoint_url=s3_server["endpoint_url"]
+    )
+    with fs.open(f"{s3_server['bucket']}/in/table.parquet", "wb") as handle:
+        pq.write_table(TABLE, handle)
+    fs.pipe(
+        {
+            f"{s3_server['bucket']}/in/images/a/1.png": _png(3),
+            f"{s3_server['bucket']}/in/images/b/2.png": _png(9),
+        }
+    )
+    options = {key: s3_server[key] for key in ("key", "secret", "endpoint_url")}
+    table = read_dataset(
+        DatasetSpec(uri=f"s3://{s3_server['bucket']}/in/table.parquet", storage_options=options)
+    )
+    assert table.table.equals(TABLE)
+    images = read_dataset(
+        DatasetSpec(
+            uri=f"s3://{s3_server['bucket']}/in/images", format="imagefolder", storage_options=options
+        )
+    )
+    assert images.labels.tolist() == ["a", "b"]
+
+
+def test_fingerprint_ignores_layout_but_not_content() -> None:
+    rechunked = pa.concat_tables([TABLE.slice(0, 1), TABLE.slice(1)])
+    assert fingerprint(TabularData(TABLE)) == fingerprint(TabularData(rechunked))
+    changed = TABLE.set_column(0, "id", pa.array([1, 2, 3, 5]))
+    assert fingerprint(TabularData(TABLE)) != fingerprint(TabularData(changed))
+
+
+def test_snapshots_round_trip(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path))
+    write_snapshot(TabularData(TABLE, label="kind"), storage, "t.parquet")
+    assert read_snapshot(storage, "t.parquet", "kind").table.equals(TABLE)
+    images = ImageData(
+        images=np.arange(2 * 3 * 4 * 3, dtype=np.uint8).reshape(2, 3, 4, 3), labels=np.array(["x", "y"])
+    )
+    write_snapshot(images, storage, "i.parquet")
+    back = read_snapshot(storage, "i.parquet", "label")
+    assert np.array_equal(back.images, images.images) and back.labels.tolist() == ["x", "y"]
+    assert fingerprint(back) == fingerprint(images)

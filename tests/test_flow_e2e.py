@@ -1,0 +1,141 @@
+"""The nightly job end to end through Prefect, to a local directory and to S3 over HTTP."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+from conftest import S3_OPTIONS, tiny_job
+from PIL import Image
+
+from genai_pipeline.datasets.builtin import BUILTINS
+from genai_pipeline.errors import QualityGateFailed
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
+RUN_DATE = "2026-01-02"
+
+
+def _run(job, run_date: str = RUN_DATE) -> dict:
+    from flows.synthesize import synthesize
+
+    return synthesize(job=job, run_date=run_date)
+
+
+def test_tabular_job_publishes_a_readable_partition(tmp_path: Path) -> None:
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path))
+    result = _run(job)
+    root = tmp_path / "tiny"
+    table = pads.dataset(root / "data", format="parquet", partitioning="hive").to_table()
+    real = BUILTINS["penguins"].load()
+    assert table.num_rows == 120 == result["num_samples"]
+    assert table.drop_columns(["run_date"]).schema.equals(real.schema)
+    assert set(table.column("species").to_pylist()) <= set(real.column("species").to_pylist())
+    assert set(table.column("run_date").to_pylist()) == {RUN_DATE}
+    manifest = json.loads((root / "_runs" / f"{result['run_id']}.json").read_text())
+    assert manifest["status"] == "published"
+    assert manifest["dataset"]["fingerprint"] and manifest["dataset"]["num_rows"] == 344
+    paths = {entry["path"] for entry in manifest["files"]}
+    assert f"data/run_date={RUN_DATE}/part-00000.parquet" in paths
+    assert f"quality/run_date={RUN_DATE}/metrics.parquet" in paths
+    metrics = pq.read_table(root / "quality" / f"run_date={RUN_DATE}" / "metrics.parquet")
+    assert "column_shapes" in metrics.column("metric").to_pylist()
+    assert not [p for p in (root / "_staging").rglob("*") if p.is_file()]
+
+
+def test_rerun_for_the_same_date_replaces_the_partition(tmp_path: Path) -> None:
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path), generate={"num_samples": 70})
+    first = _run(job)
+    second = _run(job)
+    partition = tmp_path / "tiny" / "data" / f"run_date={RUN_DATE}"
+    assert [p.name for p in partition.iterdir()] == ["part-00000.parquet"]
+    assert pq.read_table(partition).num_rows == 70
+    assert first["run_id"] != second["run_id"]
+    runs = sorted((tmp_path / "tiny" / "_runs").glob("*.json"))
+    assert len(runs) == 2
+
+
+def test_conditioned_image_job_to_s3(s3_env: dict[str, str]) -> None:
+    output = f"s3://{s3_env['bucket']}/nightly"
+    job = tiny_job(
+        "builtin://digits",
+        "gan",
+        output,
+        train={"epochs": 25},
+        generate={"num_samples": 60, "batch_size": 25, "conditions": {"label": 3}},
+        export={"output": output, "storage_options": S3_OPTIONS},
+    )
+    result = _run(job)
+    fs = s3fs.S3FileSystem(key=s3_env["key"], secret=s3_env["secret"], endpoint_url=s3_env["endpoint_url"])
+    root = f"{s3_env['bucket']}/nightly/tiny"
+    manifest = pq.read_table(f"{root}/data", filesystem=fs)
+    assert manifest.num_rows == 60 == result["num_samples"]
+    assert set(manifest.column("label").to_pylist()) == {"3"}
+    assert len(set(manifest.column("sample_id").to_pylist())) == 60
+    for path in manifest.column("path").to_pylist()[:5]:
+        assert path.startswith(f"images/run_date={RUN_DATE}/label=3/")
+        image = Image.open(io.BytesIO(fs.cat_file(f"{root}/{path}")))
+        assert image.size == (8, 8) and image.mode == "L"
+    fs.invalidate_cache()
+    assert not fs.exists(f"{root}/_staging") or not fs.find(f"{root}/_staging")
+    run_manifest = fs.cat_file(f"{root}/_runs/{result['run_id']}.json").decode()
+    assert s3_env["secret"] not in run_manifest and s3_env["key"] not in run_manifest
+
+
+def test_failed_gate_publishes_nothing(tmp_path: Path) -> None:
+    impossible = {
+        "expectations": [
+            {
+                "type": "expect_column_values_to_be_between",
+                "kwargs": {"column": "bill_length_mm", "min_value": 0, "max_value": 1},
+            }
+        ]
+    }
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path), validate=impossible)
+    with pytest.raises(QualityGateFailed, match=r"expect_column_values_to_be_between\(bill_length_mm\)"):
+        _run(job)
+    root = tmp_path / "tiny"
+    assert not (root / "data").exists() and not (root / "quality").exists()
+    assert not [p for p in (root / "_staging").rglob("*") if p.is_file()]
+    (manifest,) = (root / "_runs").glob("*.json")
+    record = json.loads(manifest.read_text())
+    assert record["status"] == "failed" and "bill_length_mm" in record["error"]
+    kept = list((root / "_runs").rglob("expectations.json"))
+    assert kept, "the failed run's validation results are kept for review"
+
+
+def test_cli_exits_non_zero_and_names_the_failure(tmp_path: Path) -> None:
+    job = Path(__file__).parents[1] / "deployments" / "jobs" / "penguins-vae.yaml"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "genai_pipeline.cli",
+            "run",
+            str(job),
+            "--output",
+            str(tmp_path / "out"),
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "validate.min_column_shapes=1.0",
+            "--run-date",
+            RUN_DATE,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("FAILED: quality gate failed:") and "column_shapes=" in last_line
+    assert not (tmp_path / "out" / "penguins-vae" / "data").exists()

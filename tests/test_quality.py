@@ -1,0 +1,84 @@
+"""Validation on constructed cases where the answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from genai_pipeline.config import ExpectationSpec, ValidateSpec
+from genai_pipeline.datasets import BUILTINS, ImageData, TabularData
+from genai_pipeline.errors import ConfigError
+from genai_pipeline.quality.expectations import derive_suite, image_stats, run_suite, table_frame
+from genai_pipeline.quality.tabular import column_shapes
+
+PENGUINS = BUILTINS["penguins"].load()
+
+
+def _validate(real: TabularData, synthetic: pa.Table, spec: ValidateSpec | None = None, **conditions):
+    suite = derive_suite(real, spec or ValidateSpec(), conditions, name="test")
+    return run_suite(suite, table_frame(synthetic))
+
+
+def test_real_data_passes_its_own_suite_and_scores_perfectly() -> None:
+    passed, failures, results = _validate(TabularData(PENGUINS, "species"), PENGUINS)
+    assert passed and not failures
+    assert results["results"]["statistics"]["evaluated_expectations"] > 20
+    assert all(score == pytest.approx(1.0) for score in column_shapes(PENGUINS, PENGUINS).values())
+
+
+def test_broken_synthetic_data_fails_the_named_expectations() -> None:
+    broken = PENGUINS.set_column(
+        PENGUINS.schema.get_field_index("island"), "island", pa.array(["Atlantis"] * PENGUINS.num_rows)
+    ).set_column(
+        PENGUINS.schema.get_field_index("sex"), "sex", pa.nulls(PENGUINS.num_rows, pa.large_string())
+    )
+    passed, failures, _ = _validate(TabularData(PENGUINS, "species"), broken)
+    assert not passed
+    assert any(f.startswith("expect_column_values_to_be_in_set(island)") for f in failures)
+    assert any(
+        f.startswith("expect_column_proportion_of_non_null_values_to_be_between(sex)") for f in failures
+    )
+    reordered = PENGUINS.select(list(reversed(PENGUINS.column_names)))
+    assert any("ordered_list" in f for f in _validate(TabularData(PENGUINS), reordered)[1])
+
+
+def test_shifted_columns_lower_their_shape_score() -> None:
+    shifted = PENGUINS.set_column(
+        2, "bill_length_mm", pa.compute.add(PENGUINS.column("bill_length_mm"), 10.0)
+    )
+    scores = column_shapes(PENGUINS, shifted)
+    assert scores["bill_length_mm"] < 0.5 and scores["island"] == pytest.approx(1.0)
+
+
+def test_conditions_and_extra_expectations() -> None:
+    passed, failures, _ = _validate(TabularData(PENGUINS, "species"), PENGUINS, species="Adelie")
+    assert not passed and failures[0].startswith("expect_column_values_to_be_in_set(species)")
+    extra = ValidateSpec(
+        expectations=[
+            ExpectationSpec(
+                type="expect_column_max_to_be_between", kwargs={"column": "year", "max_value": 2008}
+            )
+        ]
+    )
+    assert any(
+        "expect_column_max_to_be_between(year)" in f
+        for f in _validate(TabularData(PENGUINS), PENGUINS, extra)[1]
+    )
+    unknown = ValidateSpec(expectations=[ExpectationSpec(type="expect_the_unexpected")])
+    with pytest.raises(ConfigError, match="validate.expectations.0: expect_the_unexpected"):
+        derive_suite(TabularData(PENGUINS), unknown, {}, name="x")
+
+
+def test_image_suite_catches_blank_and_wrong_shape_images() -> None:
+    images, labels = BUILTINS["digits"].load()
+    real = ImageData(images=images, labels=labels)
+    suite = derive_suite(real, ValidateSpec(), {}, name="digits")
+    assert run_suite(suite, image_stats(images[:300], labels[:300]))[0]
+    blank = np.full_like(images[:300], 255)
+    passed, failures, _ = run_suite(suite, image_stats(blank, labels[:300]))
+    assert not passed and any("expect_column_pair_values_a_to_be_greater_than_b" in f for f in failures)
+    wrong = np.zeros((10, 9, 8, 1), dtype=np.uint8)
+    wrong[:, 0, 0] = 255
+    failures = run_suite(suite, image_stats(wrong, labels[:10]))[1]
+    assert any(f.startswith("expect_column_values_to_be_between(height)") for f in failures)

@@ -1,0 +1,58 @@
+"""Atomic writes and moves, locally and on S3 over HTTP; no trace of a failed write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import S3_OPTIONS
+
+from genai_pipeline.errors import StorageError
+from genai_pipeline.storage import Storage
+
+
+def _storages(tmp_path: Path, s3: dict[str, str]) -> list[Storage]:
+    return [Storage(str(tmp_path / "root")), Storage(f"s3://{s3['bucket']}/{tmp_path.name}", S3_OPTIONS)]
+
+
+def test_atomic_write_appears_only_on_success(tmp_path: Path, s3_env: dict[str, str]) -> None:
+    for storage in _storages(tmp_path, s3_env):
+        storage.write_bytes("a/b.txt", b"v1")
+        with pytest.raises(RuntimeError), storage.open_atomic("a/b.txt") as handle:
+            handle.write(b"half of v2")
+            raise RuntimeError("writer died")
+        with pytest.raises(RuntimeError), storage.open_atomic("a/new.txt") as handle:
+            handle.write(b"x" * 10)
+            raise RuntimeError("writer died")
+        assert storage.read_bytes("a/b.txt") == b"v1"
+        assert set(storage.list_files("a")) == {"a/b.txt"}, storage.url
+
+
+def test_move_list_and_delete(tmp_path: Path, s3_env: dict[str, str]) -> None:
+    for storage in _storages(tmp_path, s3_env):
+        storage.put_many({"stage/x/1.bin": b"1", "stage/x/2.bin": b"22"})
+        storage.move([("stage/x/1.bin", "final/1.bin"), ("stage/x/2.bin", "final/2.bin")])
+        assert storage.list_files("final") == {"final/1.bin": 1, "final/2.bin": 2}
+        assert storage.read_many(["final/1.bin", "final/2.bin"]) == {
+            "final/1.bin": b"1",
+            "final/2.bin": b"22",
+        }
+        storage.delete(["final/1.bin"])
+        storage.delete_tree("stage")
+        storage.delete_tree("never-existed")
+        assert list(storage.list_files("")) == ["final/2.bin"]
+        assert storage.url_of("final/2.bin").endswith("final/2.bin")
+
+
+def test_unreachable_endpoint_is_a_storage_error(tmp_path: Path) -> None:
+    storage = Storage(
+        "s3://bucket/x",
+        {
+            "endpoint_url": "http://127.0.0.1:9",
+            "key": "k",
+            "secret": "s",
+            "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
+        },
+    )
+    with pytest.raises(StorageError, match=r"s3://bucket/x/f.txt"):
+        storage.write_bytes("f.txt", b"data")

@@ -1,0 +1,117 @@
+"""The shared training loop: resume gives the same result, divergence fails fast, budgets stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from genai_pipeline.config import TrainSpec
+from genai_pipeline.errors import ConfigError, TrainingDiverged
+from genai_pipeline.storage import Storage
+from genai_pipeline.training import CheckpointStore, fit_loop, resolve_device
+
+
+class Crash(Exception):
+    pass
+
+
+def _problem(seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer, tuple[torch.Tensor, ...]]:
+    torch.manual_seed(seed)
+    net = torch.nn.Linear(3, 1)
+    data = (torch.randn(100, 3), torch.randn(100, 1))
+    return net, torch.optim.SGD(net.parameters(), lr=0.05), data
+
+
+def _train(
+    checkpoints: CheckpointStore | None, crash_at: int | None = None, **spec
+) -> tuple[torch.nn.Module, object]:
+    net, optimizer, data = _problem()
+    calls = {"n": 0}
+
+    def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        calls["n"] += 1
+        if crash_at is not None and calls["n"] == crash_at:
+            raise Crash()
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(net(x) + 0.01 * torch.randn_like(y), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.detach()}
+
+    train = TrainSpec(epochs=4, batch_size=16, device="cpu", seed=5, checkpoint_every=7, **spec)
+    report = fit_loop(
+        name="toy",
+        modules={"net": net},
+        optimizers={"sgd": optimizer},
+        step=step,
+        data=data,
+        train=train,
+        device=torch.device("cpu"),
+        checkpoints=checkpoints,
+    )
+    return net, report
+
+
+def test_resumed_training_matches_uninterrupted_training(tmp_path: Path) -> None:
+    reference, report = _train(None)
+    assert report.steps == 4 * (100 // 16)
+    store = CheckpointStore(Storage(str(tmp_path)), "ckpt")
+    with pytest.raises(Crash):
+        _train(store, crash_at=17)
+    resumed, resumed_report = _train(store)
+    assert resumed_report.resumed_from_step == 14  # the last checkpoint before the crash
+    assert resumed_report.steps == report.steps  # the step counter continues, not doubled
+    for a, b in zip(reference.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoints_load_without_unpickling(tmp_path: Path) -> None:
+    store = CheckpointStore(Storage(str(tmp_path)), "ckpt")
+    store.save({"weights": torch.ones(2), "step": 3})
+    assert store.load()["step"] == 3
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"payload": Evil()}, buffer)
+    Storage(str(tmp_path)).write_bytes("ckpt/latest.pt", buffer.getvalue())
+    with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported"):
+        store.load()
+
+
+def test_nan_loss_fails_fast_with_the_step() -> None:
+    net, optimizer, data = _problem()
+
+    def step(batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
+        return {"loss": float("nan")}
+
+    with pytest.raises(TrainingDiverged, match=r"toy: loss loss became nan at step 1 \(epoch 1\)"):
+        fit_loop(
+            name="toy",
+            modules={"net": net},
+            optimizers={},
+            step=step,
+            data=data,
+            train=TrainSpec(epochs=1, device="cpu"),
+            device=torch.device("cpu"),
+        )
+
+
+def test_time_budget_stops_training() -> None:
+    _, report = _train(None, max_minutes=1e-9)
+    assert report.stopped == "time budget" and report.steps == 1
+
+
+def test_devices() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.device: cuda was requested"):
+            resolve_device("cuda")
