@@ -18,6 +18,8 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_UI_ENABLED": "false",
     # the library logs through the standard `logging` module; show it in flow run logs
     "PREFECT_LOGGING_EXTRA_LOGGERS": "genai_pipeline",
+    # …and stay quiet when the library runs outside a flow in a process that also runs flows
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 
 

@@ -59,18 +59,19 @@ def s3_env(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[s
 S3_OPTIONS = {"endpoint_url": "${TEST_S3_ENDPOINT}", "key": "${TEST_S3_KEY}", "secret": "${TEST_S3_SECRET}"}
 
 
-def tiny_job(dataset: str, family: str, output: str, **sections: Any) -> JobSpec:
+def tiny_job(uri: str, family: str, output: str, **sections: Any) -> JobSpec:
     """A job small enough to train in seconds on one CPU core."""
-    image = dataset in ("builtin://digits", "builtin://mnist") or sections.get("dataset", {}).get(
-        "format"
-    ) in ("imagefolder", "image_parquet")
+    image = uri in ("builtin://digits", "builtin://mnist") or sections.get("dataset", {}).get("format") in (
+        "imagefolder",
+        "image_parquet",
+    )
     model = {
         "family": family,
         **({"channels": 16, "latent_dim": 16} if image else {"hidden": [32], "latent_dim": 8}),
     }
     data: dict[str, Any] = {
         "name": "tiny",
-        "dataset": {"uri": dataset},
+        "dataset": {"uri": uri},
         "model": model,
         "train": {"epochs": 2, "batch_size": 64, "device": "cpu", "seed": 3},
         "generate": {"num_samples": 120, "batch_size": 50},

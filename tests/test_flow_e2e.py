@@ -48,6 +48,22 @@ def test_tabular_job_publishes_a_readable_partition(tmp_path: Path) -> None:
     metrics = pq.read_table(root / "quality" / f"run_date={RUN_DATE}" / "metrics.parquet")
     assert "column_shapes" in metrics.column("metric").to_pylist()
     assert not [p for p in (root / "_staging").rglob("*") if p.is_file()]
+    summary = _latest_artifact("tiny-summary")
+    assert "published" in summary and result["run_id"] in summary and "column_shapes" in summary
+
+
+def _latest_artifact(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            limit=1,
+            sort=ArtifactSort.CREATED_DESC,
+        )
+    return str(artifact.data)
 
 
 def test_rerun_for_the_same_date_replaces_the_partition(tmp_path: Path) -> None:
@@ -109,6 +125,7 @@ def test_failed_gate_publishes_nothing(tmp_path: Path) -> None:
     assert record["status"] == "failed" and "bill_length_mm" in record["error"]
     kept = list((root / "_runs").rglob("expectations.json"))
     assert kept, "the failed run's validation results are kept for review"
+    assert "failed" in _latest_artifact("tiny-summary")
 
 
 def test_cli_exits_non_zero_and_names_the_failure(tmp_path: Path) -> None:
@@ -139,3 +156,32 @@ def test_cli_exits_non_zero_and_names_the_failure(tmp_path: Path) -> None:
     last_line = done.stderr.strip().splitlines()[-1]
     assert last_line.startswith("FAILED: quality gate failed:") and "column_shapes=" in last_line
     assert not (tmp_path / "out" / "penguins-vae" / "data").exists()
+
+
+def test_literal_credentials_never_reach_logs_parameters_or_outputs(
+    s3_server: dict[str, str], capfd: pytest.CaptureFixture[str]
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.synthesize import synthesize
+
+    output = f"s3://{s3_server['bucket']}/secrets-test"
+    options = {key: s3_server[key] for key in ("endpoint_url", "key", "secret")}  # literals, not ${VAR}
+    job = tiny_job("builtin://penguins", "vae", output, export={"output": output, "storage_options": options})
+    state = synthesize(job=job, run_date=RUN_DATE, return_state=True)
+    assert state.is_completed()
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+        logs = client.read_logs()
+    stored = json.dumps(flow_run.parameters) + " ".join(log.message for log in logs)
+    assert "**********" in json.dumps(flow_run.parameters)
+    fs = s3fs.S3FileSystem(
+        key=s3_server["key"], secret=s3_server["secret"], endpoint_url=s3_server["endpoint_url"]
+    )
+    written = b"".join(fs.cat_file(path) for path in fs.find(f"{s3_server['bucket']}/secrets-test"))
+    captured = capfd.readouterr()
+    for secret in (s3_server["secret"], s3_server["key"]):
+        assert secret not in stored
+        assert secret.encode() not in written
+        assert secret not in captured.out + captured.err
+    assert _latest_artifact("tiny-summary") and s3_server["secret"] not in _latest_artifact("tiny-summary")

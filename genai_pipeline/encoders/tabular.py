@@ -42,7 +42,13 @@ class Span:
     size: int
 
 
-def _is_numeric(type_: pa.DataType) -> bool:
+def is_categorical(type_: pa.DataType) -> bool:
+    """Types whose values are categories (one-hot encoded, checked against a value set)."""
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_boolean(type_)
+
+
+def is_numeric(type_: pa.DataType) -> bool:
+    """Types modelled as numbers: integers, floats, decimals and temporal values."""
     return (
         pa.types.is_integer(type_)
         or pa.types.is_floating(type_)
@@ -55,14 +61,14 @@ def _value_type(type_: pa.DataType) -> pa.DataType:
     return type_.value_type if pa.types.is_dictionary(type_) else type_
 
 
-def _dense(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+def dense(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     """One contiguous array, dictionary-decoded."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
 
 
-def _to_float(array: pa.Array) -> np.ndarray:
+def to_float(array: pa.Array) -> np.ndarray:
     """Numeric or temporal values as float64 (temporal: their integer storage), nulls as NaN."""
     type_ = array.type
     if pa.types.is_temporal(type_):
@@ -162,19 +168,19 @@ class TableEncoder:
         """Learn each column's codec from the real table."""
         codecs = []
         for field in table.schema:
-            column = _dense(table.column(field.name))
+            column = dense(table.column(field.name))
             type_ = column.type
             has_nulls = column.null_count > 0
             if column.null_count == len(column) or pa.types.is_null(type_):
                 codecs.append(ColumnCodec(field.name, "null", True))
-            elif _is_numeric(type_):
-                values = _to_float(column)
+            elif is_numeric(type_):
+                values = to_float(column)
                 present = values[~np.isnan(values)]
                 if len(np.unique(present)) > discrete_threshold:
                     codecs.append(_fit_continuous(field.name, present, has_nulls, max_knots))
                 else:
                     codecs.append(_fit_categorical(field.name, present.tolist(), has_nulls, max_categories))
-            elif pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_boolean(type_):
+            elif is_categorical(type_):
                 present = column.drop_null().to_pylist()
                 codecs.append(_fit_categorical(field.name, present, has_nulls, max_categories))
             else:
@@ -190,9 +196,9 @@ class TableEncoder:
         """Vectorised lookup of each value's category (null and rare values to their markers)."""
         categories = codec.categories or []
         plain = [value for value in categories if value not in (_NULL, _RARE)]
-        if _is_numeric(column.type):
+        if is_numeric(column.type):
             column, value_set = (
-                pa.array(_to_float(column), mask=column.is_null().to_numpy(zero_copy_only=False)),
+                pa.array(to_float(column), mask=column.is_null().to_numpy(zero_copy_only=False)),
                 pa.array(plain, pa.float64()),
             )
         else:
@@ -213,9 +219,9 @@ class TableEncoder:
         """``(x, cond)``: the float32 matrix of data spans and the condition's category indices."""
         blocks = []
         for codec in self.data_codecs:
-            column = _dense(table.column(codec.name))
+            column = dense(table.column(codec.name))
             if codec.kind == "continuous":
-                values = _to_float(column)
+                values = to_float(column)
                 nulls = np.isnan(values)
                 filled = np.where(nulls, codec.knots[0], values)
                 z = ndtri(np.clip(np.interp(filled, codec.knots, codec.knot_probs), _EPS, 1 - _EPS))
@@ -229,7 +235,7 @@ class TableEncoder:
         x = np.concatenate(blocks, axis=1).astype(np.float32) if blocks else np.zeros((n, 0), np.float32)
         cond = None
         if self.condition_codec is not None:
-            cond = self._category_index(self.condition_codec, _dense(table.column(self.condition)))
+            cond = self._category_index(self.condition_codec, dense(table.column(self.condition)))
         return x, cond
 
     # -- conditions -------------------------------------------------------------------------
@@ -256,7 +262,7 @@ class TableEncoder:
         type_ = _value_type(field.type)
         if codec.kind == "null":
             array = pa.nulls(len(mask), type=type_)
-        elif _is_numeric(type_):
+        elif is_numeric(type_):
             array = _from_float(np.where(mask, 0.0, values).astype(np.float64), type_, mask)
         else:
             array = pa.array(np.where(mask, None, values), type=type_, from_pandas=True)

@@ -44,7 +44,7 @@ class ImageGANConfig(ModelConfig):
     betas: tuple[float, float] = (0.5, 0.999)
     d_steps: int = Field(default=1, ge=1, le=10, description="discriminator steps per generator step")
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
-    mode_seeking: float = Field(default=1.0, ge=0, le=100, description="weight of the diversity term")
+    mode_seeking: float = Field(default=0.1, ge=0, le=100, description="weight of the diversity term")
 
 
 class Generator(nn.Module):

@@ -7,32 +7,15 @@ categorical ones, over non-null values (null rates are checked separately by the
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import ks_2samp
 
+from genai_pipeline.encoders.tabular import dense, is_numeric, to_float
+
 
 def _values(column: pa.ChunkedArray) -> pa.Array:
-    column = column.combine_chunks()
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
-    return column.drop_null()
-
-
-def _numeric(array: pa.Array) -> np.ndarray:
-    if pa.types.is_temporal(array.type):
-        array = array.view(pa.int32() if array.type.bit_width == 32 else pa.int64())
-    return np.asarray(pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False))
-
-
-def _is_numeric(type_: pa.DataType) -> bool:
-    return (
-        pa.types.is_integer(type_)
-        or pa.types.is_floating(type_)
-        or pa.types.is_decimal(type_)
-        or pa.types.is_temporal(type_)
-    )
+    return dense(column).drop_null()
 
 
 def _frequencies(values: pa.Array) -> dict[str, float]:
@@ -45,8 +28,8 @@ def column_shape(real: pa.ChunkedArray, synthetic: pa.ChunkedArray) -> float | N
     real_values, synthetic_values = _values(real), _values(synthetic)
     if len(real_values) == 0 or len(synthetic_values) == 0:
         return None
-    if _is_numeric(real_values.type):
-        return float(1 - ks_2samp(_numeric(real_values), _numeric(synthetic_values)).statistic)
+    if is_numeric(real_values.type):
+        return float(1 - ks_2samp(to_float(real_values), to_float(synthetic_values)).statistic)
     real_freq, synth_freq = _frequencies(real_values), _frequencies(synthetic_values)
     keys = set(real_freq) | set(synth_freq)
     return float(1 - 0.5 * sum(abs(real_freq.get(k, 0.0) - synth_freq.get(k, 0.0)) for k in keys))

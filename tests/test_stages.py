@@ -1,0 +1,97 @@
+"""The stage functions called directly, without Prefect (the library must work on its own)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import tiny_job
+from PIL import Image
+
+from genai_pipeline import stages
+from genai_pipeline.errors import ConfigError
+from genai_pipeline.runs import Run
+
+LABELS = ["cat / kitten", "ünïcode label", ".."]
+
+
+def _png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8), value).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_odd_labels_survive_in_the_manifest_and_cannot_escape_in_paths(tmp_path: Path) -> None:
+    rows = [
+        {"image": {"bytes": _png(40 * i + j), "path": None}, "label": LABELS[i]}
+        for i in range(3)
+        for j in range(30)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "images.parquet")
+    job = tiny_job(
+        str(tmp_path / "images.parquet"),
+        "gan",
+        str(tmp_path / "out"),
+        dataset={"format": "image_parquet", "label": "label"},
+        train={"epochs": 60, "batch_size": 32},
+        generate={"num_samples": 30, "batch_size": 16},
+        validate={"expectations": []},
+    )
+    run = Run(job=job, run_date="2026-02-03")
+    dataset = stages.ingest(run)
+    model = stages.train(run, dataset=dataset)
+    generated = stages.generate(run, model=model)
+    staged_manifest = pq.read_table(tmp_path / "out" / "tiny" / run.staged(run.data_file))
+    assert set(staged_manifest.column("label").to_pylist()) <= set(LABELS)
+    root = (tmp_path / "out" / "tiny").resolve()
+    for path in staged_manifest.column("path").to_pylist():
+        parts = path.split("/")
+        assert (
+            parts[:2] == ["images", "run_date=2026-02-03"]
+            and parts[2].startswith("label=")
+            and len(parts) == 4
+        )
+        assert (root / run.staging / path).resolve().is_relative_to(root / run.staging)
+    report = stages.validate(run, dataset=dataset, generated=generated)
+    assert report.passed, report.failures
+    published = stages.export(run, dataset=dataset, model=model, generated=generated, report=report)
+    assert json.loads((root / f"_runs/{run.run_id}.json").read_text())["status"] == "published"
+    assert published.num_samples == 30
+    pngs = [p.relative_to(root).as_posix() for p in root.rglob("*.png")]
+    assert len(pngs) == 30 and all(p.startswith("images/run_date=2026-02-03/label=") for p in pngs)
+    assert {p.split("/")[2] for p in pngs} <= {
+        "label=cat%20%2F%20kitten",
+        "label=%C3%BCn%C3%AFcode%20label",
+        "label=%2E%2E",
+    }
+
+
+@pytest.mark.parametrize(
+    ("conditions", "message"),
+    [
+        ({"colour": "red"}, "generate.conditions.colour: no such column"),
+        (
+            {"island": "Dream"},
+            "generate.conditions.island: conditioning is supported on the label column only",
+        ),
+        ({"species": "Dodo"}, "generate.conditions.species: 'Dodo' does not occur in the data"),
+    ],
+)
+def test_impossible_conditions_fail_at_ingest(tmp_path: Path, conditions: dict, message: str) -> None:
+    run = Run(
+        job=tiny_job("builtin://penguins", "vae", str(tmp_path), generate={"conditions": conditions}),
+        run_date="2026-02-03",
+    )
+    with pytest.raises(ConfigError, match=message):
+        stages.ingest(run)
+    assert not (tmp_path / "tiny" / "models").exists()  # nothing trained
+
+
+def test_image_label_conditions_are_checked_at_ingest(tmp_path: Path) -> None:
+    job = tiny_job("builtin://digits", "gan", str(tmp_path), generate={"conditions": {"label": 12}})
+    with pytest.raises(ConfigError, match="generate.conditions.label: 12 does not occur in the data"):
+        stages.ingest(Run(job=job, run_date="2026-02-03"))
