@@ -97,9 +97,8 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class GeneratedRef:
-    """What generation staged: files (relative to the job root) and counts."""
+    """What generation staged (the run's data file, and images for image jobs)."""
 
-    files: list[str]
     num_samples: int
     seconds: float
 

@@ -159,7 +159,7 @@ def generate(run: Run, *, model: ModelRef) -> GeneratedRef:
         count = write_images(batches, storage, run, model_name=f"{model.family}:{model.key}")
     seconds = time.monotonic() - started
     log.info("generated %d samples in %.1f s (%.0f/s)", count, seconds, count / max(seconds, 1e-9))
-    return GeneratedRef(files=[run.data_file], num_samples=count, seconds=seconds)
+    return GeneratedRef(num_samples=count, seconds=seconds)
 
 
 def _read_rows(storage: Storage, rel: str, limit: int) -> pa.Table:

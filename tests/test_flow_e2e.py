@@ -185,3 +185,33 @@ def test_literal_credentials_never_reach_logs_parameters_or_outputs(
         assert secret.encode() not in written
         assert secret not in captured.out + captured.err
     assert _latest_artifact("tiny-summary") and s3_server["secret"] not in _latest_artifact("tiny-summary")
+
+
+def test_transient_failures_are_retried_and_permanent_ones_are_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from genai_pipeline import stages
+    from genai_pipeline.errors import DatasetError, StorageError
+
+    calls = {"write": 0, "read": 0}
+    real_write = stages.write_parquet
+
+    def flaky_write(*args, **kwargs):
+        calls["write"] += 1
+        if calls["write"] == 1:
+            raise StorageError("s3://bucket: connection reset (simulated)")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "write_parquet", flaky_write)
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path), retries={"count": 2, "delay_seconds": 0})
+    assert _run(job)["num_samples"] == 120
+    assert calls["write"] == 2
+
+    def broken_read(spec):
+        calls["read"] += 1
+        raise DatasetError(f"{spec.uri}: not a readable PARQUET file (simulated)")
+
+    monkeypatch.setattr(stages, "read_dataset", broken_read)
+    with pytest.raises(DatasetError, match="simulated"):
+        _run(job)
+    assert calls["read"] == 1
