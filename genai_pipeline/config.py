@@ -157,6 +157,16 @@ class TrainSpec(StrictModel):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     max_minutes: float | None = Field(default=None, gt=0, le=24 * 60)
     checkpoint_every: int = Field(default=500, ge=1, description="steps between checkpoints")
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, le=10_000, description="epochs without a better validation loss before stopping"
+    )
+    validation_fraction: float = Field(
+        default=0.1, gt=0, le=0.5, description="rows/images held out for the validation loss"
+    )
+    compile: bool = Field(default=False, description="torch.compile the networks (CUDA)")
+    reuse: Literal["never", "latest"] = Field(
+        default="never", description="latest: generate from the last published model, no training"
+    )
 
 
 class GenerateSpec(StrictModel):

@@ -33,6 +33,7 @@ from genai_pipeline.storage import Storage
 log = logging.getLogger(__name__)
 
 StepFn = Callable[[tuple[torch.Tensor, ...]], Mapping[str, torch.Tensor | float]]
+EvalFn = Callable[[tuple[torch.Tensor, ...]], torch.Tensor | float]
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -56,6 +57,20 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def maybe_compile(module: nn.Module, train: TrainSpec, device: torch.device) -> nn.Module:
+    """``torch.compile`` when asked for and worthwhile (CUDA); the module itself otherwise."""
+    if train.compile and device.type == "cuda":
+        return torch.compile(module)  # type: ignore[return-value]
+    return module
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a tensor, through pinned memory when the target is a GPU."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def check_gradients(parameters: Any, *, max_norm: float, name: str) -> float:
@@ -98,6 +113,7 @@ class FitReport:
     stopped: str = "epochs"
     resumed_from_step: int = 0
     device: str = "cpu"
+    validation_loss: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,15 +143,24 @@ def fit_loop(
     train: TrainSpec,
     device: torch.device,
     checkpoints: CheckpointStore | None = None,
+    evaluate: EvalFn | None = None,
     log_every_seconds: float = 10.0,
 ) -> FitReport:
-    """Run ``step`` over shuffled batches of ``data`` for ``train.epochs`` or the time budget."""
+    """Run ``step`` over shuffled batches of ``data`` for ``train.epochs`` or the time budget.
+
+    With ``train.early_stopping_patience`` and an ``evaluate`` function (a loss on a batch, no
+    gradients), ``train.validation_fraction`` of the rows is held out; training stops when the mean
+    validation loss has not improved for that many epochs and the best weights are restored.
+    """
     seed_everything(train.seed)
-    data = tuple(tensor.to(device) for tensor in data)
+    data, holdout = _split(data, train, evaluate)
+    data = tuple(to_device(tensor, device) for tensor in data)
+    holdout = tuple(to_device(tensor, device) for tensor in holdout)
     n = len(data[0])
     order = torch.Generator().manual_seed(train.seed)
-    start_epoch = start_batch = global_step = 0
+    start_epoch = start_batch = global_step = stale_epochs = 0
     elapsed_before = 0.0
+    best_loss, best_state = math.inf, None
     saved = checkpoints.load() if checkpoints else None
     if saved is not None:
         for key, module in modules.items():
@@ -144,6 +169,7 @@ def fit_loop(
             optimizer.load_state_dict(saved["optimizers"][key])
         start_epoch, start_batch = int(saved["epoch"]), int(saved["batch"])
         global_step, elapsed_before = int(saved["step"]), float(saved["elapsed"])
+        best_loss, stale_epochs = float(saved.get("best_loss", math.inf)), int(saved.get("stale", 0))
         order.set_state(saved["order"])
         torch.set_rng_state(saved["rng"]["torch"])
         if "cuda" in saved["rng"] and torch.cuda.is_available():
@@ -168,6 +194,8 @@ def fit_loop(
                 "elapsed": elapsed_before + time.monotonic() - started,
                 "order": epoch_order,
                 "rng": _rng_state(),
+                "best_loss": best_loss,
+                "stale": stale_epochs,
             }
         )
 
@@ -212,6 +240,21 @@ def fit_loop(
                 break
         if report.stopped == "time budget":
             break
+        if holdout and evaluate is not None:
+            loss = _mean_loss(evaluate, holdout, train.batch_size, modules)
+            report.validation_loss = loss
+            if loss < best_loss - 1e-6:
+                best_loss, stale_epochs = loss, 0
+                best_state = {key: _cpu_copy(module.state_dict()) for key, module in modules.items()}
+            else:
+                stale_epochs += 1
+            if stale_epochs >= (train.early_stopping_patience or math.inf):
+                report.stopped = "early stop"
+                break
+    if best_state is not None and report.stopped == "early stop":
+        for key, module in modules.items():
+            module.load_state_dict(best_state[key])
+        report.validation_loss = best_loss
     seconds = time.monotonic() - started
     for module in modules.values():
         module.eval()
@@ -222,6 +265,37 @@ def fit_loop(
     report.losses = losses
     log.info("%s: trained %d steps in %.1f s (%s)", name, global_step, report.seconds, report.stopped)
     return report
+
+
+def _split(
+    data: tuple[torch.Tensor, ...], train: TrainSpec, evaluate: EvalFn | None
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Hold out a seeded validation share when early stopping is asked for."""
+    n = len(data[0])
+    if train.early_stopping_patience is None or evaluate is None or n < 10:
+        return data, ()
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(train.seed + 1))
+    cut = max(1, int(n * train.validation_fraction))
+    return tuple(t[order[cut:]] for t in data), tuple(t[order[:cut]] for t in data)
+
+
+def _mean_loss(
+    evaluate: EvalFn, holdout: tuple[torch.Tensor, ...], batch_size: int, modules: Mapping[str, nn.Module]
+) -> float:
+    for module in modules.values():
+        module.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start, stop in batched_indices(len(holdout[0]), batch_size):
+            total += float(evaluate(tuple(t[start:stop] for t in holdout))) * (stop - start)
+            count += stop - start
+    for module in modules.values():
+        module.train()
+    return total / max(count, 1)
+
+
+def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.detach().to("cpu", copy=True) for key, value in state.items()}
 
 
 def batched_indices(n: int, batch_size: int) -> Iterator[tuple[int, int]]:

@@ -115,3 +115,45 @@ def test_devices() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="train.device: cuda was requested"):
             resolve_device("cuda")
+
+
+def test_early_stopping_restores_the_best_weights() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    data = (torch.randn(200, 3), torch.randn(200, 1))  # pure noise: validation stops improving fast
+    evaluated = []
+
+    def loss(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(net(batch[0]), batch[1])
+
+    def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        value = loss(batch)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        return {"loss": value.detach()}
+
+    def evaluate(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        value = loss(batch)
+        evaluated.append(float(value))
+        return value
+
+    train = TrainSpec(
+        epochs=200, batch_size=20, device="cpu", early_stopping_patience=3, validation_fraction=0.2
+    )
+    report = fit_loop(
+        name="toy",
+        modules={"net": net},
+        optimizers={"sgd": optimizer},
+        step=step,
+        data=data,
+        train=train,
+        device=torch.device("cpu"),
+        evaluate=evaluate,
+    )
+    assert report.stopped == "early stop" and report.epochs < 200
+    assert report.steps == report.epochs * (160 // 20)  # 40 rows held out
+    epoch_means = [sum(evaluated[i : i + 2]) / 2 for i in range(0, len(evaluated), 2)]  # 2 batches of 20
+    assert report.validation_loss == pytest.approx(min(epoch_means), rel=1e-5)  # the best is restored
+    assert min(epoch_means) < epoch_means[-1]

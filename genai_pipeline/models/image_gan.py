@@ -16,7 +16,6 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -25,16 +24,10 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset, ImageData
-from genai_pipeline.errors import ConfigError, DatasetError
-from genai_pipeline.models.base import (
-    Conditions,
-    ImageBatch,
-    ModelConfig,
-    Synthesizer,
-    register_model,
-    require_condition_values,
-)
-from genai_pipeline.training import CheckpointStore, FitReport, batched_indices, check_gradients, fit_loop
+from genai_pipeline.errors import DatasetError
+from genai_pipeline.models.base import Conditions, ImageBatch, ModelConfig, Synthesizer, register_model
+from genai_pipeline.models.image_common import LabelCodec, stream_images, to_unit
+from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop
 
 
 class ImageGANConfig(ModelConfig):
@@ -111,17 +104,6 @@ class Discriminator(nn.Module):
         return self.linear(features)[:, 0] + (self.embed(labels) * features).sum(dim=1)
 
 
-def to_unit(images: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC → float NCHW in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """float NCHW in [-1, 1] → uint8 NHWC."""
-    scaled = images.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-    return scaled.permute(0, 2, 3, 1).cpu().numpy()
-
-
 @register_model
 class ImageGAN(Synthesizer):
     family = "gan"
@@ -129,21 +111,15 @@ class ImageGAN(Synthesizer):
     Config = ImageGANConfig
 
     config: ImageGANConfig
-    label_names: list[str]
-    label_probs: list[float]
+    labels: LabelCodec
     shape: tuple[int, int, int]
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
         if not isinstance(data, ImageData):
             raise DatasetError("the image GAN needs images")
-        names = list(data.label_names)
-        index = {name: i for i, name in enumerate(names)}
-        labels = np.array([index[label] for label in data.labels], dtype=np.int64)
-        counts = np.bincount(labels, minlength=len(names))
-        self.restore(
-            {"shape": list(data.shape), "label_names": names, "label_probs": (counts / counts.sum()).tolist()}
-        )
-        discriminator = Discriminator(self.shape, len(names), self.config).to(self.device)
+        labels, indices = LabelCodec.fit(data)
+        self.restore({"shape": list(data.shape), "labels": labels.to_state()})
+        discriminator = Discriminator(self.shape, len(labels), self.config).to(self.device)
         opt_g = torch.optim.Adam(
             self.generator.parameters(), lr=self.config.learning_rate, betas=self.config.betas
         )
@@ -191,56 +167,44 @@ class ImageGAN(Synthesizer):
             modules={"generator": self.generator, "ema": self.ema, "discriminator": discriminator},
             optimizers={"g": opt_g, "d": opt_d},
             step=step,
-            data=(to_unit(data.images), torch.from_numpy(labels)),
+            data=(to_unit(data.images), torch.from_numpy(indices)),
             train=train,
             device=self.device,
             checkpoints=checkpoints,
         )
 
     def check_conditions(self, conditions: Conditions) -> None:
-        for key, value in conditions.items():
-            if key != "label":
-                raise ConfigError(f"generate.conditions.{key}: images can be conditioned on their label only")
-            require_condition_values(key, value, self.label_names)
+        self.labels.check(conditions)
 
-    @torch.no_grad()
     def sample(
         self, n: int, *, conditions: Conditions | None, seed: int, batch_size: int
     ) -> Iterator[ImageBatch]:
-        conditions = dict(conditions or {})
-        self.check_conditions(conditions)
-        fixed = next((str(value) for value in conditions.values()), None)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        probs = torch.tensor(self.label_probs, device=self.device)
-        names = np.array(self.label_names, dtype=object)
         self.ema.eval()
-        for start, stop in batched_indices(n, batch_size):
-            size = stop - start
-            if fixed is not None:
-                labels = torch.full(
-                    (size,), self.label_names.index(fixed), device=self.device, dtype=torch.long
-                )
-            else:
-                labels = torch.multinomial(probs, size, replacement=True, generator=generator)
-            z = torch.randn((size, self.config.latent_dim), generator=generator, device=self.device)
-            images = to_uint8(self.ema(z, labels))
-            yield ImageBatch(images=images, labels=names[labels.cpu().numpy()].astype(str))
+
+        def render(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            z = torch.randn((len(labels), self.config.latent_dim), generator=generator, device=self.device)
+            return self.ema(z, labels)
+
+        return stream_images(
+            n,
+            conditions=conditions,
+            seed=seed,
+            batch_size=batch_size,
+            labels=self.labels,
+            device=self.device,
+            render=render,
+        )
 
     def networks(self) -> dict[str, nn.Module]:
         return {"ema": self.ema}
 
     def fitted_state(self) -> dict[str, Any]:
-        return {
-            "shape": list(self.shape),
-            "label_names": self.label_names,
-            "label_probs": self.label_probs,
-        }
+        return {"shape": list(self.shape), "labels": self.labels.to_state()}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.shape = tuple(state["shape"])  # type: ignore[assignment]
-        self.label_names = list(state["label_names"])
-        self.label_probs = list(state["label_probs"])
-        self.generator = Generator(self.shape, len(self.label_names), self.config).to(self.device)
+        self.labels = LabelCodec.from_state(state["labels"])
+        self.generator = Generator(self.shape, len(self.labels), self.config).to(self.device)
         self.ema = copy.deepcopy(self.generator).eval()
         for parameter in self.ema.parameters():
             parameter.requires_grad_(False)

@@ -19,18 +19,14 @@ from pydantic import Field
 from torch import nn
 
 from genai_pipeline.config import TrainSpec
-from genai_pipeline.datasets.base import Dataset, TabularData
+from genai_pipeline.datasets.base import Dataset
 from genai_pipeline.encoders.tabular import TableEncoder
-from genai_pipeline.errors import ConfigError, DatasetError
-from genai_pipeline.models.base import (
-    Conditions,
-    ModelConfig,
-    Synthesizer,
-    register_model,
-    require_condition_values,
-)
+from genai_pipeline.models.base import Conditions, ModelConfig, Synthesizer, register_model
 from genai_pipeline.models.spans import reconstruction_loss, sample_spans
-from genai_pipeline.training import CheckpointStore, FitReport, batched_indices, check_gradients, fit_loop
+from genai_pipeline.models.tabular_common import check_conditions, fit_encoder, stream_rows
+from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop
+
+NAME = "tabular VAE"
 
 
 class TabularVAEConfig(ModelConfig):
@@ -90,41 +86,35 @@ class TabularVAE(Synthesizer):
     cond_probs: list[float]
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
-        if not isinstance(data, TabularData):
-            raise DatasetError("the tabular VAE needs a table")
-        try:
-            encoder = TableEncoder.fit(
-                data.table, condition=data.label, max_categories=self.config.max_categories
-            )
-        except ValueError as exc:
-            raise DatasetError(f"dataset: {exc}") from None
-        x, cond = encoder.encode(data.table)
-        counts = (
-            np.bincount(cond, minlength=len(encoder.condition_values)) if cond is not None else np.zeros(0)
+        encoder, x, cond, cond_probs = fit_encoder(
+            data, max_categories=self.config.max_categories, model=NAME
         )
-        self.restore({"encoder": encoder.to_state(), "cond_probs": (counts / max(counts.sum(), 1)).tolist()})
+        self.restore({"encoder": encoder.to_state(), "cond_probs": cond_probs})
         optimizer = torch.optim.Adam(
             self.net.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay
         )
         beta = self.config.beta
         spans = self.encoder.spans
 
-        def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        def losses(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
             real, labels = batch[0], (batch[1] if len(batch) > 1 else None)
             outputs, mu, logvar = self.net(real, labels)
             recon = reconstruction_loss(outputs, real, spans, self.net.log_sigma)
             kl = -0.5 * torch.mean(torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1))
-            loss = recon + beta * kl
+            return recon + beta * kl, kl
+
+        def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+            loss, kl = losses(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            check_gradients(self.net.parameters(), max_norm=100.0, name="tabular VAE")
+            check_gradients(self.net.parameters(), max_norm=100.0, name=NAME)
             optimizer.step()
             self.net.log_sigma.data.clamp_(np.log(0.01), 0.0)
             return {"loss": loss.detach(), "kl": kl.detach()}
 
         tensors = (torch.from_numpy(x),) + ((torch.from_numpy(cond),) if cond is not None else ())
         return fit_loop(
-            name="tabular VAE",
+            name=NAME,
             modules={"net": self.net},
             optimizers={"adam": optimizer},
             step=step,
@@ -132,44 +122,32 @@ class TabularVAE(Synthesizer):
             train=train,
             device=self.device,
             checkpoints=checkpoints,
+            evaluate=lambda batch: losses(batch)[0],
         )
 
     def check_conditions(self, conditions: Conditions) -> None:
-        for key, value in conditions.items():
-            if key != self.encoder.condition or self.encoder.condition_codec is None:
-                raise ConfigError(
-                    f"generate.conditions.{key}: the tabular VAE can condition on the label column "
-                    f"({self.encoder.condition or 'none set: dataset.label'}) only"
-                )
-            require_condition_values(key, value, self.encoder.condition_values)
+        check_conditions(self.encoder, conditions, NAME)
 
-    @torch.no_grad()
     def sample(
         self, n: int, *, conditions: Conditions | None, seed: int, batch_size: int
     ) -> Iterator[pa.Table]:
-        conditions = dict(conditions or {})
-        self.check_conditions(conditions)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        fixed = self.encoder.condition_index(conditions[self.encoder.condition]) if conditions else None
-        probs = torch.tensor(self.cond_probs, device=self.device) if self.cond_probs else None
         self.net.eval()
-        for batch_number, (start, stop) in enumerate(batched_indices(n, batch_size)):
-            size = stop - start
-            cond = None
-            if probs is not None:
-                cond = (
-                    torch.full((size,), fixed, device=self.device, dtype=torch.long)
-                    if fixed is not None
-                    else torch.multinomial(probs, size, replacement=True, generator=generator)
-                )
+
+        def render(cond: torch.Tensor | None, size: int, generator: torch.Generator) -> torch.Tensor:
             z = torch.randn((size, self.config.latent_dim), generator=generator, device=self.device)
-            outputs = self.net.decode(z, cond)
-            rows = sample_spans(outputs, self.encoder.spans, self.net.log_sigma, generator)
-            yield self.encoder.decode(
-                rows.cpu().numpy(),
-                None if cond is None else cond.cpu().numpy(),
-                seed=seed * 1_000_003 + batch_number,
-            )
+            return sample_spans(self.net.decode(z, cond), self.encoder.spans, self.net.log_sigma, generator)
+
+        return stream_rows(
+            n,
+            conditions=conditions,
+            seed=seed,
+            batch_size=batch_size,
+            encoder=self.encoder,
+            cond_probs=self.cond_probs,
+            device=self.device,
+            render=render,
+            model=NAME,
+        )
 
     def networks(self) -> dict[str, nn.Module]:
         return {"net": self.net}
