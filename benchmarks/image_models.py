@@ -12,6 +12,7 @@ end to end: sample, PNG-encode, in memory, images per second.
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 from pathlib import Path
 
@@ -53,7 +54,10 @@ def main() -> None:
     parser.add_argument("--per-label", type=int, default=100, help="generated images per label")
     parser.add_argument("--grid", type=Path, help="save a sample grid (one row per label) here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--import-module", action="append", default=[], help="import a model module first")
     args = parser.parse_args()
+    for module in args.import_module:
+        importlib.import_module(module)
 
     images, labels = BUILTINS[args.dataset].load()
     data = ImageData(images=images, labels=labels)

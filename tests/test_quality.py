@@ -82,3 +82,17 @@ def test_image_suite_catches_blank_and_wrong_shape_images() -> None:
     wrong[:, 0, 0] = 255
     failures = run_suite(suite, image_stats(wrong, labels[:10]))[1]
     assert any(f.startswith("expect_column_values_to_be_between(height)") for f in failures)
+
+
+def test_pair_trends_see_broken_relationships() -> None:
+    from genai_pipeline.quality.tabular import pair_trends
+
+    assert all(score == pytest.approx(1.0) for score in pair_trends(PENGUINS, PENGUINS).values())
+    rng = np.random.default_rng(0)
+    shuffled = pa.table(
+        {n: PENGUINS.column(n).take(rng.permutation(PENGUINS.num_rows)) for n in PENGUINS.column_names}
+    )
+    scores = pair_trends(PENGUINS, shuffled)
+    assert len(scores) == 8 * 7 // 2
+    assert scores[("flipper_length_mm", "body_mass_g")] < 0.7  # a strong correlation, destroyed
+    assert np.mean(list(scores.values())) < 0.85
