@@ -51,7 +51,7 @@ def main() -> None:
 
     dataset = timed("ingest", stages.ingest)
     model = timed("train", stages.train, dataset=dataset)
-    generated = timed("generate", stages.generate, model=model)
+    generated = timed("generate", stages.generate, model=model, dataset=dataset)
     report = timed("validate", stages.validate, dataset=dataset, generated=generated)
     if report.passed:
         timed("export", stages.export, dataset=dataset, model=model, generated=generated, report=report)

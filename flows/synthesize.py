@@ -74,7 +74,7 @@ def synthesize(job: JobSpec, run_date: str | None = None, run_id: str | None = N
     try:
         dataset = ingest.with_options(**policy)(run)
         model = train.with_options(**policy)(run, dataset=dataset)
-        generated = generate.with_options(**policy)(run, model=model)
+        generated = generate.with_options(**policy)(run, model=model, dataset=dataset)
         report = validate.with_options(**policy)(run, dataset=dataset, generated=generated)
         published = export.with_options(**policy)(
             run, dataset=dataset, model=model, generated=generated, report=report

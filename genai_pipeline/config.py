@@ -178,6 +178,25 @@ class GenerateSpec(StrictModel):
     conditions: dict[str, ConditionValue] = Field(
         default_factory=dict, description="fixed values, e.g. {label: 3} or {species: Adelie}"
     )
+    per_label: int | dict[ConditionValue, int] | None = Field(
+        default=None, description="samples per label: N for every label, or {label: N}; replaces num_samples"
+    )
+
+    @field_validator("per_label")
+    @classmethod
+    def _positive_counts(cls, value: int | dict[Any, int] | None) -> int | dict[Any, int] | None:
+        counts = value.values() if isinstance(value, dict) else [] if value is None else [value]
+        if any(count < 0 for count in counts) or (isinstance(value, int) and value < 1):
+            raise ValueError("counts must be positive")
+        if isinstance(value, dict) and sum(value.values()) < 1:
+            raise ValueError("at least one sample must be asked for")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_count(self) -> GenerateSpec:
+        if self.per_label is not None and "num_samples" in self.model_fields_set:
+            raise ValueError("give num_samples or per_label, not both")
+        return self
 
 
 class ExpectationSpec(StrictModel):

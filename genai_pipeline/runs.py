@@ -35,6 +35,8 @@ from genai_pipeline.storage import Storage
 log = logging.getLogger(__name__)
 
 PUBLISHED_PREFIXES = ("data", "images", "quality")
+#: the model of the last published run, for ``train.reuse: latest``
+LATEST_MODEL = "models/latest.json"
 
 
 def new_run_id() -> str:
@@ -181,6 +183,13 @@ def publish(
         location=storage.url_of(run.partition("data")),
     )
     storage.write_bytes(run.manifest, json.dumps(manifest, indent=1, default=str).encode())
+    latest = {
+        "model": asdict(model),
+        "dataset": asdict(dataset),
+        "run_id": run.run_id,
+        "run_date": run.run_date,
+    }
+    storage.write_bytes(LATEST_MODEL, json.dumps(latest, indent=1, default=str).encode())
     storage.delete_tree(run.staging)
     log.info("published %d samples to %s", generated.num_samples, storage.url_of(run.partition("data")))
     return PublishedRun(

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import time
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,7 @@ from genai_pipeline.datasets.base import (
     TabularData,
     describe_schema,
     fingerprint,
+    label_values,
     read_snapshot,
     write_snapshot,
 )
@@ -35,6 +38,7 @@ from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.generation import write_images, write_parquet
 from genai_pipeline.models import load_model, model_class, model_config_for
 from genai_pipeline.runs import (
+    LATEST_MODEL,
     GeneratedRef,
     ModelRef,
     PublishedRun,
@@ -62,29 +66,50 @@ def conditions_for_model(run: Run) -> dict[str, Any]:
     return dict(job.generate.conditions)
 
 
-def _check_conditions(run: Run, data: Dataset) -> None:
-    """Conditions must name the label column and a value it has: checked before any training."""
-    label = run.job.dataset.label
+def _label_key(run: Run) -> str | None:
+    """How conditions name the label: ``label`` for images, the label column for tables."""
+    return "label" if run.job.dataset.modality == "image" else run.job.dataset.label
+
+
+def _require_known(field: str, value: Any, known: list[Any]) -> None:
+    if not any(value == item or str(value) == str(item) for item in known):
+        shown = ", ".join(map(str, known[:20])) + (" …" if len(known) > 20 else "")
+        raise ConfigError(f"{field}: {value!r} does not occur in the data (known: {shown})")
+
+
+def _check_generate_spec(run: Run, data: Dataset) -> None:
+    """Conditions and per-label counts must name the label and values it has: checked before training."""
+    label, known = _label_key(run), label_values(data)
     for key, value in conditions_for_model(run).items():
-        if isinstance(data, ImageData):
-            known = list(data.label_names)
-            if key != "label":
-                raise ConfigError(f"generate.conditions.{key}: images can be conditioned on their label only")
-        else:
-            if key not in data.table.column_names:
-                columns = ", ".join(data.table.column_names)
-                raise ConfigError(f"generate.conditions.{key}: no such column (columns: {columns})")
-            if key != label:
-                raise ConfigError(
-                    f"generate.conditions.{key}: conditioning is supported on the label column only "
-                    f"(dataset.label: {label or 'not set'})"
-                )
-            known = data.table.column(key).drop_null().unique().to_pylist()
-        if not any(value == item or str(value) == str(item) for item in known):
-            shown = ", ".join(map(str, sorted(known, key=str)[:20]))
-            raise ConfigError(
-                f"generate.conditions.{key}: {value!r} does not occur in the data (known: {shown})"
-            )
+        if isinstance(data, TabularData) and key not in data.table.column_names:
+            columns = ", ".join(data.table.column_names)
+            raise ConfigError(f"generate.conditions.{key}: no such column (columns: {columns})")
+        if key != label:
+            what = f"conditioning is supported on the label column only (dataset.label: {label or 'not set'})"
+            if isinstance(data, ImageData):
+                what = "images can be conditioned on their label only"
+            raise ConfigError(f"generate.conditions.{key}: {what}")
+        _require_known(f"generate.conditions.{key}", value, known)
+    per_label = run.job.generate.per_label
+    if per_label is None:
+        return
+    if not known:
+        raise ConfigError("generate.per_label: the dataset has no label (set dataset.label)")
+    if label in conditions_for_model(run):
+        raise ConfigError(f"generate.per_label: cannot be combined with generate.conditions.{label}")
+    for value in per_label if isinstance(per_label, dict) else []:
+        _require_known(f"generate.per_label.{value}", value, known)
+
+
+def sampling_plan(run: Run, dataset: DatasetRef) -> list[tuple[dict[str, Any], int]]:
+    """``(conditions, count)`` pairs: one for the whole run, or one per label with ``per_label``."""
+    job = run.job
+    conditions = conditions_for_model(run)
+    per_label = job.generate.per_label
+    if per_label is None:
+        return [(conditions, job.generate.num_samples)]
+    counts = per_label if isinstance(per_label, dict) else dict.fromkeys(dataset.schema["labels"], per_label)
+    return [({**conditions, _label_key(run): value}, count) for value, count in counts.items() if count > 0]
 
 
 def ingest(run: Run) -> DatasetRef:
@@ -92,7 +117,7 @@ def ingest(run: Run) -> DatasetRef:
     spec = run.job.dataset
     started = time.monotonic()
     data = read_dataset(spec)
-    _check_conditions(run, data)
+    _check_generate_spec(run, data)
     snapshot = run.staged("input/dataset.parquet")
     write_snapshot(data, run.storage(), snapshot)
     ref = DatasetRef(
@@ -127,10 +152,48 @@ def model_key(run: Run, dataset: DatasetRef) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _signature(schema: dict[str, Any]) -> Any:
+    """What a model depends on in a dataset's schema: column names and types, or image shape and labels."""
+    if "columns" in schema:
+        return [(column["name"], column["type"]) for column in schema["columns"]]
+    return [schema["height"], schema["width"], schema["channels"], schema["labels"]]
+
+
+def _reusable_model(run: Run, dataset: DatasetRef, storage: Storage) -> ModelRef | None:
+    """The last published model when the job asks for it and it still fits the data."""
+    job = run.job
+    if job.train.reuse != "latest":
+        return None
+    if not storage.exists(LATEST_MODEL):
+        log.warning("train.reuse: latest, but no model was published yet: training one")
+        return None
+    latest = json.loads(storage.read_bytes(LATEST_MODEL))
+    model = ModelRef(**latest["model"])
+    if (model.modality, model.family) != (job.dataset.modality, job.model.family):
+        log.warning(
+            "train.reuse: the latest model is a %s %s, the job wants %s: training one",
+            model.modality,
+            model.family,
+            job.model.family,
+        )
+        return None
+    if _signature(latest["dataset"]["schema"]) != _signature(dataset.schema):
+        log.warning(
+            "train.reuse: the dataset's schema changed since run %s: training a new model", latest["run_id"]
+        )
+        return None
+    log.info("train.reuse: generating from the model of run %s (%s)", latest["run_id"], model.uri)
+    return ModelRef(**{**asdict(model), "fit": {**model.fit, "reused_from": latest["run_id"]}})
+
+
 def train(run: Run, *, dataset: DatasetRef) -> ModelRef:
-    """Fit the job's model on the snapshot; checkpoints let a retried task resume."""
+    """Fit the job's model on the snapshot (or reuse the last published one, when asked to);
+    checkpoints let a retried task resume."""
     job = run.job
     storage = run.storage()
+    reused = _reusable_model(run, dataset, storage)
+    if reused is not None:
+        return reused
     data = read_snapshot(storage, dataset.snapshot, dataset.label)
     cls = model_class(job.dataset.modality, job.model.family)
     model = cls(model_config_for(job), device=resolve_device(job.train.device))
@@ -141,17 +204,17 @@ def train(run: Run, *, dataset: DatasetRef) -> ModelRef:
     return ModelRef(uri=uri, family=cls.family, modality=cls.modality, key=key, fit=report.to_dict())
 
 
-def generate(run: Run, *, model: ModelRef) -> GeneratedRef:
+def generate(run: Run, *, model: ModelRef, dataset: DatasetRef) -> GeneratedRef:
     """Stream samples from the trained model into the run's staging area."""
     job = run.job
     storage = run.storage()
     synthesizer = load_model(storage, model.uri, resolve_device(job.train.device))
     started = time.monotonic()
-    batches = synthesizer.sample(
-        job.generate.num_samples,
-        conditions=conditions_for_model(run),
-        seed=job.generate_seed,
-        batch_size=job.generate.batch_size,
+    batches = itertools.chain.from_iterable(
+        synthesizer.sample(
+            count, conditions=conditions, seed=job.generate_seed + part, batch_size=job.generate.batch_size
+        )
+        for part, (conditions, count) in enumerate(sampling_plan(run, dataset))
     )
     if model.modality == "tabular":
         count = write_parquet(batches, storage, run.staged(run.data_file))

@@ -81,4 +81,6 @@ def tiny_job(uri: str, family: str, output: str, **sections: Any) -> JobSpec:
     }
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    if "per_label" in data["generate"]:
+        del data["generate"]["num_samples"]  # the two are exclusive
     return build_job(data, source="tiny-job")

@@ -44,7 +44,7 @@ def test_odd_labels_survive_in_the_manifest_and_cannot_escape_in_paths(tmp_path:
     run = Run(job=job, run_date="2026-02-03")
     dataset = stages.ingest(run)
     model = stages.train(run, dataset=dataset)
-    generated = stages.generate(run, model=model)
+    generated = stages.generate(run, model=model, dataset=dataset)
     staged_manifest = pq.read_table(tmp_path / "out" / "tiny" / run.staged(run.data_file))
     assert set(staged_manifest.column("label").to_pylist()) <= set(LABELS)
     root = (tmp_path / "out" / "tiny").resolve()
@@ -95,3 +95,47 @@ def test_image_label_conditions_are_checked_at_ingest(tmp_path: Path) -> None:
     job = tiny_job("builtin://digits", "gan", str(tmp_path), generate={"conditions": {"label": 12}})
     with pytest.raises(ConfigError, match="generate.conditions.label: 12 does not occur in the data"):
         stages.ingest(Run(job=job, run_date="2026-02-03"))
+
+
+def _generate(job) -> pa.Table:
+    run = Run(job=job, run_date="2026-02-03")
+    dataset = stages.ingest(run)
+    model = stages.train(run, dataset=dataset)
+    generated = stages.generate(run, model=model, dataset=dataset)
+    table = pq.read_table(Path(job.export.output) / job.name / run.staged(run.data_file))
+    assert table.num_rows == generated.num_samples
+    return table
+
+
+def test_per_label_counts(tmp_path: Path) -> None:
+    job = tiny_job("builtin://digits", "gan", str(tmp_path), generate={"per_label": {3: 5, "7": 2}})
+    labels = _generate(job).column("label").to_pylist()
+    assert sorted(labels) == ["3"] * 5 + ["7"] * 2
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path / "t"), generate={"per_label": 4})
+    species = _generate(job).column("species").to_pylist()
+    assert sorted(species) == ["Adelie"] * 4 + ["Chinstrap"] * 4 + ["Gentoo"] * 4
+
+
+def test_per_label_names_known_labels(tmp_path: Path) -> None:
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path), generate={"per_label": {"Dodo": 3}})
+    with pytest.raises(ConfigError, match="generate.per_label.Dodo: 'Dodo' does not occur in the data"):
+        stages.ingest(Run(job=job, run_date="2026-02-03"))
+
+
+def test_reuse_latest_generates_from_the_last_published_model(tmp_path: Path) -> None:
+    def run_once(**train) -> tuple[Run, object]:
+        job = tiny_job("builtin://penguins", "vae", str(tmp_path), train=train)
+        run = Run(job=job, run_date="2026-02-03")
+        dataset = stages.ingest(run)
+        model = stages.train(run, dataset=dataset)
+        generated = stages.generate(run, model=model, dataset=dataset)
+        report = stages.validate(run, dataset=dataset, generated=generated)
+        stages.export(run, dataset=dataset, model=model, generated=generated, report=report)
+        return run, model
+
+    _, first = run_once(reuse="latest")  # nothing published yet: trains
+    assert "reused_from" not in first.fit
+    second_run, second = run_once(reuse="latest", epochs=5)  # a different spec, still reused
+    assert second.uri == first.uri and second.fit["reused_from"]
+    _, third = run_once(epochs=3)  # reuse: never trains again
+    assert third.uri != first.uri and "reused_from" not in third.fit

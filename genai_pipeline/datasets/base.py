@@ -97,8 +97,25 @@ def fingerprint(data: Dataset) -> str:
     return digest.hexdigest()[:16]
 
 
+MAX_LABELS = 1000
+
+
+def label_values(data: Dataset) -> list[Any]:
+    """The label's distinct values: image label names, or the table's label column values (sorted)."""
+    if isinstance(data, ImageData):
+        return list(data.label_names)
+    if data.label is None:
+        return []
+    column = data.table.column(data.label).combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    return sorted(column.unique().drop_null().to_pylist(), key=str)
+
+
 def describe_schema(data: Dataset) -> dict[str, Any]:
-    """A JSON-able schema for manifests and drift checks."""
+    """A JSON-able schema for manifests, drift checks and per-label generation."""
+    labels = label_values(data)
+    labels = labels if len(labels) <= MAX_LABELS else None
     if isinstance(data, TabularData):
         return {
             "columns": [
@@ -106,9 +123,10 @@ def describe_schema(data: Dataset) -> dict[str, Any]:
                 for f in data.table.schema
             ],
             "label": data.label,
+            "labels": labels,
         }
     height, width, channels = data.shape
-    return {"height": height, "width": width, "channels": channels, "labels": list(data.label_names)}
+    return {"height": height, "width": width, "channels": channels, "labels": labels}
 
 
 _IMAGE_META = b"genai_pipeline.image"
