@@ -144,7 +144,7 @@ def fit_loop(
     device: torch.device,
     checkpoints: CheckpointStore | None = None,
     evaluate: EvalFn | None = None,
-    log_every_seconds: float = 10.0,
+    log_every_seconds: float = 5.0,
 ) -> FitReport:
     """Run ``step`` over shuffled batches of ``data`` for ``train.epochs`` or the time budget.
 
@@ -224,11 +224,16 @@ def fit_loop(
                 save(epoch, index + 1, epoch_order)
             if now - last_log >= log_every_seconds:
                 last_log = now
+                done = max(
+                    (epoch + (index + 1) / len(batches)) / train.epochs,
+                    (elapsed_before + now - started) / budget,
+                )
                 rate = seen / max(now - started, 1e-9)
                 shown = " ".join(f"{key}={value:.4f}" for key, value in losses.items())
                 log.info(
-                    "%s: epoch %d/%d step %d %s (%.0f samples/s)",
+                    "%s %s epoch %d/%d step %d %s (%.0f samples/s)",
                     name,
+                    progress_bar(done),
                     epoch + 1,
                     train.epochs,
                     global_step,
@@ -265,6 +270,13 @@ def fit_loop(
     report.losses = losses
     log.info("%s: trained %d steps in %.1f s (%s)", name, global_step, report.seconds, report.stopped)
     return report
+
+
+def progress_bar(done: float, width: int = 20) -> str:
+    """``[######--------------]  30%``: readable in a terminal, a CI log and Prefect's UI alike."""
+    done = min(max(done, 0.0), 1.0)
+    filled = round(done * width)
+    return f"[{'#' * filled}{'-' * (width - filled)}] {done:4.0%}"
 
 
 def _split(

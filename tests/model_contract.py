@@ -6,10 +6,14 @@ A subclass sets ``modality``, ``family``, small ``params``, a ``condition`` (key
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import torch
 
@@ -109,3 +113,50 @@ class ModelContract:
         per_epoch = first.steps
         assert resumed.resumed_from_step == per_epoch - per_epoch % 3
         assert resumed.steps == 2 * per_epoch
+
+    def test_tables_keep_types_nulls_and_categories(self) -> None:
+        """Every column type a real table holds comes back with its type, nulls and categories."""
+        if self.modality != "tabular":
+            pytest.skip("tables only")
+        table = mixed_table()
+        model = self.make()
+        model.fit(TabularData(table, label="kind"), TrainSpec(epochs=2, batch_size=32, device="cpu"), None)
+        (batch,) = model.sample(300, conditions=None, seed=0, batch_size=300)
+        assert batch.schema.equals(table.schema)
+        assert batch.column("empty").null_count == 300
+        assert 0 < batch.column("score").null_count < 300  # the real column is 20% null
+        for name in ("kind", "flag", "small", "day"):
+            assert set(batch.column(name).to_pylist()) <= set(table.column(name).to_pylist()), name
+        low, high = pc.min_max(table.column("when")).values()
+        assert pc.all(pc.greater_equal(batch.column("when").drop_null(), low)).as_py()
+        assert pc.all(pc.less_equal(batch.column("when").drop_null(), high)).as_py()
+
+
+def mixed_table(rows: int = 240) -> pa.Table:
+    """Integers, floats with nulls, strings (dictionary-encoded), booleans with nulls, a rare
+    category, dates, time stamps with a zone, decimals and an all-null column."""
+    rng = np.random.default_rng(0)
+    kinds = rng.choice(["alpha", "beta", "gamma"], size=rows, p=[0.5, 0.3, 0.2]).tolist()
+    kinds[0] = "rare one"
+    score = rng.normal(50, 10, size=rows)
+    return pa.table(
+        {
+            "kind": pa.array(kinds).dictionary_encode(),
+            "score": pa.array(score, mask=rng.random(rows) < 0.2),
+            "count": pa.array(rng.poisson(30, size=rows), pa.int32()),
+            "small": pa.array(rng.integers(0, 4, size=rows), pa.int8()),
+            "flag": pa.array(rng.random(rows) < 0.3, mask=rng.random(rows) < 0.1),
+            "day": pa.array([dt.date(2024, 1, 1 + i % 28) for i in range(rows)]),
+            "when": pa.array(
+                [
+                    dt.datetime(2024, 1, 1, tzinfo=dt.UTC) + dt.timedelta(hours=int(h))
+                    for h in rng.integers(0, 24 * 90, size=rows)
+                ],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "price": pa.array(
+                [decimal.Decimal(f"{v:.2f}") for v in rng.uniform(1, 99, size=rows)], pa.decimal128(6, 2)
+            ),
+            "empty": pa.nulls(rows, pa.float64()),
+        }
+    )
