@@ -27,7 +27,7 @@ from genai_pipeline.datasets.base import Dataset, ImageData
 from genai_pipeline.errors import DatasetError
 from genai_pipeline.models.base import Conditions, ImageBatch, ModelConfig, Synthesizer, register_model
 from genai_pipeline.models.image_common import LabelCodec, stream_images, to_unit
-from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop
+from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop, maybe_compile
 
 
 class ImageGANConfig(ModelConfig):
@@ -128,14 +128,17 @@ class ImageGAN(Synthesizer):
         )
         latent, d_steps = self.config.latent_dim, self.config.d_steps
         first_parameter = next(self.generator.parameters())
+        generator, critic = (
+            maybe_compile(net, train, self.device) for net in (self.generator, discriminator)
+        )
 
         def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
             real, y = batch
             for _ in range(d_steps):
                 z = torch.randn(len(real), latent, device=real.device)
                 with torch.no_grad():
-                    fake = self.generator(z, y)
-                d_loss = F.relu(1 - discriminator(real, y)).mean() + F.relu(1 + discriminator(fake, y)).mean()
+                    fake = generator(z, y)
+                d_loss = F.relu(1 - critic(real, y)).mean() + F.relu(1 + critic(fake, y)).mean()
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
                 check_gradients(discriminator.parameters(), max_norm=1e3, name="image GAN discriminator")
@@ -143,8 +146,8 @@ class ImageGAN(Synthesizer):
             # mode seeking (Mao et al., 2019): two noise vectors for each label must give images
             # as far apart as the vectors are, or the generator collapses within each class
             z = torch.randn(2 * len(real), latent, device=real.device)
-            fake = self.generator(z, torch.cat([y, y]))
-            g_loss = -discriminator(fake, torch.cat([y, y])).mean()
+            fake = generator(z, torch.cat([y, y]))
+            g_loss = -critic(fake, torch.cat([y, y])).mean()
             first, second = fake.chunk(2)
             z1, z2 = z.chunk(2)
             seeking = (first - second).abs().mean() / (z1 - z2).abs().mean()

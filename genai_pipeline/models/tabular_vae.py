@@ -24,7 +24,7 @@ from genai_pipeline.encoders.tabular import TableEncoder
 from genai_pipeline.models.base import Conditions, ModelConfig, Synthesizer, register_model
 from genai_pipeline.models.spans import reconstruction_loss, sample_spans
 from genai_pipeline.models.tabular_common import check_conditions, fit_encoder, stream_rows
-from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop
+from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop, maybe_compile
 
 NAME = "tabular VAE"
 
@@ -95,10 +95,11 @@ class TabularVAE(Synthesizer):
         )
         beta = self.config.beta
         spans = self.encoder.spans
+        net = maybe_compile(self.net, train, self.device)
 
         def losses(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
             real, labels = batch[0], (batch[1] if len(batch) > 1 else None)
-            outputs, mu, logvar = self.net(real, labels)
+            outputs, mu, logvar = net(real, labels)
             recon = reconstruction_loss(outputs, real, spans, self.net.log_sigma)
             kl = -0.5 * torch.mean(torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1))
             return recon + beta * kl, kl
