@@ -81,6 +81,11 @@ class ModelContract:
         assert self._same(self._collect(fitted, 15, seed=4), self._collect(fitted, 15, seed=4))
         assert not self._same(self._collect(fitted, 15, seed=4), self._collect(fitted, 15, seed=5))
 
+    def test_same_job_and_seed_train_the_same_model(self, fitted: Synthesizer, data: Dataset) -> None:
+        again = self.make()
+        again.fit(data, TrainSpec(epochs=2, batch_size=64, device="cpu", seed=1), None)
+        assert self._same(self._collect(again, 15, seed=3), self._collect(fitted, 15, seed=3))
+
     def test_conditions_are_exact(self, fitted: Synthesizer) -> None:
         key, value = self.condition
         assert set(map(str, self._labels(self._collect(fitted, 30, seed=0, **{key: value})))) == {str(value)}

@@ -27,7 +27,14 @@ from genai_pipeline.datasets.base import Dataset, ImageData
 from genai_pipeline.errors import DatasetError
 from genai_pipeline.models.base import Conditions, ImageBatch, ModelConfig, Synthesizer, register_model
 from genai_pipeline.models.image_common import LabelCodec, stream_images, to_unit
-from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop, maybe_compile
+from genai_pipeline.training import (
+    CheckpointStore,
+    FitReport,
+    check_gradients,
+    fit_loop,
+    maybe_compile,
+    seed_everything,
+)
 
 
 class ImageGANConfig(ModelConfig):
@@ -118,6 +125,7 @@ class ImageGAN(Synthesizer):
         if not isinstance(data, ImageData):
             raise DatasetError("the image GAN needs images")
         labels, indices = LabelCodec.fit(data)
+        seed_everything(train.seed)  # networks are built here, before fit_loop: seed their initial weights
         self.restore({"shape": list(data.shape), "labels": labels.to_state()})
         discriminator = Discriminator(self.shape, len(labels), self.config).to(self.device)
         opt_g = torch.optim.Adam(

@@ -24,7 +24,14 @@ from genai_pipeline.encoders.tabular import TableEncoder
 from genai_pipeline.models.base import Conditions, ModelConfig, Synthesizer, register_model
 from genai_pipeline.models.spans import reconstruction_loss, sample_spans
 from genai_pipeline.models.tabular_common import check_conditions, fit_encoder, stream_rows
-from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop, maybe_compile
+from genai_pipeline.training import (
+    CheckpointStore,
+    FitReport,
+    check_gradients,
+    fit_loop,
+    maybe_compile,
+    seed_everything,
+)
 
 NAME = "tabular VAE"
 
@@ -89,6 +96,7 @@ class TabularVAE(Synthesizer):
         encoder, x, cond, cond_probs = fit_encoder(
             data, max_categories=self.config.max_categories, model=NAME
         )
+        seed_everything(train.seed)  # networks are built here, before fit_loop: seed their initial weights
         self.restore({"encoder": encoder.to_state(), "cond_probs": cond_probs})
         optimizer = torch.optim.Adam(
             self.net.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay
