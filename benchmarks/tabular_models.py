@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--set", action="append", default=[], help="model hyper-parameter NAME=VALUE")
+    parser.add_argument("--patience", type=int, help="early stopping patience in epochs (validation loss)")
     parser.add_argument("--rows", type=int, default=100_000, help="rows to sample")
     parser.add_argument("--score-rows", type=int, default=20_000, help="rows scored for fidelity")
     parser.add_argument("--seed", type=int, default=0)
@@ -51,7 +52,12 @@ def main() -> None:
     cls = model_class("tabular", args.family)
     model = cls(cls.Config.model_validate(params), device=torch.device("cpu"))
     train = TrainSpec(
-        epochs=args.epochs, batch_size=args.batch_size, device="cpu", seed=args.seed, max_minutes=args.minutes
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        device="cpu",
+        seed=args.seed,
+        max_minutes=args.minutes,
+        early_stopping_patience=args.patience,
     )
     report = model.fit(TabularData(real, label=label), train, None)
     print(

@@ -78,3 +78,10 @@ def test_high_cardinality_is_bounded_and_decodes_to_real_values() -> None:
 def test_unsupported_types_are_named() -> None:
     with pytest.raises(ValueError, match="column 'blob': type binary is not supported"):
         TableEncoder.fit(pa.table({"blob": [b"x", b"y"]}))
+
+
+def test_spikes_decode_exactly() -> None:
+    values = np.concatenate([np.zeros(500), np.random.default_rng(0).normal(size=500)])
+    table = pa.table({"x": values})
+    _, back = _roundtrip(table)
+    assert (back.column("x").to_numpy() == 0.0).sum() == 500

@@ -89,6 +89,18 @@ def _from_float(values: np.ndarray, type_: pa.DataType, mask: np.ndarray) -> pa.
     return pc.cast(pa.array(values, type=pa.float64(), mask=mask), type_, safe=False)
 
 
+def _inverse_cdf(codec: ColumnCodec, probs: np.ndarray) -> np.ndarray:
+    """Values for probabilities; a probability at a knot (within float32 rounding of the encoded
+    z) is that knot's value exactly, so spikes such as a mass of zeros decode to 0, not 7e-10."""
+    knot_probs, knots = np.asarray(codec.knot_probs), np.asarray(codec.knots)
+    values = np.interp(probs, knot_probs, knots)
+    nearest = np.clip(np.searchsorted(knot_probs, probs), 0, len(knots) - 1)
+    for candidate in (nearest, np.maximum(nearest - 1, 0)):
+        hit = np.abs(knot_probs[candidate] - probs) < 1e-6
+        values[hit] = knots[candidate[hit]]
+    return values
+
+
 @dataclass
 class ColumnCodec:
     """How one column is encoded; all fields are JSON-able."""
@@ -289,7 +301,7 @@ class TableEncoder:
         offset = 0
         for codec in self.data_codecs:
             if codec.kind == "continuous":
-                values = np.interp(ndtr(x[:, offset].astype(np.float64)), codec.knot_probs, codec.knots)
+                values = _inverse_cdf(codec, ndtr(x[:, offset].astype(np.float64)))
                 mask = np.zeros(n, dtype=bool)
                 if codec.has_nulls:
                     mask = x[:, offset + 2] > x[:, offset + 1]

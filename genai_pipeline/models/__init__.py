@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from genai_pipeline.models import image_diffusion, image_gan, image_vae, tabular_vae  # noqa: F401  (registers the models)
+from genai_pipeline.models import (  # noqa: F401  (importing registers the models)
+    image_diffusion,
+    image_gan,
+    image_vae,
+    tabular_autoregressive,
+    tabular_vae,
+)
 from genai_pipeline.models.base import (
     Batch,
     ImageBatch,
