@@ -19,6 +19,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
+from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,6 +72,28 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy that is never trained directly: the moving average that samples."""
+    copy = deepcopy(module).eval()
+    for parameter in copy.parameters():
+        parameter.requires_grad_(False)
+    return copy
+
+
+@torch.no_grad()
+def update_ema(average: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, decay: float) -> None:
+    """Move ``average`` towards ``model``, with a warm-up so early weights are not averaged in.
+
+    The step count is the optimiser's (part of its checkpointed state), so a resumed run continues
+    the same schedule; the decay is ``min(decay, (1 + step) / (10 + step))``.
+    """
+    first = next(p for p in model.parameters() if p.requires_grad)
+    state = optimizer.state.get(first, {})
+    step = float(state["step"]) if "step" in state else 0.0
+    weight = 1 - min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(average.parameters()), list(model.parameters()), weight)
 
 
 def check_gradients(parameters: Any, *, max_norm: float, name: str) -> float:

@@ -157,3 +157,18 @@ def test_early_stopping_restores_the_best_weights() -> None:
     epoch_means = [sum(evaluated[i : i + 2]) / 2 for i in range(0, len(evaluated), 2)]  # 2 batches of 20
     assert report.validation_loss == pytest.approx(min(epoch_means), rel=1e-5)  # the best is restored
     assert min(epoch_means) < epoch_means[-1]
+
+
+def test_moving_average_warms_up_from_the_optimiser_step() -> None:
+    from genai_pipeline.training import frozen_copy, update_ema
+
+    net = torch.nn.Linear(2, 1)
+    average = frozen_copy(net)
+    assert not any(p.requires_grad for p in average.parameters())
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+    net(torch.ones(1, 2)).sum().backward()
+    optimizer.step()  # Adam's step count is now 1: the decay is min(0.999, 2 / 11)
+    before = [p.clone() for p in average.parameters()]
+    update_ema(average, net, optimizer, decay=0.999)
+    for old, new, target in zip(before, average.parameters(), net.parameters()):
+        assert torch.allclose(new, old + (target - old) * (1 - 2 / 11))

@@ -28,6 +28,8 @@ import pyarrow.compute as pc
 from scipy.special import ndtr, ndtri
 
 SpanKind = Literal["continuous", "softmax"]
+#: a value holding at least this share of a numeric column is a point mass that decodes exactly
+SPIKE_SHARE = 0.01
 _NULL = "__null__"
 _RARE = "__rare__"
 _EPS = 1e-6
@@ -90,14 +92,20 @@ def _from_float(values: np.ndarray, type_: pa.DataType, mask: np.ndarray) -> pa.
 
 
 def _inverse_cdf(codec: ColumnCodec, probs: np.ndarray) -> np.ndarray:
-    """Values for probabilities; a probability at a knot (within float32 rounding of the encoded
-    z) is that knot's value exactly, so spikes such as a mass of zeros decode to 0, not 7e-10."""
+    """Values for probabilities.
+
+    A probability at a knot (within float32 rounding of the encoded z) is that knot's value exactly;
+    a probability anywhere in a point mass's share of the CDF is that value, so a model's spread
+    around a spike (92% zeros in a capital-gain column) decodes to the spike, not to its neighbours.
+    """
     knot_probs, knots = np.asarray(codec.knot_probs), np.asarray(codec.knots)
     values = np.interp(probs, knot_probs, knots)
     nearest = np.clip(np.searchsorted(knot_probs, probs), 0, len(knots) - 1)
     for candidate in (nearest, np.maximum(nearest - 1, 0)):
         hit = np.abs(knot_probs[candidate] - probs) < 1e-6
         values[hit] = knots[candidate[hit]]
+    for value, low, high in codec.spikes or []:
+        values[(probs >= low) & (probs < high)] = value
     return values
 
 
@@ -113,6 +121,7 @@ class ColumnCodec:
     categories: list[Any] | None = None  # categorical: values (null and rare as markers)
     rare_values: list[Any] | None = None
     rare_probs: list[float] | None = None
+    spikes: list[list[float]] | None = None  # continuous: [value, cdf below, cdf above] of point masses
 
     @property
     def spans(self) -> list[Span]:
@@ -127,11 +136,13 @@ class ColumnCodec:
 def _fit_continuous(name: str, values: np.ndarray, has_nulls: bool, max_knots: int) -> ColumnCodec:
     uniques, counts = np.unique(values, return_counts=True)
     cdf = np.cumsum(counts) / counts.sum()
-    mid = cdf - counts / (2 * counts.sum())
+    share = counts / counts.sum()
+    mid = cdf - share / 2
+    spikes = [[float(v), float(c - s), float(c)] for v, c, s in zip(uniques, cdf, share) if s >= SPIKE_SHARE]
     if len(uniques) > max_knots:  # keep a quantile grid, not every value
         pick = np.unique(np.linspace(0, len(uniques) - 1, max_knots).round().astype(int))
         uniques, mid = uniques[pick], mid[pick]
-    return ColumnCodec(name, "continuous", has_nulls, uniques.tolist(), mid.tolist())
+    return ColumnCodec(name, "continuous", has_nulls, uniques.tolist(), mid.tolist(), spikes=spikes or None)
 
 
 def _fit_categorical(name: str, values: list[Any], has_nulls: bool, max_categories: int) -> ColumnCodec:

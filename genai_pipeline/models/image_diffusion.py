@@ -17,7 +17,6 @@ deterministic DDIM steps.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -38,8 +37,10 @@ from genai_pipeline.training import (
     FitReport,
     check_gradients,
     fit_loop,
+    frozen_copy,
     maybe_compile,
     seed_everything,
+    update_ema,
 )
 
 
@@ -165,7 +166,7 @@ class ImageDiffusion(Synthesizer):
         optimizer = torch.optim.Adam(self.network.parameters(), lr=self.config.learning_rate)
         network = maybe_compile(self.network, train, self.device)
         schedule, no_label = self.schedule, len(labels)
-        parameters, ema_parameters = list(self.network.parameters()), list(self.ema.parameters())
+        parameters = list(self.network.parameters())
 
         def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
             x0, y = batch
@@ -178,12 +179,7 @@ class ImageDiffusion(Synthesizer):
             loss.backward()
             check_gradients(parameters, max_norm=1.0, name="image diffusion")
             optimizer.step()
-            with torch.no_grad():
-                # warm-up as in the GAN: Adam's step count lives in the optimiser state, so a
-                # resumed run continues the same averaging schedule
-                steps = float(optimizer.state[parameters[0]]["step"])
-                decay = min(self.config.ema_decay, (1 + steps) / (10 + steps))
-                torch._foreach_lerp_(ema_parameters, parameters, 1 - decay)
+            update_ema(self.ema, self.network, optimizer, self.config.ema_decay)
             return {"loss": loss.detach()}
 
         def evaluate(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -269,6 +265,4 @@ class ImageDiffusion(Synthesizer):
         self.network = UNet(self.shape, len(self.labels), self.config).to(
             self.device, memory_format=torch.channels_last
         )
-        self.ema = copy.deepcopy(self.network).eval()
-        for parameter in self.ema.parameters():
-            parameter.requires_grad_(False)
+        self.ema = frozen_copy(self.network)

@@ -11,7 +11,6 @@ Any image size is handled: the generator works at ``ceil(size / 4)`` and crops i
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -32,8 +31,10 @@ from genai_pipeline.training import (
     FitReport,
     check_gradients,
     fit_loop,
+    frozen_copy,
     maybe_compile,
     seed_everything,
+    update_ema,
 )
 
 
@@ -135,7 +136,6 @@ class ImageGAN(Synthesizer):
             discriminator.parameters(), lr=self.config.learning_rate, betas=self.config.betas
         )
         latent, d_steps = self.config.latent_dim, self.config.d_steps
-        first_parameter = next(self.generator.parameters())
         generator, critic = (
             maybe_compile(net, train, self.device) for net in (self.generator, discriminator)
         )
@@ -164,13 +164,7 @@ class ImageGAN(Synthesizer):
             g_loss.backward()
             check_gradients(self.generator.parameters(), max_norm=1e3, name="image GAN generator")
             opt_g.step()
-            with torch.no_grad():
-                # warm-up: early on the average follows the generator closely; Adam's step count
-                # is part of the optimiser state, so a resumed run continues the same schedule
-                steps = float(opt_g.state[first_parameter]["step"])
-                ema_decay = min(self.config.ema_decay, (1 + steps) / (10 + steps))
-                for ema_p, p in zip(self.ema.parameters(), self.generator.parameters()):
-                    ema_p.lerp_(p, 1 - ema_decay)
+            update_ema(self.ema, self.generator, opt_g, self.config.ema_decay)
             return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
 
         return fit_loop(
@@ -216,6 +210,4 @@ class ImageGAN(Synthesizer):
         self.shape = tuple(state["shape"])  # type: ignore[assignment]
         self.labels = LabelCodec.from_state(state["labels"])
         self.generator = Generator(self.shape, len(self.labels), self.config).to(self.device)
-        self.ema = copy.deepcopy(self.generator).eval()
-        for parameter in self.ema.parameters():
-            parameter.requires_grad_(False)
+        self.ema = frozen_copy(self.generator)

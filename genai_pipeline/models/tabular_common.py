@@ -21,6 +21,9 @@ from genai_pipeline.models.base import Conditions, require_condition_values
 from genai_pipeline.training import batched_indices
 
 Render = Callable[[torch.Tensor | None, int, torch.Generator], torch.Tensor]
+#: On a CPU, rows are rendered in chunks whose activations stay in cache: about twice as fast as one
+#: pass over 50,000 rows, and peak memory no longer grows with the batch. A GPU takes the whole batch.
+CPU_CHUNK_ROWS = 4096
 
 
 def fit_encoder(
@@ -78,8 +81,14 @@ def stream_rows(
                 if fixed is not None
                 else torch.multinomial(probs, size, replacement=True, generator=generator)
             )
+        chunk = CPU_CHUNK_ROWS if device.type == "cpu" else size
         with torch.no_grad():
-            rows = render(cond, size, generator)
+            rows = torch.cat(
+                [
+                    render(None if cond is None else cond[begin:end], end - begin, generator)
+                    for begin, end in batched_indices(size, chunk)
+                ]
+            )
         yield encoder.decode(
             rows.float().cpu().numpy(),
             None if cond is None else cond.cpu().numpy(),
