@@ -9,6 +9,7 @@ from genai_pipeline.models import (  # noqa: F401  (importing registers the mode
     image_gan,
     image_vae,
     tabular_autoregressive,
+    tabular_diffusion,
     tabular_gan,
     tabular_vae,
 )

@@ -31,7 +31,7 @@ from genai_pipeline.datasets.base import Dataset, ImageData
 from genai_pipeline.errors import DatasetError
 from genai_pipeline.models.base import Conditions, ImageBatch, ModelConfig, Synthesizer, register_model
 from genai_pipeline.models.image_common import LabelCodec, stream_images, to_unit
-from genai_pipeline.models.noise_schedule import BetaSchedule, NoiseSchedule, Prediction
+from genai_pipeline.models.noise_schedule import BetaSchedule, NoiseSchedule, Prediction, timestep_features
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
@@ -122,11 +122,7 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].bias)
 
     def embed_time(self, t: torch.Tensor) -> torch.Tensor:
-        """Sinusoidal features of the timestep (Vaswani et al., 2017), as in DDPM."""
-        half = self.channels // 2
-        frequencies = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device) / half)
-        angles = t[:, None].float() * frequencies
-        return self.time(torch.cat([angles.sin(), angles.cos()], dim=1))
+        return self.time(timestep_features(t, 2 * (self.channels // 2)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         height, width, _ = self.shape

@@ -22,7 +22,7 @@ the last steps' noise from the heads (a few percent of error in each marginal wi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,21 +32,23 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset
 from genai_pipeline.encoders.tabular import ColumnCodec, TableEncoder
 from genai_pipeline.errors import DatasetError
 from genai_pipeline.models.base import Conditions, ModelConfig, Synthesizer, register_model
+from genai_pipeline.models.spans import draw_categorical
 from genai_pipeline.models.tabular_common import check_conditions, fit_encoder, stream_rows
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
     check_gradients,
     fit_loop,
+    frozen_copy,
     maybe_compile,
     seed_everything,
+    update_ema,
 )
 
 NAME = "tabular autoregressive model"
@@ -176,27 +178,6 @@ def token_columns(encoder: TableEncoder, bins: dict[str, list[list[float]]]) -> 
     return columns
 
 
-def draw_categorical(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One draw per row from ``softmax(logits)`` by inverting its CDF (much faster than
-    ``torch.multinomial`` on large batches)."""
-    cdf = torch.softmax(logits, dim=1).cumsum(dim=1)
-    u = torch.rand((len(cdf), 1), generator=generator, device=cdf.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=cdf.shape[1] - 1)
-
-
-def moving_average(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
-    """An exponential moving average of the weights for ``AveragedModel``, warming up over the first
-    steps. Averaging removes the last updates' noise, which otherwise shows as a few percent of
-    error in every column's marginal frequencies."""
-
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], count: torch.Tensor) -> None:
-        weight = 1 - min(decay, (1 + float(count)) / (10 + float(count)))
-        for mean, value in zip(averaged, current):
-            mean.lerp_(value, weight)
-
-    return update
-
-
 class ColumnwiseNet(nn.Module):
     """Per-column MLPs and softmax heads over the summed embeddings of the earlier tokens.
 
@@ -286,7 +267,7 @@ class TabularAutoregressive(Synthesizer):
         data_tokens = torch.from_numpy(tokens.astype(np.int64))
         self.net.start_from_marginals(data_tokens.to(self.device))
         trainee = self.net
-        average = AveragedModel(trainee, multi_avg_fn=moving_average(self.config.ema_decay))
+        average = frozen_copy(trainee)
         nll = maybe_compile(trainee, train, self.device)
         # biases stay free of weight decay: the heads' biases carry the marginal frequencies
         decay = self.config.weight_decay * math.sqrt(REFERENCE_ROWS / len(tokens))
@@ -304,7 +285,7 @@ class TabularAutoregressive(Synthesizer):
             loss.backward()
             check_gradients(trainee.parameters(), max_norm=100.0, name=NAME)
             optimizer.step()
-            average.update_parameters(trainee)
+            update_ema(average, trainee, optimizer, self.config.ema_decay)
             return {"nll": loss.detach()}
 
         report = fit_loop(
@@ -316,9 +297,9 @@ class TabularAutoregressive(Synthesizer):
             train=train,
             device=self.device,
             checkpoints=checkpoints,
-            evaluate=lambda batch: average.module(batch[0]),
+            evaluate=lambda batch: average(batch[0]),
         )
-        self.net = average.module
+        self.net = average
         return report
 
     def check_conditions(self, conditions: Conditions) -> None:
