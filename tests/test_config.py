@@ -51,7 +51,10 @@ def test_formats_are_inferred_from_the_uri() -> None:
         ),
         ({"generate": {"batch_size": "big"}}, "generate.batch_size: Input should be a valid integer"),
         ({"model": {"family": "transformer"}}, "model.family: Input should be 'gan', 'vae', 'diffusion' or"),
-        ({"model": {"family": "diffusion"}}, "model.family: no 'diffusion' model for tabular data yet"),
+        (
+            {"model": {"family": "diffusion", "sampling_steps": 0}},
+            "model.sampling_steps: Input should be greater than or equal to 1",
+        ),
         (
             {"model": {"family": "vae", "latent_dim": 0}},
             "model.latent_dim: Input should be greater than or equal",

@@ -1,7 +1,8 @@
-"""The tabular VAE and the image GAN against the shared model contract."""
+"""The tabular VAE and the image GAN against the shared model contract; the registry of families."""
 
 from __future__ import annotations
 
+import typing
 from typing import ClassVar
 
 import numpy as np
@@ -9,7 +10,7 @@ import pyarrow as pa
 import pytest
 from model_contract import CPU, ModelContract
 
-from genai_pipeline.config import TrainSpec
+from genai_pipeline.config import ModelSpec, TrainSpec
 from genai_pipeline.datasets import BUILTINS, Dataset, ImageData, TabularData
 from genai_pipeline.errors import ConfigError
 from genai_pipeline.models import model_class
@@ -36,6 +37,13 @@ class TestImageGAN(ModelContract):
     def data(cls) -> Dataset:
         images, labels = BUILTINS["digits"].load()
         return ImageData(images=images[:400], labels=labels[:400])
+
+
+@pytest.mark.parametrize("modality", ["tabular", "image"])
+@pytest.mark.parametrize("family", typing.get_args(ModelSpec.model_fields["family"].annotation))
+def test_every_family_is_registered_for_both_modalities(modality: str, family: str) -> None:
+    cls = model_class(modality, family)
+    assert (cls.modality, cls.family) == (modality, family)
 
 
 def test_unconditioned_tabular_vae_without_label() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from genai_pipeline.models import (  # noqa: F401  (importing registers the models)
+    image_autoregressive,
     image_diffusion,
     image_gan,
     image_vae,

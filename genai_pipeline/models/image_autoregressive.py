@@ -26,7 +26,6 @@ that padding is dark) and cropping samples; colour channels are more sub-pixels 
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,13 +45,20 @@ from genai_pipeline.models.image_common import LabelCodec, stream_images
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
+    batched_indices,
     check_gradients,
     fit_loop,
+    frozen_copy,
     maybe_compile,
     seed_everything,
+    update_ema,
 )
 
 NAME = "image autoregressive model"
+# Sampling on a CPU goes through a batch in chunks of images: images per second stop growing at
+# about 256, and the key/value caches of a 4,096-image batch would hold over a gigabyte. A GPU takes
+# the whole batch at once.
+CPU_CHUNK_IMAGES = 512
 # one sub-pixel's logits for every row → the levels drawn (one per image: guidance combines rows)
 Draw = Callable[[torch.Tensor], torch.Tensor]
 
@@ -278,7 +284,7 @@ class ImageAutoregressive(Synthesizer):
         labels, indices = LabelCodec.fit(data)
         seed_everything(train.seed)  # networks are built here, before fit_loop: seed their initial weights
         self.restore({"shape": list(data.shape), "labels": labels.to_state()})
-        parameters, ema_parameters = list(self.network.parameters()), list(self.ema.parameters())
+        parameters = list(self.network.parameters())
         optimizer = torch.optim.Adam(parameters, lr=self.config.learning_rate)
         network = maybe_compile(self.network, train, self.device)
 
@@ -296,12 +302,7 @@ class ImageAutoregressive(Synthesizer):
             loss.backward()
             check_gradients(parameters, max_norm=1.0, name=NAME)
             optimizer.step()
-            with torch.no_grad():
-                # the diffusion model's warm-up: Adam's step count lives in the optimiser state, so a
-                # resumed run continues the same averaging schedule
-                steps = float(optimizer.state[parameters[0]]["step"])
-                decay = min(self.config.ema_decay, (1 + steps) / (10 + steps))
-                torch._foreach_lerp_(ema_parameters, parameters, 1 - decay)
+            update_ema(self.ema, self.network, optimizer, self.config.ema_decay)
             return {"nll": loss.detach()}
 
         # uint8 levels: a quarter of the memory of the float images the other models hold
@@ -326,6 +327,7 @@ class ImageAutoregressive(Synthesizer):
     ) -> Iterator[ImageBatch]:
         self.ema.eval()
         scale, temperature = self.config.guidance_scale, self.config.temperature
+        chunk = CPU_CHUNK_IMAGES if self.device.type == "cpu" else batch_size
 
         def render(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
             def draw(logits: torch.Tensor) -> torch.Tensor:
@@ -335,9 +337,13 @@ class ImageAutoregressive(Synthesizer):
                 probs = F.softmax(logits / temperature, dim=-1)
                 return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
-            if scale != 1:
-                labels = torch.cat([labels, torch.full_like(labels, len(self.labels))])
-            return self.ema.to_images(self.ema.generate(labels, draw))
+            images = []
+            for start, stop in batched_indices(len(labels), chunk):
+                rows = labels[start:stop]
+                if scale != 1:
+                    rows = torch.cat([rows, torch.full_like(rows, len(self.labels))])
+                images.append(self.ema.to_images(self.ema.generate(rows, draw)))
+            return torch.cat(images)
 
         return stream_images(
             n,
@@ -359,6 +365,4 @@ class ImageAutoregressive(Synthesizer):
         self.shape = tuple(state["shape"])  # type: ignore[assignment]
         self.labels = LabelCodec.from_state(state["labels"])
         self.network = PatchTransformer(self.shape, len(self.labels), self.config).to(self.device)
-        self.ema = copy.deepcopy(self.network).eval()
-        for parameter in self.ema.parameters():
-            parameter.requires_grad_(False)
+        self.ema = frozen_copy(self.network)
