@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -34,6 +35,7 @@ from genai_pipeline.datasets.base import (
     write_snapshot,
 )
 from genai_pipeline.datasets.sources import read_dataset
+from genai_pipeline.encoders.tabular import TableEncoder, dense
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.generation import write_images, write_parquet
 from genai_pipeline.models import load_model, model_class, model_config_for
@@ -80,16 +82,22 @@ def _require_known(field: str, value: Any, known: list[Any]) -> None:
 def _check_generate_spec(run: Run, data: Dataset) -> None:
     """Conditions and per-label counts must name the label and values it has: checked before training."""
     label, known = _label_key(run), label_values(data)
-    for key, value in conditions_for_model(run).items():
-        if isinstance(data, TabularData) and key not in data.table.column_names:
-            columns = ", ".join(data.table.column_names)
-            raise ConfigError(f"generate.conditions.{key}: no such column (columns: {columns})")
-        if key != label:
-            what = f"conditioning is supported on the label column only (dataset.label: {label or 'not set'})"
-            if isinstance(data, ImageData):
-                what = "images can be conditioned on their label only"
-            raise ConfigError(f"generate.conditions.{key}: {what}")
-        _require_known(f"generate.conditions.{key}", value, known)
+    conditions = conditions_for_model(run)
+    for key, value in conditions.items():
+        if key == label:
+            _require_known(f"generate.conditions.{key}", value, known)
+        elif isinstance(data, ImageData):
+            raise ConfigError(f"generate.conditions.{key}: images can be conditioned on their label only")
+    if isinstance(data, TabularData) and set(conditions) - {label}:
+        # the columns a model will be asked for, checked as the model will check them
+        from genai_pipeline.models.tabular_common import check_conditions
+
+        try:
+            encoder = TableEncoder.fit(data.table, condition=label)
+        except ValueError as exc:
+            raise DatasetError(f"dataset: {exc}") from None
+        reveal_rate = model_config_for(run.job).reveal_rate  # type: ignore[attr-defined]
+        check_conditions(encoder, conditions, f"{run.job.model.family} model", reveal_rate)
     per_label = run.job.generate.per_label
     if per_label is None:
         return
@@ -281,6 +289,39 @@ def _histogram_similarity(real: np.ndarray, synthetic: np.ndarray, bins: int = 3
     return float(1 - 0.5 * np.abs(real_hist - synth_hist).sum())
 
 
+#: Fewer real rows than this meeting a run's conditions are too few to compare shapes with.
+MIN_REFERENCE_ROWS = 30
+
+
+def shape_reference(run: Run, real: pa.Table) -> tuple[pa.Table, list[str]]:
+    """``(real rows, columns)`` that a run's column shapes are compared with.
+
+    A conditioned run is compared with the real rows that meet its conditions (all rows when fewer
+    than :data:`MIN_REFERENCE_ROWS` do), on the columns it did not fix; ``per_label`` fixes the
+    label's distribution, so the label column is left out too.
+    """
+    conditions = conditions_for_model(run)
+    fixed = set(conditions) | ({run.job.dataset.label} if run.job.generate.per_label is not None else set())
+    meets = None
+    for key, value in conditions.items():
+        column = dense(real.column(key))
+        match = (
+            column.is_null() if value is None else pc.equal(column, pa.array([value]).cast(column.type)[0])
+        )
+        meets = match if meets is None else pc.and_(meets, match)
+    reference = real
+    if meets is not None:
+        matching = real.filter(pc.fill_null(meets, False))
+        if matching.num_rows >= MIN_REFERENCE_ROWS:
+            reference = matching
+        else:
+            log.warning(
+                "only %d real rows meet generate.conditions: column shapes are compared with all rows",
+                matching.num_rows,
+            )
+    return reference, [name for name in real.column_names if name not in fixed]
+
+
 def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> QualityReport:
     """Run the GX suite derived from the real data and the metrics; stage the results."""
     from genai_pipeline.quality.expectations import derive_suite, image_stats, run_suite, table_frame
@@ -296,7 +337,8 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
     metrics: list[dict[str, Any]] = []
     if isinstance(real, TabularData):
         passed, failures, results = run_suite(suite, table_frame(staged))
-        shapes = column_shapes(real.table, staged)
+        reference, compared = shape_reference(run, real.table)
+        shapes = column_shapes(reference.select(compared), staged)
         metrics += [
             _metric(run, "column", name, "column_shape", score, None) for name, score in shapes.items()
         ]

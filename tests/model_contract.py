@@ -119,14 +119,21 @@ class ModelContract:
         assert resumed.resumed_from_step == per_epoch - per_epoch % 3
         assert resumed.steps == 2 * per_epoch
 
-    def test_tables_keep_types_nulls_and_categories(self) -> None:
-        """Every column type a real table holds comes back with its type, nulls and categories."""
-        if self.modality != "tabular":
+    @pytest.fixture(scope="class")
+    @classmethod
+    def mixed(cls) -> Synthesizer:
+        """The model fitted on :func:`mixed_table`, labelled by its ``kind`` column."""
+        if cls.modality != "tabular":
             pytest.skip("tables only")
+        model = cls.make()
+        train = TrainSpec(epochs=2, batch_size=32, device="cpu")
+        model.fit(TabularData(mixed_table(), label="kind"), train, None)
+        return model
+
+    def test_tables_keep_types_nulls_and_categories(self, mixed: Synthesizer) -> None:
+        """Every column type a real table holds comes back with its type, nulls and categories."""
         table = mixed_table()
-        model = self.make()
-        model.fit(TabularData(table, label="kind"), TrainSpec(epochs=2, batch_size=32, device="cpu"), None)
-        (batch,) = model.sample(300, conditions=None, seed=0, batch_size=300)
+        (batch,) = mixed.sample(300, conditions=None, seed=0, batch_size=300)
         assert batch.schema.equals(table.schema)
         assert batch.column("empty").null_count == 300
         assert 0 < batch.column("score").null_count < 300  # the real column is 20% null
@@ -135,6 +142,62 @@ class ModelContract:
         low, high = pc.min_max(table.column("when")).values()
         assert pc.all(pc.greater_equal(batch.column("when").drop_null(), low)).as_py()
         assert pc.all(pc.less_equal(batch.column("when").drop_null(), high)).as_py()
+
+    def test_any_columns_can_be_conditioned_on_exactly(self, mixed: Synthesizer) -> None:
+        """Values of any type, given as a job spec gives them, come back exactly, in the column's type."""
+        conditions = {"flag": True, "small": 2, "score": 55.5, "day": "2024-01-05", "kind": "beta"}
+        batches = list(mixed.sample(20, conditions=conditions, seed=0, batch_size=8))
+        assert all(batch.schema.equals(mixed_table().schema) for batch in batches)
+        rows = pa.concat_tables(batches)
+        assert rows.column("flag").to_pylist() == [True] * 20
+        assert rows.column("small").to_pylist() == [2] * 20
+        assert rows.column("score").to_pylist() == [55.5] * 20
+        assert rows.column("day").to_pylist() == [dt.date(2024, 1, 5)] * 20
+        assert rows.column("kind").to_pylist() == ["beta"] * 20
+        (nulls,) = mixed.sample(5, conditions={"score": None}, seed=0, batch_size=5)
+        assert nulls.column("score").null_count == 5
+
+    @pytest.mark.parametrize(
+        ("conditions", "message"),
+        [
+            ({"small": 9}, "generate.conditions.small: 9 is not a known value"),
+            ({"score": 1e6}, "generate.conditions.score: 1000000.0 is outside the range the model saw"),
+            ({"day": "soon"}, "generate.conditions.day: 'soon' cannot be read as date32"),
+            ({"count": None}, "generate.conditions.count: the column has no nulls"),
+        ],
+    )
+    def test_impossible_column_conditions_name_the_field(
+        self, mixed: Synthesizer, conditions: dict, message: str
+    ) -> None:
+        with pytest.raises(ConfigError, match=message):
+            list(mixed.sample(3, conditions=conditions, seed=0, batch_size=3))
+
+    def test_conditioned_columns_shift_the_others(self) -> None:
+        """Fixing one column moves the columns that depend on it: learned, not only overwritten."""
+        if self.modality != "tabular":
+            pytest.skip("tables only")
+        rng = np.random.default_rng(0)
+        group = rng.random(600) < 0.5
+        table = pa.table(
+            {
+                "group": np.where(group, "y", "x"),
+                "tag": np.where(group ^ (rng.random(600) < 0.05), "Y", "X"),
+                "value": rng.normal(size=600) + 4 * group,
+            }
+        )
+        model_cls = model_class(self.modality, self.family)
+        model = model_cls(
+            model_cls.Config(), device=CPU
+        )  # the defaults: the tiny test models learn too little
+        model.fit(TabularData(table), TrainSpec(epochs=30, batch_size=64, device="cpu"), None)
+        shares, means = [], []
+        for tag in ("Y", "X"):
+            (batch,) = model.sample(1000, conditions={"tag": tag}, seed=0, batch_size=1000)
+            shares.append(np.mean(np.asarray(batch.column("group").to_pylist()) == "y"))
+            means.append(np.mean(batch.column("value").to_numpy()))
+        # in the real table: 95% against 5%, and 4 apart
+        assert shares[0] - shares[1] > 0.3, shares
+        assert means[0] - means[1] > 0.5, means
 
 
 def mixed_table(rows: int = 240) -> pa.Table:

@@ -46,15 +46,20 @@ def test_every_family_is_registered_for_both_modalities(modality: str, family: s
     assert (cls.modality, cls.family) == (modality, family)
 
 
-def test_unconditioned_tabular_vae_without_label() -> None:
-    model = model_class("tabular", "vae")(
-        model_class("tabular", "vae").Config(hidden=(16,), latent_dim=4), device=CPU
-    )
+@pytest.mark.parametrize("reveal_rate", [0.5, 0.0])
+def test_tabular_vae_without_label(reveal_rate: float) -> None:
+    """No label: columns can still be conditioned on, unless the model never learned to."""
+    cls = model_class("tabular", "vae")
+    model = cls(cls.Config(hidden=(16,), latent_dim=4, reveal_rate=reveal_rate), device=CPU)
     table = pa.table({"x": np.random.default_rng(0).normal(size=200), "c": ["a", "b"] * 100})
     model.fit(TabularData(table), TrainSpec(epochs=1, batch_size=50, device="cpu"), None)
     (batch,) = model.sample(10, conditions=None, seed=0, batch_size=10)
     assert batch.schema.equals(table.schema)
+    if reveal_rate:
+        (batch,) = model.sample(10, conditions={"c": "a"}, seed=0, batch_size=10)
+        assert batch.column("c").to_pylist() == ["a"] * 10
+        return
     with pytest.raises(
-        ConfigError, match="generate.conditions.c: the tabular VAE can condition on the label column"
+        ConfigError, match="generate.conditions.c: the tabular VAE was trained with reveal_rate 0"
     ):
         list(model.sample(10, conditions={"c": "a"}, seed=0, batch_size=10))

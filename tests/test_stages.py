@@ -74,18 +74,22 @@ def test_odd_labels_survive_in_the_manifest_and_cannot_escape_in_paths(tmp_path:
     ("conditions", "message"),
     [
         ({"colour": "red"}, "generate.conditions.colour: no such column"),
+        ({"island": "Atlantis"}, "generate.conditions.island: 'Atlantis' is not a known value"),
+        ({"bill_length_mm": 500}, "generate.conditions.bill_length_mm: 500 is outside the range"),
         (
-            {"island": "Dream"},
-            "generate.conditions.island: conditioning is supported on the label column only",
+            {"island": "Dream", "model.reveal_rate": 0},
+            "generate.conditions.island: the vae model was trained",
         ),
         ({"species": "Dodo"}, "generate.conditions.species: 'Dodo' does not occur in the data"),
     ],
 )
 def test_impossible_conditions_fail_at_ingest(tmp_path: Path, conditions: dict, message: str) -> None:
-    run = Run(
-        job=tiny_job("builtin://penguins", "vae", str(tmp_path), generate={"conditions": conditions}),
-        run_date="2026-02-03",
+    reveal = {"reveal_rate": conditions.pop("model.reveal_rate")} if "model.reveal_rate" in conditions else {}
+    model = {"family": "vae", "hidden": [32], "latent_dim": 8, **reveal}
+    job = tiny_job(
+        "builtin://penguins", "vae", str(tmp_path), generate={"conditions": conditions}, model=model
     )
+    run = Run(job=job, run_date="2026-02-03")
     with pytest.raises(ConfigError, match=message):
         stages.ingest(run)
     assert not (tmp_path / "tiny" / "models").exists()  # nothing trained
@@ -105,6 +109,38 @@ def _generate(job) -> pa.Table:
     table = pq.read_table(Path(job.export.output) / job.name / run.staged(run.data_file))
     assert table.num_rows == generated.num_samples
     return table
+
+
+def test_conditions_on_other_columns_are_met_and_compared_with_matching_rows(tmp_path: Path) -> None:
+    """Only Adelie penguins live on Torgersen: the label follows a fixed island, and the shapes of a
+    conditioned run are judged against the real Torgersen penguins."""
+    job = tiny_job(
+        "builtin://penguins",
+        "vae",
+        str(tmp_path),
+        generate={"conditions": {"island": "Torgersen", "sex": "female"}},
+        validate={"min_column_shapes": 0.5},
+    )
+    run = Run(job=job, run_date="2026-02-03")
+    dataset = stages.ingest(run)
+    model = stages.train(run, dataset=dataset)
+    generated = stages.generate(run, model=model, dataset=dataset)
+    table = pq.read_table(tmp_path / "tiny" / run.staged(run.data_file))
+    assert set(table.column("island").to_pylist()) == {"Torgersen"}
+    assert set(table.column("sex").to_pylist()) == {"female"}
+    assert table.column("species").to_pylist().count("Adelie") > 0.95 * table.num_rows
+    report = stages.validate(run, dataset=dataset, generated=generated)
+    assert report.passed, report.failures
+    metrics = pq.read_table(tmp_path / "tiny" / run.staged(run.partition("quality")) / "metrics.parquet")
+    compared = {c for c in metrics.column("column").to_pylist() if c}
+    assert compared == {
+        "species",
+        "bill_length_mm",
+        "bill_depth_mm",
+        "flipper_length_mm",
+        "body_mass_g",
+        "year",
+    }
 
 
 def test_per_label_counts(tmp_path: Path) -> None:

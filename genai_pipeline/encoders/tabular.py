@@ -238,28 +238,90 @@ class TableEncoder:
             raise ValueError(f"column {codec.name!r}: values the model was not fitted on")
         return out
 
+    def _encode_column(self, codec: ColumnCodec, column: pa.Array) -> list[np.ndarray]:
+        """The blocks of one data column's spans."""
+        if codec.kind == "continuous":
+            values = to_float(column)
+            nulls = np.isnan(values)
+            filled = np.where(nulls, (codec.knots or [0.0])[0], values)
+            z = ndtri(np.clip(np.interp(filled, codec.knots, codec.knot_probs), _EPS, 1 - _EPS))
+            blocks = [np.where(nulls, 0.0, z)[:, None]]
+            return blocks + ([np.stack([~nulls, nulls], axis=1)] if codec.has_nulls else [])
+        if codec.kind == "categorical":
+            index = self._category_index(codec, column)
+            return [np.eye(len(codec.categories or []), dtype=np.float32)[index]]
+        return []
+
     def encode(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray | None]:
         """``(x, cond)``: the float32 matrix of data spans and the condition's category indices."""
-        blocks = []
-        for codec in self.data_codecs:
-            column = dense(table.column(codec.name))
-            if codec.kind == "continuous":
-                values = to_float(column)
-                nulls = np.isnan(values)
-                filled = np.where(nulls, codec.knots[0], values)
-                z = ndtri(np.clip(np.interp(filled, codec.knots, codec.knot_probs), _EPS, 1 - _EPS))
-                blocks.append(np.where(nulls, 0.0, z)[:, None])
-                if codec.has_nulls:
-                    blocks.append(np.stack([~nulls, nulls], axis=1))
-            elif codec.kind == "categorical":
-                index = self._category_index(codec, column)
-                blocks.append(np.eye(len(codec.categories or []), dtype=np.float32)[index])
+        blocks = [
+            block
+            for codec in self.data_codecs
+            for block in self._encode_column(codec, dense(table.column(codec.name)))
+        ]
         n = table.num_rows
         x = np.concatenate(blocks, axis=1).astype(np.float32) if blocks else np.zeros((n, 0), np.float32)
         cond = None
         if self.condition_codec is not None:
             cond = self._category_index(self.condition_codec, dense(table.column(self.condition)))
         return x, cond
+
+    @property
+    def span_columns(self) -> list[tuple[ColumnCodec, int]]:
+        """Each data column that has spans (an all-null column has none) with its first matrix column."""
+        out, offset = [], 0
+        for codec in self.data_codecs:
+            if codec.spans:
+                out.append((codec, offset))
+            offset += sum(span.size for span in codec.spans)
+        return out
+
+    def value_array(self, name: str, value: Any, rows: int = 1) -> pa.Array:
+        """``rows`` copies of a value requested for a column, in the column's type (dictionaries too).
+
+        Raises ValueError when the value cannot be read as that type or the model never saw it: a
+        category must be one of the column's values, a number inside its observed range.
+        """
+        field = self.schema.field(name)
+        type_ = _value_type(field.type)
+        try:
+            one = pa.array([value]).cast(type_) if value is not None else pa.nulls(1, type_)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            raise ValueError(f"{value!r} cannot be read as {type_}") from None
+        codec = next(codec for codec in self.codecs if codec.name == name)
+        if value is None and not codec.has_nulls:
+            raise ValueError("the column has no nulls")
+        if value is not None and codec.kind == "categorical":
+            known = [v for v in codec.categories or [] if v not in (_NULL, _RARE)] + (codec.rare_values or [])
+            plain = to_float(one)[0] if is_numeric(type_) else one[0].as_py()
+            if plain not in known:
+                shown = ", ".join(map(str, known[:20])) + (" …" if len(known) > 20 else "")
+                raise ValueError(f"{value!r} is not a known value (known: {shown})")
+        elif value is not None and codec.kind == "continuous":
+            low, high, number = (codec.knots or [0.0])[0], (codec.knots or [0.0])[-1], to_float(one)[0]
+            if not low <= number <= high:
+                raise ValueError(
+                    f"{value!r} is outside the range the model saw ({one.type} in [{low}, {high}])"
+                )
+        repeated = one.take(pa.array(np.zeros(rows, dtype=np.int64)))
+        return (
+            repeated.dictionary_encode().cast(field.type) if pa.types.is_dictionary(field.type) else repeated
+        )
+
+    def encode_known(self, known: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """``(row, columns)``: a matrix row holding the known data columns' values (zeros elsewhere)
+        and which of :attr:`span_columns` they are. Values are checked by :meth:`value_array`."""
+        blocks, columns = [], []
+        for codec in self.data_codecs:
+            if codec.name in known:
+                encoded = self._encode_column(codec, self.value_array(codec.name, known[codec.name]))
+            else:
+                encoded = [np.zeros((1, span.size)) for span in codec.spans]
+            blocks += encoded
+            if codec.spans:
+                columns.append(codec.name in known)
+        row = np.concatenate(blocks, axis=1)[0] if blocks else np.zeros(0)
+        return row.astype(np.float32), np.asarray(columns, dtype=bool)
 
     # -- conditions -------------------------------------------------------------------------
 

@@ -8,6 +8,11 @@ embeddings of the tokens before it; training is one teacher-forced pass (NLL sum
 and sampling one pass per column over a batch of rows, at temperature 1, so it costs about as much
 as one training forward pass.
 
+Any other columns can be conditioned on as TabularARGN's flexible generation allows, at no cost
+to the fixed order: a share of training rows (``reveal_rate``) also add the embeddings of a random
+subset of *later* columns to every context and are not scored on those columns. At sampling the
+requested columns' tokens are in every context from the start, and their heads are skipped.
+
 A sampled bin decodes by drawing Φ(z) uniformly inside it; a bin that holds a single value (a small
 integer range, or a spike such as a zero) decodes to exactly that value. ``TableEncoder.decode``
 then restores the real values, types and nulls, so marginals match up to the bin width.
@@ -22,12 +27,10 @@ the last steps' noise from the heads (a few percent of error in each marginal wi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -37,9 +40,9 @@ from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset
 from genai_pipeline.encoders.tabular import ColumnCodec, TableEncoder
 from genai_pipeline.errors import DatasetError
-from genai_pipeline.models.base import Conditions, ModelConfig, Synthesizer, register_model
+from genai_pipeline.models.base import register_model
 from genai_pipeline.models.spans import draw_categorical
-from genai_pipeline.models.tabular_common import check_conditions, fit_encoder, stream_rows
+from genai_pipeline.models.tabular_common import Known, TabularModelConfig, TabularSynthesizer
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
@@ -47,7 +50,6 @@ from genai_pipeline.training import (
     fit_loop,
     frozen_copy,
     maybe_compile,
-    seed_everything,
     update_ema,
 )
 
@@ -58,7 +60,7 @@ NAME = "tabular autoregressive model"
 REFERENCE_ROWS = 30_000
 
 
-class TabularAutoregressiveConfig(ModelConfig):
+class TabularAutoregressiveConfig(TabularModelConfig):
     embedding_dim: int = Field(
         default=64, ge=1, le=4096, description="width of the context of earlier columns"
     )
@@ -79,7 +81,6 @@ class TabularAutoregressiveConfig(ModelConfig):
         description=f"decoupled decay of the weights (not biases) at {REFERENCE_ROWS:,} rows, times "
         f"√({REFERENCE_ROWS:,} / rows) for other tables",
     )
-    max_categories: int = Field(default=1000, ge=2, le=100_000)
 
 
 def fit_bins(z: np.ndarray, max_bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -145,19 +146,10 @@ class TokenColumn:
         return torch.cat([z, F.one_hot(null.long(), 2).float()], dim=1)
 
 
-def _offsets(encoder: TableEncoder) -> Iterator[tuple[ColumnCodec, int]]:
-    """Each data column that has spans (an all-null column has none) with its first matrix column."""
-    offset = 0
-    for codec in encoder.data_codecs:
-        if codec.spans:
-            yield codec, offset
-        offset += sum(span.size for span in codec.spans)
-
-
 def fit_token_bins(encoder: TableEncoder, x: np.ndarray, max_bins: int) -> dict[str, list[list[float]]]:
     """JSON-able ``{column: [lo, hi]}`` bins of every numeric column, from its non-null rows."""
     bins = {}
-    for codec, offset in _offsets(encoder):
+    for codec, offset in encoder.span_columns:
         if codec.kind == "continuous":
             z = x[:, offset]
             if codec.has_nulls:
@@ -169,7 +161,7 @@ def fit_token_bins(encoder: TableEncoder, x: np.ndarray, max_bins: int) -> dict[
 def token_columns(encoder: TableEncoder, bins: dict[str, list[list[float]]]) -> list[TokenColumn]:
     """The encoder's data columns in order; numerics take their bins from ``bins``."""
     columns = []
-    for codec, offset in _offsets(encoder):
+    for codec, offset in encoder.span_columns:
         if codec.kind == "continuous":
             lo, hi = (np.asarray(edge, dtype=np.float32) for edge in bins[codec.name])
             columns.append(TokenColumn(codec, offset, lo, hi))
@@ -190,8 +182,8 @@ class ColumnwiseNet(nn.Module):
         super().__init__()
         self.first = first
         count = len(vocab) - first
-        self.register_buffer("offsets", torch.tensor([0, *np.cumsum(vocab[:-2]).tolist()]), persistent=False)
-        self.embed = nn.Embedding(max(sum(vocab[:-1]), 1), config.embedding_dim)
+        self.register_buffer("offsets", torch.tensor([0, *np.cumsum(vocab[:-1]).tolist()]), persistent=False)
+        self.embed = nn.Embedding(sum(vocab), config.embedding_dim)
         widths = [config.embedding_dim, *config.hidden]
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(count, fan_in, fan_out).uniform_(-1, 1) / fan_in**0.5)
@@ -214,51 +206,73 @@ class ColumnwiseNet(nn.Module):
             context = F.silu(torch.baddbmm(bias[columns].unsqueeze(1), context, weight[columns]))
         return context
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced negative log-likelihood of the rows, summed over columns, averaged over rows."""
-        embedded = self.embed(tokens[:, :-1] + self.offsets)
-        context = F.pad(embedded.cumsum(dim=1), (0, 0, 1, 0))[:, self.first :]
-        features = self.hidden(context.transpose(0, 1), slice(None))
-        return sum(
-            F.cross_entropy(head(feature), tokens[:, self.first + k])
-            for k, (head, feature) in enumerate(zip(self.heads, features))
-        )
+    def forward(self, tokens: torch.Tensor, revealed: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced negative log-likelihood of the rows, summed over columns, averaged over rows.
 
-    def sample(self, label: torch.Tensor | None, size: int, generator: torch.Generator) -> list[torch.Tensor]:
-        """Draw every predicted column in turn, each from its head at temperature 1."""
+        ``revealed`` (rows × predicted columns) adds those columns' embeddings to the contexts of the
+        columns before them and leaves them unscored.
+        """
+        embedded = self.embed(tokens + self.offsets)
+        context = F.pad(embedded[:, :-1].cumsum(dim=1), (0, 0, 1, 0))[:, self.first :]
+        if revealed is not None:
+            shown = embedded[:, self.first :] * revealed[..., None]
+            context = context + shown.sum(dim=1, keepdim=True) - shown.cumsum(dim=1)
+        features = self.hidden(context.transpose(0, 1), slice(None))
+        nll = torch.stack(
+            [
+                F.cross_entropy(head(feature), tokens[:, self.first + k], reduction="none")
+                for k, (head, feature) in enumerate(zip(self.heads, features))
+            ],
+            dim=1,
+        )
+        if revealed is not None:
+            nll = nll * ~revealed
+        return nll.sum(dim=1).mean()
+
+    def sample(
+        self,
+        label: torch.Tensor | None,
+        known: tuple[torch.Tensor, torch.Tensor] | None,
+        size: int,
+        generator: torch.Generator,
+    ) -> list[torch.Tensor]:
+        """Draw every predicted column in turn, each from its head at temperature 1; ``known`` is
+        ``(tokens, mask)`` over the predicted columns: those are given, not drawn."""
         context = self.embed.weight.new_zeros((size, self.embed.embedding_dim))
         if label is not None:
             context = context + self.embed(label)
+        given = [None] * len(self.heads)
+        if known is not None:
+            tokens, mask = known
+            for k in mask.nonzero()[:, 0].tolist():
+                given[k] = tokens[k].expand(size)
+                context = context + self.embed(given[k] + self.offsets[self.first + k])
         drawn = []
         for k, head in enumerate(self.heads):
+            if given[k] is not None:
+                drawn.append(given[k])
+                continue
             logits = head(self.hidden(context[None], slice(k, k + 1))[0])
             token = draw_categorical(logits, generator)
             drawn.append(token)
-            if k + 1 < len(self.heads):
-                context = context + self.embed(token + self.offsets[self.first + k])
+            context = context + self.embed(token + self.offsets[self.first + k])
         return drawn
 
 
 @register_model
-class TabularAutoregressive(Synthesizer):
+class TabularAutoregressive(TabularSynthesizer):
     family = "autoregressive"
-    modality = "tabular"
+    name = NAME
     Config = TabularAutoregressiveConfig
 
     config: TabularAutoregressiveConfig
-    encoder: TableEncoder
     columns: list[TokenColumn]
     bins: dict[str, list[list[float]]]
     net: ColumnwiseNet
-    cond_probs: list[float]
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
-        encoder, x, cond, cond_probs = fit_encoder(
-            data, max_categories=self.config.max_categories, model=NAME
-        )
-        bins = fit_token_bins(encoder, x, self.config.max_bins)
-        seed_everything(train.seed)  # networks are built here, before fit_loop: seed their initial weights
-        self.restore({"encoder": encoder.to_state(), "cond_probs": cond_probs, "bins": bins})
+        max_bins = self.config.max_bins
+        x, cond = self.prepare(data, train, lambda encoder, x: {"bins": fit_token_bins(encoder, x, max_bins)})
         if not self.columns:
             raise DatasetError(f"the {NAME} needs a column with values besides the label")
         tokens = np.stack([column.tokens(x) for column in self.columns], axis=1)
@@ -278,9 +292,11 @@ class TabularAutoregressive(Synthesizer):
             lr=self.config.learning_rate,
             weight_decay=min(decay, 0.1 / self.config.learning_rate),
         )
+        rate = self.config.reveal_rate
 
         def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-            loss = nll(batch[0])
+            rows = batch[0]
+            loss = nll(rows, self.reveal.training_mask(len(rows), rate, rows.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             check_gradients(trainee.parameters(), max_norm=100.0, name=NAME)
@@ -302,42 +318,35 @@ class TabularAutoregressive(Synthesizer):
         self.net = average
         return report
 
-    def check_conditions(self, conditions: Conditions) -> None:
-        check_conditions(self.encoder, conditions, NAME)
+    def encoder_bins(self, data: Dataset) -> bool:
+        """Fit the numeric columns' bins; whether there is any column to model besides the label."""
+        from genai_pipeline.models.tabular_common import fit_encoder
 
-    def sample(
-        self, n: int, *, conditions: Conditions | None, seed: int, batch_size: int
-    ) -> Iterator[pa.Table]:
-        self.net.eval()
+        encoder, x, _ = fit_encoder(data, max_categories=self.config.max_categories, model=NAME)
+        self.bins = fit_token_bins(encoder, x, self.config.max_bins)
+        return bool(encoder.span_columns)
 
-        def render(cond: torch.Tensor | None, size: int, generator: torch.Generator) -> torch.Tensor:
-            drawn = self.net.sample(cond, size, generator)
-            return torch.cat(
-                [column.render(tokens, generator) for column, tokens in zip(self.columns, drawn)], dim=1
-            )
-
-        return stream_rows(
-            n,
-            conditions=conditions,
-            seed=seed,
-            batch_size=batch_size,
-            encoder=self.encoder,
-            cond_probs=self.cond_probs,
-            device=self.device,
-            render=render,
-            model=NAME,
+    def render(
+        self, label: torch.Tensor | None, known: Known | None, size: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        given = None
+        if known is not None:
+            row = known.row[None].cpu().numpy()
+            tokens = torch.tensor([int(column.tokens(row)[0]) for column in self.columns], device=self.device)
+            given = (tokens, known.columns)
+        drawn = self.net.sample(label, given, size, generator)
+        return torch.cat(
+            [column.render(tokens, generator) for column, tokens in zip(self.columns, drawn)], dim=1
         )
 
     def networks(self) -> dict[str, nn.Module]:
         return {"net": self.net}
 
-    def fitted_state(self) -> dict[str, Any]:
-        return {"encoder": self.encoder.to_state(), "cond_probs": self.cond_probs, "bins": self.bins}
+    def family_state(self) -> dict[str, Any]:
+        return {"bins": self.bins}
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.encoder = TableEncoder.from_state(state["encoder"])
-        self.cond_probs = list(state["cond_probs"])
+    def build(self, state: dict[str, Any]) -> None:
         self.bins = state["bins"]
         self.columns = token_columns(self.encoder, self.bins)
-        vocab = ([len(self.cond_probs)] if self.cond_probs else []) + [c.vocab for c in self.columns]
-        self.net = ColumnwiseNet(vocab, 1 if self.cond_probs else 0, self.config).to(self.device)
+        vocab = ([self.labels] if self.labels else []) + [c.vocab for c in self.columns]
+        self.net = ColumnwiseNet(vocab, 1 if self.labels else 0, self.config).to(self.device)

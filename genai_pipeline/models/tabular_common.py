@@ -1,35 +1,164 @@
-"""What every tabular model shares: fitting the encoder, conditions, and the sampling stream.
+"""What every tabular model shares: the encoder, conditions on any columns, and the sampling stream.
 
-Tabular models are conditioned on the job's label column when it is categorical: they learn from
-its category indices, sample rows for a requested value exactly (no rejection sampling), and
-otherwise draw labels with their real frequencies. :func:`stream_rows` turns a model's
-``render(cond, size, generator)`` — an encoded matrix, one-hot for categories — into Arrow tables.
+Conditions come in two kinds, both met exactly and without rejection sampling:
+
+- **The label column** (``dataset.label``, when categorical) conditions every model: models learn
+  from its category indices and sample rows for a requested value; unconditioned sampling draws
+  labels with their real frequencies (given the other conditioned columns, see :class:`LabelPrior`).
+- **Any other columns** are *revealed* to the model. In training, a share ``reveal_rate`` of rows
+  show the model a random subset of their own columns (:class:`Reveal`), so it learns the
+  distribution of the rest given any subset; at sampling the requested columns are revealed. A
+  row that reveals nothing is the unconditional model, so plain sampling is unchanged.
+
+The requested values are then written into the decoded rows in the column's own type, so a
+condition holds exactly even where a model's decoding is approximate (a numeric drawn in its bin).
+:class:`TabularSynthesizer` holds the encoder, the label prior and the sampling stream; a family
+implements training, its networks and ``render(label, known, size, generator)``, which returns an
+encoded matrix (one-hot for categories).
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import torch
+from pydantic import Field
+from scipy.special import ndtri
 
+from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset, TabularData
-from genai_pipeline.encoders.tabular import TableEncoder
+from genai_pipeline.encoders.tabular import ColumnCodec, TableEncoder
 from genai_pipeline.errors import ConfigError, DatasetError
-from genai_pipeline.models.base import Conditions, require_condition_values
-from genai_pipeline.training import batched_indices
+from genai_pipeline.models.base import Conditions, ModelConfig, Synthesizer, require_condition_values
+from genai_pipeline.training import batched_indices, seed_everything
 
-Render = Callable[[torch.Tensor | None, int, torch.Generator], torch.Tensor]
 #: On a CPU, rows are rendered in chunks whose activations stay in cache: about twice as fast as one
 #: pass over 50,000 rows, and peak memory no longer grows with the batch. A GPU takes the whole batch.
 CPU_CHUNK_ROWS = 4096
+#: A numeric column's evidence about the label is counted in this many equal-probability bins.
+PRIOR_BINS = 16
+
+
+class TabularModelConfig(ModelConfig):
+    """Hyper-parameters every tabular family has."""
+
+    max_categories: int = Field(default=1000, ge=2, le=100_000)
+    reveal_rate: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="share of training rows that show the model some of their columns, so that any "
+        "columns can be conditioned on (0: the label column only)",
+    )
+
+
+@dataclass(frozen=True)
+class Known:
+    """Data columns fixed by a request: a matrix row holding their values, and which columns they are
+    (a mask over :attr:`TableEncoder.span_columns`)."""
+
+    row: torch.Tensor
+    columns: torch.Tensor
+
+
+def column_tokens(codec: ColumnCodec, block: np.ndarray) -> np.ndarray:
+    """A coarse token per row of one column's encoded block: its category, or its numeric bin (the
+    last token meaning null); what :class:`LabelPrior` counts."""
+    if codec.kind == "categorical":
+        return block.argmax(axis=1)
+    edges = ndtri(np.linspace(0, 1, PRIOR_BINS + 1)[1:-1])
+    bins = np.searchsorted(edges, block[:, 0])
+    return np.where(block[:, 2] > block[:, 1], PRIOR_BINS, bins) if codec.has_nulls else bins
+
+
+@dataclass
+class LabelPrior:
+    """The label's real frequencies, and how often it co-occurs with each column's tokens.
+
+    A model is always given a label. When a request fixes other columns but not the label, the
+    label is drawn from its frequency given those values: exact for one column, naive Bayes
+    (evidence multiplied, with half-count smoothing) for several.
+    """
+
+    probs: list[float]
+    counts: dict[str, list[list[float]]]  # column → label × token co-occurrence counts
+
+    @classmethod
+    def fit(cls, encoder: TableEncoder, x: np.ndarray, cond: np.ndarray | None) -> LabelPrior:
+        if cond is None:
+            return cls([], {})
+        labels = len(encoder.condition_values)
+        probs = np.bincount(cond, minlength=labels) / len(cond)
+        counts = {}
+        for codec, offset in encoder.span_columns:
+            tokens = column_tokens(codec, x[:, offset : offset + sum(s.size for s in codec.spans)])
+            table = np.zeros((labels, int(tokens.max(initial=0)) + 2))
+            np.add.at(table, (cond, tokens), 1)
+            counts[codec.name] = table.tolist()
+        return cls(probs.tolist(), counts)
+
+    def given(self, encoder: TableEncoder, known: dict[str, Any]) -> list[float]:
+        """The label's distribution given known values of other columns."""
+        log_probs = np.log(np.asarray(self.probs))
+        if not known:
+            return self.probs
+        row, _ = encoder.encode_known(known)
+        for codec, offset in encoder.span_columns:
+            if codec.name in known:
+                token = column_tokens(codec, row[None, offset : offset + sum(s.size for s in codec.spans)])[0]
+                table = np.asarray(self.counts[codec.name]) + 0.5
+                token = min(int(token), table.shape[1] - 1)
+                log_probs += np.log(table[:, token] / table.sum(axis=1))
+        probs = np.exp(log_probs - log_probs.max())
+        return (probs / probs.sum()).tolist()
+
+    def to_state(self) -> dict[str, Any]:
+        return {"probs": self.probs, "counts": self.counts}
+
+
+class Reveal:
+    """Known columns as a network input: the encoded values of the revealed columns and a mask.
+
+    ``inputs(x, mask)`` is ``[x × mask spread over each column's features, mask]``: a column whose
+    value is zero and a hidden column stay distinguishable. :meth:`training_mask` draws, for a share
+    ``rate`` of rows, a subset of columns of a random size, so every subset is seen in training.
+    """
+
+    def __init__(self, encoder: TableEncoder):
+        sizes = [sum(span.size for span in codec.spans) for codec, _ in encoder.span_columns]
+        self.columns = len(sizes)
+        self.size = encoder.width + self.columns
+        self._feature_column = torch.repeat_interleave(
+            torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long)
+        )
+
+    def training_mask(self, rows: int, rate: float, device: torch.device) -> torch.Tensor:
+        share = torch.rand(rows, 1, device=device) * (torch.rand(rows, 1, device=device) < rate)
+        return torch.rand(rows, self.columns, device=device) < share
+
+    def features(self, mask: torch.Tensor) -> torch.Tensor:
+        """A column mask spread over the matrix features of each column."""
+        return mask[:, self._feature_column.to(mask.device)]
+
+    def inputs(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x * self.features(mask).to(x.dtype), mask.to(x.dtype)], dim=1)
+
+    def known_inputs(self, known: Known | None, rows: int, like: torch.Tensor) -> torch.Tensor:
+        """The input for ``rows`` sampled rows: zeros (nothing revealed) or the request's columns."""
+        if known is None:
+            return like.new_zeros((rows, self.size))
+        return self.inputs(known.row.to(like.dtype).expand(rows, -1), known.columns.expand(rows, -1))
 
 
 def fit_encoder(
     data: Dataset, *, max_categories: int, model: str
-) -> tuple[TableEncoder, np.ndarray, np.ndarray | None, list[float]]:
-    """``(encoder, x, cond, cond_probs)`` for a table: its matrix, label indices and frequencies."""
+) -> tuple[TableEncoder, np.ndarray, np.ndarray | None]:
+    """``(encoder, x, cond)`` for a table: its matrix and label indices."""
     if not isinstance(data, TabularData):
         raise DatasetError(f"the {model} needs a table")
     try:
@@ -37,60 +166,137 @@ def fit_encoder(
     except ValueError as exc:
         raise DatasetError(f"dataset: {exc}") from None
     x, cond = encoder.encode(data.table)
-    if cond is None:
-        return encoder, x, None, []
-    counts = np.bincount(cond, minlength=len(encoder.condition_values))
-    return encoder, x, cond, (counts / counts.sum()).tolist()
+    return encoder, x, cond
 
 
-def check_conditions(encoder: TableEncoder, conditions: Conditions, model: str) -> None:
-    """Conditions may fix the label column, to a value it has."""
+def label_key(encoder: TableEncoder) -> str | None:
+    """The column conditioned on by index: the label, when it is categorical."""
+    return encoder.condition if encoder.condition_codec is not None else None
+
+
+def check_conditions(encoder: TableEncoder, conditions: Conditions, model: str, reveal_rate: float) -> None:
+    """Conditions may fix the label column and, when the model learned to, any other columns."""
+    columns = [field.name for field in encoder.schema]
     for key, value in conditions.items():
-        if key != encoder.condition or encoder.condition_codec is None:
+        if key == label_key(encoder):
+            require_condition_values(key, value, encoder.condition_values)
+            continue
+        if key not in columns:
+            raise ConfigError(f"generate.conditions.{key}: no such column (columns: {', '.join(columns)})")
+        if reveal_rate == 0:
             raise ConfigError(
-                f"generate.conditions.{key}: the {model} can condition on the label column "
-                f"({encoder.condition or 'none set: dataset.label'}) only"
+                f"generate.conditions.{key}: the {model} was trained with reveal_rate 0 and can condition "
+                f"on the label column ({label_key(encoder) or 'none set: dataset.label'}) only"
             )
-        require_condition_values(key, value, encoder.condition_values)
+        try:
+            encoder.value_array(key, value)
+        except ValueError as exc:
+            raise ConfigError(f"generate.conditions.{key}: {exc}") from None
 
 
-def stream_rows(
-    n: int,
-    *,
-    conditions: Conditions | None,
-    seed: int,
-    batch_size: int,
-    encoder: TableEncoder,
-    cond_probs: list[float],
-    device: torch.device,
-    render: Render,
-    model: str,
-) -> Iterator[pa.Table]:
-    """Batches of decoded rows with the input's schema."""
-    conditions = dict(conditions or {})
-    check_conditions(encoder, conditions, model)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    fixed = encoder.condition_index(conditions[encoder.condition]) if conditions else None
-    probs = torch.tensor(cond_probs, device=device) if cond_probs else None
-    for batch_number, (start, stop) in enumerate(batched_indices(n, batch_size)):
-        size = stop - start
-        cond = None
-        if probs is not None:
-            cond = (
-                torch.full((size,), fixed, device=device, dtype=torch.long)
-                if fixed is not None
-                else torch.multinomial(probs, size, replacement=True, generator=generator)
+class TabularSynthesizer(Synthesizer):
+    """Encoder, label prior, conditions and the sampling stream; a family adds its networks."""
+
+    modality = "tabular"
+    name: ClassVar[str]  # in messages: "tabular VAE"
+    config: TabularModelConfig
+    encoder: TableEncoder
+    prior: LabelPrior
+    reveal: Reveal
+
+    def prepare(
+        self,
+        data: Dataset,
+        train: TrainSpec,
+        family_state: Callable[[TableEncoder, np.ndarray], dict[str, Any]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fit the encoder and label prior (and the family's state, from the encoded matrix), build
+        the networks; ``(x, cond)`` to train on."""
+        encoder, x, cond = fit_encoder(data, max_categories=self.config.max_categories, model=self.name)
+        prior = LabelPrior.fit(encoder, x, cond)
+        state = family_state(encoder, x) if family_state else {}
+        seed_everything(train.seed)  # networks are built here, before fit_loop: seed their initial weights
+        self.restore({"encoder": encoder.to_state(), "label_prior": prior.to_state(), **state})
+        return x, cond
+
+    @property
+    def labels(self) -> int:
+        """How many label values the networks are conditioned on (0: no label)."""
+        return len(self.prior.probs)
+
+    def check_conditions(self, conditions: Conditions) -> None:
+        check_conditions(self.encoder, conditions, self.name, self.config.reveal_rate)
+
+    @abstractmethod
+    def render(
+        self, label: torch.Tensor | None, known: Known | None, size: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """``size`` encoded rows for these labels with the known columns."""
+
+    @abstractmethod
+    def build(self, state: dict[str, Any]) -> None:
+        """Build the networks for the restored encoder (``state`` holds the family's own parts)."""
+
+    def family_state(self) -> dict[str, Any]:
+        """JSON-able state of the family's own besides the encoder and the label prior."""
+        return {}
+
+    def fitted_state(self) -> dict[str, Any]:
+        return {
+            "encoder": self.encoder.to_state(),
+            "label_prior": self.prior.to_state(),
+            **self.family_state(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.encoder = TableEncoder.from_state(state["encoder"])
+        self.prior = LabelPrior(**state["label_prior"])
+        self.reveal = Reveal(self.encoder)
+        self.build(state)
+
+    def sample(
+        self, n: int, *, conditions: Conditions | None, seed: int, batch_size: int
+    ) -> Iterator[pa.Table]:
+        """Batches of decoded rows with the input's schema."""
+        conditions = dict(conditions or {})
+        self.check_conditions(conditions)
+        for module in self.networks().values():
+            module.eval()
+        device, encoder = self.device, self.encoder
+        label = label_key(encoder)
+        others = {key: value for key, value in conditions.items() if key != label}
+        known = None
+        if others:
+            row, columns = encoder.encode_known(others)
+            known = Known(torch.from_numpy(row).to(device), torch.from_numpy(columns).to(device))
+        generator = torch.Generator(device=device).manual_seed(seed)
+        fixed = encoder.condition_index(conditions[label]) if label in conditions else None
+        probs = torch.tensor(self.prior.given(encoder, others), device=device) if self.labels else None
+        for batch_number, (start, stop) in enumerate(batched_indices(n, batch_size)):
+            size = stop - start
+            cond = None
+            if probs is not None:
+                cond = (
+                    torch.full((size,), fixed, device=device, dtype=torch.long)
+                    if fixed is not None
+                    else torch.multinomial(probs, size, replacement=True, generator=generator)
+                )
+            chunk = CPU_CHUNK_ROWS if device.type == "cpu" else size
+            with torch.no_grad():
+                rows = torch.cat(
+                    [
+                        self.render(None if cond is None else cond[begin:end], known, end - begin, generator)
+                        for begin, end in batched_indices(size, chunk)
+                    ]
+                )
+            table = encoder.decode(
+                rows.float().cpu().numpy(),
+                None if cond is None else cond.cpu().numpy(),
+                seed=seed * 1_000_003 + batch_number,
             )
-        chunk = CPU_CHUNK_ROWS if device.type == "cpu" else size
-        with torch.no_grad():
-            rows = torch.cat(
-                [
-                    render(None if cond is None else cond[begin:end], end - begin, generator)
-                    for begin, end in batched_indices(size, chunk)
-                ]
-            )
-        yield encoder.decode(
-            rows.float().cpu().numpy(),
-            None if cond is None else cond.cpu().numpy(),
-            seed=seed * 1_000_003 + batch_number,
-        )
+            for key, value in conditions.items():  # exactly the requested value, in the column's type
+                index = table.schema.get_field_index(key)
+                table = table.set_column(
+                    index, table.schema.field(index), encoder.value_array(key, value, size)
+                )
+            yield table

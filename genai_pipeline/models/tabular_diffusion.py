@@ -9,8 +9,9 @@ noise. Masking suits few-step sampling: a category, once drawn, is final, and a 
 which of the still-masked columns to draw; the loss is a plain cross-entropy on masked columns.
 
 One residual MLP denoises all columns at once: numeric values, the timestep's sinusoidal features,
-each categorical token (mask included) and the job's label each enter through a linear map or an
-embedding, summed, so conditioning on the label is exact. It outputs the numeric ``v`` (or noise)
+each categorical token (mask included), the job's label and the revealed columns (any columns a
+request fixes, see ``tabular_common``) each enter through a linear map or an embedding, summed, so
+conditioning is learned rather than imposed by rejection. It outputs the numeric ``v`` (or noise)
 and one set of logits per categorical span.
 
 Three choices make 10 sampling steps enough (100,000 Adult rows in a few CPU seconds, where
@@ -23,11 +24,10 @@ average of the weights samples.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -37,7 +37,7 @@ from torch import nn
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset
 from genai_pipeline.encoders.tabular import Span, TableEncoder
-from genai_pipeline.models.base import Conditions, ModelConfig, Synthesizer, register_model
+from genai_pipeline.models.base import register_model
 from genai_pipeline.models.noise_schedule import (
     BetaSchedule,
     MaskSchedule,
@@ -46,7 +46,7 @@ from genai_pipeline.models.noise_schedule import (
     timestep_features,
 )
 from genai_pipeline.models.spans import span_slices
-from genai_pipeline.models.tabular_common import check_conditions, fit_encoder, stream_rows
+from genai_pipeline.models.tabular_common import Known, TabularModelConfig, TabularSynthesizer
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
@@ -54,7 +54,6 @@ from genai_pipeline.training import (
     fit_loop,
     frozen_copy,
     maybe_compile,
-    seed_everything,
     update_ema,
 )
 
@@ -62,7 +61,7 @@ NAME = "tabular diffusion model"
 CDF_EPS = 1e-6  # the encoder clips the CDF to [1e-6, 1 - 1e-6] before Φ⁻¹
 
 
-class TabularDiffusionConfig(ModelConfig):
+class TabularDiffusionConfig(TabularModelConfig):
     width: int = Field(default=128, ge=8, le=4096, description="width of the denoising MLP")
     depth: int = Field(default=3, ge=1, le=16, description="residual blocks of the denoising MLP")
     train_timesteps: int = Field(default=1000, ge=2, le=10_000, description="steps of the noise schedule")
@@ -74,7 +73,6 @@ class TabularDiffusionConfig(ModelConfig):
     ema_decay: float = Field(
         default=0.999, ge=0, lt=1, description="the sampled weights are this moving average of training's"
     )
-    max_categories: int = Field(default=1000, ge=2, le=100_000)
 
     @model_validator(mode="after")
     def _consistent(self) -> TabularDiffusionConfig:
@@ -179,10 +177,15 @@ class Block(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """``(numeric x_t, tokens x_t, t, label) → (numeric prediction, logits of every span)``."""
+    """``(numeric x_t, tokens x_t, t, label, revealed) → (numeric prediction, logits of every span)``."""
 
     def __init__(
-        self, num_numeric: int, sizes: Sequence[int], num_labels: int, config: TabularDiffusionConfig
+        self,
+        num_numeric: int,
+        sizes: Sequence[int],
+        num_labels: int,
+        reveal: int,
+        config: TabularDiffusionConfig,
     ):
         super().__init__()
         width = config.width
@@ -195,6 +198,7 @@ class Denoiser(nn.Module):
         self.time = nn.Linear(width, width)
         self.tokens = nn.Embedding(max(sum(self.sizes) + len(self.sizes), 1), width)
         self.label = nn.Embedding(max(num_labels, 1), width)
+        self.revealed = nn.Linear(reveal, width, bias=False)
         self.blocks = nn.Sequential(*(Block(width) for _ in range(config.depth)))
         self.out = nn.Sequential(
             nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, num_numeric + sum(self.sizes))
@@ -210,9 +214,18 @@ class Denoiser(nn.Module):
                 bias.copy_(torch.log(counts / counts.sum()))
 
     def forward(
-        self, numeric: torch.Tensor, tokens: torch.Tensor, t: torch.Tensor, labels: torch.Tensor
+        self,
+        numeric: torch.Tensor,
+        tokens: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor,
+        revealed: torch.Tensor,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        h = self.time(timestep_features(t, self.time.in_features)) + self.label(labels)
+        h = (
+            self.time(timestep_features(t, self.time.in_features))
+            + self.label(labels)
+            + self.revealed(revealed)
+        )
         if self.numeric is not None:
             h = h + self.numeric(numeric)
         if self.sizes:
@@ -223,19 +236,17 @@ class Denoiser(nn.Module):
 
 
 @register_model
-class TabularDiffusion(Synthesizer):
+class TabularDiffusion(TabularSynthesizer):
     family = "diffusion"
-    modality = "tabular"
+    name = NAME
     Config = TabularDiffusionConfig
 
     config: TabularDiffusionConfig
-    encoder: TableEncoder
     layout: SpanLayout
     masks: MaskSchedule
     dequantiser: Dequantiser
     network: Denoiser
     ema: Denoiser
-    cond_probs: list[float]
 
     def __init__(self, config: TabularDiffusionConfig, *, device: torch.device):
         super().__init__(config, device=device)
@@ -248,10 +259,14 @@ class TabularDiffusion(Synthesizer):
     ) -> torch.Tensor:
         """The numeric MSE plus the masked categories' cross-entropy, per column, averaged over rows.
 
-        Training draws the timesteps and noise; evaluation passes a seeded ``generator`` and gets
-        evenly spread timesteps, so its loss is comparable from epoch to epoch.
+        Training draws the timesteps and noise and reveals columns to a share of rows; evaluation
+        passes a seeded ``generator`` and gets evenly spread timesteps and no revealed columns (the
+        unconditional model), so its loss is comparable from epoch to epoch.
         """
         numeric, entries, tokens, labels = batch
+        rate = self.config.reveal_rate if generator is None else 0.0
+        shown = self.reveal.training_mask(len(numeric), rate, numeric.device)
+        revealed = self.reveal.inputs(self.layout.join(numeric, tokens), shown)
         numeric = self.dequantiser.spread(numeric, entries, generator)
         schedule = self.schedule
         if generator is None:
@@ -260,7 +275,7 @@ class TabularDiffusion(Synthesizer):
             t = torch.linspace(0, schedule.num_steps - 1, len(numeric), device=numeric.device).round().long()
         noise = torch.randn(numeric.shape, generator=generator, device=numeric.device)
         noisy = self.masks.add_noise(tokens, t, generator)
-        prediction, logits = network(schedule.add_noise(numeric, noise, t), noisy, t, labels)
+        prediction, logits = network(schedule.add_noise(numeric, noise, t), noisy, t, labels, revealed)
         total = F.mse_loss(prediction, schedule.target(numeric, noise, t), reduction="none").sum(dim=1)
         masked = self.masks.is_masked(noisy)
         for k, span in enumerate(logits):
@@ -268,11 +283,7 @@ class TabularDiffusion(Synthesizer):
         return total.mean() / max(numeric.shape[1] + tokens.shape[1], 1)
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
-        encoder, x, cond, cond_probs = fit_encoder(
-            data, max_categories=self.config.max_categories, model=NAME
-        )
-        seed_everything(train.seed)  # networks are built here, before fit_loop: seed their initial weights
-        self.restore({"encoder": encoder.to_state(), "cond_probs": cond_probs})
+        x, cond = self.prepare(data, train)
         numeric, tokens = self.layout.split(x)
         entries = self.dequantiser.entries(numeric, self.layout.missing(x))
         numeric, entries, tokens = (torch.from_numpy(array) for array in (numeric, entries, tokens))
@@ -309,57 +320,32 @@ class TabularDiffusion(Synthesizer):
             evaluate=evaluate,
         )
 
-    def denoise(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Encoded rows for ``labels``: numbers by the ODE from pure noise, categories by unmasking."""
-        size = len(labels)
+    def render(
+        self, label: torch.Tensor | None, known: Known | None, size: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Encoded rows: numbers by the ODE from pure noise, categories by unmasking."""
+        labels = torch.zeros(size, dtype=torch.long, device=self.device) if label is None else label
         x = torch.randn((size, self.network.num_numeric), generator=generator, device=self.device)
+        revealed = self.reveal.known_inputs(known, size, x)
         tokens = self.masks.masks.to(self.device).expand(size, -1)
         levels = self.masks.levels(size, generator, self.device)
         timesteps = self.schedule.timesteps(self.config.sampling_steps).tolist()
         for t, t_prev in zip(timesteps, [*timesteps[1:], -1]):
             # one timestep for the whole chunk: its embedding is computed once and broadcast
-            prediction, logits = self.ema(x, tokens, torch.tensor([t], device=self.device), labels)
+            time = torch.tensor([t], device=self.device)
+            prediction, logits = self.ema(x, tokens, time, labels, revealed)
             x = self.schedule.angular_step(prediction, t, t_prev, x)
             tokens = self.masks.step(logits, t_prev, tokens, levels, generator)
         return self.layout.join(x, tokens)
 
-    def sample(
-        self, n: int, *, conditions: Conditions | None, seed: int, batch_size: int
-    ) -> Iterator[pa.Table]:
-        self.ema.eval()
-
-        def render(cond: torch.Tensor | None, size: int, generator: torch.Generator) -> torch.Tensor:
-            labels = torch.zeros(size, dtype=torch.long, device=self.device) if cond is None else cond
-            return self.denoise(labels, generator)
-
-        return stream_rows(
-            n,
-            conditions=conditions,
-            seed=seed,
-            batch_size=batch_size,
-            encoder=self.encoder,
-            cond_probs=self.cond_probs,
-            device=self.device,
-            render=render,
-            model=NAME,
-        )
-
-    def check_conditions(self, conditions: Conditions) -> None:
-        check_conditions(self.encoder, conditions, NAME)
-
     def networks(self) -> dict[str, nn.Module]:
         return {"ema": self.ema}
 
-    def fitted_state(self) -> dict[str, Any]:
-        return {"encoder": self.encoder.to_state(), "cond_probs": self.cond_probs}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.encoder = TableEncoder.from_state(state["encoder"])
-        self.cond_probs = list(state["cond_probs"])
+    def build(self, state: dict[str, Any]) -> None:
         self.layout = SpanLayout(self.encoder.spans)
         self.masks = MaskSchedule(self.schedule, self.layout.sizes)
         self.dequantiser = Dequantiser(self.encoder, self.device)
         self.network = Denoiser(
-            len(self.layout.numeric), self.layout.sizes, len(self.cond_probs), self.config
+            len(self.layout.numeric), self.layout.sizes, self.labels, self.reveal.size, self.config
         ).to(self.device)
         self.ema = frozen_copy(self.network)

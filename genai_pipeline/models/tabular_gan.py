@@ -11,14 +11,19 @@ picked with log-frequency so rare categories are learned, which the generator mu
 (a cross-entropy term) and which real rows shown to the critic have. Sampling draws that
 condition from the category's real frequency *given the row's label*, so label and columns keep
 their joint distribution whether the label is fixed or drawn.
+
+The vector also carries the revealed columns (``tabular_common``): a share of training rows give
+the generator some of the real row's columns, and the fake row takes those values before the
+critic judges it, so the generator learns the rest of a row given any columns. When a request
+fixes a discrete column, the training-by-sampling condition is that column's value, as in CTGAN's
+own conditional sampling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any
 
-import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -26,11 +31,11 @@ from torch import nn
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset
-from genai_pipeline.encoders.tabular import Span, TableEncoder
+from genai_pipeline.encoders.tabular import Span
 from genai_pipeline.errors import ConfigError
-from genai_pipeline.models.base import Conditions, ModelConfig, Synthesizer, register_model
+from genai_pipeline.models.base import register_model
 from genai_pipeline.models.spans import sample_spans, span_slices
-from genai_pipeline.models.tabular_common import check_conditions, fit_encoder, stream_rows
+from genai_pipeline.models.tabular_common import Known, TabularModelConfig, TabularSynthesizer
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
@@ -38,7 +43,6 @@ from genai_pipeline.training import (
     fit_loop,
     frozen_copy,
     maybe_compile,
-    seed_everything,
     update_ema,
 )
 
@@ -48,7 +52,7 @@ Width = Annotated[int, Field(ge=1, le=4096)]
 Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
-class TabularGANConfig(ModelConfig):
+class TabularGANConfig(TabularModelConfig):
     """CTGAN's defaults, plus a moving average of the generator (it lifted pair trends on Adult
     from 0.86 to 0.91 after two minutes of training) and layer norm in place of batch norm."""
 
@@ -68,7 +72,6 @@ class TabularGANConfig(ModelConfig):
     ema_decay: float = Field(
         default=0.999, ge=0, lt=1, description="the sampled weights are this moving average of training's"
     )
-    max_categories: int = Field(default=1000, ge=2, le=100_000)
 
 
 class CategorySampler(nn.Module):
@@ -131,14 +134,28 @@ class CategorySampler(nn.Module):
         weights = F.pad(self.counts, (0, 1))[rows[:, None], self.choices[span]]
         return self.choices[span, torch.multinomial(weights, 1, generator=generator)[:, 0]]
 
-    def vector(self, condition: torch.Tensor | None, labels: torch.Tensor | None, size: int) -> torch.Tensor:
-        """The conditional vector: the condition's one-hot, then the label's."""
-        parts = [self.counts.new_zeros((size, 0))]
+    def draw_known(
+        self, known: Known, features: torch.Tensor, size: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """A condition among the known discrete spans (``features``: which matrix columns are known)."""
+        spans = [
+            k
+            for k, group in enumerate(self.choices)
+            if features[self.columns[group[group < self.width]]].all()
+        ]
+        categories = self.categories(known.row[None])[0, spans]
+        return categories[torch.randint(len(spans), (size,), device=categories.device, generator=generator)]
+
+    def vector(
+        self, condition: torch.Tensor | None, labels: torch.Tensor | None, revealed: torch.Tensor
+    ) -> torch.Tensor:
+        """The conditional vector: the condition's one-hot, the label's, and the revealed columns."""
+        parts = []
         if condition is not None:
-            parts.append(F.one_hot(condition, self.width).to(self.counts.dtype))
+            parts.append(F.one_hot(condition, self.width).to(revealed.dtype))
         if labels is not None:
-            parts.append(F.one_hot(labels, self.num_labels).to(self.counts.dtype))
-        return torch.cat(parts, dim=1)
+            parts.append(F.one_hot(labels, self.num_labels).to(revealed.dtype))
+        return torch.cat([*parts, revealed], dim=1)
 
 
 class RowIndex:
@@ -231,38 +248,31 @@ def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor) -> 
 
 
 @register_model
-class TabularGAN(Synthesizer):
+class TabularGAN(TabularSynthesizer):
     family = "gan"
-    modality = "tabular"
+    name = NAME
     Config = TabularGANConfig
 
     config: TabularGANConfig
-    encoder: TableEncoder
     sampler: CategorySampler
     generator: Generator
     ema: Generator
-    cond_probs: list[float]
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
         config = self.config
-        encoder, x_np, cond_np, cond_probs = fit_encoder(
-            data, max_categories=config.max_categories, model=NAME
-        )
+        x_np, cond_np = self.prepare(data, train)
         if min(train.batch_size, len(x_np)) < config.pac:
             raise ConfigError(
                 f"train.batch_size: the {NAME}'s critic judges pac={config.pac} rows at once; "
                 f"batches of {min(train.batch_size, len(x_np))} rows are too small"
             )
-        seed_everything(train.seed)  # networks are built here, before fit_loop: seed their initial weights
-        self.restore({"encoder": encoder.to_state(), "cond_probs": cond_probs})
         x = torch.from_numpy(x_np).to(self.device)
         labels = None if cond_np is None else torch.from_numpy(cond_np).to(self.device)
-        sampler, spans = self.sampler, self.encoder.spans
+        sampler, spans, reveal = self.sampler, self.encoder.spans, self.reveal
         categories = sampler.categories(x)
         sampler.fit(categories, labels)
         rows = RowIndex(categories, sampler.width)
-        cond_width = sampler.width + len(cond_probs)
-        critic = Critic(self.encoder.width + cond_width, config).to(self.device)
+        critic = Critic(self.encoder.width + self.cond_width, config).to(self.device)
         opt_g = torch.optim.Adam(
             self.generator.parameters(),
             lr=config.generator_lr,
@@ -274,21 +284,36 @@ class TabularGAN(Synthesizer):
         )
         generator, judge = (maybe_compile(net, train, self.device) for net in (self.generator, critic))
 
-        def draw(size: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-            """A condition per row, real rows that meet it, and the conditional vector."""
+        def draw(size: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+            """A condition per row, real rows that meet it, their revealed features and the
+            conditional vector."""
             condition = sampler.draw_for_training(size)
             picked = rows.draw(condition, size)
             label = None if labels is None else labels[picked]
-            return condition, x[picked], sampler.vector(condition, label, size)
+            shown = reveal.training_mask(size, config.reveal_rate, x.device)
+            real = x[picked]
+            return (
+                condition,
+                real,
+                reveal.features(shown),
+                sampler.vector(condition, label, reveal.inputs(real, shown)),
+            )
+
+        def fake_rows(
+            size: int, cond: torch.Tensor, real: torch.Tensor, shown: torch.Tensor
+        ) -> tuple[torch.Tensor, ...]:
+            """Generated rows (revealed columns set to the real row's) and their log-probabilities."""
+            noise = torch.randn(size, config.noise_dim, device=x.device)
+            fake, log_probs = activate(generator(noise, cond), spans, config.gumbel_tau)
+            return torch.where(shown, real, fake), log_probs
 
         def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
             # the loop's batch sets how many rows a step sees; which rows is training-by-sampling's
             size = len(batch[0]) // config.pac * config.pac
             for _ in range(config.critic_steps):
-                _, real, cond = draw(size)
-                noise = torch.randn(size, config.noise_dim, device=x.device)
+                _, real, shown, cond = draw(size)
                 with torch.no_grad():
-                    fake, _ = activate(generator(noise, cond), spans, config.gumbel_tau)
+                    fake, _ = fake_rows(size, cond, real, shown)
                 real, fake = torch.cat([real, cond], dim=1), torch.cat([fake, cond], dim=1)
                 wasserstein = judge(fake).mean() - judge(real).mean()
                 d_loss = wasserstein + config.gradient_penalty * gradient_penalty(judge, real, fake)
@@ -296,10 +321,8 @@ class TabularGAN(Synthesizer):
                 d_loss.backward()
                 check_gradients(critic.parameters(), max_norm=1e3, name=f"{NAME} critic")
                 opt_d.step()
-            condition, _, cond = draw(size)
-            noise = torch.randn(size, config.noise_dim, device=x.device)
-            raw = generator(noise, cond)
-            fake, log_probs = activate(raw, spans, config.gumbel_tau)
+            condition, real, shown, cond = draw(size)
+            fake, log_probs = fake_rows(size, cond, real, shown)
             g_loss = -judge(torch.cat([fake, cond], dim=1)).mean()
             if condition is not None:
                 # the generator must produce the category it was asked for (CTGAN's cond loss)
@@ -326,42 +349,26 @@ class TabularGAN(Synthesizer):
             checkpoints=checkpoints,
         )
 
-    def check_conditions(self, conditions: Conditions) -> None:
-        check_conditions(self.encoder, conditions, NAME)
+    def render(
+        self, label: torch.Tensor | None, known: Known | None, size: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        noise = torch.randn((size, self.config.noise_dim), generator=generator, device=self.device)
+        condition = self.sampler.draw(label, size, generator)
+        if known is not None and condition is not None:
+            features = self.reveal.features(known.columns[None])[0]
+            if features[self.sampler.columns].any():  # a known discrete span: condition on its value
+                condition = self.sampler.draw_known(known, features, size, generator)
+        cond = self.sampler.vector(condition, label, self.reveal.known_inputs(known, size, noise))
+        return sample_spans(self.ema(noise, cond), self.encoder.spans, None, generator)
 
-    def sample(
-        self, n: int, *, conditions: Conditions | None, seed: int, batch_size: int
-    ) -> Iterator[pa.Table]:
-        self.ema.eval()
-
-        def render(labels: torch.Tensor | None, size: int, generator: torch.Generator) -> torch.Tensor:
-            condition = self.sampler.draw(labels, size, generator)
-            noise = torch.randn((size, self.config.noise_dim), generator=generator, device=self.device)
-            raw = self.ema(noise, self.sampler.vector(condition, labels, size))
-            return sample_spans(raw, self.encoder.spans, None, generator)
-
-        return stream_rows(
-            n,
-            conditions=conditions,
-            seed=seed,
-            batch_size=batch_size,
-            encoder=self.encoder,
-            cond_probs=self.cond_probs,
-            device=self.device,
-            render=render,
-            model=NAME,
-        )
+    @property
+    def cond_width(self) -> int:
+        return self.sampler.width + self.labels + self.reveal.size
 
     def networks(self) -> dict[str, nn.Module]:
         return {"generator": self.ema, "conditions": self.sampler}
 
-    def fitted_state(self) -> dict[str, Any]:
-        return {"encoder": self.encoder.to_state(), "cond_probs": self.cond_probs}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.encoder = TableEncoder.from_state(state["encoder"])
-        self.cond_probs = list(state["cond_probs"])
-        self.sampler = CategorySampler(self.encoder.spans, len(self.cond_probs)).to(self.device)
-        cond_width = self.sampler.width + len(self.cond_probs)
-        self.generator = Generator(self.encoder.width, cond_width, self.config).to(self.device)
+    def build(self, state: dict[str, Any]) -> None:
+        self.sampler = CategorySampler(self.encoder.spans, self.labels).to(self.device)
+        self.generator = Generator(self.encoder.width, self.cond_width, self.config).to(self.device)
         self.ema = frozen_copy(self.generator)
