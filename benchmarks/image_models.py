@@ -2,6 +2,10 @@
 
     python benchmarks/image_models.py --dataset mnist --family gan --minutes 10 [--set channels=32]
         [--per-label 100] [--grid docs/samples/mnist-gan.png]
+    python benchmarks/image_models.py --dataset path/to/tree --format imagefolder --family vae
+
+``--dataset`` is a built-in's name or any dataset URI a job takes (an ImageFolder tree, a Parquet of
+images; local or ``s3://``), read by the pipeline's own ingest code.
 
 Label consistency: a small CNN trained on the real images (``genai_pipeline.quality.images``)
 classifies generated images; the figure is the share classified as the label they were
@@ -21,8 +25,9 @@ import torch
 import yaml
 from PIL import Image
 
-from genai_pipeline.config import TrainSpec
+from genai_pipeline.config import DatasetSpec, TrainSpec
 from genai_pipeline.datasets import BUILTINS, ImageData
+from genai_pipeline.datasets.sources import read_dataset
 from genai_pipeline.generation import encode_png
 from genai_pipeline.models import model_class
 from genai_pipeline.quality.images import train_classifier
@@ -43,9 +48,9 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, names: list[str], per_ro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--dataset", default="mnist", choices=[n for n, b in BUILTINS.items() if b.modality == "image"]
-    )
+    parser.add_argument("--dataset", default="mnist", help="a built-in's name or a dataset URI")
+    parser.add_argument("--format", help="the dataset's format (imagefolder, image_parquet), as in a job")
+    parser.add_argument("--label", help="the label column of an image_parquet dataset")
     parser.add_argument("--family", required=True)
     parser.add_argument("--minutes", type=float, default=10.0, help="training time budget")
     parser.add_argument("--epochs", type=int, default=10_000)
@@ -60,8 +65,13 @@ def main() -> None:
     for module in args.import_module:
         importlib.import_module(module)
 
-    images, labels = BUILTINS[args.dataset].load()
-    data = ImageData(images=images, labels=labels)
+    builtin = args.dataset in BUILTINS and BUILTINS[args.dataset].modality == "image"
+    spec = {"uri": f"builtin://{args.dataset}" if builtin else args.dataset, "format": args.format}
+    data = read_dataset(
+        DatasetSpec.model_validate({k: v for k, v in {**spec, "label": args.label}.items() if v})
+    )
+    if not isinstance(data, ImageData):
+        parser.error(f"--dataset {args.dataset}: not an image dataset")
     params = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     cls = model_class("image", args.family)
     model = cls(cls.Config.model_validate(params), device=torch.device("cpu"))

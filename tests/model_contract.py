@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import math
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 from genai_pipeline.config import TrainSpec
-from genai_pipeline.datasets import Dataset, TabularData
+from genai_pipeline.datasets import BUILTINS, Dataset, ImageData, TabularData
 from genai_pipeline.errors import ConfigError
 from genai_pipeline.models import ImageBatch, Synthesizer, load_model, model_class
 from genai_pipeline.storage import Storage
@@ -198,6 +199,41 @@ class ModelContract:
         # in the real table: 95% against 5%, and 4 apart
         assert shares[0] - shares[1] > 0.3, shares
         assert means[0] - means[1] > 0.5, means
+
+
+class ImageContract(ModelContract):
+    """The contract for image models, on 300 of scikit-learn's 8×8 digits."""
+
+    modality = "image"
+    condition = ("label", "3")
+    #: an upper bound on the held-out loss after a few steps (None: the family has no held-out loss)
+    held_out_bound: ClassVar[float | None] = math.inf
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def data(cls) -> Dataset:
+        images, labels = BUILTINS["digits"].load()
+        return ImageData(images=images[:300], labels=labels[:300])
+
+    def test_any_size_and_colour_images(self) -> None:
+        rng = np.random.default_rng(0)
+        data = ImageData(images=rng.integers(0, 256, (60, 10, 13, 3), dtype=np.uint8), labels=["a", "b"] * 30)
+        model = self.make()
+        report = model.fit(data, TrainSpec(epochs=1, batch_size=20, device="cpu"), None)
+        assert report.steps == 3
+        batches = list(model.sample(9, conditions={"label": "b"}, seed=0, batch_size=5))
+        assert [b.images.shape for b in batches] == [(5, 10, 13, 3), (4, 10, 13, 3)]
+        assert all(b.images.dtype == np.uint8 and set(b.labels) == {"b"} for b in batches)
+
+    def test_early_stopping_reads_a_held_out_loss(self) -> None:
+        if self.held_out_bound is None:
+            pytest.skip("no held-out loss")
+        images, labels = BUILTINS["digits"].load()
+        train = TrainSpec(epochs=3, batch_size=50, device="cpu", early_stopping_patience=5)
+        report = self.make().fit(ImageData(images=images[:200], labels=labels[:200]), train, None)
+        # 10% held out: 180 training images give 3 steps an epoch
+        assert report.steps == 9
+        assert report.validation_loss is not None and 0 < report.validation_loss < self.held_out_bound
 
 
 def mixed_table(rows: int = 240) -> pa.Table:

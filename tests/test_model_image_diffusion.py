@@ -7,27 +7,20 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
-from model_contract import CPU, ModelContract
+from model_contract import CPU, ImageContract
 from pydantic import ValidationError
 
 from genai_pipeline.config import TrainSpec
-from genai_pipeline.datasets import BUILTINS, Dataset, ImageData
+from genai_pipeline.datasets import ImageData
 from genai_pipeline.models.image_diffusion import ImageDiffusion, ImageDiffusionConfig  # registers it
 from genai_pipeline.models.noise_schedule import NoiseSchedule
 
 TINY = {"channels": 8, "sampling_steps": 3}
 
 
-class TestImageDiffusion(ModelContract):
-    modality, family = "image", "diffusion"
+class TestImageDiffusion(ImageContract):
+    family = "diffusion"
     params: ClassVar[dict] = TINY
-    condition = ("label", "3")
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def data(cls) -> Dataset:
-        images, labels = BUILTINS["digits"].load()
-        return ImageData(images=images[:300], labels=labels[:300])
 
 
 def make_model(**params: object) -> ImageDiffusion:
@@ -43,14 +36,6 @@ def test_any_image_size_is_padded_and_cropped(params: dict) -> None:
     (batch,) = model.sample(6, conditions={"label": "b"}, seed=0, batch_size=6)
     assert batch.images.shape == (6, 7, 5, 3) and batch.images.dtype == np.uint8
     assert batch.labels.tolist() == ["b"] * 6
-
-
-def test_validation_loss_enables_early_stopping() -> None:
-    images, labels = BUILTINS["digits"].load()
-    data = ImageData(images=images[:200], labels=labels[:200])
-    train = TrainSpec(epochs=3, batch_size=50, device="cpu", early_stopping_patience=1)
-    report = make_model().fit(data, train, None)
-    assert report.validation_loss is not None and np.isfinite(report.validation_loss)
 
 
 @pytest.mark.parametrize(
