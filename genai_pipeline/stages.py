@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -35,7 +34,7 @@ from genai_pipeline.datasets.base import (
     write_snapshot,
 )
 from genai_pipeline.datasets.sources import read_dataset
-from genai_pipeline.encoders.tabular import TableEncoder, dense
+from genai_pipeline.encoders.tabular import TableEncoder
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.generation import write_images, write_parquet
 from genai_pipeline.models import load_model, model_class, model_config_for
@@ -300,18 +299,13 @@ def shape_reference(run: Run, real: pa.Table) -> tuple[pa.Table, list[str]]:
     than :data:`MIN_REFERENCE_ROWS` do), on the columns it did not fix; ``per_label`` fixes the
     label's distribution, so the label column is left out too.
     """
+    from genai_pipeline.quality.tabular import rows_meeting
+
     conditions = conditions_for_model(run)
     fixed = set(conditions) | ({run.job.dataset.label} if run.job.generate.per_label is not None else set())
-    meets = None
-    for key, value in conditions.items():
-        column = dense(real.column(key))
-        match = (
-            column.is_null() if value is None else pc.equal(column, pa.array([value]).cast(column.type)[0])
-        )
-        meets = match if meets is None else pc.and_(meets, match)
     reference = real
-    if meets is not None:
-        matching = real.filter(pc.fill_null(meets, False))
+    if conditions:
+        matching = rows_meeting(real, conditions)
         if matching.num_rows >= MIN_REFERENCE_ROWS:
             reference = matching
         else:

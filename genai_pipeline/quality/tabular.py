@@ -7,6 +7,9 @@ categorical ones, over non-null values (null rates are checked separately by the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -35,6 +38,18 @@ def column_shape(real: pa.ChunkedArray, synthetic: pa.ChunkedArray) -> float | N
     real_freq, synth_freq = _frequencies(real_values), _frequencies(synthetic_values)
     keys = set(real_freq) | set(synth_freq)
     return float(1 - 0.5 * sum(abs(real_freq.get(k, 0.0) - synth_freq.get(k, 0.0)) for k in keys))
+
+
+def rows_meeting(table: pa.Table, conditions: Mapping[str, Any]) -> pa.Table:
+    """The rows whose columns hold the given values (``None``: null), compared in each column's type."""
+    meets = pa.array(np.ones(table.num_rows, dtype=bool))
+    for key, value in conditions.items():
+        column = dense(table.column(key))
+        match = (
+            column.is_null() if value is None else pc.equal(column, pa.array([value]).cast(column.type)[0])
+        )
+        meets = pc.and_(meets, pc.fill_null(match, False))
+    return table.filter(meets)
 
 
 def column_shapes(real: pa.Table, synthetic: pa.Table) -> dict[str, float]:
