@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from model_contract import CPU, ModelContract
+from model_contract import CPU, TableContract
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets import BUILTINS, Dataset, TabularData
@@ -19,8 +19,8 @@ from genai_pipeline.models.tabular_autoregressive import TabularAutoregressive, 
 SMALL = {"embedding_dim": 8, "hidden": [16], "max_bins": 16}
 
 
-class TestTabularAutoregressive(ModelContract):
-    modality, family = "tabular", "autoregressive"
+class TestTabularAutoregressive(TableContract):
+    family = "autoregressive"
     params: ClassVar[dict] = SMALL
     condition = ("species", "Gentoo")
 

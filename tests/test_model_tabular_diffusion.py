@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from model_contract import CPU, ModelContract, mixed_table
+from model_contract import CPU, TableContract, mixed_table
 from pydantic import ValidationError
 
 from genai_pipeline.config import TrainSpec
@@ -26,8 +26,8 @@ from genai_pipeline.models.tabular_diffusion import (
 TINY: dict = {"width": 16, "depth": 1, "sampling_steps": 4}
 
 
-class TestTabularDiffusion(ModelContract):
-    modality, family = "tabular", "diffusion"
+class TestTabularDiffusion(TableContract):
+    family = "diffusion"
     params: ClassVar[dict] = TINY
     condition = ("species", "Gentoo")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from model_contract import CPU, ModelContract
+from model_contract import CPU, TableContract
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets import BUILTINS, Dataset, TabularData
@@ -19,8 +19,8 @@ from genai_pipeline.models.tabular_gan import CategorySampler, RowIndex, Tabular
 TINY: dict = {"noise_dim": 8, "generator_dims": [16], "critic_dims": [16], "pac": 4}
 
 
-class TestTabularGAN(ModelContract):
-    modality, family = "tabular", "gan"
+class TestTabularGAN(TableContract):
+    family = "gan"
     params: ClassVar[dict] = TINY
     condition = ("species", "Gentoo")
 

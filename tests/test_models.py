@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 import pytest
-from model_contract import CPU, ImageContract, ModelContract
+from model_contract import CPU, ImageContract, TableContract
 
 from genai_pipeline.config import ModelSpec, TrainSpec
 from genai_pipeline.datasets import BUILTINS, Dataset, ImageData, TabularData
@@ -16,8 +16,8 @@ from genai_pipeline.errors import ConfigError
 from genai_pipeline.models import model_class
 
 
-class TestTabularVAE(ModelContract):
-    modality, family = "tabular", "vae"
+class TestTabularVAE(TableContract):
+    family = "vae"
     params: ClassVar[dict] = {"hidden": [32], "latent_dim": 8}
     condition = ("species", "Gentoo")
 
