@@ -212,6 +212,13 @@ class ValidateSpec(StrictModel):
     min_column_shapes: float = Field(
         default=0.75, ge=0, le=1, description="tabular: mean of 1-KS / 1-TVD over columns"
     )
+    min_pair_trends: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="tabular: SDMetrics' pair-trend score (over pairs related in the real data); "
+        "unset: reported, not gated",
+    )
     null_tolerance: float = Field(
         default=0.1, ge=0, le=1, description="allowed difference of null fractions per column"
     )

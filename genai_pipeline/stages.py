@@ -288,6 +288,8 @@ def _histogram_similarity(real: np.ndarray, synthetic: np.ndarray, bins: int = 3
     return float(1 - 0.5 * np.abs(real_hist - synth_hist).sum())
 
 
+#: Pair trends are scored on at most this many synthetic rows: a contingency table needs no more.
+PAIR_TREND_ROWS = 20_000
 #: Fewer real rows than this meeting a run's conditions are too few to compare shapes with.
 MIN_REFERENCE_ROWS = 30
 
@@ -319,7 +321,7 @@ def shape_reference(run: Run, real: pa.Table) -> tuple[pa.Table, list[str]]:
 def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> QualityReport:
     """Run the GX suite derived from the real data and the metrics; stage the results."""
     from genai_pipeline.quality.expectations import derive_suite, image_stats, run_suite, table_frame
-    from genai_pipeline.quality.tabular import column_shapes
+    from genai_pipeline.quality.tabular import column_shapes, overall_pair_trend, pair_trend_details
 
     job = run.job
     spec = job.validate_
@@ -338,6 +340,14 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
         ]
         overall = float(np.mean(list(shapes.values()))) if shapes else 0.0
         metrics.append(_metric(run, "table", None, "column_shapes", overall, spec.min_column_shapes))
+        trends = pair_trend_details(reference.select(compared), staged.slice(0, PAIR_TREND_ROWS))
+        metrics += [
+            _metric(run, "pair", f"{first} × {second}", "pair_trend", trend.score, None)
+            for (first, second), trend in trends.items()
+        ]
+        if trends:
+            overall = overall_pair_trend(trends)
+            metrics.append(_metric(run, "table", None, "pair_trends", overall, spec.min_pair_trends))
     else:
         synthetic = _read_images(storage, run, staged)
         passed, failures, results = run_suite(suite, image_stats(synthetic.images, synthetic.labels))

@@ -96,3 +96,39 @@ def test_pair_trends_see_broken_relationships() -> None:
     assert len(scores) == 8 * 7 // 2
     assert scores[("flipper_length_mm", "body_mass_g")] < 0.7  # a strong correlation, destroyed
     assert np.mean(list(scores.values())) < 0.85
+
+
+def test_the_overall_pair_score_counts_the_pairs_related_in_the_real_data() -> None:
+    """As SDMetrics' QualityReport: a pair that is unrelated in the real data stays unrelated in
+    shuffled data, so it would only dilute the score."""
+    from genai_pipeline.quality.tabular import pair_trend_details, pair_trends_score
+
+    details = pair_trend_details(PENGUINS, PENGUINS)
+    assert details[("flipper_length_mm", "body_mass_g")].related  # Pearson 0.87
+    assert details[("species", "island")].related  # Cramér's V 0.65
+    assert not details[("sex", "year")].related
+    assert pair_trends_score(PENGUINS, PENGUINS) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    shuffled = pa.table(
+        {n: PENGUINS.column(n).take(rng.permutation(PENGUINS.num_rows)) for n in PENGUINS.column_names}
+    )
+    related = [t.score for t in pair_trend_details(PENGUINS, shuffled).values() if t.related]
+    assert pair_trends_score(PENGUINS, shuffled) == pytest.approx(np.mean(related))
+    all_pairs = [t.score for t in pair_trend_details(PENGUINS, shuffled).values()]
+    assert pair_trends_score(PENGUINS, shuffled) < np.mean(all_pairs)
+
+
+def test_nulls_are_a_category_of_their_own_in_pair_trends() -> None:
+    """Synthetic rows that lose a column's nulls change its contingency tables (SDMetrics counts
+    null as a value)."""
+    from genai_pipeline.quality.tabular import pair_trends
+
+    filled = PENGUINS.set_column(
+        PENGUINS.schema.get_field_index("sex"),
+        "sex",
+        pa.compute.fill_null(PENGUINS.column("sex"), "male"),
+    )
+    scores = pair_trends(PENGUINS, filled)
+    nulls = PENGUINS.column("sex").null_count / PENGUINS.num_rows
+    assert scores[("species", "sex")] == pytest.approx(1 - nulls, abs=1e-9)
+    assert scores[("species", "island")] == pytest.approx(1.0)

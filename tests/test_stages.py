@@ -132,7 +132,8 @@ def test_conditions_on_other_columns_are_met_and_compared_with_matching_rows(tmp
     report = stages.validate(run, dataset=dataset, generated=generated)
     assert report.passed, report.failures
     metrics = pq.read_table(tmp_path / "tiny" / run.staged(run.partition("quality")) / "metrics.parquet")
-    compared = {c for c in metrics.column("column").to_pylist() if c}
+    rows = metrics.to_pylist()
+    compared = {row["column"] for row in rows if row["metric"] == "column_shape"}
     assert compared == {
         "species",
         "bill_length_mm",
@@ -141,6 +142,22 @@ def test_conditions_on_other_columns_are_met_and_compared_with_matching_rows(tmp
         "body_mass_g",
         "year",
     }
+    assert len([row for row in rows if row["metric"] == "pair_trend"]) == 6 * 5 // 2
+    (overall,) = [row for row in rows if row["metric"] == "pair_trends"]
+    assert 0 < overall["value"] <= 1 and overall["threshold"] is None and overall["passed"]
+
+
+def test_a_pair_trend_threshold_gates_the_run(tmp_path: Path) -> None:
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path), validate={"min_pair_trends": 0.999})
+    run = Run(job=job, run_date="2026-02-03")
+    dataset = stages.ingest(run)
+    model = stages.train(run, dataset=dataset)
+    generated = stages.generate(run, model=model, dataset=dataset)
+    report = stages.validate(run, dataset=dataset, generated=generated)
+    assert not report.passed
+    assert any(
+        failure.startswith("pair_trends=") and failure.endswith("< 0.999") for failure in report.failures
+    )
 
 
 def test_per_label_counts(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ categorical ones, over non-null values (null rates are checked separately by the
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import ks_2samp
+from scipy.stats.contingency import association
 
 from genai_pipeline.encoders.tabular import dense, is_numeric, to_float
 
@@ -63,39 +65,56 @@ def column_shapes(real: pa.Table, synthetic: pa.Table) -> dict[str, float]:
     return scores
 
 
-def _pair_values(table: pa.Table, name: str, edges: np.ndarray | None) -> np.ndarray:
-    """A column as numbers (numeric), bin indices (numeric in a mixed pair) or strings."""
+#: SDMetrics' QualityReport averages pair trends over the pairs that are related in the real data:
+#: two numerics whose |Pearson correlation| exceeds this …
+REAL_CORRELATION_THRESHOLD = 0.5
+#: … or, for the other pairs, whose contingency table's Cramér's V exceeds this.
+REAL_ASSOCIATION_THRESHOLD = 0.3
+
+
+@dataclass(frozen=True)
+class PairTrend:
+    """How well a synthetic table keeps one pair of columns' relationship."""
+
+    score: float  # 1 − |Δ correlation| / 2, or 1 − TVD of the contingency tables
+    real_strength: float  # |correlation| or Cramér's V in the real table
+    related: bool  # strong enough in the real table to count in :func:`pair_trends_score`
+
+
+def _pair_values(table: pa.Table, name: str, discretise: bool, bins: int) -> np.ndarray:
+    """A column as categories: strings, or (``discretise``) the equal-width bin of a numeric in the
+    table's own range, as SDMetrics cuts it; null is a category of its own."""
     column = dense(table.column(name))
-    if is_numeric(column.type):
-        values = to_float(column)
-        return values if edges is None else np.digitize(values, edges[1:-1]).astype(float)
-    return np.array([None if v is None else str(v) for v in column.to_pylist()], dtype=object)
+    if not (discretise and is_numeric(column.type)):
+        return np.array(["null" if v is None else str(v) for v in column.to_pylist()], dtype=object)
+    values = to_float(column)
+    nulls = np.isnan(values)
+    edges = np.histogram_bin_edges(values[~nulls], bins=bins) if (~nulls).any() else np.zeros(1)
+    binned = np.digitize(values, edges).astype(str).astype(object)  # strings, like the categories
+    binned[nulls] = "null"
+    return binned
 
 
-def _contingency_similarity(real: list[np.ndarray], synthetic: list[np.ndarray]) -> float:
-    def frequencies(columns: list[np.ndarray]) -> pd.Series:
-        frame = pd.DataFrame({"a": columns[0], "b": columns[1]}).dropna()
-        return frame.value_counts(normalize=True)
+def _contingency(real: list[np.ndarray], synthetic: list[np.ndarray]) -> tuple[float, float]:
+    """``(score, Cramér's V of the real table)``: 1 − TVD of the two joint frequency tables."""
+    real_counts = pd.DataFrame({"a": real[0], "b": real[1]}).value_counts()
+    synth_counts = pd.DataFrame({"a": synthetic[0], "b": synthetic[1]}).value_counts()
+    difference = (real_counts / real_counts.sum()).sub(synth_counts / synth_counts.sum(), fill_value=0.0)
+    table = real_counts.unstack(fill_value=0).to_numpy()
+    strength = float(association(table, method="cramer")) if min(table.shape) > 1 else 0.0
+    return float(1 - 0.5 * difference.abs().sum()), strength
 
-    real_freq, synth_freq = frequencies(real), frequencies(synthetic)
-    difference = real_freq.sub(synth_freq, fill_value=0.0).abs().sum()
-    return float(1 - 0.5 * difference)
 
-
-def pair_trends(real: pa.Table, synthetic: pa.Table, bins: int = 10) -> dict[tuple[str, str], float]:
-    """SDMetrics' column pair trends: for two numeric columns 1 − |Δ Pearson correlation| / 2,
-    otherwise 1 − TVD of their contingency tables (numerics cut into ``bins`` equal-width bins of
-    the real range). Rows with a null in either column are left out."""
+def pair_trend_details(
+    real: pa.Table, synthetic: pa.Table, bins: int = 10
+) -> dict[tuple[str, str], PairTrend]:
+    """SDMetrics' column pair trends: for two numeric columns 1 − |Δ Pearson correlation| / 2 (rows
+    with a null left out), otherwise 1 − TVD of their contingency tables (null a category of its
+    own; a numeric in a mixed pair cut into ``bins`` equal-width bins of each table's own range,
+    as SDMetrics does: its scores are what analysts compare ours with)."""
     names = [name for name in real.column_names if name in synthetic.column_names]
     numeric = {name: is_numeric(dense(real.column(name)).type) for name in names}
-    edges = {}
-    for name in names:
-        if numeric[name]:
-            present = to_float(dense(real.column(name)))
-            present = present[~np.isnan(present)]
-            if len(present):
-                edges[name] = np.histogram_bin_edges(present, bins=bins)
-    scores = {}
+    details = {}
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
             if numeric[first] and numeric[second]:
@@ -106,15 +125,35 @@ def pair_trends(real: pa.Table, synthetic: pa.Table, bins: int = 10) -> dict[tup
                     to_float(dense(synthetic.column(first))), to_float(dense(synthetic.column(second)))
                 )
                 if real_corr is not None and synth_corr is not None:
-                    scores[(first, second)] = 1 - abs(real_corr - synth_corr) / 2
+                    strength = abs(real_corr)
+                    details[(first, second)] = PairTrend(
+                        1 - abs(real_corr - synth_corr) / 2, strength, strength > REAL_CORRELATION_THRESHOLD
+                    )
                 continue
             mixed = numeric[first] or numeric[second]
-            real_cols = [_pair_values(real, n, edges.get(n) if mixed else None) for n in (first, second)]
-            synth_cols = [
-                _pair_values(synthetic, n, edges.get(n) if mixed else None) for n in (first, second)
-            ]
-            scores[(first, second)] = _contingency_similarity(real_cols, synth_cols)
-    return scores
+            real_cols = [_pair_values(real, n, mixed, bins) for n in (first, second)]
+            synth_cols = [_pair_values(synthetic, n, mixed, bins) for n in (first, second)]
+            score, strength = _contingency(real_cols, synth_cols)
+            details[(first, second)] = PairTrend(score, strength, strength > REAL_ASSOCIATION_THRESHOLD)
+    return details
+
+
+def pair_trends(real: pa.Table, synthetic: pa.Table, bins: int = 10) -> dict[tuple[str, str], float]:
+    """Each pair's score (see :func:`pair_trend_details`)."""
+    return {pair: trend.score for pair, trend in pair_trend_details(real, synthetic, bins).items()}
+
+
+def overall_pair_trend(details: Mapping[tuple[str, str], PairTrend]) -> float:
+    """The overall pair-trend score as SDMetrics' QualityReport computes it: the mean over the pairs
+    related in the real table (all pairs when none is), since an unrelated pair is kept by chance."""
+    related = [trend.score for trend in details.values() if trend.related]
+    scores = related or [trend.score for trend in details.values()]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def pair_trends_score(real: pa.Table, synthetic: pa.Table) -> float:
+    """:func:`overall_pair_trend` of two tables."""
+    return overall_pair_trend(pair_trend_details(real, synthetic))
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
