@@ -321,7 +321,12 @@ def shape_reference(run: Run, real: pa.Table) -> tuple[pa.Table, list[str]]:
 def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> QualityReport:
     """Run the GX suite derived from the real data and the metrics; stage the results."""
     from genai_pipeline.quality.expectations import derive_suite, image_stats, run_suite, table_frame
-    from genai_pipeline.quality.tabular import column_shapes, overall_pair_trend, pair_trend_details
+    from genai_pipeline.quality.tabular import (
+        column_coverage,
+        column_shapes,
+        overall_pair_trend,
+        pair_trend_details,
+    )
 
     job = run.job
     spec = job.validate_
@@ -340,6 +345,11 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
         ]
         overall = float(np.mean(list(shapes.values()))) if shapes else 0.0
         metrics.append(_metric(run, "table", None, "column_shapes", overall, spec.min_column_shapes))
+        metrics += [
+            _metric(run, "column", name, metric, value, None)
+            for name in compared
+            for metric, value in column_coverage(reference.column(name), staged.column(name)).items()
+        ]
         trends = pair_trend_details(reference.select(compared), staged.slice(0, PAIR_TREND_ROWS))
         metrics += [
             _metric(run, "pair", f"{first} × {second}", "pair_trend", trend.score, None)

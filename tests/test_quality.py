@@ -132,3 +132,19 @@ def test_nulls_are_a_category_of_their_own_in_pair_trends() -> None:
     nulls = PENGUINS.column("sex").null_count / PENGUINS.num_rows
     assert scores[("species", "sex")] == pytest.approx(1 - nulls, abs=1e-9)
     assert scores[("species", "island")] == pytest.approx(1.0)
+
+
+def test_coverage_and_null_rates_on_known_cases() -> None:
+    from genai_pipeline.quality.tabular import column_coverage
+
+    real = pa.table({"x": [0.0, 5.0, 10.0, None], "c": ["a", "b", "c", "d"]})
+    assert column_coverage(real["x"], real["x"]) == {"null_rate_similarity": 1.0, "range_coverage": 1.0}
+    assert column_coverage(real["c"], real["c"]) == {"null_rate_similarity": 1.0, "category_coverage": 1.0}
+    narrow = pa.chunked_array([pa.array([2.0, 4.0, 6.0, 7.0])])  # covers 2..7 of 0..10, no nulls
+    assert column_coverage(real["x"], narrow) == pytest.approx(
+        {"null_rate_similarity": 0.75, "range_coverage": 0.5}
+    )
+    wider = pa.chunked_array([pa.array([-50.0, 50.0])])  # beyond the real range: still covers all of it
+    assert column_coverage(real["x"], wider)["range_coverage"] == 1.0
+    missing = pa.chunked_array([pa.array(["a", "a", "b", None])])
+    assert column_coverage(real["c"], missing) == {"null_rate_similarity": 0.75, "category_coverage": 0.5}

@@ -143,6 +143,12 @@ def test_conditions_on_other_columns_are_met_and_compared_with_matching_rows(tmp
         "year",
     }
     assert len([row for row in rows if row["metric"] == "pair_trend"]) == 6 * 5 // 2
+    assert {row["metric"] for row in rows if row["column"] == "body_mass_g"} == {
+        "column_shape",
+        "range_coverage",
+        "null_rate_similarity",
+    }
+    assert {row["metric"] for row in rows if row["column"] == "species"} >= {"category_coverage"}
     (overall,) = [row for row in rows if row["metric"] == "pair_trends"]
     assert 0 < overall["value"] <= 1 and overall["threshold"] is None and overall["passed"]
 

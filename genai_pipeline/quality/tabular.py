@@ -42,6 +42,34 @@ def column_shape(real: pa.ChunkedArray, synthetic: pa.ChunkedArray) -> float | N
     return float(1 - 0.5 * sum(abs(real_freq.get(k, 0.0) - synth_freq.get(k, 0.0)) for k in keys))
 
 
+def column_coverage(real: pa.ChunkedArray, synthetic: pa.ChunkedArray) -> dict[str, float]:
+    """How much of a real column the synthetic one covers, as SDMetrics defines it.
+
+    ``category_coverage``: the share of the real categories that occur at all; ``range_coverage``
+    (numerics): 1 minus the shares of the real range left uncovered below and above; and
+    ``null_rate_similarity``: 1 − |Δ share of nulls|. Empty columns have no coverage score.
+    """
+    scores = {"null_rate_similarity": 1 - abs(_null_share(real) - _null_share(synthetic))}
+    real_values, synthetic_values = _values(real), _values(synthetic)
+    if len(real_values) == 0:
+        return scores
+    if is_numeric(real_values.type):
+        low, high = float(np.min(to_float(real_values))), float(np.max(to_float(real_values)))
+        if high > low:
+            fake = to_float(synthetic_values)
+            below = max((float(np.min(fake)) - low) / (high - low), 0.0) if len(fake) else 1.0
+            above = max((high - float(np.max(fake))) / (high - low), 0.0) if len(fake) else 0.0
+            scores["range_coverage"] = max(1 - below - above, 0.0)
+    else:
+        real_set = set(_frequencies(real_values))
+        scores["category_coverage"] = len(real_set & set(_frequencies(synthetic_values))) / len(real_set)
+    return scores
+
+
+def _null_share(column: pa.ChunkedArray) -> float:
+    return column.null_count / len(column) if len(column) else 0.0
+
+
 def rows_meeting(table: pa.Table, conditions: Mapping[str, Any]) -> pa.Table:
     """The rows whose columns hold the given values (``None``: null), compared in each column's type."""
     meets = pa.array(np.ones(table.num_rows, dtype=bool))
