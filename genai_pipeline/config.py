@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -206,18 +206,21 @@ class ExpectationSpec(StrictModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+#: an optional gate threshold: unset, the metric is reported but does not gate the run
+OptionalShare = Annotated[float | None, Field(ge=0, le=1)]
+
+
 class ValidateSpec(StrictModel):
     """The quality gate: a run that misses any of these is not published."""
 
     min_column_shapes: float = Field(
         default=0.75, ge=0, le=1, description="tabular: mean of 1-KS / 1-TVD over columns"
     )
-    min_pair_trends: float | None = Field(
-        default=None,
-        ge=0,
-        le=1,
-        description="tabular: SDMetrics' pair-trend score (over pairs related in the real data); "
-        "unset: reported, not gated",
+    min_pair_trends: OptionalShare = Field(
+        default=None, description="tabular: SDMetrics' pair-trend score (over pairs related in the real data)"
+    )
+    min_new_rows: OptionalShare = Field(
+        default=None, description="tabular: share of synthetic rows that copy no real row (NewRowSynthesis)"
     )
     null_tolerance: float = Field(
         default=0.1, ge=0, le=1, description="allowed difference of null fractions per column"

@@ -324,6 +324,7 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
     from genai_pipeline.quality.tabular import (
         column_coverage,
         column_shapes,
+        new_row_share,
         overall_pair_trend,
         pair_trend_details,
     )
@@ -350,6 +351,9 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
             for name in compared
             for metric, value in column_coverage(reference.column(name), staged.column(name)).items()
         ]
+        metrics.append(
+            _metric(run, "table", None, "new_row_share", new_row_share(real.table, staged), spec.min_new_rows)
+        )
         trends = pair_trend_details(reference.select(compared), staged.slice(0, PAIR_TREND_ROWS))
         metrics += [
             _metric(run, "pair", f"{first} × {second}", "pair_trend", trend.score, None)

@@ -148,3 +148,18 @@ def test_coverage_and_null_rates_on_known_cases() -> None:
     assert column_coverage(real["x"], wider)["range_coverage"] == 1.0
     missing = pa.chunked_array([pa.array(["a", "a", "b", None])])
     assert column_coverage(real["c"], missing) == {"null_rate_similarity": 0.75, "category_coverage": 0.5}
+
+
+def test_new_rows_are_told_from_copied_training_rows() -> None:
+    from genai_pipeline.quality.tabular import new_row_share
+
+    assert new_row_share(PENGUINS, PENGUINS) == 0.0  # every row a copy
+    rng = np.random.default_rng(0)
+    shuffled = pa.table(
+        {n: PENGUINS.column(n).take(rng.permutation(PENGUINS.num_rows)) for n in PENGUINS.column_names}
+    )
+    assert new_row_share(PENGUINS, shuffled) > 0.95
+    half = pa.concat_tables([PENGUINS.slice(0, 100), shuffled.slice(100, 100)])
+    assert new_row_share(PENGUINS, half) == pytest.approx(0.5, abs=0.03)
+    dictionary = PENGUINS.set_column(0, "species", PENGUINS.column("species").dictionary_encode())
+    assert new_row_share(dictionary, dictionary) == 0.0  # the same values, whatever the encoding

@@ -13,8 +13,9 @@ from conftest import tiny_job
 from PIL import Image
 
 from genai_pipeline import stages
+from genai_pipeline.config import JobSpec
 from genai_pipeline.errors import ConfigError
-from genai_pipeline.runs import Run
+from genai_pipeline.runs import QualityReport, Run
 
 LABELS = ["cat / kitten", "ünïcode label", ".."]
 
@@ -153,17 +154,28 @@ def test_conditions_on_other_columns_are_met_and_compared_with_matching_rows(tmp
     assert 0 < overall["value"] <= 1 and overall["threshold"] is None and overall["passed"]
 
 
-def test_a_pair_trend_threshold_gates_the_run(tmp_path: Path) -> None:
-    job = tiny_job("builtin://penguins", "vae", str(tmp_path), validate={"min_pair_trends": 0.999})
+def _validated(job: JobSpec) -> QualityReport:
     run = Run(job=job, run_date="2026-02-03")
     dataset = stages.ingest(run)
     model = stages.train(run, dataset=dataset)
     generated = stages.generate(run, model=model, dataset=dataset)
-    report = stages.validate(run, dataset=dataset, generated=generated)
+    return stages.validate(run, dataset=dataset, generated=generated)
+
+
+def test_a_pair_trend_threshold_gates_the_run(tmp_path: Path) -> None:
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path), validate={"min_pair_trends": 0.999})
+    report = _validated(job)
     assert not report.passed
-    assert any(
-        failure.startswith("pair_trends=") and failure.endswith("< 0.999") for failure in report.failures
-    )
+    assert any(f.startswith("pair_trends=") and f.endswith("< 0.999") for f in report.failures)
+
+
+def test_copies_of_real_rows_fail_the_new_row_gate(tmp_path: Path) -> None:
+    """Two yes/no columns leave a model nothing but the real rows to produce."""
+    pq.write_table(pa.table({"a": ["x", "y"] * 50, "b": ["u", "u", "v", "v"] * 25}), tmp_path / "t.parquet")
+    job = tiny_job(str(tmp_path / "t.parquet"), "vae", str(tmp_path / "out"), validate={"min_new_rows": 0.5})
+    report = _validated(job)
+    assert not report.passed
+    assert any(f.startswith("new_row_share=0.000") for f in report.failures)
 
 
 def test_per_label_counts(tmp_path: Path) -> None:

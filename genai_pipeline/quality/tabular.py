@@ -66,6 +66,20 @@ def column_coverage(real: pa.ChunkedArray, synthetic: pa.ChunkedArray) -> dict[s
     return scores
 
 
+def new_row_share(real: pa.Table, synthetic: pa.Table) -> float:
+    """SDMetrics' NewRowSynthesis: the share of synthetic rows that are not a copy of a real row
+    (all columns equal, nulls included). A model that memorises its training rows scores near 0."""
+    if synthetic.num_rows == 0:
+        return 1.0
+    columns = [name for name in real.column_names if name in synthetic.column_names]
+
+    def hashes(table: pa.Table) -> np.ndarray:
+        frame = table.select(columns).to_pandas()
+        return pd.util.hash_pandas_object(frame, index=False).to_numpy()
+
+    return float(1 - np.isin(hashes(synthetic.cast(real.select(columns).schema)), hashes(real)).mean())
+
+
 def _null_share(column: pa.ChunkedArray) -> float:
     return column.null_count / len(column) if len(column) else 0.0
 
