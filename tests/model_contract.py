@@ -1,9 +1,8 @@
 """The contract every model honours; each model's test module subclasses :class:`TableContract`
 or :class:`ImageContract` (both :class:`ModelContract`).
 
-A subclass sets ``family``, small ``params`` and, for tables, a ``condition`` (key, value) and a
-``data`` fixture with a small dataset (images get 300 digits); the tests here are then run for
-that model.
+A subclass sets ``family`` and small ``params``; tables are tested on the penguins (conditioned on
+their species), images on 300 digits (on label 3), and the tests here are then run for that model.
 """
 
 from __future__ import annotations
@@ -127,6 +126,12 @@ class TableContract(ModelContract):
     """The contract for table models: every column type, and conditions on any columns."""
 
     modality = "tabular"
+    condition = ("species", "Gentoo")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def data(cls) -> Dataset:
+        return TabularData(BUILTINS["penguins"].load(), label="species")
 
     @pytest.fixture(scope="class")
     @classmethod

@@ -11,7 +11,6 @@ import pytest
 import torch
 from model_contract import CPU, ImageContract
 
-from genai_pipeline.models import image_autoregressive
 from genai_pipeline.models.image_autoregressive import (  # registers the model
     ImageAutoregressive,
     ImageAutoregressiveConfig,
@@ -62,7 +61,7 @@ class TestImageAutoregressive(ImageContract):
     def test_large_batches_are_drawn_in_chunks(
         self, fitted: ImageAutoregressive, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(image_autoregressive, "CPU_CHUNK_IMAGES", 4)
+        monkeypatch.setattr(ImageAutoregressive, "cpu_chunk", 4)
         (batch,) = fitted.sample(10, conditions={"label": "3"}, seed=0, batch_size=10)
         assert batch.images.shape == (10, 8, 8, 1) and set(batch.labels) == {"3"}
         # chunks are independent draws, not copies of the first

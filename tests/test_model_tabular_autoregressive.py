@@ -8,11 +8,10 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pytest
 from model_contract import CPU, TableContract
 
 from genai_pipeline.config import TrainSpec
-from genai_pipeline.datasets import BUILTINS, Dataset, TabularData
+from genai_pipeline.datasets import TabularData
 from genai_pipeline.models import Synthesizer
 from genai_pipeline.models.tabular_autoregressive import TabularAutoregressive, fit_bins
 
@@ -22,12 +21,6 @@ SMALL = {"embedding_dim": 8, "hidden": [16], "max_bins": 16}
 class TestTabularAutoregressive(TableContract):
     family = "autoregressive"
     params: ClassVar[dict] = SMALL
-    condition = ("species", "Gentoo")
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def data(cls) -> Dataset:
-        return TabularData(BUILTINS["penguins"].load(), label="species")
 
     def test_numerics_stay_inside_the_real_range(self, fitted: Synthesizer, data: TabularData) -> None:
         synthetic = pa.concat_tables(self._collect(fitted, 500, seed=3))

@@ -13,7 +13,7 @@ from model_contract import CPU, TableContract, mixed_table
 from pydantic import ValidationError
 
 from genai_pipeline.config import TrainSpec
-from genai_pipeline.datasets import BUILTINS, Dataset, TabularData
+from genai_pipeline.datasets import TabularData
 from genai_pipeline.encoders.tabular import TableEncoder
 from genai_pipeline.models.noise_schedule import MaskSchedule, NoiseSchedule
 from genai_pipeline.models.tabular_diffusion import (
@@ -29,12 +29,6 @@ TINY: dict = {"width": 16, "depth": 1, "sampling_steps": 4}
 class TestTabularDiffusion(TableContract):
     family = "diffusion"
     params: ClassVar[dict] = TINY
-    condition = ("species", "Gentoo")
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def data(cls) -> Dataset:
-        return TabularData(BUILTINS["penguins"].load(), label="species")
 
 
 def test_layout_splits_and_joins_the_encoded_matrix() -> None:

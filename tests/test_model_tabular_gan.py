@@ -11,7 +11,7 @@ import torch
 from model_contract import CPU, TableContract
 
 from genai_pipeline.config import TrainSpec
-from genai_pipeline.datasets import BUILTINS, Dataset, TabularData
+from genai_pipeline.datasets import BUILTINS, TabularData
 from genai_pipeline.encoders.tabular import TableEncoder
 from genai_pipeline.errors import ConfigError
 from genai_pipeline.models.tabular_gan import CategorySampler, RowIndex, TabularGAN, TabularGANConfig
@@ -22,12 +22,6 @@ TINY: dict = {"noise_dim": 8, "generator_dims": [16], "critic_dims": [16], "pac"
 class TestTabularGAN(TableContract):
     family = "gan"
     params: ClassVar[dict] = TINY
-    condition = ("species", "Gentoo")
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def data(cls) -> Dataset:
-        return TabularData(BUILTINS["penguins"].load(), label="species")
 
 
 def labelled_sampler() -> tuple[CategorySampler, torch.Tensor, torch.Tensor, TableEncoder]:

@@ -19,12 +19,6 @@ from genai_pipeline.models import model_class
 class TestTabularVAE(TableContract):
     family = "vae"
     params: ClassVar[dict] = {"hidden": [32], "latent_dim": 8}
-    condition = ("species", "Gentoo")
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def data(cls) -> Dataset:
-        return TabularData(BUILTINS["penguins"].load(), label="species")
 
 
 class TestImageGAN(ImageContract):

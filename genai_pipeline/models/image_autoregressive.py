@@ -27,9 +27,8 @@ that padding is dark) and cropping samples; colour channels are more sub-pixels 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,10 +37,9 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from genai_pipeline.config import TrainSpec
-from genai_pipeline.datasets.base import Dataset, ImageData
-from genai_pipeline.errors import DatasetError
-from genai_pipeline.models.base import Conditions, ImageBatch, ModelConfig, Synthesizer, register_model
-from genai_pipeline.models.image_common import LabelCodec, stream_images
+from genai_pipeline.datasets.base import Dataset
+from genai_pipeline.models.base import ModelConfig, register_model
+from genai_pipeline.models.image_common import ImageSynthesizer
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
@@ -49,15 +47,10 @@ from genai_pipeline.training import (
     fit_loop,
     frozen_copy,
     maybe_compile,
-    seed_everything,
     update_ema,
 )
 
 NAME = "image autoregressive model"
-# Sampling on a CPU goes through a batch in chunks of images: images per second stop growing at
-# about 256, and the key/value caches of a 4,096-image batch would hold over a gigabyte. A GPU takes
-# the whole batch at once.
-CPU_CHUNK_IMAGES = 512
 # one sub-pixel's logits for every row → the levels drawn (one per image: guidance combines rows)
 Draw = Callable[[torch.Tensor], torch.Tensor]
 
@@ -266,23 +259,20 @@ class PatchTransformer(nn.Module):
 
 
 @register_model
-class ImageAutoregressive(Synthesizer):
+class ImageAutoregressive(ImageSynthesizer):
     family = "autoregressive"
-    modality = "image"
+    name = NAME
+    # images per second stop growing at about 256 a pass, and the key/value caches of a 4,096-image
+    # batch would hold over a gigabyte
+    cpu_chunk = 512
     Config = ImageAutoregressiveConfig
 
     config: ImageAutoregressiveConfig
-    labels: LabelCodec
-    shape: tuple[int, int, int]
     network: PatchTransformer  # trained by the optimiser
     ema: PatchTransformer  # its moving average, which samples and is saved
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
-        if not isinstance(data, ImageData):
-            raise DatasetError("the image autoregressive model needs images")
-        labels, indices = LabelCodec.fit(data)
-        seed_everything(train.seed)  # networks are built here, before fit_loop: seed their initial weights
-        self.restore({"shape": list(data.shape), "labels": labels.to_state()})
+        indices = self.prepare(data, train)
         parameters = list(self.network.parameters())
         optimizer = torch.optim.Adam(parameters, lr=self.config.learning_rate)
         network = maybe_compile(self.network, train, self.device)
@@ -296,7 +286,7 @@ class ImageAutoregressive(Synthesizer):
         def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
             patches, y = batch
             dropped = torch.rand(len(y), device=y.device) < self.config.label_dropout
-            loss = nll(network, (patches, torch.where(dropped, len(labels), y)))
+            loss = nll(network, (patches, torch.where(dropped, len(self.labels), y)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             check_gradients(parameters, max_norm=1.0, name=NAME)
@@ -318,46 +308,23 @@ class ImageAutoregressive(Synthesizer):
             evaluate=lambda batch: nll(self.ema, batch),  # the sampling weights' held-out likelihood
         )
 
-    def check_conditions(self, conditions: Conditions) -> None:
-        self.labels.check(conditions)
-
-    def sample(
-        self, n: int, *, conditions: Conditions | None, seed: int, batch_size: int
-    ) -> Iterator[ImageBatch]:
-        self.ema.eval()
+    def render(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         scale, temperature = self.config.guidance_scale, self.config.temperature
 
-        def render(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-            def draw(logits: torch.Tensor) -> torch.Tensor:
-                if scale != 1:  # classifier-free guidance, as in the diffusion model
-                    conditional, unconditional = logits.chunk(2)
-                    logits = torch.lerp(unconditional, conditional, scale)
-                probs = F.softmax(logits / temperature, dim=-1)
-                return torch.multinomial(probs, 1, generator=generator)[:, 0]
+        def draw(logits: torch.Tensor) -> torch.Tensor:
+            if scale != 1:  # classifier-free guidance, as in the diffusion model
+                conditional, unconditional = logits.chunk(2)
+                logits = torch.lerp(unconditional, conditional, scale)
+            probs = F.softmax(logits / temperature, dim=-1)
+            return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
-            if scale != 1:
-                labels = torch.cat([labels, torch.full_like(labels, len(self.labels))])
-            return self.ema.to_images(self.ema.generate(labels, draw))
-
-        return stream_images(
-            n,
-            conditions=conditions,
-            seed=seed,
-            batch_size=batch_size,
-            labels=self.labels,
-            device=self.device,
-            render=render,
-            cpu_chunk=CPU_CHUNK_IMAGES,
-        )
+        if scale != 1:
+            labels = torch.cat([labels, torch.full_like(labels, len(self.labels))])
+        return self.ema.to_images(self.ema.generate(labels, draw))
 
     def networks(self) -> dict[str, nn.Module]:
         return {"ema": self.ema}
 
-    def fitted_state(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "labels": self.labels.to_state()}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.shape = tuple(state["shape"])  # type: ignore[assignment]
-        self.labels = LabelCodec.from_state(state["labels"])
+    def build(self) -> None:
         self.network = PatchTransformer(self.shape, len(self.labels), self.config).to(self.device)
         self.ema = frozen_copy(self.network)

@@ -3,22 +3,25 @@
 Image models are class-conditional: they learn from integer label indices and sample images for
 requested (or frequency-weighted random) labels. :class:`LabelCodec` keeps the label names and their
 real frequencies; :func:`stream_images` turns a model's ``render(labels, generator)`` into the
-streamed batches the pipeline writes.
+streamed batches the pipeline writes. :class:`ImageSynthesizer` holds the shape, the labels and the
+sampling stream; a family implements training, its networks (``build``) and ``render``.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from genai_pipeline.datasets.base import ImageData
-from genai_pipeline.errors import ConfigError
-from genai_pipeline.models.base import Conditions, ImageBatch, require_condition_values
-from genai_pipeline.training import batched_indices
+from genai_pipeline.config import TrainSpec
+from genai_pipeline.datasets.base import Dataset, ImageData
+from genai_pipeline.errors import ConfigError, DatasetError
+from genai_pipeline.models.base import Conditions, ImageBatch, Synthesizer, require_condition_values
+from genai_pipeline.training import batched_indices, seed_everything
 
 Render = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -109,3 +112,59 @@ def stream_images(
                 render(drawn[begin:end], generator) for begin, end in batched_indices(len(drawn), chunk)
             ]
         yield ImageBatch(images=to_uint8(torch.cat(rendered)), labels=labels.decode(drawn))
+
+
+class ImageSynthesizer(Synthesizer):
+    """Shape, labels, conditions and the sampling stream; a family adds its networks."""
+
+    modality = "image"
+    name: ClassVar[str]  # in messages: "image GAN"
+    #: images per ``render`` call when sampling on a CPU (see :func:`stream_images`; None: a batch)
+    cpu_chunk: ClassVar[int | None] = None
+    labels: LabelCodec
+    shape: tuple[int, int, int]
+
+    @abstractmethod
+    def render(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Images (NCHW in [-1, 1]) for these label indices."""
+
+    @abstractmethod
+    def build(self) -> None:
+        """Build the networks for the restored shape and labels."""
+
+    def prepare(self, data: Dataset, train: TrainSpec) -> np.ndarray:
+        """Fit the labels and build the networks (seeded, so initial weights are reproducible);
+        each image's label index, to train on."""
+        if not isinstance(data, ImageData):
+            raise DatasetError(f"the {self.name} needs images")
+        labels, indices = LabelCodec.fit(data)
+        seed_everything(train.seed)  # networks are built here, before fit_loop seeds
+        self.restore({"shape": list(data.shape), "labels": labels.to_state()})
+        return indices
+
+    def check_conditions(self, conditions: Conditions) -> None:
+        self.labels.check(conditions)
+
+    def sample(
+        self, n: int, *, conditions: Conditions | None, seed: int, batch_size: int
+    ) -> Iterator[ImageBatch]:
+        for module in self.networks().values():
+            module.eval()
+        return stream_images(
+            n,
+            conditions=conditions,
+            seed=seed,
+            batch_size=batch_size,
+            labels=self.labels,
+            device=self.device,
+            render=self.render,
+            cpu_chunk=self.cpu_chunk,
+        )
+
+    def fitted_state(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "labels": self.labels.to_state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.shape = tuple(state["shape"])  # type: ignore[assignment]
+        self.labels = LabelCodec.from_state(state["labels"])
+        self.build()

@@ -18,8 +18,6 @@ both networks work at ``4 * ceil(size / 4)``; the encoder zero-pads, the decoder
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,11 +25,10 @@ from pydantic import Field
 from torch import nn
 
 from genai_pipeline.config import TrainSpec
-from genai_pipeline.datasets.base import Dataset, ImageData
-from genai_pipeline.errors import DatasetError
-from genai_pipeline.models.base import Conditions, ImageBatch, ModelConfig, Synthesizer, register_model
-from genai_pipeline.models.image_common import LabelCodec, stream_images, to_unit
-from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop, seed_everything
+from genai_pipeline.datasets.base import Dataset
+from genai_pipeline.models.base import ModelConfig, register_model
+from genai_pipeline.models.image_common import ImageSynthesizer, to_unit
+from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop
 
 NAME = "image VAE"
 
@@ -104,24 +101,17 @@ class Decoder(nn.Module):
 
 
 @register_model
-class ImageVAE(Synthesizer):
+class ImageVAE(ImageSynthesizer):
     family = "vae"
-    modality = "image"
+    name = NAME
     Config = ImageVAEConfig
 
     config: ImageVAEConfig
-    labels: LabelCodec
-    shape: tuple[int, int, int]
     decoder: Decoder
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
-        if not isinstance(data, ImageData):
-            raise DatasetError("the image VAE needs images")
-        labels, indices = LabelCodec.fit(data)
-        # the networks are built before fit_loop seeds, so seed here for reproducible initial weights
-        seed_everything(train.seed)
-        self.restore({"shape": list(data.shape), "labels": labels.to_state()})
-        encoder = Encoder(self.shape, len(labels), self.config).to(self.device)
+        indices = self.prepare(data, train)
+        encoder = Encoder(self.shape, len(self.labels), self.config).to(self.device)
         parameters = [*encoder.parameters(), *self.decoder.parameters()]
         optimizer = torch.optim.Adam(parameters, lr=self.config.learning_rate)
         beta = self.config.beta
@@ -157,36 +147,13 @@ class ImageVAE(Synthesizer):
             evaluate=lambda batch: sum(losses(batch)),
         )
 
-    def check_conditions(self, conditions: Conditions) -> None:
-        self.labels.check(conditions)
-
-    def sample(
-        self, n: int, *, conditions: Conditions | None, seed: int, batch_size: int
-    ) -> Iterator[ImageBatch]:
-        self.decoder.eval()
-
-        def render(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-            z = torch.randn((len(labels), self.config.latent_dim), generator=generator, device=self.device)
-            # 2 * sigmoid(l) - 1 = tanh(l / 2): the Bernoulli mean on the [-1, 1] scale
-            return torch.tanh(self.decoder(z * self.config.temperature, labels) / 2)
-
-        return stream_images(
-            n,
-            conditions=conditions,
-            seed=seed,
-            batch_size=batch_size,
-            labels=self.labels,
-            device=self.device,
-            render=render,
-        )
+    def render(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        z = torch.randn((len(labels), self.config.latent_dim), generator=generator, device=self.device)
+        # 2 * sigmoid(l) - 1 = tanh(l / 2): the Bernoulli mean on the [-1, 1] scale
+        return torch.tanh(self.decoder(z * self.config.temperature, labels) / 2)
 
     def networks(self) -> dict[str, nn.Module]:
         return {"decoder": self.decoder}
 
-    def fitted_state(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "labels": self.labels.to_state()}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.shape = tuple(state["shape"])  # type: ignore[assignment]
-        self.labels = LabelCodec.from_state(state["labels"])
+    def build(self) -> None:
         self.decoder = Decoder(self.shape, len(self.labels), self.config).to(self.device)

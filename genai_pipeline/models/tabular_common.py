@@ -102,14 +102,14 @@ class LabelPrior:
             counts[codec.name] = table.tolist()
         return cls(probs.tolist(), counts)
 
-    def given(self, encoder: TableEncoder, known: dict[str, Any]) -> list[float]:
-        """The label's distribution given known values of other columns."""
-        log_probs = np.log(np.asarray(self.probs))
-        if not known:
+    def given(self, encoder: TableEncoder, row: np.ndarray, known: np.ndarray) -> list[float]:
+        """The label's distribution given known values of other columns: ``row`` and ``known`` as
+        :meth:`TableEncoder.encode_known` returns them."""
+        if not known.any():
             return self.probs
-        row, _ = encoder.encode_known(known)
-        for codec, offset in encoder.span_columns:
-            if codec.name in known:
+        log_probs = np.log(np.asarray(self.probs))
+        for (codec, offset), is_known in zip(encoder.span_columns, known, strict=True):
+            if is_known:
                 token = column_tokens(codec, row[None, offset : offset + sum(s.size for s in codec.spans)])[0]
                 table = np.asarray(self.counts[codec.name]) + 0.5
                 token = min(int(token), table.shape[1] - 1)
@@ -265,13 +265,13 @@ class TabularSynthesizer(Synthesizer):
         device, encoder = self.device, self.encoder
         label = label_key(encoder)
         others = {key: value for key, value in conditions.items() if key != label}
-        known = None
-        if others:
-            row, columns = encoder.encode_known(others)
-            known = Known(torch.from_numpy(row).to(device), torch.from_numpy(columns).to(device))
+        row, columns = encoder.encode_known(others)
+        known = (
+            Known(torch.from_numpy(row).to(device), torch.from_numpy(columns).to(device)) if others else None
+        )
         generator = torch.Generator(device=device).manual_seed(seed)
         fixed = encoder.condition_index(conditions[label]) if label in conditions else None
-        probs = torch.tensor(self.prior.given(encoder, others), device=device) if self.labels else None
+        probs = torch.tensor(self.prior.given(encoder, row, columns), device=device) if self.labels else None
         for batch_number, (start, stop) in enumerate(batched_indices(n, batch_size)):
             size = stop - start
             cond = None
