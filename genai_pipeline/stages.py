@@ -38,6 +38,7 @@ from genai_pipeline.encoders.tabular import TableEncoder
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.generation import write_images, write_parquet
 from genai_pipeline.models import load_model, model_class, model_config_for
+from genai_pipeline.models.base import require_condition_values
 from genai_pipeline.runs import (
     LATEST_MODEL,
     GeneratedRef,
@@ -73,9 +74,7 @@ def _label_key(run: Run) -> str | None:
 
 
 def _require_known(field: str, value: Any, known: list[Any]) -> None:
-    if not any(value == item or str(value) == str(item) for item in known):
-        shown = ", ".join(map(str, known[:20])) + (" …" if len(known) > 20 else "")
-        raise ConfigError(f"{field}: {value!r} does not occur in the data (known: {shown})")
+    require_condition_values(field, value, known, field=field, absent="does not occur in the data")
 
 
 def _check_generate_spec(run: Run, data: Dataset) -> None:

@@ -138,8 +138,11 @@ def model_class(modality: str, family: str) -> type[Synthesizer]:
         ) from None
 
 
-def require_condition_values(key: str, value: Any, known: list[Any]) -> None:
-    """A condition value must be one the model saw; compare as the user wrote it."""
+def require_condition_values(
+    key: str, value: Any, known: list[Any], *, field: str | None = None, absent: str = "is not a known value"
+) -> None:
+    """A condition value must be one the model (or the data) has; compare as the user wrote it.
+    The error names ``field`` (default ``generate.conditions.<key>``)."""
     if not any(value == item or str(value) == str(item) for item in known):
         shown = ", ".join(map(str, known[:20])) + (" …" if len(known) > 20 else "")
-        raise ConfigError(f"generate.conditions.{key}: {value!r} is not a known value (known: {shown})")
+        raise ConfigError(f"{field or f'generate.conditions.{key}'}: {value!r} {absent} (known: {shown})")
