@@ -17,7 +17,7 @@ from genai_pipeline.settings import apply_prefect_defaults
 apply_prefect_defaults()
 
 from prefect import flow, task  # noqa: E402  (settings must be in the environment first)
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from genai_pipeline import stages  # noqa: E402
@@ -49,8 +49,21 @@ export = _task(stages.export, "export")
 record_failure = _task(stages.record_failure, "record-failure")
 
 
-def _artifact_key(name: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") + "-summary"
+def _artifact_key(name: str, kind: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") + "-" + kind
+
+
+def _post_summary(run: Run, manifest: dict[str, Any]) -> None:
+    """The run's headline metrics as a markdown artifact, and a link artifact to its HTML report."""
+    create_markdown_artifact(
+        stages.summary_markdown(run, manifest), key=_artifact_key(run.job.name, "summary")
+    )
+    if "report" in manifest:
+        create_link_artifact(
+            stages.browser_url(manifest["report"]),
+            link_text=f"quality report of {run.job.name} {run.run_date} ({manifest['status']})",
+            key=_artifact_key(run.job.name, "report"),
+        )
 
 
 def _record_failure(run: Run, error: Exception, policy: dict[str, Any]) -> None:
@@ -63,7 +76,7 @@ def _record_failure(run: Run, error: Exception, policy: dict[str, Any]) -> None:
             "error": f"{type(error).__name__}: {error}",
             "cleanup_error": f"{type(cleanup_error).__name__}: {cleanup_error}",
         }
-    create_markdown_artifact(stages.summary_markdown(run, failure), key=_artifact_key(run.job.name))
+    _post_summary(run, failure)
 
 
 @flow(name="synthesize")
@@ -82,13 +95,15 @@ def synthesize(job: JobSpec, run_date: str | None = None, run_id: str | None = N
     except Exception as error:
         _record_failure(run, error, policy)
         raise
-    create_markdown_artifact(stages.summary_markdown(run, published.manifest), key=_artifact_key(job.name))
+    _post_summary(run, published.manifest)
     return {
         "run_id": published.run_id,
         "run_date": published.run_date,
         "num_samples": published.num_samples,
         "data_url": published.data_url,
         "manifest_url": published.manifest_url,
+        "report_url": published.manifest["report"],
+        "warnings": published.manifest["warnings"],
     }
 
 

@@ -204,10 +204,27 @@ class ExpectationSpec(StrictModel):
 
     type: str = Field(pattern=r"^expect_[a-z0-9_]+$")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    severity: Literal["critical", "warning"] = Field(
+        default="critical", description="warning: a failure publishes the run, flagged, instead of failing it"
+    )
+    check_input: bool = Field(
+        default=True, description="also check the real input at ingest (off for synthetic-only checks)"
+    )
 
 
 #: an optional gate threshold: unset, the metric is reported but does not gate the run
 OptionalShare = Annotated[float | None, Field(ge=0, le=1)]
+#: the metrics a threshold of ``validate`` gates (``min_*`` from below, ``max_*`` from above)
+GatedMetric = Literal[
+    "column_shapes",
+    "pair_trends",
+    "new_row_share",
+    "dcr_share",
+    "utility_ratio",
+    "label_consistency",
+    "memorised_share",
+    "duplicate_share",
+]
 
 
 class ValidateSpec(StrictModel):
@@ -222,11 +239,59 @@ class ValidateSpec(StrictModel):
     min_new_rows: OptionalShare = Field(
         default=None, description="tabular: share of synthetic rows that copy no real row (NewRowSynthesis)"
     )
+    max_dcr_share: OptionalShare = Field(
+        default=0.75,
+        description="tabular: share of synthetic rows closer to training than to holdout rows (0.5 is ideal)",
+    )
+    min_utility_ratio: OptionalShare = Field(
+        default=None,
+        description="tabular: train-synthetic/train-real score ratio on dataset.label (TSTR/TRTR)",
+    )
+    min_label_consistency: OptionalShare = Field(
+        default=None,
+        description="images: share classified as their requested label by a real-data classifier",
+    )
+    max_memorised_share: OptionalShare = Field(
+        default=0.1,
+        description="share of generated rows/images closer to training than 98% of real held-out ones are",
+    )
+    max_duplicate_share: OptionalShare = Field(
+        default=0.1, description="images: share of generated images that exactly repeat another one"
+    )
+    warn_on: list[GatedMetric] = Field(
+        default_factory=lambda: ["dcr_share"],
+        description="metrics whose miss publishes the run with a warning instead of failing it",
+    )
     null_tolerance: float = Field(
         default=0.1, ge=0, le=1, description="allowed difference of null fractions per column"
     )
     sample_rows: int = Field(default=100_000, ge=100, description="rows/images validated at most")
+    suite: Literal["derived", "saved"] = Field(
+        default="derived",
+        description="derived: from each night's data; saved: the reviewed expectations/suite.json, "
+        "which also checks the real input (written from the data on first use)",
+    )
+    holdout: float = Field(
+        default=0.2,
+        ge=0,
+        le=0.5,
+        description="share of real rows kept from training to judge privacy/utility",
+    )
+    holdout_max_rows: int = Field(default=5_000, ge=1, description="real rows held out at most")
     expectations: list[ExpectationSpec] = Field(default_factory=list)
+
+
+#: which ``validate`` field holds each gated metric's threshold
+GATES: dict[str, str] = {
+    "column_shapes": "min_column_shapes",
+    "pair_trends": "min_pair_trends",
+    "new_row_share": "min_new_rows",
+    "dcr_share": "max_dcr_share",
+    "utility_ratio": "min_utility_ratio",
+    "label_consistency": "min_label_consistency",
+    "memorised_share": "max_memorised_share",
+    "duplicate_share": "max_duplicate_share",
+}
 
 
 class ExportSpec(StrictModel):

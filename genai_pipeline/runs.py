@@ -82,6 +82,11 @@ class Run:
         return f"{self.partition('data')}/part-00000.parquet"
 
     @property
+    def report_file(self) -> str:
+        """The run's HTML quality report (in staging until published)."""
+        return f"{self.partition('quality')}/report.html"
+
+    @property
     def manifest(self) -> str:
         return f"_runs/{self.run_id}.json"
 
@@ -114,6 +119,7 @@ class QualityReport:
     metrics: list[dict[str, Any]]
     expectations_evaluated: int
     expectations_failed: int
+    warnings: list[str] = field(default_factory=list)  # misses that publish the run, flagged
 
 
 @dataclass(frozen=True)
@@ -179,8 +185,10 @@ def publish(
         model=asdict(model),
         generated={"num_samples": generated.num_samples, "seconds": generated.seconds},
         quality=asdict(report),
+        warnings=report.warnings,
         files=[{"path": rel, "size": size} for rel, size in sorted(promoted.items())],
         location=storage.url_of(run.partition("data")),
+        report=storage.url_of(run.report_file),
     )
     storage.write_bytes(run.manifest, json.dumps(manifest, indent=1, default=str).encode())
     latest = {
@@ -220,6 +228,8 @@ def record_failure(run: Run, error: BaseException) -> dict[str, Any]:
         failures=failures,
         files=[{"path": dest, "size": staged[rel]} for rel, dest in sorted(kept.items())],
     )
+    if run.report_file in kept:
+        manifest["report"] = storage.url_of(kept[run.report_file])
     storage.write_bytes(run.manifest, json.dumps(manifest, indent=1, default=str).encode())
     storage.delete_tree(run.staging)
     return manifest

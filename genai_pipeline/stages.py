@@ -12,8 +12,10 @@ import io
 import itertools
 import json
 import logging
+import tempfile
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,7 @@ from genai_pipeline.datasets.base import (
     fingerprint,
     label_values,
     read_snapshot,
+    split_holdout,
     write_snapshot,
 )
 from genai_pipeline.datasets.sources import read_dataset
@@ -39,6 +42,7 @@ from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.generation import write_images, write_parquet
 from genai_pipeline.models import load_model, model_class, model_config_for
 from genai_pipeline.models.base import require_condition_values
+from genai_pipeline.quality.gate import MetricRows
 from genai_pipeline.runs import (
     LATEST_MODEL,
     GeneratedRef,
@@ -54,7 +58,16 @@ from genai_pipeline.training import CheckpointStore, resolve_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["export", "generate", "ingest", "record_failure", "summary_markdown", "train", "validate"]
+__all__ = [
+    "browser_url",
+    "export",
+    "generate",
+    "ingest",
+    "record_failure",
+    "summary_markdown",
+    "train",
+    "validate",
+]
 
 
 def conditions_for_model(run: Run) -> dict[str, Any]:
@@ -118,29 +131,93 @@ def sampling_plan(run: Run, dataset: DatasetRef) -> list[tuple[dict[str, Any], i
     return [({**conditions, _label_key(run): value}, count) for value, count in counts.items() if count > 0]
 
 
+#: the job's reviewed suite (``validate.suite: saved``), beside its output
+SAVED_SUITE = "expectations/suite.json"
+
+
+def _suite_file(run: Run) -> str:
+    """Where a run stages (and publishes) the data-derived suite it checks against."""
+    return run.staged(f"{run.partition('quality')}/suite.json")
+
+
+def _stage_suite(run: Run, data: Dataset, storage: Storage) -> None:
+    """Stage the run's data suite: the job's saved one or one derived from the data. When there is
+    something to learn from it (a saved suite, or the job's own expectations), check the real input
+    against it first, so a broken upstream dataset fails here rather than after training."""
+    from genai_pipeline.quality.expectations import data_suite, job_suite, load_suite, suite_bytes
+
+    spec = run.job.validate_
+    saved = spec.suite == "saved" and storage.exists(SAVED_SUITE)
+    if saved:
+        base = load_suite(storage.read_bytes(SAVED_SUITE), storage.url_of(SAVED_SUITE))
+    else:
+        base = data_suite(data, spec, run.job.name)
+        if spec.suite == "saved":
+            storage.write_bytes(SAVED_SUITE, suite_bytes(base))
+            log.info(
+                "validate.suite: saved: wrote the data's suite to %s for review", storage.url_of(SAVED_SUITE)
+            )
+    storage.write_bytes(_suite_file(run), suite_bytes(base))
+    extras = [extra for extra in spec.expectations if extra.check_input]
+    if saved or extras:
+        checked = spec.model_copy(update={"expectations": extras})
+        result = _run_suite(job_suite(base, checked, {}, data.modality), data)
+        quality = run.staged(run.partition("quality"))
+        storage.write_bytes(
+            f"{quality}/input_expectations.json", json.dumps(result.payload, indent=1).encode()
+        )
+        for warning in result.warnings:
+            log.warning("dataset: %s", warning)
+        if result.failures:
+            raise DatasetError(
+                f"dataset: {run.job.dataset.uri} fails {len(result.failures)} expectation(s) of the job's "
+                f"suite: {'; '.join(result.failures)}"
+            )
+
+
+def _run_suite(suite: Any, data: Dataset, docs: Path | None = None) -> Any:
+    """Run a suite on a table, or on the per-image stats frame of images."""
+    from genai_pipeline.quality.expectations import image_stats, run_suite, table_frame
+
+    frame = (
+        table_frame(data.table) if isinstance(data, TabularData) else image_stats(data.images, data.labels)
+    )
+    return run_suite(suite, frame, docs)
+
+
 def ingest(run: Run) -> DatasetRef:
-    """Read the dataset, check the job's conditions against it, snapshot and fingerprint it."""
-    spec = run.job.dataset
+    """Read the dataset, check the job's conditions against it, fingerprint it, set a holdout aside
+    and snapshot both parts."""
+    spec, checks = run.job.dataset, run.job.validate_
     started = time.monotonic()
     data = read_dataset(spec)
     _check_generate_spec(run, data)
-    snapshot = run.staged("input/dataset.parquet")
-    write_snapshot(data, run.storage(), snapshot)
+    storage = run.storage()
+    _stage_suite(run, data, storage)
+    key = fingerprint(data)
+    train_part, holdout = split_holdout(data, checks.holdout, checks.holdout_max_rows, key=key)
+    snapshot, holdout_snapshot = run.staged("input/dataset.parquet"), run.staged("input/holdout.parquet")
+    write_snapshot(train_part, storage, snapshot)
+    if holdout is not None:
+        write_snapshot(holdout, storage, holdout_snapshot)
     ref = DatasetRef(
         source=spec.uri,
         snapshot=snapshot,
         modality=data.modality,
-        fingerprint=fingerprint(data),
+        fingerprint=key,
         num_rows=data.num_rows,
         schema=describe_schema(data),
         label=spec.label,
+        holdout=None if holdout is None else holdout_snapshot,
+        holdout_rows=0 if holdout is None else holdout.num_rows,
     )
     log.info(
-        "ingested %d %s from %s (fingerprint %s) in %.1f s",
+        "ingested %d %s from %s (fingerprint %s, %d held out) in %.1f s",
         ref.num_rows,
         "rows" if ref.modality == "tabular" else "images",
         spec.uri,
         ref.fingerprint,
+        ref.holdout_rows,
         time.monotonic() - started,
     )
     return ref
@@ -153,6 +230,7 @@ def model_key(run: Run, dataset: DatasetRef) -> str:
         "dataset": dataset.fingerprint,
         "model": job.model.model_dump(mode="json"),
         "train": job.train.model_dump(mode="json"),
+        "holdout": [job.validate_.holdout, job.validate_.holdout_max_rows],
         "version": genai_pipeline.__version__,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -260,20 +338,6 @@ def _read_images(storage: Storage, run: Run, manifest: pa.Table) -> ImageData:
     return ImageData(images=images, labels=np.asarray(manifest.column("label").to_pylist(), dtype=str))
 
 
-def _metric(
-    run: Run, scope: str, column: str | None, metric: str, value: float, threshold: float | None
-) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "scope": scope,
-        "column": column,
-        "metric": metric,
-        "value": float(value),
-        "threshold": threshold,
-        "passed": threshold is None or value >= threshold,
-    }
-
-
 def _label_similarity(real: np.ndarray, synthetic: np.ndarray) -> float:
     names = sorted(set(real.tolist()) | set(synthetic.tolist()))
     real_share = np.array([np.mean(real == name) for name in names])
@@ -317,112 +381,151 @@ def shape_reference(run: Run, real: pa.Table) -> tuple[pa.Table, list[str]]:
     return reference, [name for name in real.column_names if name not in fixed]
 
 
-def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> QualityReport:
-    """Run the GX suite derived from the real data and the metrics; stage the results."""
-    from genai_pipeline.quality.expectations import derive_suite, image_stats, run_suite, table_frame
+def _tabular_metrics(
+    run: Run, rows: MetricRows, real: pa.Table, holdout: pa.Table | None, synthetic: pa.Table
+) -> tuple[pa.Table, list[str]]:
+    """Fidelity, privacy and utility rows of a table run; returns the reference rows and the
+    columns compared (what the report charts)."""
+    from genai_pipeline.quality.privacy import privacy_scores
     from genai_pipeline.quality.tabular import (
         column_coverage,
         column_shapes,
         new_row_share,
         overall_pair_trend,
         pair_trend_details,
+        rows_meeting,
     )
+    from genai_pipeline.quality.utility import utility_scores
+
+    reference, compared = shape_reference(run, real)
+    shapes = column_shapes(reference.select(compared), synthetic)
+    for name, score in shapes.items():
+        rows.add("column", name, "column_shape", score)
+    rows.add("table", None, "column_shapes", float(np.mean(list(shapes.values()))) if shapes else 0.0)
+    for name in compared:
+        for metric, value in column_coverage(reference.column(name), synthetic.column(name)).items():
+            rows.add("column", name, metric, value)
+    rows.add("table", None, "new_row_share", new_row_share(real, synthetic))
+    trends = pair_trend_details(reference.select(compared), synthetic.slice(0, PAIR_TREND_ROWS))
+    for (first, second), trend in trends.items():
+        rows.add("pair", f"{first} × {second}", "pair_trend", trend.score)
+    if trends:
+        rows.add("table", None, "pair_trends", overall_pair_trend(trends))
+    if holdout is None:
+        log.info("validate.holdout is 0: no privacy or utility metrics against held-out rows")
+        return reference, compared
+    privacy = privacy_scores(real, holdout, synthetic, seed=run.job.generate_seed)
+    rows.add("table", None, "dcr_share", privacy.dcr_share)
+    rows.add("table", None, "memorised_share", privacy.memorised_share)
+    rows.add("table", None, "nndr", privacy.nndr)
+    rows.add("table", None, "holdout_nndr", privacy.holdout_nndr)
+    target = run.job.dataset.label
+    conditions = conditions_for_model(run)
+    if target is None or target in conditions:
+        return reference, compared
+    test = rows_meeting(holdout, conditions) if conditions else holdout
+    utility = utility_scores(real, test, synthetic, target, seed=run.job.generate_seed)
+    if test.num_rows < MIN_REFERENCE_ROWS or utility is None:
+        log.info("no utility score: too few labelled holdout rows, or a single class, for %s", target)
+        return reference, compared
+    rows.add("table", target, "tstr", utility.tstr)
+    rows.add("table", target, "trtr", utility.trtr)
+    rows.add("table", target, "utility_ratio", utility.ratio)
+    return reference, compared
+
+
+def _image_metrics(run: Run, rows: MetricRows, real: ImageData, synthetic: ImageData) -> None:
+    rows.add("images", None, "pixel_histogram", _histogram_similarity(real.images, synthetic.images))
+    if not conditions_for_model(run):
+        rows.add("images", None, "label_distribution", _label_similarity(real.labels, synthetic.labels))
+
+
+def _stage_data_docs(storage: Storage, quality: str, docs: Path) -> None:
+    files = {
+        path.relative_to(docs).as_posix(): path.read_bytes() for path in docs.rglob("*") if path.is_file()
+    }
+    storage.put_many({f"{quality}/data_docs/{rel}": blob for rel, blob in files.items()})
+
+
+def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> QualityReport:
+    """Run the job's GX suite and the metrics on the staged output; stage results, Data Docs and
+    the HTML report beside it."""
+    from genai_pipeline.quality.expectations import job_suite, load_suite
+    from genai_pipeline.quality.report import ReportInput, render_report
 
     job = run.job
     spec = job.validate_
     storage = run.storage()
-    real = read_snapshot(storage, dataset.snapshot, dataset.label)
-    conditions = conditions_for_model(run)
-    suite = derive_suite(real, spec, conditions, name=job.name)
-    staged = _read_rows(storage, run.staged(run.data_file), spec.sample_rows)
-    metrics: list[dict[str, Any]] = []
-    if isinstance(real, TabularData):
-        passed, failures, results = run_suite(suite, table_frame(staged))
-        reference, compared = shape_reference(run, real.table)
-        shapes = column_shapes(reference.select(compared), staged)
-        metrics += [
-            _metric(run, "column", name, "column_shape", score, None) for name, score in shapes.items()
-        ]
-        overall = float(np.mean(list(shapes.values()))) if shapes else 0.0
-        metrics.append(_metric(run, "table", None, "column_shapes", overall, spec.min_column_shapes))
-        metrics += [
-            _metric(run, "column", name, metric, value, None)
-            for name in compared
-            for metric, value in column_coverage(reference.column(name), staged.column(name)).items()
-        ]
-        metrics.append(
-            _metric(run, "table", None, "new_row_share", new_row_share(real.table, staged), spec.min_new_rows)
-        )
-        trends = pair_trend_details(reference.select(compared), staged.slice(0, PAIR_TREND_ROWS))
-        metrics += [
-            _metric(run, "pair", f"{first} × {second}", "pair_trend", trend.score, None)
-            for (first, second), trend in trends.items()
-        ]
-        if trends:
-            overall = overall_pair_trend(trends)
-            metrics.append(_metric(run, "table", None, "pair_trends", overall, spec.min_pair_trends))
-    else:
-        synthetic = _read_images(storage, run, staged)
-        passed, failures, results = run_suite(suite, image_stats(synthetic.images, synthetic.labels))
-        metrics.append(
-            _metric(
-                run,
-                "images",
-                None,
-                "pixel_histogram",
-                _histogram_similarity(real.images, synthetic.images),
-                None,
-            )
-        )
-        if not conditions:
-            metrics.append(
-                _metric(
-                    run,
-                    "images",
-                    None,
-                    "label_distribution",
-                    _label_similarity(real.labels, synthetic.labels),
-                    None,
-                )
-            )
-    failures += [
-        f"{m['metric']}{'(' + m['column'] + ')' if m['column'] else ''}={m['value']:.3f} < {m['threshold']}"
-        for m in metrics
-        if not m["passed"]
-    ]
     quality = run.staged(run.partition("quality"))
-    storage.write_bytes(f"{quality}/expectations.json", json.dumps(results, indent=1).encode())
-    with storage.open_atomic(f"{quality}/metrics.parquet") as handle:
-        pq.write_table(pa.Table.from_pylist(metrics, schema=METRICS_SCHEMA), handle)
-    evaluated = len(results["results"]["expectations"])
+    real = read_snapshot(storage, dataset.snapshot, dataset.label)
+    holdout = read_snapshot(storage, dataset.holdout, dataset.label) if dataset.holdout else None
+    base = load_suite(storage.read_bytes(_suite_file(run)), "suite.json")
+    suite = job_suite(base, spec, conditions_for_model(run), dataset.modality)
+    staged = _read_rows(storage, run.staged(run.data_file), spec.sample_rows)
+    rows = MetricRows(run.run_id, spec)
+    with tempfile.TemporaryDirectory(prefix="data-docs-") as docs:
+        if isinstance(real, TabularData):
+            synthetic: Dataset = TabularData(staged, dataset.label)
+            gx_result = _run_suite(suite, synthetic, Path(docs))
+            held = holdout.table if isinstance(holdout, TabularData) else None
+            reference, compared = _tabular_metrics(run, rows, real.table, held, staged)
+            charts: dict[str, Any] = {
+                "real": reference.select(compared),
+                "synthetic": staged.select(compared),
+            }
+        else:
+            synthetic = _read_images(storage, run, staged)
+            gx_result = _run_suite(suite, synthetic, Path(docs))
+            _image_metrics(run, rows, real, synthetic)
+            charts = {
+                "real_images": (real.images, real.labels),
+                "synthetic_images": (synthetic.images, synthetic.labels),
+            }
+        _stage_data_docs(storage, quality, Path(docs))
+    failures = gx_result.failures + rows.misses("error")
+    warnings = gx_result.warnings + rows.misses("warning")
+    status = "failed" if failures else ("passed with warnings" if warnings else "passed")
     report = QualityReport(
         passed=not failures,
         failures=failures,
-        metrics=metrics,
-        expectations_evaluated=evaluated,
-        expectations_failed=sum(not item["success"] for item in results["results"]["expectations"]),
+        warnings=warnings,
+        metrics=rows.rows,
+        expectations_evaluated=gx_result.evaluated,
+        expectations_failed=gx_result.failed,
     )
+    storage.write_bytes(f"{quality}/expectations.json", json.dumps(gx_result.payload, indent=1).encode())
+    with storage.open_atomic(f"{quality}/metrics.parquet") as handle:
+        pq.write_table(rows.table(), handle)
+    content = ReportInput(
+        title=f"{job.name} — {run.run_date}",
+        status=status,
+        summary=_report_summary(run, dataset, generated),
+        metrics=rows.rows,
+        expectations=gx_result.payload,
+        **charts,
+    )
+    storage.write_bytes(run.staged(run.report_file), render_report(content).encode())
     log.info(
         "validation %s: %d expectations, %d failed; %s",
-        "passed" if report.passed else "FAILED",
-        evaluated,
+        status,
+        report.expectations_evaluated,
         report.expectations_failed,
-        "; ".join(failures) or "all metrics above thresholds",
+        "; ".join(failures + warnings) or "all metrics within thresholds",
     )
+    for warning in warnings:
+        log.warning("quality warning (the run publishes, flagged): %s", warning)
     return report
 
 
-METRICS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("scope", pa.string()),
-        ("column", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-        ("threshold", pa.float64()),
-        ("passed", pa.bool_()),
-    ]
-)
+def _report_summary(run: Run, dataset: DatasetRef, generated: GeneratedRef) -> dict[str, str]:
+    """The facts at the top of the report."""
+    return {
+        "run id": run.run_id,
+        "model": f"{run.job.model.family} ({dataset.modality})",
+        "dataset": f"{dataset.source}: {dataset.num_rows} rows, {dataset.holdout_rows} held out",
+        "generated": f"{generated.num_samples} samples in {generated.seconds:.1f} s",
+        "seed": str(run.job.generate_seed),
+    }
 
 
 def export(
@@ -430,6 +533,15 @@ def export(
 ) -> PublishedRun:
     """Publish the validated run (or refuse, naming the failed checks)."""
     return publish(run, dataset=dataset, model=model, generated=generated, report=report)
+
+
+#: metric scopes shown in the run summary (per-column and per-pair rows are in the report)
+HEADLINE_SCOPES = ("table", "images")
+
+
+def browser_url(url: str) -> str:
+    """A URL a browser opens: local paths become ``file://`` URLs."""
+    return url if "://" in url else Path(url).resolve().as_uri()
 
 
 def summary_markdown(run: Run, manifest: dict[str, Any]) -> str:
@@ -444,17 +556,25 @@ def summary_markdown(run: Run, manifest: dict[str, Any]) -> str:
         )
     if "dataset" in manifest:
         ds = manifest["dataset"]
-        lines.append(f"- dataset: `{ds['source']}`, {ds['num_rows']} rows, fingerprint `{ds['fingerprint']}`")
+        lines.append(
+            f"- dataset: `{ds['source']}`, {ds['num_rows']} rows ({ds.get('holdout_rows', 0)} held out), "
+            f"fingerprint `{ds['fingerprint']}`"
+        )
     if "generated" in manifest:
         lines.append(f"- generated: {manifest['generated']['num_samples']} samples")
     if "quality" in manifest:
         q = manifest["quality"]
         evaluated, failed = q["expectations_evaluated"], q["expectations_failed"]
         lines.append(f"- expectations: {evaluated - failed}/{evaluated} passed")
+        lines += [f"- **warning:** {warning}" for warning in q.get("warnings", [])]
         lines += ["", "| metric | column | value | threshold | passed |", "|---|---|---|---|---|"]
         for m in q["metrics"]:
-            threshold = "" if m["threshold"] is None else m["threshold"]
-            passed = "yes" if m["passed"] else "NO"
+            if m["scope"] not in HEADLINE_SCOPES:
+                continue
+            threshold = (
+                "" if m["threshold"] is None else f"{'≥' if m['bound'] == 'min' else '≤'} {m['threshold']}"
+            )
+            passed = "yes" if m["passed"] else ("warning" if m["severity"] == "warning" else "NO")
             lines.append(
                 f"| {m['metric']} | {m['column'] or ''} | {m['value']:.3f} | {threshold} | {passed} |"
             )
@@ -462,4 +582,6 @@ def summary_markdown(run: Run, manifest: dict[str, Any]) -> str:
         lines += ["", f"**Error:** {manifest['error']}"]
     if "location" in manifest:
         lines += ["", f"Output: `{manifest['location']}`"]
+    if "report" in manifest:
+        lines += ["", f"Quality report: [{manifest['report']}]({browser_url(manifest['report'])})"]
     return "\n".join(lines)

@@ -50,6 +50,9 @@ def test_tabular_job_publishes_a_readable_partition(tmp_path: Path) -> None:
     assert not [p for p in (root / "_staging").rglob("*") if p.is_file()]
     summary = _latest_artifact("tiny-summary")
     assert "published" in summary and result["run_id"] in summary and "column_shapes" in summary
+    report = root / "quality" / f"run_date={RUN_DATE}" / "report.html"
+    assert result["report_url"] == str(report) and report.exists()
+    assert report.resolve().as_uri() in _latest_artifact("tiny-report")
 
 
 def _latest_artifact(key: str) -> str:
@@ -111,6 +114,7 @@ def test_failed_gate_publishes_nothing(tmp_path: Path) -> None:
             {
                 "type": "expect_column_values_to_be_between",
                 "kwargs": {"column": "bill_length_mm", "min_value": 0, "max_value": 1},
+                "check_input": False,  # a gate for the synthetic rows only: the real ones pass ingest
             }
         ]
     }
@@ -126,6 +130,8 @@ def test_failed_gate_publishes_nothing(tmp_path: Path) -> None:
     kept = list((root / "_runs").rglob("expectations.json"))
     assert kept, "the failed run's validation results are kept for review"
     assert "failed" in _latest_artifact("tiny-summary")
+    assert record["report"].endswith("report.html") and Path(record["report"]).exists()
+    assert Path(record["report"]).resolve().as_uri() in _latest_artifact("tiny-report")
 
 
 def test_cli_exits_non_zero_and_names_the_failure(tmp_path: Path) -> None:

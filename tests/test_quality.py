@@ -21,9 +21,9 @@ def _validate(real: TabularData, synthetic: pa.Table, spec: ValidateSpec | None 
 
 
 def test_real_data_passes_its_own_suite_and_scores_perfectly() -> None:
-    passed, failures, results = _validate(TabularData(PENGUINS, "species"), PENGUINS)
-    assert passed and not failures
-    assert results["results"]["statistics"]["evaluated_expectations"] > 20
+    result = _validate(TabularData(PENGUINS, "species"), PENGUINS)
+    assert not result.failures and not result.warnings
+    assert result.evaluated == result.payload["results"]["statistics"]["evaluated_expectations"] > 20
     assert all(score == pytest.approx(1.0) for score in column_shapes(PENGUINS, PENGUINS).values())
 
 
@@ -33,14 +33,13 @@ def test_broken_synthetic_data_fails_the_named_expectations() -> None:
     ).set_column(
         PENGUINS.schema.get_field_index("sex"), "sex", pa.nulls(PENGUINS.num_rows, pa.large_string())
     )
-    passed, failures, _ = _validate(TabularData(PENGUINS, "species"), broken)
-    assert not passed
+    failures = _validate(TabularData(PENGUINS, "species"), broken).failures
     assert any(f.startswith("expect_column_values_to_be_in_set(island)") for f in failures)
     assert any(
         f.startswith("expect_column_proportion_of_non_null_values_to_be_between(sex)") for f in failures
     )
     reordered = PENGUINS.select(list(reversed(PENGUINS.column_names)))
-    assert any("ordered_list" in f for f in _validate(TabularData(PENGUINS), reordered)[1])
+    assert any("ordered_list" in f for f in _validate(TabularData(PENGUINS), reordered).failures)
 
 
 def test_shifted_columns_lower_their_shape_score() -> None:
@@ -52,8 +51,8 @@ def test_shifted_columns_lower_their_shape_score() -> None:
 
 
 def test_conditions_and_extra_expectations() -> None:
-    passed, failures, _ = _validate(TabularData(PENGUINS, "species"), PENGUINS, species="Adelie")
-    assert not passed and failures[0].startswith("expect_column_values_to_be_in_set(species)")
+    failures = _validate(TabularData(PENGUINS, "species"), PENGUINS, species="Adelie").failures
+    assert failures[0].startswith("expect_column_values_to_be_in_set(species)")
     extra = ValidateSpec(
         expectations=[
             ExpectationSpec(
@@ -63,7 +62,7 @@ def test_conditions_and_extra_expectations() -> None:
     )
     assert any(
         "expect_column_max_to_be_between(year)" in f
-        for f in _validate(TabularData(PENGUINS), PENGUINS, extra)[1]
+        for f in _validate(TabularData(PENGUINS), PENGUINS, extra).failures
     )
     unknown = ValidateSpec(expectations=[ExpectationSpec(type="expect_the_unexpected")])
     with pytest.raises(ConfigError, match="validate.expectations.0: expect_the_unexpected"):
@@ -74,13 +73,13 @@ def test_image_suite_catches_blank_and_wrong_shape_images() -> None:
     images, labels = BUILTINS["digits"].load()
     real = ImageData(images=images, labels=labels)
     suite = derive_suite(real, ValidateSpec(), {}, name="digits")
-    assert run_suite(suite, image_stats(images[:300], labels[:300]))[0]
+    assert not run_suite(suite, image_stats(images[:300], labels[:300])).failures
     blank = np.full_like(images[:300], 255)
-    passed, failures, _ = run_suite(suite, image_stats(blank, labels[:300]))
-    assert not passed and any("expect_column_pair_values_a_to_be_greater_than_b" in f for f in failures)
+    failures = run_suite(suite, image_stats(blank, labels[:300])).failures
+    assert any("expect_column_pair_values_a_to_be_greater_than_b" in f for f in failures)
     wrong = np.zeros((10, 9, 8, 1), dtype=np.uint8)
     wrong[:, 0, 0] = 255
-    failures = run_suite(suite, image_stats(wrong, labels[:10]))[1]
+    failures = run_suite(suite, image_stats(wrong, labels[:10])).failures
     assert any(f.startswith("expect_column_values_to_be_between(height)") for f in failures)
 
 
@@ -163,3 +162,84 @@ def test_new_rows_are_told_from_copied_training_rows() -> None:
     assert new_row_share(PENGUINS, half) == pytest.approx(0.5, abs=0.03)
     dictionary = PENGUINS.set_column(0, "species", PENGUINS.column("species").dictionary_encode())
     assert new_row_share(dictionary, dictionary) == 0.0  # the same values, whatever the encoding
+
+
+def _blobs(rows: int, seed: int, shift: float = 0.0) -> pa.Table:
+    """Two correlated numbers and a category that depends on them: one distribution, fresh draws."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(shift, 1, rows)
+    y = 0.8 * x + rng.normal(0, 0.6, rows)
+    kind = np.where(x + rng.normal(0, 0.5, rows) > shift, "high", "low")
+    return pa.table({"x": x, "y": y, "kind": kind, "n": rng.integers(0, 5, rows)})
+
+
+def test_privacy_of_fresh_draws_copies_and_holdout_reference() -> None:
+    from genai_pipeline.quality.privacy import privacy_scores
+
+    train, holdout = _blobs(1500, 1), _blobs(1500, 2)
+    fresh = privacy_scores(train, holdout, _blobs(1500, 3))
+    assert fresh.dcr_share == pytest.approx(0.5, abs=0.05)
+    assert fresh.nndr == pytest.approx(fresh.holdout_nndr, abs=0.05) and fresh.memorised_share < 0.06
+    copies = privacy_scores(train, holdout, train)
+    assert copies.dcr_share == 1.0 and copies.nndr == 0.0 and copies.memorised_share == 1.0
+    bigger_train = privacy_scores(pa.concat_tables([train, _blobs(3000, 4)]), holdout, train)
+    assert bigger_train.memorised_share == 1.0  # diluted in the equal-sized DCR share, not here
+
+
+def test_utility_of_fresh_draws_and_of_a_broken_target() -> None:
+    from genai_pipeline.quality.utility import utility_scores
+
+    train, holdout, fresh = _blobs(1500, 1), _blobs(1500, 2), _blobs(1500, 3)
+    same = utility_scores(train, holdout, fresh, "kind")
+    assert same is not None and same.task == "classification" and same.ratio == pytest.approx(1.0, abs=0.05)
+    shuffled = fresh.set_column(2, "kind", pa.array(np.random.default_rng(0).permutation(fresh.column(2))))
+    broken = utility_scores(train, holdout, shuffled, "kind")
+    assert broken is not None and broken.ratio < 0.75
+    regression = utility_scores(train, holdout, fresh, "y")
+    assert regression is not None and regression.task == "regression" and regression.trtr > 0.5
+    assert (
+        utility_scores(train, holdout, fresh.filter(pa.compute.equal(fresh.column(2), "low")), "kind") is None
+    )
+
+
+def test_the_gate_reads_thresholds_directions_and_severities() -> None:
+    from genai_pipeline.quality.gate import MetricRows
+
+    rows = MetricRows("r1", ValidateSpec(min_column_shapes=0.8, max_dcr_share=0.6, warn_on=["dcr_share"]))
+    rows.add("table", None, "column_shapes", 0.7)
+    rows.add("table", None, "dcr_share", 0.9)
+    rows.add("column", "x", "column_shape", 0.1)  # per-column rows are reported, never gated
+    assert rows.misses("error") == ["column_shapes=0.700 < 0.8"]
+    assert rows.misses("warning") == ["dcr_share=0.900 > 0.6"]
+    table = rows.table().to_pylist()
+    assert [(r["bound"], r["severity"], r["passed"]) for r in table] == [
+        ("min", "error", False),
+        ("max", "warning", False),
+        (None, None, True),
+    ]
+
+
+def test_job_expectations_replace_derived_ones_of_the_same_column() -> None:
+    from genai_pipeline.quality.expectations import data_suite, job_suite, load_suite, suite_bytes
+
+    base = load_suite(suite_bytes(data_suite(TabularData(PENGUINS), ValidateSpec(), "p")), "suite.json")
+    wider = ExpectationSpec(
+        type="expect_column_values_to_be_between",
+        kwargs={"column": "body_mass_g", "min_value": 1000, "max_value": 9000},
+        severity="warning",
+    )
+    suite = job_suite(base, ValidateSpec(expectations=[wider]), {}, "tabular")
+    between = [
+        e
+        for e in suite.expectations
+        if e.expectation_type == "expect_column_values_to_be_between"
+        and e.configuration.kwargs["column"] == "body_mass_g"
+    ]
+    assert len(between) == 1 and between[0].configuration.kwargs["min_value"] == 1000
+    assert len(suite.expectations) == len(base.expectations)
+    heavy = PENGUINS.set_column(5, "body_mass_g", pa.array([9500] * PENGUINS.num_rows))
+    result = run_suite(suite, table_frame(heavy))
+    assert not result.failures
+    assert result.warnings[0].startswith("expect_column_values_to_be_between(body_mass_g)")
+    with pytest.raises(ConfigError, match="suite.json: not a valid expectation suite"):
+        load_suite(b"{not json", "suite.json")

@@ -14,8 +14,8 @@ from PIL import Image
 
 from genai_pipeline import stages
 from genai_pipeline.config import JobSpec
-from genai_pipeline.errors import ConfigError
-from genai_pipeline.runs import QualityReport, Run
+from genai_pipeline.errors import ConfigError, DatasetError
+from genai_pipeline.runs import GeneratedRef, QualityReport, Run
 
 LABELS = ["cat / kitten", "ünïcode label", ".."]
 
@@ -210,3 +210,74 @@ def test_reuse_latest_generates_from_the_last_published_model(tmp_path: Path) ->
     assert second.uri == first.uri and second.fit["reused_from"]
     _, third = run_once(epochs=3)  # reuse: never trains again
     assert third.uri != first.uri and "reused_from" not in third.fit
+
+
+def test_a_run_stages_its_suite_data_docs_report_and_holdout_metrics(tmp_path: Path) -> None:
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path), validate={"max_dcr_share": 0.0})
+    run = Run(job=job, run_date="2026-02-03")
+    dataset = stages.ingest(run)
+    assert dataset.holdout_rows == int(344 * 0.2) and dataset.holdout is not None
+    model = stages.train(run, dataset=dataset)
+    generated = stages.generate(run, model=model, dataset=dataset)
+    report = stages.validate(run, dataset=dataset, generated=generated)
+    # dcr_share warns by default: the run passes, flagged
+    assert report.passed and report.warnings == [
+        next(w for w in report.warnings if w.startswith("dcr_share="))
+    ]
+    quality = tmp_path / "tiny" / run.staged(run.partition("quality"))
+    assert json.loads((quality / "suite.json").read_text())["name"] == "tiny"
+    (page,) = (quality / "data_docs" / "validations").rglob("*.html")
+    assert (quality / "data_docs" / "index.html").exists() and "island" in page.read_text()
+    assert (quality / "report.html").read_text().startswith("<!DOCTYPE html>")
+    rows = {
+        (row["metric"], row["column"]): row for row in pq.read_table(quality / "metrics.parquet").to_pylist()
+    }
+    assert rows[("tstr", "species")]["value"] > 0 and rows[("trtr", "species")]["value"] > 0.9
+    assert {"utility_ratio", "memorised_share", "nndr", "holdout_nndr"} <= {metric for metric, _ in rows}
+    assert rows[("dcr_share", None)]["severity"] == "warning" and not rows[("dcr_share", None)]["passed"]
+    published = stages.export(run, dataset=dataset, model=model, generated=generated, report=report)
+    assert published.manifest["warnings"] == report.warnings
+    assert published.manifest["report"].endswith("quality/run_date=2026-02-03/report.html")
+
+
+def test_copied_training_rows_fail_the_memorisation_gate(tmp_path: Path) -> None:
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path))
+    run = Run(job=job, run_date="2026-02-03")
+    dataset = stages.ingest(run)
+    root = tmp_path / "tiny"
+    copies = pq.read_table(root / dataset.snapshot)
+    (root / run.staged(run.data_file)).parent.mkdir(parents=True)
+    pq.write_table(copies, root / run.staged(run.data_file))
+    report = stages.validate(run, dataset=dataset, generated=GeneratedRef(copies.num_rows, 0.0))
+    assert not report.passed and "memorised_share=1.000 > 0.1" in report.failures
+
+
+def test_the_real_input_is_checked_against_the_jobs_expectations(tmp_path: Path) -> None:
+    too_early = {"type": "expect_column_max_to_be_between", "kwargs": {"column": "year", "max_value": 2008}}
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path), validate={"expectations": [too_early]})
+    with pytest.raises(
+        DatasetError, match=r"builtin://penguins fails 1 expectation\(s\).*max_to_be_between\(year\)"
+    ):
+        stages.ingest(Run(job=job, run_date="2026-02-03"))
+    synthetic_only = {**too_early, "check_input": False}
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path), validate={"expectations": [synthetic_only]})
+    stages.ingest(Run(job=job, run_date="2026-02-03"))
+
+
+def test_a_saved_suite_is_written_once_reviewed_and_guards_the_input(tmp_path: Path) -> None:
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path), validate={"suite": "saved"})
+    stages.ingest(Run(job=job, run_date="2026-02-03"))
+    saved = tmp_path / "tiny" / "expectations" / "suite.json"
+    suite = json.loads(saved.read_text())
+    (islands,) = [
+        e
+        for e in suite["expectations"]
+        if e["type"] == "expect_column_values_to_be_in_set" and e["kwargs"]["column"] == "island"
+    ]
+    islands["kwargs"]["value_set"] = ["Biscoe", "Dream"]  # a reviewer's edit: Torgersen is gone
+    saved.write_text(json.dumps(suite))
+    with pytest.raises(DatasetError, match=r"expect_column_values_to_be_in_set\(island\)"):
+        stages.ingest(Run(job=job, run_date="2026-02-04"))
+    saved.write_text("{broken")
+    with pytest.raises(ConfigError, match="expectations/suite.json: not a valid expectation suite"):
+        stages.ingest(Run(job=job, run_date="2026-02-05"))

@@ -79,6 +79,8 @@ class DatasetRef:
     num_rows: int
     schema: dict[str, Any]
     label: str | None
+    holdout: str | None = None  # snapshot of the real rows kept from training, for privacy and utility
+    holdout_rows: int = 0
 
 
 def fingerprint(data: Dataset) -> str:
@@ -95,6 +97,26 @@ def fingerprint(data: Dataset) -> str:
         digest.update(np.ascontiguousarray(data.images).tobytes())
         digest.update("\n".join(data.labels.tolist()).encode())
     return digest.hexdigest()[:16]
+
+
+def split_holdout(
+    data: Dataset, fraction: float, max_rows: int, *, key: str
+) -> tuple[Dataset, Dataset | None]:
+    """``(training part, holdout part)``: real rows the model never sees, to judge privacy and utility.
+
+    The split is drawn from ``key`` (the data's fingerprint), so the same data splits the same way
+    every night and a cached model stays valid; ``None`` when the fraction leaves no row out.
+    """
+    count = min(int(data.num_rows * fraction), max_rows, data.num_rows - 1)
+    if count < 1:
+        return data, None
+    order = np.random.default_rng(int(key, 16)).permutation(data.num_rows)
+    parts = np.sort(order[count:]), np.sort(order[:count])
+    if isinstance(data, TabularData):
+        train, holdout = (TabularData(data.table.take(rows), data.label) for rows in parts)
+    else:
+        train, holdout = (ImageData(data.images[rows], data.labels[rows], data.label_names) for rows in parts)
+    return train, holdout
 
 
 MAX_LABELS = 1000

@@ -11,9 +11,15 @@ GX is imported here only, so the other stages do not pay for its slow import.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,7 +81,7 @@ def table_frame(table: pa.Table) -> pd.DataFrame:
     return pa.table(columns, names=table.column_names).to_pandas(types_mapper=pd.ArrowDtype)
 
 
-def _tabular_expectations(data: TabularData, spec: ValidateSpec, conditions: dict[str, Any]) -> list[Any]:
+def _tabular_expectations(data: TabularData, spec: ValidateSpec) -> list[Any]:
     import great_expectations as gx
 
     expect = gx.expectations
@@ -110,9 +116,19 @@ def _tabular_expectations(data: TabularData, spec: ValidateSpec, conditions: dic
         few_numbers = pa.types.is_integer(type_) and len(values) <= DISCRETE_NUMBERS
         if (is_categorical(type_) and len(values) <= MAX_SET) or few_numbers:
             out.append(expect.ExpectColumnValuesToBeInSet(column=field.name, value_set=values.to_pylist()))
-    for key, value in conditions.items():
-        out.append(expect.ExpectColumnValuesToBeInSet(column=key, value_set=[value]))
     return out
+
+
+def _condition_expectations(conditions: dict[str, Any], modality: str) -> list[Any]:
+    """Columns (or the image label) fixed by ``generate.conditions`` hold exactly that value."""
+    import great_expectations as gx
+
+    return [
+        gx.expectations.ExpectColumnValuesToBeInSet(
+            column=key, value_set=[str(value) if modality == "image" else value]
+        )
+        for key, value in conditions.items()
+    ]
 
 
 def image_stats(images: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
@@ -131,15 +147,14 @@ def image_stats(images: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
     )
 
 
-def _image_expectations(data: ImageData, conditions: dict[str, Any]) -> list[Any]:
+def _image_expectations(images: np.ndarray, labels: np.ndarray, label_names: tuple[str, ...]) -> list[Any]:
     import great_expectations as gx
 
     expect = gx.expectations
-    height, width, channels = data.shape
-    stats = image_stats(data.images, data.labels)
+    height, width, channels = images.shape[1:]
+    stats = image_stats(images, labels)
     brightness = float(stats["pixel_mean"].mean())
     slack = max(25.5, 0.25 * brightness)  # a gross check: 10% of the range or a quarter of the mean
-    labels = [str(conditions["label"])] if "label" in conditions else list(data.label_names)
     varied = float((stats["pixel_max"] > stats["pixel_min"]).mean())
     blank = (
         # blank (constant) images mean a collapsed generator, unless the real ones are blank too
@@ -156,7 +171,7 @@ def _image_expectations(data: ImageData, conditions: dict[str, Any]) -> list[Any
         expect.ExpectColumnValuesToBeBetween(column="height", min_value=height, max_value=height),
         expect.ExpectColumnValuesToBeBetween(column="width", min_value=width, max_value=width),
         expect.ExpectColumnValuesToBeBetween(column="channels", min_value=channels, max_value=channels),
-        expect.ExpectColumnValuesToBeInSet(column="label", value_set=labels),
+        expect.ExpectColumnValuesToBeInSet(column="label", value_set=list(label_names)),
         expect.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=0, max_value=255),
         expect.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=0, max_value=255),
         expect.ExpectColumnMeanToBeBetween(
@@ -171,28 +186,72 @@ def _extra_expectation(extra: ExpectationSpec, index: int) -> Any:
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
     try:
-        return ExpectationConfiguration(type=extra.type, kwargs=extra.kwargs).to_domain_obj()
+        config = ExpectationConfiguration(type=extra.type, kwargs=extra.kwargs, severity=extra.severity)
+        return config.to_domain_obj()
     except Exception as exc:  # GX raises several unrelated types for unknown names or bad kwargs
         raise ConfigError(f"validate.expectations.{index}: {extra.type}: {exc}") from None
+
+
+def _target(expectation: Any) -> tuple[str, Any]:
+    """What an expectation is about: its type and column (or column pair), for overriding."""
+    kwargs = expectation.configuration.kwargs
+    return expectation.expectation_type, kwargs.get(
+        "column", (kwargs.get("column_A"), kwargs.get("column_B"))
+    )
+
+
+def data_suite(real: TabularData | ImageData, spec: ValidateSpec, name: str) -> Any:
+    """The part of a job's suite that is derived from its real data: saved with every run, and the
+    file people review and edit (``validate.suite: saved``)."""
+    import great_expectations as gx
+
+    _context()  # suites need an active context
+    expectations = (
+        _tabular_expectations(real, spec)
+        if isinstance(real, TabularData)
+        else _image_expectations(real.images, real.labels, tuple(real.label_names))
+    )
+    return gx.ExpectationSuite(name=name, expectations=expectations)
+
+
+def job_suite(base: Any, spec: ValidateSpec, conditions: dict[str, Any], modality: str) -> Any:
+    """The suite a run checks: the data's suite, the job's conditions, then the job's own
+    expectations, each replacing a data-derived one of the same type and column."""
+    import great_expectations as gx
+
+    _context()
+    extras = [_extra_expectation(extra, i) for i, extra in enumerate(spec.expectations)]
+    extras += _condition_expectations(conditions, modality)
+    replaced = {_target(extra) for extra in extras}
+    kept = [copy.deepcopy(item) for item in base.expectations if _target(item) not in replaced]
+    suite = gx.ExpectationSuite(name=base.name)
+    for expectation in kept + extras:
+        expectation.id = None
+        suite.add_expectation(expectation)
+    return suite
 
 
 def derive_suite(
     real: TabularData | ImageData, spec: ValidateSpec, conditions: dict[str, Any], name: str
 ) -> Any:
     """The suite the synthetic data must pass, derived from the real data plus the spec's extras."""
+    return job_suite(data_suite(real, spec, name), spec, conditions, real.modality)
+
+
+def suite_bytes(suite: Any) -> bytes:
+    """A suite as the JSON people read and edit."""
+    return json.dumps(suite.to_json_dict(), indent=1, default=str).encode()
+
+
+def load_suite(blob: bytes, source: str) -> Any:
+    """A suite back from its JSON; a broken file fails naming it."""
     import great_expectations as gx
 
-    _context()  # suites need an active context
-    expectations = (
-        _tabular_expectations(real, spec, conditions)
-        if isinstance(real, TabularData)
-        else _image_expectations(real, conditions)
-    )
-    expectations += [_extra_expectation(extra, i) for i, extra in enumerate(spec.expectations)]
-    suite = gx.ExpectationSuite(name=name)
-    for expectation in expectations:
-        suite.add_expectation(expectation)
-    return suite
+    _context()
+    try:
+        return gx.ExpectationSuite(**json.loads(blob))
+    except Exception as exc:  # bad JSON, unknown expectation types, bad kwargs: all a broken file
+        raise ConfigError(f"{source}: not a valid expectation suite ({exc})") from None
 
 
 def describe(result: Any) -> str:
@@ -210,11 +269,89 @@ def describe(result: Any) -> str:
     return f"{config.type}({target}){detail}"
 
 
-def run_suite(suite: Any, frame: pd.DataFrame) -> tuple[bool, list[str], dict[str, Any]]:
-    """Validate a frame: ``(success, failed expectations described, JSON-able results)``."""
-    result = _batch_definition().get_batch(batch_parameters={"dataframe": frame}).validate(suite)
-    failures = [describe(item) for item in result.results if not item.success]
+@dataclass(frozen=True)
+class SuiteResult:
+    """A suite's verdict on a frame: failed critical expectations, failed warning ones, JSON results."""
+
+    failures: list[str]
+    warnings: list[str]
+    payload: dict[str, Any]
+
+    @property
+    def evaluated(self) -> int:
+        return len(self.payload["results"]["expectations"])
+
+    @property
+    def failed(self) -> int:
+        return sum(not item["success"] for item in self.payload["results"]["expectations"])
+
+
+def run_suite(suite: Any, frame: pd.DataFrame, docs: Path | None = None) -> SuiteResult:
+    """Validate a frame against a suite; with ``docs``, also build GX Data Docs for it there."""
+    if docs is None:
+        result = _batch_definition().get_batch(batch_parameters={"dataframe": frame}).validate(suite)
+    else:
+        result = _validate_with_docs(suite, frame, docs)
+    failed = [item for item in result.results if not item.success]
     payload = json.loads(
         json.dumps({"suite": suite.to_json_dict(), "results": result.describe_dict()}, default=str)
     )
-    return bool(result.success), failures, payload
+    return SuiteResult(
+        failures=[describe(item) for item in failed if item.expectation_config.severity != "warning"],
+        warnings=[describe(item) for item in failed if item.expectation_config.severity == "warning"],
+        payload=payload,
+    )
+
+
+#: Data Docs' static assets worth copying: stylesheets (its images and fonts are 3 MB of decoration)
+DOCS_ASSETS = ("*.html", "static/styles/*.css")
+
+
+def _validate_with_docs(suite: Any, frame: pd.DataFrame, docs: Path) -> Any:
+    """Validate through a GX checkpoint whose action renders Data Docs into ``docs`` (offline),
+    then drop what was registered so a long-lived process does not accumulate suites and sites."""
+    import great_expectations as gx
+
+    context = _context()
+    token = secrets.token_hex(4)
+    site, scratch = f"site-{token}", Path(tempfile.mkdtemp(prefix="gx-docs-"))
+    context.add_data_docs_site(
+        site,
+        {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(scratch)},
+        },
+    )
+    if suite.name in {existing.name for existing in context.suites.all()}:
+        context.suites.delete(
+            suite.name
+        )  # left by an earlier run in this process: the name shows in the docs
+    suite = context.suites.add(
+        gx.ExpectationSuite(
+            name=suite.name, expectations=[copy.deepcopy(item) for item in suite.expectations]
+        )
+    )
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"validation-{token}", data=_batch_definition(), suite=suite)
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name=f"checkpoint-{token}",
+            validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=[site])],
+        )
+    )
+    try:
+        outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+        for pattern in DOCS_ASSETS:
+            for path in scratch.rglob(pattern):
+                target = docs / path.relative_to(scratch)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+    finally:
+        context.checkpoints.delete(checkpoint.name)
+        context.validation_definitions.delete(definition.name)
+        context.suites.delete(suite.name)
+        context.delete_data_docs_site(site)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return next(iter(outcome.run_results.values()))

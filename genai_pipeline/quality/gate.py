@@ -1,0 +1,71 @@
+"""The gate: metric rows with their thresholds, and the verdict drawn from them.
+
+Every metric becomes one row of ``metrics.parquet`` so analysts can chart quality over nights. A row
+whose metric is gated by ``validate`` carries the threshold, its direction (``min``: the value must
+reach it; ``max``: must not exceed it) and the severity of a miss: ``error`` stops publication,
+``warning`` (metrics listed in ``validate.warn_on``) publishes the run flagged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from genai_pipeline.config import GATES, ValidateSpec
+
+METRICS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("scope", pa.string()),
+        ("column", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("threshold", pa.float64()),
+        ("bound", pa.string()),
+        ("passed", pa.bool_()),
+        ("severity", pa.string()),
+    ]
+)
+
+
+class MetricRows:
+    """Collects a run's metric rows, applying the job's thresholds to the gated ones."""
+
+    def __init__(self, run_id: str, spec: ValidateSpec):
+        self.run_id = run_id
+        self.spec = spec
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, scope: str, column: str | None, metric: str, value: float) -> None:
+        field = GATES.get(metric) if scope in ("table", "images") else None
+        threshold = getattr(self.spec, field) if field else None
+        bound = None if threshold is None else field.split("_", 1)[0]  # type: ignore[union-attr]
+        passed = threshold is None or (value >= threshold if bound == "min" else value <= threshold)
+        self.rows.append(
+            {
+                "run_id": self.run_id,
+                "scope": scope,
+                "column": column,
+                "metric": metric,
+                "value": float(value),
+                "threshold": threshold,
+                "bound": bound,
+                "passed": passed,
+                "severity": None
+                if threshold is None
+                else ("warning" if metric in self.spec.warn_on else "error"),
+            }
+        )
+
+    def misses(self, severity: str) -> list[str]:
+        """``column_shapes=0.512 < 0.75``: the rows that missed their threshold, named for people."""
+        return [
+            f"{row['metric']}{'(' + row['column'] + ')' if row['column'] else ''}={row['value']:.3f} "
+            f"{'<' if row['bound'] == 'min' else '>'} {row['threshold']}"
+            for row in self.rows
+            if not row["passed"] and row["severity"] == severity
+        ]
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_pylist(self.rows, schema=METRICS_SCHEMA)

@@ -1,0 +1,159 @@
+"""Privacy of a synthetic table: how close its rows sit to the training rows, against a holdout.
+
+Exact copies are counted by :func:`genai_pipeline.quality.tabular.new_row_share`. Closeness short of
+a copy is judged against real rows the model never saw: a synthetic row that is nearer its closest
+training row than its closest holdout row leans on the training data. With training and holdout
+samples of equal size, a model that learned the distribution (not the rows) puts about half of its
+rows closer to each (``dcr_share`` ≈ 0.5); a model that memorised puts nearly all of them closer to
+training (→ 1.0). The nearest-neighbour distance ratio (closest / second-closest training row)
+tells the same from another side: near 0 a synthetic row is one training row's twin, near 1 it is no
+closer to any one row than to its neighbours; the holdout rows' own ratio is the natural reference.
+
+Distances are Euclidean over range-scaled columns: each column contributes at most 1 to the squared
+distance (numerics: Δ over the real range; categories: 0 or 1; null against a value: 1), so no column
+dominates by its units, and the all-pairs distances run as matrix products.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from genai_pipeline.encoders.tabular import dense, is_numeric, to_float
+
+#: categories kept per column; rarer ones share one "other" slot (distance 0 between them)
+MAX_CATEGORIES = 64
+#: rows compared at most per side: distances are all-pairs, and a few thousand rows settle the shares
+MAX_ROWS = 5_000
+#: training rows a synthetic row is checked against for memorisation (all of them, up to this)
+MAX_TRAIN_ROWS = 20_000
+#: memorised: closer to the training rows than this share of the holdout rows are (the baseline)
+MEMORISED_QUANTILE = 0.02
+
+
+@dataclass(frozen=True)
+class _NumericAxis:
+    name: str
+    low: float
+    span: float
+
+
+@dataclass(frozen=True)
+class _CategoryAxis:
+    name: str
+    categories: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RowSpace:
+    """Rows as points where each column adds at most 1 to the squared Euclidean distance.
+
+    Numerics become ``(value − min) / range`` (clipped to the real range) plus a null indicator;
+    categories a one-hot scaled by 1/√2 with "other" and null slots, so a mismatch costs exactly 1.
+    """
+
+    axes: tuple[_NumericAxis | _CategoryAxis, ...]
+
+    @classmethod
+    def fit(cls, real: pa.Table) -> RowSpace:
+        axes: list[_NumericAxis | _CategoryAxis] = []
+        for name in real.column_names:
+            column = dense(real.column(name))
+            if is_numeric(column.type):
+                values = to_float(column.drop_null())
+                low, high = (float(values.min()), float(values.max())) if len(values) else (0.0, 0.0)
+                axes.append(_NumericAxis(name, low, high - low if high > low else 1.0))
+            else:
+                counts = pc.value_counts(pc.cast(column.drop_null(), pa.string())).to_pylist()
+                counts.sort(key=lambda item: -item["counts"])
+                axes.append(_CategoryAxis(name, tuple(item["values"] for item in counts[:MAX_CATEGORIES])))
+        return cls(tuple(axes))
+
+    def transform(self, table: pa.Table) -> np.ndarray:
+        """``(rows, dims)`` float32 points for a table with (at least) the fitted columns."""
+        parts = []
+        for axis in self.axes:
+            column = dense(table.column(axis.name))
+            null = np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=np.float32)
+            if isinstance(axis, _NumericAxis):
+                values = np.clip((to_float(column) - axis.low) / axis.span, 0.0, 1.0)
+                parts += [np.nan_to_num(values, nan=0.0)[:, None], null[:, None]]
+            else:
+                index = {value: i for i, value in enumerate(axis.categories)}
+                other, null_slot = len(axis.categories), len(axis.categories) + 1
+                strings = pc.cast(column, pa.string()).to_pylist()
+                codes = [null_slot if s is None else index.get(s, other) for s in strings]
+                onehot = np.zeros((len(codes), null_slot + 1), dtype=np.float32)
+                onehot[np.arange(len(codes)), codes] = np.sqrt(0.5)
+                parts.append(onehot)
+        return np.concatenate(parts, axis=1).astype(np.float32) if parts else np.zeros((table.num_rows, 0))
+
+
+def nearest_distances(queries: np.ndarray, points: np.ndarray, k: int = 2, chunk: int = 1024) -> np.ndarray:
+    """``(queries, k)`` distances to the ``k`` nearest points, ascending (chunked all-pairs)."""
+    reference = torch.from_numpy(points)
+    k = min(k, len(points))
+    out = []
+    for start in range(0, len(queries), chunk):
+        block = torch.cdist(torch.from_numpy(queries[start : start + chunk]), reference)
+        out.append(torch.topk(block, k, dim=1, largest=False).values.numpy())
+    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class PrivacyScores:
+    """Distance-based privacy of a synthetic sample against training and holdout samples."""
+
+    dcr_share: float  # share of synthetic rows closer to training than to holdout (ties count ½)
+    memorised_share: float  # share of synthetic rows closer to training than 98% of holdout rows are
+    nndr: float  # median nearest/second-nearest training-distance ratio of synthetic rows
+    holdout_nndr: float  # the same for real holdout rows: what "not memorised" looks like
+    rows: int  # training and holdout rows in the DCR-share comparison (each)
+
+
+def _ratio(distances: np.ndarray) -> np.ndarray:
+    first, second = distances[:, 0], distances[:, -1]
+    return np.where(second > 0, first / np.maximum(second, 1e-12), 1.0)
+
+
+def privacy_scores(
+    train: pa.Table, holdout: pa.Table, synthetic: pa.Table, *, seed: int = 0, max_rows: int = MAX_ROWS
+) -> PrivacyScores:
+    """DCR share on equal-sized training and holdout samples; memorisation and NNDR against up to
+    :data:`MAX_TRAIN_ROWS` training rows.
+
+    The DCR share needs equal sizes (only then is 50/50 what an honest model scores), which dilutes
+    it: with a 20% holdout, a model that copies its training rows scores only ~0.62, because most
+    copied rows are not in the equal-sized training sample. Memorisation therefore compares each
+    synthetic row's distance to the whole training set with what real unseen rows show: a row
+    closer to training than all but :data:`MEMORISED_QUANTILE` of the holdout rows is memorised
+    (a copy always is; an honest model's rows about that share of the time).
+    """
+    rng = np.random.default_rng(seed)
+    size = min(train.num_rows, holdout.num_rows, max_rows)
+
+    def sample(table: pa.Table, count: int) -> pa.Table:
+        return table.take(np.sort(rng.choice(table.num_rows, count, replace=False)))
+
+    space = RowSpace.fit(train)
+    train_points = space.transform(sample(train, min(train.num_rows, MAX_TRAIN_ROWS)))
+    holdout_points = space.transform(sample(holdout, size))
+    synthetic_points = space.transform(sample(synthetic, min(synthetic.num_rows, max_rows)))
+    equal_train = train_points[rng.choice(len(train_points), size, replace=False)]
+    to_equal = nearest_distances(synthetic_points, equal_train, k=1)[:, 0]
+    to_holdout = nearest_distances(synthetic_points, holdout_points, k=1)[:, 0]
+    closer = np.mean(to_equal < to_holdout) + 0.5 * np.mean(to_equal == to_holdout)
+    to_train = nearest_distances(synthetic_points, train_points)
+    holdout_to_train = nearest_distances(holdout_points, train_points)
+    threshold = float(np.quantile(holdout_to_train[:, 0], MEMORISED_QUANTILE))
+    return PrivacyScores(
+        dcr_share=float(closer),
+        memorised_share=float(np.mean(to_train[:, 0] < threshold)),
+        nndr=float(np.median(_ratio(to_train))),
+        holdout_nndr=float(np.median(_ratio(holdout_to_train))),
+        rows=size,
+    )

@@ -1,0 +1,784 @@
+"""One self-contained HTML page per run: what analysts and platform engineers open after a night.
+
+Everything is inline (CSS, charts as base64 PNG data URIs; no script, no URL of any kind), so the
+page renders the same from an object store, a mail attachment or an offline laptop, and is
+archived with the run it describes. Every string that came from the data (title, summary values,
+column names, categories, labels, GX kwargs and observed values) is HTML-escaped: datasets are
+user input, and a column named ``<script>`` must not run in the reader's browser.
+
+Charts are drawn on bare matplotlib :class:`~matplotlib.figure.Figure` objects with the Agg canvas
+(no pyplot: no global figure registry, no GUI backend, safe inside a worker), small and at 80 dpi
+so a 15-column table stays well under two megabytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib as mpl
+import matplotlib.dates as mdates
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+from PIL import Image
+
+from genai_pipeline.encoders.tabular import dense, is_categorical, is_numeric, to_float
+from genai_pipeline.quality.expectations import DISCRETE_NUMBERS
+
+#: the two series' colours in every chart (blue and orange stay apart for colour-blind readers)
+REAL_COLOUR = "#1f5fa8"
+SYNTHETIC_COLOUR = "#e8741c"
+DPI = 80
+CHART_SIZE = (4.4, 2.8)  # inches: 352 × 224 px
+HISTOGRAM_BINS = 30
+#: categorical charts show this many values; the rest are summed into "(other)"
+TOP_CATEGORIES = 20
+#: 1 − pair_trend at or above this is the darkest heatmap cell; a fixed scale (not the run's
+#: maximum) keeps the colours comparable from one night to the next
+PAIR_DIFFERENCE_SCALE = 0.5
+#: heatmaps of more columns than this are not annotated (the numbers would overlap)
+ANNOTATE_PAIRS_UP_TO = 16
+MAX_LABELS = 20
+IMAGES_PER_SIDE = 8
+#: thumbnails are scaled to about this size: tiny images (8×8) up by whole factors with nearest
+#: neighbour so their pixels stay sharp, large ones down
+THUMBNAIL_PX = 56
+THUMBNAIL_GAP_PX = 4
+#: label text longer than this is cut in charts (the HTML caption keeps the full name)
+LABEL_CHARS = 22
+#: lists and values in the GX table are cut to this many items / characters
+SHOWN_ITEMS = 8
+SHOWN_CHARS = 160
+
+_NULL, _OTHER = "(null)", "(other)"
+_STYLE = {
+    "font.size": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+    "text.parse_math": False,  # a "$" in a category must print as a dollar, not start TeX
+}
+_SCOPE_ORDER = {"table": 0, "images": 0, "column": 2, "pair": 3}  # other scopes: 1
+_STATUS_CLASS = {"passed": "pass", "passed with warnings": "warn", "failed": "fail"}
+
+
+@dataclass(frozen=True)
+class ReportInput:
+    """What one run's page shows; the tabular and image parts are drawn only when given."""
+
+    title: str  # e.g. "penguins-vae — 2026-11-25"
+    status: str  # "passed", "passed with warnings" or "failed"
+    summary: dict[str, str]  # headline facts (run id, model, rows, seconds…), a table at the top
+    #: rows as in metrics.parquet: run_id, scope, column (str|None), metric, value, threshold
+    #: (float|None), passed (bool), severity ("error"|"warning"|None)
+    metrics: list[dict[str, Any]]
+    #: {"suite": suite.to_json_dict(), "results": validation_result.describe_dict()}
+    expectations: dict[str, Any] | None = None
+    real: pa.Table | None = None  # a sample of the real rows …
+    synthetic: pa.Table | None = None  # … and of the synthetic ones (same names; may lack some)
+    real_images: tuple[np.ndarray, np.ndarray] | None = None  # (uint8 NHWC, str labels)
+    synthetic_images: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def render_report(content: ReportInput) -> str:
+    """The report as one HTML document with everything inline (no external URL of any kind)."""
+    columns = content.real.column_names if content.real is not None else []
+    results = _gx_results(content.expectations)
+    sections = [
+        ("checks", "Failed checks and warnings", _checks_section(content.metrics, results)),
+        ("metrics", "Metrics", _metrics_section(content.metrics, columns)),
+    ]
+    if content.real is not None:
+        charts = _columns_section(content.real, content.synthetic, content.metrics)
+        sections.append(("columns", "Columns: real vs synthetic", charts))
+    if any(_is_pair(metric) for metric in content.metrics):
+        sections.append(
+            ("pairs", "Column pairs: association difference", _pairs_section(content.metrics, columns))
+        )
+    if content.real_images is not None or content.synthetic_images is not None:
+        grids = _images_section(content.real_images, content.synthetic_images)
+        sections.append(("images", "Images by label: real vs synthetic", grids))
+    if content.expectations is not None:
+        gx = _expectations_section(content.expectations, results)
+        sections.append(("expectations", "Great Expectations", gx))
+    nav = " · ".join(f'<a href="#{key}">{heading}</a>' for key, heading, _ in sections)
+    body = "\n".join(
+        f'<section id="{key}"><h2>{heading}</h2>{part}</section>' for key, heading, part in sections
+    )
+    status_class = _STATUS_CLASS.get(content.status, "na")
+    summary = "".join(
+        f"<tr><th>{_e(key)}</th><td>{_e(value)}</td></tr>" for key, value in content.summary.items()
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(content.title)}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<main>
+<header><h1>{_e(content.title)}</h1><span class="badge {status_class}">{_e(content.status)}</span></header>
+<table class="summary">{summary}</table>
+<nav>{nav}</nav>
+{body}
+</main>
+</body>
+</html>
+"""
+
+
+# -- page parts -----------------------------------------------------------------------------------
+
+
+def _e(value: Any) -> str:
+    """Any value as escaped HTML text (quotes too: the text may land inside an attribute)."""
+    return html.escape(str(value), quote=True)
+
+
+def _number(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3f}" if isinstance(value, int | float) else _e(value)
+
+
+def _is_pair(metric: dict[str, Any]) -> bool:
+    return metric.get("scope") == "pair" and metric.get("metric") == "pair_trend"
+
+
+def _verdict(metric: dict[str, Any]) -> tuple[str, str]:
+    """``(css class, word)``: a metric without a threshold passes by construction, so it is shown
+    as not gated rather than as a pass that was never in doubt."""
+    if not metric.get("passed", True):
+        return ("warn", "warning") if metric.get("severity") == "warning" else ("fail", "fail")
+    return ("pass", "pass") if metric.get("threshold") is not None else ("na", "not gated")
+
+
+def _limit(metric: dict[str, Any]) -> str:
+    """``≥ 0.750`` or ``≤ 0.100``: a threshold with its direction (``bound``); empty when ungated."""
+    threshold = metric.get("threshold")
+    if threshold is None:
+        return ""
+    return f"{'≤' if metric.get('bound') == 'max' else '≥'} {_number(threshold)}"
+
+
+def _metric_name(metric: dict[str, Any]) -> str:
+    column = metric.get("column")
+    return f"{metric.get('metric')} ({column})" if column else str(metric.get("metric"))
+
+
+def _checks_section(metrics: list[dict[str, Any]], results: list[dict[str, Any]]) -> str:
+    """Failures before warnings, metrics before expectations: what decided the run comes first."""
+    items = []  # (is a warning, HTML)
+    for metric in metrics:
+        if not metric.get("passed", True):
+            css, word = _verdict(metric)
+            limit = f" (must be {_limit(metric)})" if metric.get("threshold") is not None else ""
+            items.append(
+                (
+                    css == "warn",
+                    f'<li class="{css}"><span class="tag {css}">{word}</span> '
+                    f"<code>{_e(_metric_name(metric))}</code> = {_number(metric.get('value'))}{limit}</li>",
+                )
+            )
+    for result in results:
+        if not result["success"]:
+            css, word = _gx_verdict(result)
+            target = f" ({_e(result['target'])})" if result["target"] else ""
+            items.append(
+                (
+                    css == "warn",
+                    f'<li class="{css}"><span class="tag {css}">{word}</span> <a href="#expectations">'
+                    f"<code>{_e(result['type'])}</code></a>{target}: {result['observed']}</li>",
+                )
+            )
+    if not items:
+        return '<p class="ok">Every gated metric and expectation passed.</p>'
+    items.sort(key=lambda item: item[0])  # stable: the order within each kind is kept
+    return f'<ul class="checks">{"".join(line for _, line in items)}</ul>'
+
+
+def _metrics_section(metrics: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Whole-table scores first; then one row per column (in the table's order) with a cell per
+    metric, since every column has the same few; then the pairs, folded: there are n·(n−1)/2 of
+    them and the heatmap shows them at a glance."""
+    if not metrics:
+        return "<p>No metrics were recorded.</p>"
+    overall, per_column, pairs = [], [], []
+    for metric in metrics:
+        scope = metric.get("scope")
+        if scope == "column" and metric.get("column") is not None:
+            per_column.append(metric)
+        else:
+            (pairs if scope == "pair" else overall).append(metric)
+    overall.sort(
+        key=lambda m: (_SCOPE_ORDER.get(m.get("scope") or "", 1), str(m.get("scope")), _metric_name(m))
+    )
+    parts = []
+    if overall:
+        parts.append(_metric_table("scope", [(str(m.get("scope")), _metric_name(m), m) for m in overall]))
+    if per_column:
+        parts.append(_column_metric_table(per_column, columns))
+    if pairs:
+        rows = [(str(m.get("column")), str(m.get("metric")), m) for m in pairs]
+        table = _metric_table("pair", rows)
+        parts.append(f"<details><summary>{len(pairs)} column-pair metrics</summary>{table}</details>")
+    return "".join(parts)
+
+
+def _metric_table(heading: str, rows: list[tuple[str, str, dict[str, Any]]]) -> str:
+    """``(group, metric name, metric)`` rows; the group is written once, where it starts."""
+    out, previous = [], None
+    for group, name, metric in rows:
+        first, previous = group != previous, group
+        css, word = _verdict(metric)
+        out.append(
+            f'<tr class="{"group" if first else ""}"><td>{_e(group) if first else ""}</td><td>{_e(name)}</td>'
+            f"<td class=num>{_number(metric.get('value'))}</td>"
+            f"<td class=num>{_limit(metric)}</td>"
+            f'<td class="{css}">{word}</td></tr>'
+        )
+    head = f"<tr><th>{_e(heading)}</th><th>metric</th><th>value</th><th>threshold</th><th>result</th></tr>"
+    return f'<table class="metrics"><thead>{head}</thead><tbody>{"".join(out)}</tbody></table>'
+
+
+def _column_metric_table(metrics: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Columns × metrics; a gated cell shows its threshold, and says fail or warning in words
+    (colour alone is lost on some readers and in print)."""
+    cells = {(m["column"], str(m.get("metric"))): m for m in metrics}
+    names = sorted({name for _, name in cells}, key=lambda name: (name != "column_shape", name))
+    seen = list(dict.fromkeys(column for column, _ in cells))
+    rows_order = [c for c in columns if c in seen] + [c for c in seen if c not in columns]
+    rows = []
+    for column in rows_order:
+        row = []
+        for name in names:
+            metric = cells.get((column, name))
+            if metric is None:
+                row.append("<td></td>")
+                continue
+            css, word = _verdict(metric)
+            limit = f" <small>{_limit(metric)}</small>" if metric.get("threshold") is not None else ""
+            verdict = f" <small>{word}</small>" if css in ("fail", "warn") else ""
+            value = _number(metric.get("value"))
+            row.append(f'<td class="num {"" if css == "na" else css}">{value}{limit}{verdict}</td>')
+        rows.append(f'<tr><th scope="row">{_e(column)}</th>{"".join(row)}</tr>')
+    head = "".join(f"<th>{_wrappable(name)}</th>" for name in names)
+    return (
+        f'<table class="metrics columns"><thead><tr><th>column</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _wrappable(name: str) -> str:
+    """An identifier as escaped HTML that may break after its underscores, not mid-word."""
+    return _e(name).replace("_", "_<wbr>")
+
+
+def _legend() -> str:
+    return (
+        f'<p class="legend"><span style="background:{REAL_COLOUR}"></span>real '
+        f'<span style="background:{SYNTHETIC_COLOUR}"></span>synthetic</p>'
+    )
+
+
+def _columns_section(real: pa.Table, synthetic: pa.Table | None, metrics: list[dict[str, Any]]) -> str:
+    shapes = {
+        m.get("column"): m.get("value")
+        for m in metrics
+        if m.get("scope") == "column" and m.get("metric") == "column_shape"
+    }
+    figures = []
+    for name in real.column_names:
+        other = synthetic.column(name) if synthetic is not None and name in synthetic.column_names else None
+        uri, notes = _column_chart(real.column(name), other)
+        if other is None:
+            notes.insert(0, "missing from the synthetic table")
+        shape = f" · shape {_number(shapes[name])}" if name in shapes else ""
+        image = f'<img src="{uri}" alt="{_e(name)}: real vs synthetic">' if uri else ""
+        figures.append(
+            f'<figure class="chart">{image}<figcaption><b>{_e(name)}</b> '
+            f'<span class="muted">{_e(real.schema.field(name).type)}{shape}</span>'
+            + "".join(f'<br><span class="note">{_e(note)}</span>' for note in notes)
+            + "</figcaption></figure>"
+        )
+    return _legend() + f'<div class="grid">{"".join(figures)}</div>'
+
+
+def _pairs_section(metrics: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    names, matrix = _pair_matrix(metrics, columns)
+    uri = _heatmap(names, matrix)
+    return (
+        '<p class="muted">1 − pair_trend per pair of columns: 0 where the synthetic table keeps the real '
+        "association (correlation, or contingency table) exactly; darker is further off; grey: no score.</p>"
+        f'<img class="heatmap" src="{uri}" alt="column-pair association difference heatmap">'
+    )
+
+
+def _images_section(
+    real: tuple[np.ndarray, np.ndarray] | None, synthetic: tuple[np.ndarray, np.ndarray] | None
+) -> str:
+    real_labels = np.asarray(real[1]).astype(str) if real is not None else np.array([], dtype=str)
+    synthetic_labels = (
+        np.asarray(synthetic[1]).astype(str) if synthetic is not None else np.array([], dtype=str)
+    )
+    labels = sorted(set(real_labels.tolist()) | set(synthetic_labels.tolist()), key=_natural)
+    rows = []
+    for label in labels[:MAX_LABELS]:
+        cells = []
+        for side, side_labels in ((real, real_labels), (synthetic, synthetic_labels)):
+            picked = side[0][side_labels == label][:IMAGES_PER_SIDE] if side is not None else []
+            count = int((side_labels == label).sum())
+            strip = (
+                f'<img src="{_strip_uri(picked)}" alt="{_e(label)}">'
+                if len(picked)
+                else '<span class="muted">none</span>'
+            )
+            cells.append(f'<td>{strip}<div class="muted">{count} images</div></td>')
+        rows.append(f'<tr><th class="label">{_e(label)}</th>{"".join(cells)}</tr>')
+    more = (
+        f'<p class="note">{len(labels) - MAX_LABELS} more labels not shown.</p>'
+        if len(labels) > MAX_LABELS
+        else ""
+    )
+    head = "<tr><th>label</th><th>real</th><th>synthetic</th></tr>"
+    return f'<table class="images"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>{more}'
+
+
+def _natural(label: str) -> tuple[int, float, str]:
+    """Numeric labels in numeric order ("2" before "10"), then the rest alphabetically."""
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def _expectations_section(payload: dict[str, Any], results: list[dict[str, Any]]) -> str:
+    """Failures, then warnings, then passes, each kind in the suite's order."""
+    suite = _dict(payload.get("suite"))
+    verdicts = [_gx_verdict(result) for result in results]
+    failed = sum(css == "fail" for css, _ in verdicts)
+    warned = sum(css == "warn" for css, _ in verdicts)
+    heading = (
+        f"<p>Suite <code>{_e(suite.get('name', '?'))}</code>: {len(results)} expectations evaluated, "
+        f"{failed} failed, {warned} with warnings.</p>"
+    )
+    if not results:
+        return heading + "<p>The payload holds no expectation results.</p>"
+    rank = {"fail": 0, "warn": 1, "pass": 2}
+    rows = []
+    for (css, word), result in sorted(zip(verdicts, results), key=lambda pair: rank[pair[0][0]]):
+        rows.append(
+            f'<tr class="{"" if css == "pass" else "failed"}"><td class="{css}">{word}</td>'
+            f"<td><code>{_wrappable(result['type'])}</code></td><td>{_e(result['target'])}</td>"
+            f"<td>{result['parameters']}</td><td>{result['observed']}</td></tr>"
+        )
+    head = "<tr><th>result</th><th>expectation</th><th>column</th><th>parameters</th><th>observed</th></tr>"
+    return heading + f'<table class="gx"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+# -- Great Expectations payload ---------------------------------------------------------------------
+
+
+def _gx_results(payload: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Each result as ``{type, target, success, severity, error, parameters, observed}`` (the last
+    two as escaped HTML), from ``describe_dict()`` items or ``to_json_dict()`` ones
+    (``expectation_config`` holding the type and kwargs). Results carry no severity: it is looked up
+    in the suite by type and kwargs. Malformed items are skipped: the report must not fail a run."""
+    payload = _dict(payload)
+    suite = _dict(payload.get("suite"))
+    severities = {
+        _gx_key(item.get("type"), _dict(item.get("kwargs"))): item.get("severity")
+        for item in _list(suite.get("expectations"))
+        if isinstance(item, dict)
+    }
+    out = []
+    for item in _list(_dict(payload.get("results")).get("expectations")):
+        if not isinstance(item, dict):
+            continue
+        config = _dict(item.get("expectation_config"))
+        kwargs = _dict(item.get("kwargs")) or _dict(config.get("kwargs"))
+        type_ = item.get("expectation_type") or config.get("type") or "?"
+        result = _dict(item.get("result"))
+        error = _dict(item.get("exception_info"))
+        message = error.get("exception_message") if error.get("raised_exception", True) else None
+        targets = [kwargs[key] for key in ("column", "column_A", "column_B") if key in kwargs]
+        shown = {k: v for k, v in kwargs.items() if k not in ("batch_id", "column", "column_A", "column_B")}
+        out.append(
+            {
+                "type": type_,
+                "target": ", ".join(map(str, targets)),
+                "success": bool(item.get("success")),
+                "severity": config.get("severity") or severities.get(_gx_key(type_, kwargs)),
+                "error": message is not None,
+                "parameters": "<br>".join(f"{_e(k)}={_e(_short(v))}" for k, v in shown.items()),
+                "observed": _e(f"error: {message}") if message is not None else _observed(result),
+            }
+        )
+    return out
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _gx_key(type_: Any, kwargs: dict[str, Any]) -> str:
+    """An expectation's identity across the suite and its results (whose kwargs add a batch id)."""
+    plain = {key: value for key, value in kwargs.items() if key != "batch_id"}
+    return json.dumps([type_, plain], sort_keys=True, default=str)
+
+
+def _gx_verdict(result: dict[str, Any]) -> tuple[str, str]:
+    if result["success"]:
+        return "pass", "pass"
+    if result["severity"] == "warning":
+        return "warn", "warning"
+    return "fail", "error" if result["error"] else "fail"
+
+
+def _observed(result: dict[str, Any]) -> str:
+    if "observed_value" in result:
+        return _e(_short(result["observed_value"]))
+    if "unexpected_count" not in result:
+        return '<span class="muted">—</span>'
+    text = f"{result['unexpected_count']} unexpected"
+    if isinstance(result.get("element_count"), int):
+        text += f" of {result['element_count']}"
+    examples = result.get("partial_unexpected_counts")
+    if isinstance(examples, list) and examples:
+        shown = [f"{_short(e.get('value'))} ×{e.get('count')}" for e in examples[:3] if isinstance(e, dict)]
+        text += f" (e.g. {', '.join(shown)})"
+    return _e(text)
+
+
+def _short(value: Any) -> str:
+    """A kwarg or observed value in at most a few words: long lists keep their first items."""
+    if isinstance(value, list) and len(value) > SHOWN_ITEMS:
+        value = [*value[:SHOWN_ITEMS], f"… +{len(value) - SHOWN_ITEMS} more"]
+    text = value if isinstance(value, str) else json.dumps(_rounded(value), default=str, ensure_ascii=False)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 6 significant digits (a GX mean of 0.7790697674418605 reads as 0.77907)."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, list):
+        return [_rounded(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    return value
+
+
+# -- charts ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _figure(size: tuple[float, float] = CHART_SIZE) -> Iterator[Figure]:
+    with mpl.rc_context(_STYLE):
+        figure = Figure(figsize=size, dpi=DPI, layout="constrained")
+        FigureCanvasAgg(figure)
+        yield figure
+
+
+def _series_legend(figure: Figure) -> None:
+    """Above the plot, never over the data (the HTML legend is lost when a chart is copied)."""
+    figure.legend(loc="outside upper right", ncols=2, handlelength=1.2, columnspacing=1.0)
+
+
+def _png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _figure_uri(figure: Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return _png_uri(buffer.getvalue())
+
+
+def _cut(label: str) -> str:
+    """Long labels keep both ends: values often differ only at the end ("… number 12")."""
+    if len(label) <= LABEL_CHARS:
+        return label
+    head = (LABEL_CHARS - 1) // 2
+    return label[:head] + "…" + label[-(LABEL_CHARS - 1 - head) :]
+
+
+def _column_chart(real: pa.ChunkedArray, synthetic: pa.ChunkedArray | None) -> tuple[str | None, list[str]]:
+    """``(PNG data URI or None, notes)`` for one column.
+
+    The synthetic column is compared in the real column's type; when it cannot be cast (another
+    type altogether), the chart shows the real side and says so.
+    """
+    real_values, notes = dense(real), []
+    if len(real_values) == 0:
+        return None, ["no real rows in the sample"]
+    other = dense(synthetic) if synthetic is not None else None
+    if other is not None and other.type != real_values.type:
+        try:
+            other = other.cast(real_values.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            notes.append(f"synthetic values are {other.type}: not comparable")
+            other = None
+    type_ = real_values.type
+    present = real_values.drop_null()
+    few_integers = pa.types.is_integer(type_) and len(pc.unique(present)) <= DISCRETE_NUMBERS
+    if is_numeric(type_) and not few_integers and _numbers(real_values).size:
+        uri, outside = _histogram(real_values, other)
+        if outside:
+            share = f"{outside:.1%}" if outside >= 0.001 else "under 0.1%"
+            notes.append(f"{share} of synthetic values outside the real range (not drawn)")
+        return uri, notes
+    if is_categorical(type_) or is_numeric(type_) or pa.types.is_null(type_):
+        uri, distinct = _bars(real_values, other)
+        if distinct > TOP_CATEGORIES:
+            notes.append(f"{distinct:,} distinct values: the {TOP_CATEGORIES} most common are drawn")
+        return uri, notes
+    notes.append("this type is not charted")
+    return None, notes
+
+
+def _numbers(array: pa.Array) -> np.ndarray:
+    """Finite values as floats; dates and timestamps as days since 1970 (matplotlib's default
+    date unit, so its date locators and formatters label the axis)."""
+    values = to_float(array)
+    values = values[np.isfinite(values)]
+    type_ = array.type
+    if pa.types.is_date64(type_):
+        return values / 86_400e3
+    if pa.types.is_timestamp(type_):
+        return values / (86_400 * {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[type_.unit])
+    return values
+
+
+def _histogram(real: pa.Array, synthetic: pa.Array | None) -> tuple[str, float]:
+    """Overlaid densities on the real range's bins, and the share of synthetic values outside it."""
+    real_values = _numbers(real)
+    low, high = float(real_values.min()), float(real_values.max())
+    edges = np.linspace(low, high, HISTOGRAM_BINS + 1) if high > low else np.array([low - 0.5, low + 0.5])
+    series = [("real", real_values, REAL_COLOUR)]
+    outside = 0.0
+    if synthetic is not None and (synthetic_values := _numbers(synthetic)).size:
+        outside = float(((synthetic_values < edges[0]) | (synthetic_values > edges[-1])).mean())
+        series.append(("synthetic", synthetic_values, SYNTHETIC_COLOUR))
+    with _figure() as figure:
+        axes = figure.add_subplot()
+        # real as a filled area, synthetic as a line on top: both stay readable where they overlap
+        axes.hist(real_values, bins=edges, density=True, histtype="stepfilled", color=REAL_COLOUR, alpha=0.35)
+        for label, values, colour in series:
+            axes.hist(
+                values, bins=edges, density=True, histtype="step", color=colour, linewidth=1.6, label=label
+            )
+        if pa.types.is_date(real.type) or pa.types.is_timestamp(real.type):
+            locator = mdates.AutoDateLocator(minticks=3, maxticks=7)
+            axes.xaxis.set_major_locator(locator)
+            axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        axes.set_ylabel("density")
+        axes.set_yticks([])
+        _series_legend(figure)
+        return _figure_uri(figure), outside
+
+
+def _shares(array: pa.Array) -> dict[Any, float]:
+    """Each value's share of the rows, null (as ``None``) included."""
+    if len(array) == 0:
+        return {}
+    shares: dict[Any, float] = {None: array.null_count / len(array)} if array.null_count else {}
+    present = array.drop_null()
+    if len(present):
+        for item in pc.value_counts(present).to_pylist():
+            shares[item["values"]] = item["counts"] / len(array)
+    return shares
+
+
+def _bars(real: pa.Array, synthetic: pa.Array | None) -> tuple[str, int]:
+    """Side-by-side shares of the most common values (by real + synthetic share, so an invented
+    synthetic value shows up too), numbers in numeric order, the rest by frequency; and how many
+    distinct values there are."""
+    real_shares = _shares(real)
+    synthetic_shares = _shares(synthetic) if synthetic is not None else {}
+    values = [v for v in {**real_shares, **synthetic_shares} if v is not None]
+    values.sort(key=lambda v: (-(real_shares.get(v, 0.0) + synthetic_shares.get(v, 0.0)), str(v)))
+    kept = values[:TOP_CATEGORIES]
+    if is_numeric(real.type):
+        kept.sort()
+    labels = [_cut(str(value)) for value in kept]
+    rows = [[shares.get(value, 0.0) for value in kept] for shares in (real_shares, synthetic_shares)]
+    if len(values) > len(kept):
+        labels.append(_OTHER)
+        for row, shares in zip(rows, (real_shares, synthetic_shares)):
+            row.append(sum(shares.get(value, 0.0) for value in values[TOP_CATEGORIES:]))
+    if None in real_shares or None in synthetic_shares:
+        labels.append(_NULL)
+        for row, shares in zip(rows, (real_shares, synthetic_shares)):
+            row.append(shares.get(None, 0.0))
+    series = [("real", rows[0], REAL_COLOUR)]
+    if synthetic is not None:
+        series.append(("synthetic", rows[1], SYNTHETIC_COLOUR))
+    height = max(CHART_SIZE[1], 0.8 + 0.2 * len(labels))  # about 16 px per category
+    with _figure((CHART_SIZE[0], height)) as figure:
+        axes = figure.add_subplot()
+        positions = np.arange(len(labels))
+        width = 0.8 / len(series)
+        for i, (label, shares, colour) in enumerate(series):
+            axes.barh(positions - 0.4 + width * (i + 0.5), shares, height=width, color=colour, label=label)
+        axes.set_yticks(positions, labels)
+        axes.invert_yaxis()  # the most common value on top
+        # ticks at 1, 2 or 5 × a power of ten: whole percents unless every share is under 5%
+        axes.xaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 5, 10]))
+        decimals = 0 if max(max(shares) for _, shares, _ in series) >= 0.05 else 1
+        axes.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=decimals))
+        _series_legend(figure)
+        return _figure_uri(figure), len(values)
+
+
+def _pair_matrix(metrics: list[dict[str, Any]], columns: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """``(names, symmetric matrix of 1 − pair_trend)``, NaN where a pair has no score.
+
+    The metric names a pair ``"a × b"``; a column whose own name holds " × " is found by trying
+    each split against the table's columns.
+    """
+    known = set(columns)
+    pairs = []
+    for metric in metrics:
+        value = metric.get("value")
+        if not _is_pair(metric) or not isinstance(value, int | float) or not math.isfinite(value):
+            continue
+        parts = str(metric.get("column")).split(" × ")
+        splits = [(" × ".join(parts[:i]), " × ".join(parts[i:])) for i in range(1, len(parts))]
+        first, second = next(
+            (s for s in splits if s[0] in known and s[1] in known), splits[0] if splits else ("?", "?")
+        )
+        pairs.append((first, second, 1.0 - float(value)))
+    seen = {name for first, second, _ in pairs for name in (first, second)}
+    names = [name for name in columns if name in seen]
+    names += sorted(seen - set(names))
+    index = {name: i for i, name in enumerate(names)}
+    matrix = np.full((len(names), len(names)), np.nan)
+    for first, second, difference in pairs:
+        matrix[index[first], index[second]] = matrix[index[second], index[first]] = difference
+    return names, matrix
+
+
+def _heatmap(names: list[str], matrix: np.ndarray) -> str:
+    """The lower triangle only (the matrix is symmetric), so each pair appears once; a pair
+    without a score is a grey cell, the unused upper triangle is left blank."""
+    below = np.tril(np.ones_like(matrix, dtype=bool), k=-1)[1:, :-1]
+    lower = np.where(below, matrix[1:, :-1], np.nan)
+    rows, columns = names[1:], names[:-1]
+    side = min(max(3.4, 0.42 * len(columns) + 1.8), 10.0)
+    with _figure((side + 0.8, side)) as figure:
+        axes = figure.add_subplot()
+        axes.imshow(np.where(below, 0.0, np.nan), cmap=ListedColormap(["#e4e6ea"]))
+        colours = mpl.colormaps["YlOrRd"].with_extremes(bad=(0, 0, 0, 0))
+        image = axes.imshow(lower, cmap=colours, vmin=0.0, vmax=PAIR_DIFFERENCE_SCALE)
+        axes.set_xticks(range(len(columns)), [_cut(n) for n in columns], rotation=45, ha="right")
+        axes.set_yticks(range(len(rows)), [_cut(n) for n in rows])
+        axes.spines[:].set_visible(False)
+        if len(names) <= ANNOTATE_PAIRS_UP_TO:
+            for (i, j), value in np.ndenumerate(lower):
+                if not np.isnan(value):
+                    dark = value > 0.6 * PAIR_DIFFERENCE_SCALE
+                    axes.text(
+                        j, i, f"{value:.2f}", ha="center", va="center", color="white" if dark else "black"
+                    )
+        bar = figure.colorbar(image, ax=axes, extend="max", shrink=0.8)
+        bar.set_label("1 − pair_trend")
+        return _figure_uri(figure)
+
+
+# -- image grids ----------------------------------------------------------------------------------
+
+
+def _thumbnail(image: np.ndarray) -> Image.Image:
+    """One uint8 HWC image as a PIL image about THUMBNAIL_PX tall: grayscale stays gray."""
+    channels = image.shape[2]
+    picture = Image.fromarray(image[..., 0] if channels in (1, 2) else image[..., :3])
+    height, width = image.shape[:2]
+    if max(height, width) <= THUMBNAIL_PX:
+        factor = max(1, round(THUMBNAIL_PX / max(height, width)))
+        return picture.resize((width * factor, height * factor), Image.Resampling.NEAREST)
+    picture.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.LANCZOS)
+    return picture
+
+
+def _strip_uri(images: np.ndarray) -> str:
+    """Images side by side on a white strip, as one PNG (one request-free image per cell)."""
+    thumbnails = [_thumbnail(image) for image in images]
+    width = sum(t.width for t in thumbnails) + THUMBNAIL_GAP_PX * (len(thumbnails) - 1)
+    height = max(t.height for t in thumbnails)
+    mode = "L" if all(t.mode == "L" for t in thumbnails) else "RGB"
+    strip = Image.new(mode, (width, height), "white")
+    left = 0
+    for thumbnail in thumbnails:
+        strip.paste(thumbnail.convert(mode), (left, 0))
+        left += thumbnail.width + THUMBNAIL_GAP_PX
+    buffer = io.BytesIO()
+    strip.save(buffer, format="PNG", optimize=True)
+    return _png_uri(buffer.getvalue())
+
+
+_CSS = """
+body { margin: 0; background: #f6f7f9; color: #1f2328;
+  font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; }
+main { max-width: 1200px; margin: 0 auto; padding: 24px 28px 48px; background: #fff; }
+header { display: flex; align-items: center; gap: 16px; flex-wrap: wrap; }
+h1 { font-size: 24px; margin: 0; overflow-wrap: anywhere; }
+h2 { font-size: 18px; margin: 32px 0 10px; padding-bottom: 4px; border-bottom: 2px solid #e3e6ea; }
+code { font: 12.5px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; overflow-wrap: anywhere; }
+nav { margin: 14px 0 0; color: #57606a; }
+nav a, a { color: #0a58ca; text-decoration: none; }
+.badge { padding: 4px 12px; border-radius: 999px; font-weight: 600; font-size: 14px; color: #fff; }
+.badge.pass { background: #1e7f3c; } .badge.warn { background: #b26a00; }
+.badge.fail { background: #c62828; } .badge.na { background: #6e7781; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
+th, td { padding: 4px 10px; text-align: left; vertical-align: top; border-bottom: 1px solid #eceef1; }
+thead th { background: #f0f2f5; font-weight: 600; position: sticky; top: 0; }
+table.summary { margin-top: 14px; } table.summary th { color: #57606a; font-weight: 500; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.group td { border-top: 1px solid #c9ced6; }
+td.pass { background: #e5f4ea; color: #1e6b34; font-weight: 600; }
+td.fail { background: #fde7e7; color: #a11b1b; font-weight: 600; }
+td.warn { background: #fff3dc; color: #8a5300; font-weight: 600; }
+td.na { color: #8b949e; }
+ul.checks { list-style: none; padding: 0; margin: 0; }
+ul.checks li { padding: 6px 10px; margin: 4px 0; border-radius: 6px; }
+ul.checks li.fail { background: #fde7e7; } ul.checks li.warn { background: #fff3dc; }
+.tag { display: inline-block; min-width: 58px; text-align: center; font-size: 11px; font-weight: 700;
+  text-transform: uppercase; border-radius: 4px; padding: 1px 6px; color: #fff; margin-right: 6px; }
+.tag.fail { background: #c62828; } .tag.warn { background: #b26a00; }
+p.ok { background: #e5f4ea; color: #1e6b34; padding: 8px 12px; border-radius: 6px; }
+details summary { cursor: pointer; color: #0a58ca; margin: 8px 0; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(340px, 1fr)); gap: 14px; }
+figure.chart { margin: 0; padding: 8px; border: 1px solid #e3e6ea; border-radius: 6px; }
+figure.chart img { display: block; max-width: 100%; }
+figcaption { margin-top: 4px; overflow-wrap: anywhere; }
+.muted { color: #6e7781; font-size: 12px; } .note { color: #8a5300; font-size: 12px; }
+.legend span { display: inline-block; width: 12px; height: 12px; border-radius: 2px;
+  margin: 0 4px 0 12px; vertical-align: -1px; }
+.legend span:first-child { margin-left: 0; }
+img.heatmap { max-width: 100%; }
+table.images th.label { font-size: 16px; vertical-align: middle; text-align: center; min-width: 60px; }
+table.images td { padding: 6px 10px; }
+table.gx tr.failed td { background: #fff5f5; }
+table.gx td:nth-child(4), table.gx td:nth-child(5) {
+  font-size: 12px; overflow-wrap: anywhere; max-width: 360px; }
+"""
