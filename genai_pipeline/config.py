@@ -278,6 +278,12 @@ class ValidateSpec(StrictModel):
         description="share of real rows kept from training to judge privacy/utility",
     )
     holdout_max_rows: int = Field(default=5_000, ge=1, description="real rows held out at most")
+    classifier_steps: int = Field(
+        default=600,
+        ge=10,
+        le=100_000,
+        description="images: training steps of the real-data label classifier and CAS",
+    )
     expectations: list[ExpectationSpec] = Field(default_factory=list)
 
 

@@ -434,10 +434,82 @@ def _tabular_metrics(
     return reference, compared
 
 
-def _image_metrics(run: Run, rows: MetricRows, real: ImageData, synthetic: ImageData) -> None:
+def _label_classifier(run: Run, dataset: DatasetRef, real: ImageData, storage: Storage) -> Any:
+    """The real-data label classifier behind the image metrics, cached per dataset fingerprint,
+    holdout and recipe (a nightly job on unchanged data trains it once)."""
+    from safetensors.torch import load as load_tensors
+    from safetensors.torch import save as save_tensors
+
+    from genai_pipeline.quality.images import LabelClassifier, train_classifier
+
+    spec = run.job.validate_
+    identity = [dataset.fingerprint, spec.holdout, spec.holdout_max_rows, spec.classifier_steps]
+    key = hashlib.sha256(json.dumps([*identity, genai_pipeline.__version__]).encode()).hexdigest()[:16]
+    folder = f"models/classifier-{key}"
+    if storage.exists(f"{folder}/classifier.json"):
+        meta = json.loads(storage.read_bytes(f"{folder}/classifier.json"))
+        return LabelClassifier.restore(
+            load_tensors(storage.read_bytes(f"{folder}/weights.safetensors")), meta
+        )
+    classifier = train_classifier(real, min_steps=spec.classifier_steps, seed=run.job.train.seed)
+    tensors, meta = classifier.state()
+    storage.write_bytes(f"{folder}/weights.safetensors", save_tensors(tensors))
+    storage.write_bytes(f"{folder}/classifier.json", json.dumps(meta).encode())  # last: marks it complete
+    log.info(
+        "label classifier: %.3f held-out accuracy, trained in %.1f s", meta["real_accuracy"], meta["seconds"]
+    )
+    return classifier
+
+
+#: images compared at most per side in feature space (k-NN and Fréchet statistics settle by then)
+MAX_FEATURE_IMAGES = 10_000
+
+
+def _image_metrics(
+    run: Run,
+    rows: MetricRows,
+    dataset: DatasetRef,
+    real: ImageData,
+    holdout: ImageData | None,
+    synthetic: ImageData,
+) -> None:
+    """Pixel statistics, then what a classifier trained on the real images sees: label
+    consistency, Fréchet distance and precision/recall/density/coverage in its feature space,
+    CAS on the real holdout; memorisation against the training images and repeats within the output."""
+    from genai_pipeline.quality.images import (
+        classification_accuracy_score,
+        duplicate_share,
+        frechet_distance,
+        manifold_scores,
+        memorisation_share,
+    )
+
+    spec = run.job.validate_
     rows.add("images", None, "pixel_histogram", _histogram_similarity(real.images, synthetic.images))
     if not conditions_for_model(run):
         rows.add("images", None, "label_distribution", _label_similarity(real.labels, synthetic.labels))
+    rows.add("images", None, "memorised_share", memorisation_share(synthetic.images, real.images))
+    rows.add("images", None, "duplicate_share", duplicate_share(synthetic.images))
+    if len(real.label_names) < 2:
+        log.info("a single label: no classifier-based image metrics")
+        return
+    classifier = _label_classifier(run, dataset, real, run.storage())
+    rows.add("images", None, "classifier_accuracy", classifier.real_accuracy)
+    rows.add("images", None, "label_consistency", classifier.consistency(synthetic.images, synthetic.labels))
+    rng = np.random.default_rng(run.job.generate_seed)
+    count = min(len(synthetic.images), len(real.images), MAX_FEATURE_IMAGES)
+    real_features = classifier.features(real.images[rng.choice(len(real.images), count, replace=False)])
+    synthetic_features = classifier.features(
+        synthetic.images[rng.choice(len(synthetic.images), count, replace=False)]
+    )
+    rows.add("images", None, "frechet_distance", frechet_distance(real_features, synthetic_features))
+    for metric, value in manifold_scores(real_features, synthetic_features).items():
+        rows.add("images", None, metric, value)
+    if holdout is not None:
+        cas = classification_accuracy_score(
+            synthetic, holdout, seed=run.job.train.seed, min_steps=spec.classifier_steps
+        )
+        rows.add("images", None, "cas", cas)
 
 
 def _stage_data_docs(storage: Storage, quality: str, docs: Path) -> None:
@@ -476,7 +548,8 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
         else:
             synthetic = _read_images(storage, run, staged)
             gx_result = _run_suite(suite, synthetic, Path(docs))
-            _image_metrics(run, rows, real, synthetic)
+            held_images = holdout if isinstance(holdout, ImageData) else None
+            _image_metrics(run, rows, dataset, real, held_images, synthetic)
             charts = {
                 "real_images": (real.images, real.labels),
                 "synthetic_images": (synthetic.images, synthetic.labels),

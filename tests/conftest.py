@@ -75,7 +75,7 @@ def tiny_job(uri: str, family: str, output: str, **sections: Any) -> JobSpec:
         "model": model,
         "train": {"epochs": 2, "batch_size": 64, "device": "cpu", "seed": 3},
         "generate": {"num_samples": 120, "batch_size": 50},
-        "validate": {"min_column_shapes": 0.0, "null_tolerance": 1.0},
+        "validate": {"min_column_shapes": 0.0, "null_tolerance": 1.0, "classifier_steps": 30},
         "export": {"output": output},
         "retries": {"count": 0, "delay_seconds": 0},
     }

@@ -281,3 +281,45 @@ def test_a_saved_suite_is_written_once_reviewed_and_guards_the_input(tmp_path: P
     saved.write_text("{broken")
     with pytest.raises(ConfigError, match="expectations/suite.json: not a valid expectation suite"):
         stages.ingest(Run(job=job, run_date="2026-02-05"))
+
+
+def test_image_runs_are_judged_by_a_cached_real_data_classifier(tmp_path: Path) -> None:
+    job = tiny_job("builtin://digits", "vae", str(tmp_path), generate={"num_samples": 60})
+    report = _validated(job)
+    scores = {row["metric"]: row["value"] for row in report.metrics}
+    assert {
+        "classifier_accuracy",
+        "label_consistency",
+        "frechet_distance",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "cas",
+        "memorised_share",
+        "duplicate_share",
+    } <= set(scores)
+    assert scores["classifier_accuracy"] > 0.5 and scores["memorised_share"] <= 0.1
+    (cached,) = (tmp_path / "tiny" / "models").glob("classifier-*/weights.safetensors")
+    before = cached.stat().st_mtime_ns
+    again = _validated(job)  # same data and recipe: the classifier is loaded, not trained again
+    assert cached.stat().st_mtime_ns == before
+    assert {row["metric"]: row["value"] for row in again.metrics}["classifier_accuracy"] == scores[
+        "classifier_accuracy"
+    ]
+
+
+def test_copied_training_images_fail_the_memorisation_gate(tmp_path: Path) -> None:
+    from genai_pipeline.datasets.base import read_snapshot
+    from genai_pipeline.generation import write_images
+    from genai_pipeline.models.base import ImageBatch
+
+    job = tiny_job("builtin://digits", "vae", str(tmp_path))
+    run = Run(job=job, run_date="2026-02-03")
+    dataset = stages.ingest(run)
+    real = read_snapshot(run.storage(), dataset.snapshot, dataset.label)
+    copies = ImageBatch(images=real.images[:200], labels=real.labels[:200])
+    count = write_images([copies, copies], run.storage(), run, model_name="copies")
+    report = stages.validate(run, dataset=dataset, generated=GeneratedRef(count, 0.0))
+    assert "memorised_share=1.000 > 0.1" in report.failures
+    assert "duplicate_share=0.500 > 0.1" in report.failures
