@@ -1,7 +1,7 @@
-"""Train an image model under a CPU time budget, then measure label consistency and sampling speed.
+"""Train an image model under a CPU time budget, then measure its image metrics and sampling speed.
 
     python benchmarks/image_models.py --dataset mnist --family gan --minutes 10 [--set channels=32]
-        [--per-label 100] [--grid docs/samples/mnist-gan.png]
+        [--per-label 100] [--grid docs/samples/mnist-gan.png] [--holdout 0.2]
     python benchmarks/image_models.py --dataset path/to/tree --format imagefolder --family vae
 
 ``--dataset`` is a built-in's name or any dataset URI a job takes (an ImageFolder tree, a Parquet of
@@ -9,8 +9,12 @@ images; local or ``s3://``), read by the pipeline's own ingest code.
 
 Label consistency: a small CNN trained on the real images (``genai_pipeline.quality.images``)
 classifies generated images; the figure is the share classified as the label they were
-conditioned on (its accuracy on held-out real images is printed as the ceiling). Sampling speed is
-end to end: sample, PNG-encode, in memory, images per second.
+conditioned on (its accuracy on held-out real images is printed as the ceiling). The rest of the
+validate stage's image metrics follow: Fréchet distance and precision/recall/density/coverage in that
+classifier's feature space (against as many real images as were generated), memorisation against
+the training images, exact repeats, and with ``--holdout`` (the model then trains on the rest, as
+the pipeline's ingest splits it) the classification accuracy score on the held-out real images.
+Sampling speed is end to end: sample, PNG-encode, in memory, images per second.
 """
 
 from __future__ import annotations
@@ -27,10 +31,18 @@ from PIL import Image
 
 from genai_pipeline.config import DatasetSpec, TrainSpec
 from genai_pipeline.datasets import BUILTINS, ImageData
+from genai_pipeline.datasets.base import fingerprint, split_holdout
 from genai_pipeline.datasets.sources import read_dataset
 from genai_pipeline.generation import encode_png
 from genai_pipeline.models import model_class
-from genai_pipeline.quality.images import train_classifier
+from genai_pipeline.quality.images import (
+    classification_accuracy_score,
+    duplicate_share,
+    frechet_distance,
+    manifold_scores,
+    memorisation_share,
+    train_classifier,
+)
 
 
 def sample_grid(images: np.ndarray, labels: np.ndarray, names: list[str], per_row: int, path: Path) -> None:
@@ -60,6 +72,7 @@ def main() -> None:
     parser.add_argument("--speed-samples", type=int, default=10_000, help="images sampled to time sampling")
     parser.add_argument("--grid", type=Path, help="save a sample grid (one row per label) here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--holdout", type=float, default=0.0, help="share of real images kept from training")
     parser.add_argument("--import-module", action="append", default=[], help="import a model module first")
     args = parser.parse_args()
     for module in args.import_module:
@@ -72,6 +85,8 @@ def main() -> None:
     )
     if not isinstance(data, ImageData):
         parser.error(f"--dataset {args.dataset}: not an image dataset")
+    data, holdout = split_holdout(data, args.holdout, 5_000, key=fingerprint(data))
+    assert isinstance(data, ImageData)
     params = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     cls = model_class("image", args.family)
     model = cls(cls.Config.model_validate(params), device=torch.device("cpu"))
@@ -104,6 +119,20 @@ def main() -> None:
     print(
         f"label consistency: {consistency:.3f} (classifier accuracy on held-out real images: "
         f"{classifier.real_accuracy:.3f})"
+    )
+    started = time.perf_counter()
+    rng = np.random.default_rng(args.seed)
+    reference = data.images[rng.choice(data.num_rows, min(len(fakes), data.num_rows), replace=False)]
+    real_features, fake_features = classifier.features(reference), classifier.features(fakes)
+    scores = {"frechet_distance": frechet_distance(real_features, fake_features)}
+    scores |= manifold_scores(real_features, fake_features)
+    scores["memorised_share"] = memorisation_share(fakes, data.images)
+    scores["duplicate_share"] = duplicate_share(fakes)
+    if holdout is not None:
+        scores["cas"] = classification_accuracy_score(ImageData(fakes, fake_labels), holdout, seed=args.seed)
+    print(
+        ", ".join(f"{name} {value:.3f}" for name, value in scores.items())
+        + f" ({time.perf_counter() - started:.1f} s)"
     )
     if args.grid:
         sample_grid(fakes, fake_labels, names, 10, args.grid)
