@@ -122,7 +122,8 @@ def main() -> None:
     )
     started = time.perf_counter()
     rng = np.random.default_rng(args.seed)
-    reference = data.images[rng.choice(data.num_rows, min(len(fakes), data.num_rows), replace=False)]
+    picked = rng.choice(data.num_rows, min(len(fakes), data.num_rows), replace=False)
+    reference = data.images[picked]
     real_features, fake_features = classifier.features(reference), classifier.features(fakes)
     scores = {"frechet_distance": frechet_distance(real_features, fake_features)}
     scores |= manifold_scores(real_features, fake_features)
@@ -134,6 +135,14 @@ def main() -> None:
         ", ".join(f"{name} {value:.3f}" for name, value in scores.items())
         + f" ({time.perf_counter() - started:.1f} s)"
     )
+    if holdout is not None:  # what an ideal model scores: real images the model never saw
+        unseen = classifier.features(holdout.images)
+        ideal = {"frechet_distance": frechet_distance(real_features[: len(unseen)], unseen)}
+        ideal |= manifold_scores(real_features[: len(unseen)], unseen)
+        ideal["memorised_share"] = memorisation_share(holdout.images, data.images)
+        as_many = ImageData(reference, data.labels[picked])  # as many real images as were generated
+        ideal["cas"] = classification_accuracy_score(as_many, holdout, seed=args.seed)
+        print("real held-out images: " + ", ".join(f"{name} {value:.3f}" for name, value in ideal.items()))
     if args.grid:
         sample_grid(fakes, fake_labels, names, 10, args.grid)
         print(f"grid: {args.grid}")

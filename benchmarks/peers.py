@@ -16,6 +16,7 @@ import argparse
 import resource
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,10 +29,27 @@ from genai_pipeline.quality.tabular import column_shapes, pair_trends, pair_tren
 TABLES = {"penguins": lambda: BUILTINS["penguins"].load(), "adult": load_adult}
 
 
-def main() -> None:
-    from sdmetrics.reports.single_table import QualityReport
+def fit_and_sample(
+    frame: pd.DataFrame, synthesizer: str, epochs: int, rows: int
+) -> tuple[Any, pd.DataFrame, float, float]:
+    """Fit SDV's CTGAN or TVAE on CPU and sample: ``(metadata, sampled rows, fit s, sample s)``."""
     from sdv.metadata import Metadata
     from sdv.single_table import CTGANSynthesizer, TVAESynthesizer
+
+    metadata = Metadata.detect_from_dataframes({"table": frame})
+    cls = {"ctgan": CTGANSynthesizer, "tvae": TVAESynthesizer}[synthesizer]
+    model = cls(metadata, epochs=epochs, enable_gpu=False)
+    started = time.perf_counter()
+    model.fit({"table": frame})
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    sampled = model.sample(rows)
+    sampled = sampled["table"] if isinstance(sampled, dict) else sampled
+    return metadata, sampled, fit_seconds, time.perf_counter() - started
+
+
+def main() -> None:
+    from sdmetrics.reports.single_table import QualityReport
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="penguins", choices=sorted(TABLES))
@@ -44,16 +62,9 @@ def main() -> None:
 
     real = TABLES[args.dataset]()
     frame = real.to_pandas()
-    metadata = Metadata.detect_from_dataframes({"table": frame})
-    cls = {"ctgan": CTGANSynthesizer, "tvae": TVAESynthesizer}[args.synthesizer]
-    synthesizer = cls(metadata, epochs=args.epochs, enable_gpu=False)
-    started = time.perf_counter()
-    synthesizer.fit({"table": frame})
-    fit_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    sampled = synthesizer.sample(args.rows)
-    sampled = sampled["table"] if isinstance(sampled, dict) else sampled
-    sample_seconds = time.perf_counter() - started
+    metadata, sampled, fit_seconds, sample_seconds = fit_and_sample(
+        frame, args.synthesizer, args.epochs, args.rows
+    )
     print(
         f"SDV {args.synthesizer} on {args.dataset} ({real.num_rows} rows), {args.epochs} epochs: "
         f"fit {fit_seconds:.1f} s"

@@ -57,18 +57,10 @@ def _ours(train: pa.Table, label: str, args: argparse.Namespace) -> pa.Table:
 
 
 def _peer(train: pa.Table, args: argparse.Namespace) -> pa.Table:
-    from sdv.metadata import Metadata
-    from sdv.single_table import CTGANSynthesizer, TVAESynthesizer
+    from peers import fit_and_sample
 
-    frame = train.to_pandas()
-    metadata = Metadata.detect_from_dataframes({"table": frame})
-    cls = {"ctgan": CTGANSynthesizer, "tvae": TVAESynthesizer}[args.synthesizer]
-    synthesizer = cls(metadata, epochs=args.epochs, enable_gpu=False)
-    started = time.perf_counter()
-    synthesizer.fit({"table": frame})
-    print(f"fit: {args.epochs} epochs in {time.perf_counter() - started:.1f} s")
-    sampled = synthesizer.sample(args.rows)
-    sampled = sampled["table"] if isinstance(sampled, dict) else sampled
+    _, sampled, fit_seconds, _ = fit_and_sample(train.to_pandas(), args.synthesizer, args.epochs, args.rows)
+    print(f"fit: {args.epochs} epochs in {fit_seconds:.1f} s")
     return pa.Table.from_pandas(sampled, preserve_index=False).cast(train.schema)
 
 

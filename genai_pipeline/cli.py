@@ -42,6 +42,9 @@ def _run(args: argparse.Namespace) -> int:
     print(f"published {result['num_samples']} synthetic samples (run {result['run_id']})")
     print(f"  data:     {result['data_url']}")
     print(f"  manifest: {result['manifest_url']}")
+    print(f"  report:   {result['report_url']}")
+    for warning in result["warnings"]:
+        print(f"  warning:  {warning}")
     return 0
 
 

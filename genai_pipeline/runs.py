@@ -4,8 +4,10 @@ Output contract (what analysts and CI rely on), under ``{output}/{job}/``::
 
     data/run_date=YYYY-MM-DD/part-00000.parquet     rows, or the image manifest
     images/run_date=…/label=…/<sample_id>.png       images (labels percent-encoded in paths)
-    quality/run_date=…/{expectations.json, metrics.parquet}
+    quality/run_date=…/{metrics.parquet, report.html, expectations.json, suite.json, data_docs/}
     models/<key>/{model.json, weights.safetensors}  saved models
+    models/classifier-<key>/…                       the image metrics' classifier, per dataset
+    expectations/suite.json                         the job's reviewed suite (validate.suite: saved)
     _runs/<run_id>.json                             manifest, written last
     _staging/<run_id>/…                             invisible to readers ('_' prefix)
 

@@ -26,13 +26,12 @@ from torch import nn
 
 from genai_pipeline.datasets.base import ImageData
 from genai_pipeline.models.image_common import to_unit
+from genai_pipeline.quality.neighbours import chunk_rows, nearest
 from genai_pipeline.training import batched_indices
 
 #: images per forward pass when evaluating on a CPU: a chunk's activations stay in cache (10k MNIST
 #: images: features in 0.8 s in batches of 32-64, 3.2 s in batches of 512; 64×64×3 about 3× faster)
 EVAL_BATCH = 32
-#: distance-matrix entries per chunk (64 MB of float32): 10k × 10k distances never exist at once
-CHUNK_ELEMENTS = 1 << 24
 
 
 class SmallCNN(nn.Module):
@@ -204,20 +203,6 @@ def frechet_distance(real: np.ndarray, synthetic: np.ndarray) -> float:
     return max(float(mean_term + np.trace(cov_a) + np.trace(cov_b) - 2 * cross), 0.0)
 
 
-def _chunk_rows(columns: int) -> int:
-    return max(1, CHUNK_ELEMENTS // max(1, columns))
-
-
-def _neighbours(queries: torch.Tensor, points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each query's ``k`` nearest points: distances ``(n, k)``, nearest first, and their indices."""
-    distances, indices = [], []
-    for start, stop in batched_indices(len(queries), _chunk_rows(len(points))):
-        nearest = torch.cdist(queries[start:stop], points).topk(k, dim=1, largest=False)
-        distances.append(nearest.values)
-        indices.append(nearest.indices)
-    return torch.cat(distances), torch.cat(indices)
-
-
 def manifold_scores(real: np.ndarray, synthetic: np.ndarray, k: int = 5) -> dict[str, float]:
     """Precision, recall (Kynkäänniemi et al. 2019), density and coverage (Naeem et al. 2020) of
     synthetic against real feature sets, from k-NN balls.
@@ -236,12 +221,12 @@ def manifold_scores(real: np.ndarray, synthetic: np.ndarray, k: int = 5) -> dict
     s = torch.from_numpy(np.ascontiguousarray(synthetic, dtype=np.float32))
     if k >= min(len(r), len(s)):
         raise ValueError(f"k={k} needs more than {k} real and synthetic feature vectors")
-    real_radii = _neighbours(r, r, k + 1)[0][:, -1]  # the first "neighbour" is the point itself
-    synthetic_radii = _neighbours(s, s, k + 1)[0][:, -1]
+    real_radii = nearest(r, r, k + 1)[0][:, -1]  # the first "neighbour" is the point itself
+    synthetic_radii = nearest(s, s, k + 1)[0][:, -1]
     inside_real = torch.zeros(len(s))  # real balls holding each synthetic point
     nearest_synthetic = torch.full((len(r),), float("inf"))
     recalled = torch.zeros(len(r), dtype=torch.bool)
-    for start, stop in batched_indices(len(s), _chunk_rows(len(r))):
+    for start, stop in batched_indices(len(s), chunk_rows(len(r))):
         distances = torch.cdist(s[start:stop], r)
         inside_real[start:stop] = (distances <= real_radii).sum(dim=1).float()
         nearest_synthetic = torch.minimum(nearest_synthetic, distances.min(dim=0).values)
@@ -294,11 +279,11 @@ def memorisation_share(
         keep = np.random.default_rng(seed).choice(len(training), max_training, replace=False)
         training = training[np.sort(keep)]
     points, queries = _flat_unit(training), _flat_unit(synthetic)
-    distances, indices = _neighbours(queries, points, min(neighbours, len(points)))
+    distances, indices = nearest(queries, points, min(neighbours, len(points)))
     # cdist's matrix-product form is off by ~1e-3 near zero: the nearest is measured exactly, so a
     # copy scores 0 even where the training set holds several identical images
-    nearest = (queries - points[indices[:, 0]]).norm(dim=1)
-    return float((nearest <= ratio * distances[:, 1:].mean(dim=1)).float().mean())
+    closest = (queries - points[indices[:, 0]]).norm(dim=1)
+    return float((closest <= ratio * distances[:, 1:].mean(dim=1)).float().mean())
 
 
 def duplicate_share(images: np.ndarray) -> float:

@@ -24,13 +24,14 @@ import pyarrow.compute as pc
 import torch
 
 from genai_pipeline.encoders.tabular import dense, is_numeric, to_float
+from genai_pipeline.quality.neighbours import nearest
 
 #: categories kept per column; rarer ones share one "other" slot (distance 0 between them)
 MAX_CATEGORIES = 64
 #: rows compared at most per side: distances are all-pairs, and a few thousand rows settle the shares
 MAX_ROWS = 5_000
 #: training rows a synthetic row is checked against for memorisation (all of them, up to this)
-MAX_TRAIN_ROWS = 20_000
+MAX_TRAIN_ROWS = 50_000
 #: memorised: closer to the training rows than this share of the holdout rows are (the baseline)
 MEMORISED_QUANTILE = 0.02
 
@@ -93,15 +94,10 @@ class RowSpace:
         return np.concatenate(parts, axis=1).astype(np.float32) if parts else np.zeros((table.num_rows, 0))
 
 
-def nearest_distances(queries: np.ndarray, points: np.ndarray, k: int = 2, chunk: int = 1024) -> np.ndarray:
-    """``(queries, k)`` distances to the ``k`` nearest points, ascending (chunked all-pairs)."""
-    reference = torch.from_numpy(points)
-    k = min(k, len(points))
-    out = []
-    for start in range(0, len(queries), chunk):
-        block = torch.cdist(torch.from_numpy(queries[start : start + chunk]), reference)
-        out.append(torch.topk(block, k, dim=1, largest=False).values.numpy())
-    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.float32)
+def nearest_distances(queries: np.ndarray, points: np.ndarray, k: int = 2) -> np.ndarray:
+    """``(queries, k)`` distances to the ``k`` nearest points, ascending."""
+    distances, _ = nearest(torch.from_numpy(queries), torch.from_numpy(points), min(k, len(points)))
+    return distances.numpy()
 
 
 @dataclass(frozen=True)
