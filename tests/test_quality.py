@@ -243,3 +243,20 @@ def test_job_expectations_replace_derived_ones_of_the_same_column() -> None:
     assert result.warnings[0].startswith("expect_column_values_to_be_between(body_mass_g)")
     with pytest.raises(ConfigError, match="suite.json: not a valid expectation suite"):
         load_suite(b"{not json", "suite.json")
+
+
+def test_id_like_columns_are_expected_unique_and_not_a_category_set() -> None:
+    rows = pa.table({"OrderID": [f"o-{i}" for i in range(50)], "valid": list(range(50)), "n": [1, 2] * 25})
+    suite = derive_suite(TabularData(rows), ValidateSpec(), {}, name="orders")
+    unique = [
+        e.configuration.kwargs["column"] for e in suite.expectations if e.expectation_type.endswith("_unique")
+    ]
+    assert unique == ["OrderID"]  # "valid" holds distinct values but is not named like an identifier
+    assert not any(
+        e.expectation_type == "expect_column_values_to_be_in_set"
+        and e.configuration.kwargs["column"] == "OrderID"
+        for e in suite.expectations
+    )
+    repeated = rows.set_column(0, "OrderID", pa.array(["o-1"] * 50))
+    result = run_suite(suite, table_frame(repeated))
+    assert not result.failures and result.warnings[0].startswith("expect_column_values_to_be_unique(OrderID)")

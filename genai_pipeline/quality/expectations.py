@@ -15,6 +15,7 @@ import copy
 import functools
 import json
 import logging
+import re
 import secrets
 import shutil
 import tempfile
@@ -113,10 +114,28 @@ def _tabular_expectations(data: TabularData, spec: ValidateSpec) -> list[Any]:
                 )
             )
         values = pc.unique(column).drop_null()
+        if _is_id_like(field.name, column, len(values)):
+            # a warning: the models learn identifiers as values, not yet as unique keys
+            out.append(expect.ExpectColumnValuesToBeUnique(column=field.name, severity="warning"))
+            continue  # identifiers are not categories: no value set
         few_numbers = pa.types.is_integer(type_) and len(values) <= DISCRETE_NUMBERS
         if (is_categorical(type_) and len(values) <= MAX_SET) or few_numbers:
             out.append(expect.ExpectColumnValuesToBeInSet(column=field.name, value_set=values.to_pylist()))
     return out
+
+
+#: column names that announce an identifier: ``id``, ``user_id``, ``order-key``, ``uuid``, ``id card``…
+ID_WORD = re.compile(r"(^|[_\-\s])(id|uuid|guid|key)$|^(id|uuid|guid)([_\-\s]|$)", re.IGNORECASE)
+#: … or in camel case: ``OrderID``, ``userId``, ``ProductKey`` (not ``valid`` or ``monkey``)
+ID_CAMEL = re.compile(r"[a-z0-9](Id|ID|Key|UUID)$")
+
+
+def _is_id_like(name: str, column: pa.Array, distinct: int) -> bool:
+    """An identifier: an integer or string column named like one whose values are all distinct."""
+    typed = pa.types.is_integer(column.type) or is_categorical(column.type)
+    present = len(column) - column.null_count
+    named = ID_WORD.search(name) is not None or ID_CAMEL.search(name) is not None
+    return typed and present > 1 and distinct == present and named
 
 
 def _condition_expectations(conditions: dict[str, Any], modality: str) -> list[Any]:
