@@ -1,9 +1,9 @@
 """The nightly job as a Prefect flow: ingest → train → generate → validate → export.
 
 Each task wraps exactly one library function. Transient failures (storage, workers) are retried
-with the job's retry policy; permanent ones (bad config, corrupt data, a failed quality gate,
-a diverging model) fail at once. Whatever fails, the run is recorded as failed, its staging area
-is removed and nothing of it is published.
+with the job's retry policy (exponential backoff with jitter); permanent ones (bad config, corrupt
+data, a failed quality gate, a diverging model) fail at once. Whatever fails, the run is recorded
+as failed, its staging area is removed and nothing of it is published.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ apply_prefect_defaults()
 from prefect import flow, task  # noqa: E402  (settings must be in the environment first)
 from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.tasks import exponential_backoff  # noqa: E402
 
 from genai_pipeline import stages  # noqa: E402
-from genai_pipeline.config import JobSpec, parse_run_date  # noqa: E402
-from genai_pipeline.errors import PermanentError  # noqa: E402
+from genai_pipeline.config import JobSpec, load_job, parse_overrides, parse_run_date  # noqa: E402
+from genai_pipeline.errors import ConfigError, PermanentError  # noqa: E402
 from genai_pipeline.runs import Run, new_run_id  # noqa: E402
 
 
@@ -80,10 +81,27 @@ def _record_failure(run: Run, error: Exception, policy: dict[str, Any]) -> None:
 
 
 @flow(name="synthesize")
-def synthesize(job: JobSpec, run_date: str | None = None, run_id: str | None = None) -> dict[str, Any]:
-    """Turn the job's dataset into validated synthetic data and publish it."""
+def synthesize(
+    job: JobSpec | str,
+    run_date: str | None = None,
+    run_id: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Turn the job's dataset into validated synthetic data and publish it.
+
+    ``job`` is a job spec, or the path of a job YAML (what deployments pass: the file stays the one
+    source of truth) with ``overrides`` as on the command line (``train.epochs=5``).
+    """
+    if isinstance(job, str):
+        job = load_job(job, overrides=parse_overrides(overrides or []))
+    elif overrides:
+        raise ConfigError("overrides: only with a job file; change the JobSpec itself instead")
     run = Run(job=job, run_date=parse_run_date(run_date), run_id=run_id or new_run_id())
-    policy = {"retries": job.retries.count, "retry_delay_seconds": job.retries.delay_seconds}
+    policy = {
+        "retries": job.retries.count,
+        "retry_delay_seconds": exponential_backoff(job.retries.delay_seconds)(job.retries.count) or 0,
+        "retry_jitter_factor": job.retries.jitter,
+    }
     try:
         dataset = ingest.with_options(**policy)(run)
         model = train.with_options(**policy)(run, dataset=dataset)
@@ -110,6 +128,4 @@ def synthesize(job: JobSpec, run_date: str | None = None, run_id: str | None = N
 if __name__ == "__main__":  # pragma: no cover - convenience for `python flows/synthesize.py JOB`
     import sys
 
-    from genai_pipeline.config import load_job
-
-    print(synthesize(job=load_job(sys.argv[1]), run_date=os.environ.get("RUN_DATE")))
+    print(synthesize(job=sys.argv[1], run_date=os.environ.get("RUN_DATE")))

@@ -1,14 +1,20 @@
-"""``genai-pipeline``: run a job, check a job spec, list the built-in datasets.
+"""``genai-pipeline``: run a job, check a job spec, list the built-in datasets, deploy the nightly
+jobs to Prefect and trigger a deployment from CI.
 
-Exit codes: 0 success, 1 the run failed (nothing was published), 2 the job spec or command line
-is invalid (nothing was started).
+Exit codes: 0 success, 1 the run failed (nothing was published) or a deployment step failed, 2 the
+job spec or command line is invalid (nothing was started).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from genai_pipeline.config import JobSpec, load_job, parse_overrides, parse_run_date
 from genai_pipeline.errors import ConfigError, PipelineError
@@ -68,6 +74,48 @@ def _datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy(args: argparse.Namespace) -> int:
+    from genai_pipeline import deploy
+
+    state = Path(args.state_dir)
+    if args.stop:
+        stopped = deploy.stop_local(state)
+        print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        return 0
+    env = dict(os.environ)
+    if not env.get("PREFECT_API_URL"):
+        env["PREFECT_API_URL"] = deploy.start_local(state, args.port, args.pool or "genai-process", env)
+        print(f"started a local Prefect server and a process worker (pids and logs in {state})")
+    names = deploy.deploy(
+        Path(args.prefect_file), cron=args.cron, timezone=args.timezone, pool=args.pool, env=env
+    )
+    print(f"deployed {len(names)} deployments to {env['PREFECT_API_URL']}:")
+    for name in names:
+        print(f"  {name}")
+    if not os.environ.get("PREFECT_API_URL"):
+        print(
+            f"use it: export PREFECT_API_URL={env['PREFECT_API_URL']}; stop it: genai-pipeline deploy --stop"
+        )
+    return 0
+
+
+def _trigger(args: argparse.Namespace) -> int:
+    from genai_pipeline import deploy
+
+    parameters: dict[str, Any] = {}
+    for item in args.param or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--param {item!r}: expected KEY=VALUE")
+        parameters[key] = yaml.safe_load(value)
+    if args.set:
+        parse_overrides(args.set)  # checked here, applied by the flow
+        parameters["overrides"] = list(args.set)
+    if args.run_date:
+        parameters["run_date"] = parse_run_date(args.run_date)
+    return deploy.trigger(args.deployment, parameters, timeout=args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genai-pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +137,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
     job_command("check", "validate a job spec without running it").set_defaults(handler=_check)
     commands.add_parser("datasets", help="list the built-in datasets").set_defaults(handler=_datasets)
+    deploy = commands.add_parser(
+        "deploy", help="deploy every job in deployments/prefect.yaml (a local server and worker if no API)"
+    )
+    deploy.add_argument("--prefect-file", default="deployments/prefect.yaml")
+    deploy.add_argument("--cron", help='the nightly schedule, e.g. "30 1 * * *" (default: the file\'s)')
+    deploy.add_argument("--timezone", help="the schedule's timezone, e.g. Europe/Berlin")
+    deploy.add_argument("--pool", help="work pool (default: the file's, genai-process)")
+    deploy.add_argument("--state-dir", default=".prefect-local", help="local server/worker pids, logs, DB")
+    deploy.add_argument("--port", type=int, default=4200, help="local server port")
+    deploy.add_argument("--stop", action="store_true", help="stop the local server and worker")
+    deploy.set_defaults(handler=_deploy)
+    trigger = commands.add_parser(
+        "trigger", help="run a deployment and wait: exit 0 only when it Completed (for CI)"
+    )
+    trigger.add_argument("deployment", help="NAME or synthesize/NAME")
+    trigger.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job field")
+    trigger.add_argument(
+        "--param", action="append", metavar="KEY=VALUE", help="a flow parameter (YAML value)"
+    )
+    trigger.add_argument("--run-date", help="YYYY-MM-DD partition to write")
+    trigger.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the run")
+    trigger.set_defaults(handler=_trigger)
     return parser
 
 
@@ -99,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PipelineError as exc:  # a deployment step: the run itself reports its own failures
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -313,7 +313,12 @@ class RetriesSpec(StrictModel):
     """Task retries for transient failures (storage, workers); permanent errors are not retried."""
 
     count: int = Field(default=2, ge=0, le=10)
-    delay_seconds: float = Field(default=10.0, ge=0, le=3600)
+    delay_seconds: float = Field(
+        default=10.0, ge=0, le=3600, description="the first delay; doubled per retry"
+    )
+    jitter: float = Field(
+        default=0.5, ge=0, le=2, description="delays vary by up to this share, so retries do not align"
+    )
 
 
 class JobSpec(StrictModel):
