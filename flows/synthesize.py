@@ -24,6 +24,7 @@ from prefect.tasks import exponential_backoff  # noqa: E402
 from genai_pipeline import stages  # noqa: E402
 from genai_pipeline.config import JobSpec, load_job, parse_overrides, parse_run_date  # noqa: E402
 from genai_pipeline.errors import ConfigError, PermanentError  # noqa: E402
+from genai_pipeline.notify import notify_failure  # noqa: E402
 from genai_pipeline.runs import Run, new_run_id  # noqa: E402
 
 
@@ -78,6 +79,7 @@ def _record_failure(run: Run, error: Exception, policy: dict[str, Any]) -> None:
             "cleanup_error": f"{type(cleanup_error).__name__}: {cleanup_error}",
         }
     _post_summary(run, failure)
+    notify_failure(run, failure)
 
 
 @flow(name="synthesize")

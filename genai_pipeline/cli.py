@@ -87,7 +87,12 @@ def _deploy(args: argparse.Namespace) -> int:
         env["PREFECT_API_URL"] = deploy.start_local(state, args.port, args.pool or "genai-process", env)
         print(f"started a local Prefect server and a process worker (pids and logs in {state})")
     names = deploy.deploy(
-        Path(args.prefect_file), cron=args.cron, timezone=args.timezone, pool=args.pool, env=env
+        Path(args.prefect_file),
+        cron=args.cron,
+        timezone=args.timezone,
+        pool=args.pool,
+        on_overlap=args.on_overlap,
+        env=env,
     )
     print(f"deployed {len(names)} deployments to {env['PREFECT_API_URL']}:")
     for name in names:
@@ -144,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--cron", help='the nightly schedule, e.g. "30 1 * * *" (default: the file\'s)')
     deploy.add_argument("--timezone", help="the schedule's timezone, e.g. Europe/Berlin")
     deploy.add_argument("--pool", help="work pool (default: the file's, genai-process)")
+    deploy.add_argument(
+        "--on-overlap", choices=["wait", "cancel"], help="a run while the job's last one runs (default: wait)"
+    )
     deploy.add_argument("--state-dir", default=".prefect-local", help="local server/worker pids, logs, DB")
     deploy.add_argument("--port", type=int, default=4200, help="local server port")
     deploy.add_argument("--stop", action="store_true", help="stop the local server and worker")

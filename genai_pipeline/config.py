@@ -164,8 +164,10 @@ class TrainSpec(StrictModel):
         default=0.1, gt=0, le=0.5, description="rows/images held out for the validation loss"
     )
     compile: bool = Field(default=False, description="torch.compile the networks (CUDA)")
-    reuse: Literal["never", "latest"] = Field(
-        default="never", description="latest: generate from the last published model, no training"
+    reuse: Literal["never", "cached", "latest"] = Field(
+        default="never",
+        description="cached: skip training when a model of the same data, config and code exists; "
+        "latest: generate from the last published model, no training",
     )
 
 
@@ -321,6 +323,17 @@ class RetriesSpec(StrictModel):
     )
 
 
+class NotifySpec(StrictModel):
+    """Where a failed run's summary goes, besides the log and the Prefect artifact."""
+
+    webhook_url: SecretStr | None = Field(
+        default=None,
+        description="POSTed a JSON summary ({text, job, run_id, …}: Slack-compatible) when a run fails; "
+        "write ${VAR} to read it from the environment (it is a secret: masked everywhere)",
+    )
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+
 class JobSpec(StrictModel):
     """One nightly job."""
 
@@ -333,6 +346,7 @@ class JobSpec(StrictModel):
     validate_: ValidateSpec = Field(default_factory=ValidateSpec, alias="validate")
     export: ExportSpec = Field(default_factory=ExportSpec)
     retries: RetriesSpec = Field(default_factory=RetriesSpec)
+    notify: NotifySpec = Field(default_factory=NotifySpec)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 

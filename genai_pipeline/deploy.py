@@ -152,10 +152,20 @@ def _ensure_pool(pool: str, env: dict[str, str]) -> None:
         _prefect("work-pool", "create", pool, "--type", "process", env=env)
 
 
+#: what a second run of a job does while one runs (``--on-overlap``)
+COLLISION = {"wait": "ENQUEUE", "cancel": "CANCEL_NEW"}
+
+
 def deployment_file(
-    source: Path, *, cron: str | None, timezone: str | None, pool: str | None
+    source: Path,
+    *,
+    cron: str | None,
+    timezone: str | None,
+    pool: str | None,
+    on_overlap: str | None = None,
 ) -> dict[str, Any]:
-    """``prefect.yaml`` with the schedule and pool replaced where the command line says so."""
+    """``prefect.yaml`` with the schedule, pool and overlap policy replaced where the command line
+    says so."""
     try:
         spec = yaml.safe_load(source.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -167,6 +177,9 @@ def deployment_file(
         deployment["schedules"] = schedules
         if pool:
             deployment["work_pool"] = {**deployment.get("work_pool", {}), "name": pool}
+        if on_overlap:
+            limit = {**deployment.get("concurrency_limit", {"limit": 1})}
+            deployment["concurrency_limit"] = {**limit, "collision_strategy": COLLISION[on_overlap]}
     return spec
 
 
@@ -176,11 +189,12 @@ def deploy(
     cron: str | None = None,
     timezone: str | None = None,
     pool: str | None = None,
+    on_overlap: str | None = None,
     env: dict[str, str] | None = None,
 ) -> list[str]:
     """Create the work pool if missing and deploy every deployment of ``source``; their names."""
     env = {**(env or os.environ), "GENAI_PIPELINE_ROOT": str(ROOT)}
-    spec = deployment_file(source, cron=cron, timezone=timezone, pool=pool)
+    spec = deployment_file(source, cron=cron, timezone=timezone, pool=pool, on_overlap=on_overlap)
     for name in {d.get("work_pool", {}).get("name") for d in spec["deployments"]} - {None}:
         _ensure_pool(name, env)
     with tempfile.TemporaryDirectory(prefix="genai-deploy-") as folder:

@@ -229,7 +229,7 @@ def model_key(run: Run, dataset: DatasetRef) -> str:
     identity = {
         "dataset": dataset.fingerprint,
         "model": job.model.model_dump(mode="json"),
-        "train": job.train.model_dump(mode="json"),
+        "train": job.train.model_dump(mode="json", exclude={"reuse"}),  # how, not what, is trained
         "holdout": [job.validate_.holdout, job.validate_.holdout_max_rows],
         "version": genai_pipeline.__version__,
     }
@@ -271,20 +271,26 @@ def _reusable_model(run: Run, dataset: DatasetRef, storage: Storage) -> ModelRef
 
 
 def train(run: Run, *, dataset: DatasetRef) -> ModelRef:
-    """Fit the job's model on the snapshot (or reuse the last published one, when asked to);
-    checkpoints let a retried task resume."""
+    """Fit the job's model on the snapshot, or reuse one when the job asks to (the model of the same
+    data, config and code: ``cached``; the last published one: ``latest``); checkpoints let a
+    retried task resume."""
     job = run.job
     storage = run.storage()
     reused = _reusable_model(run, dataset, storage)
     if reused is not None:
         return reused
-    data = read_snapshot(storage, dataset.snapshot, dataset.label)
     cls = model_class(job.dataset.modality, job.model.family)
-    model = cls(model_config_for(job), device=resolve_device(job.train.device))
-    report = model.fit(data, job.train, CheckpointStore(storage, run.staged("checkpoints")))
     key = model_key(run, dataset)
     uri = f"models/{key}"
+    if job.train.reuse == "cached" and storage.exists(f"{uri}/fit.json"):
+        log.info("train.reuse: cached: same data, model config and code as %s: not training", uri)
+        fit = {**json.loads(storage.read_bytes(f"{uri}/fit.json")), "cached": True}
+        return ModelRef(uri=uri, family=cls.family, modality=cls.modality, key=key, fit=fit)
+    data = read_snapshot(storage, dataset.snapshot, dataset.label)
+    model = cls(model_config_for(job), device=resolve_device(job.train.device))
+    report = model.fit(data, job.train, CheckpointStore(storage, run.staged("checkpoints")))
     model.save(storage, uri)
+    storage.write_bytes(f"{uri}/fit.json", json.dumps(report.to_dict()).encode())  # last: the model is whole
     return ModelRef(uri=uri, family=cls.family, modality=cls.modality, key=key, fit=report.to_dict())
 
 

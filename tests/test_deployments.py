@@ -39,12 +39,13 @@ def test_every_job_has_a_nightly_deployment() -> None:
 
 def test_the_command_line_moves_the_schedule_and_the_pool() -> None:
     spec = deploy.deployment_file(
-        deploy.PREFECT_FILE, cron="30 1 * * *", timezone="Europe/Berlin", pool="k8s"
+        deploy.PREFECT_FILE, cron="30 1 * * *", timezone="Europe/Berlin", pool="k8s", on_overlap="cancel"
     )
     assert {json.dumps(d["schedules"]) for d in spec["deployments"]} == {
         json.dumps([{"cron": "30 1 * * *", "timezone": "Europe/Berlin"}])
     }
     assert {d["work_pool"]["name"] for d in spec["deployments"]} == {"k8s"}
+    assert {d["concurrency_limit"]["collision_strategy"] for d in spec["deployments"]} == {"CANCEL_NEW"}
     untouched = deploy.deployment_file(deploy.PREFECT_FILE, cron=None, timezone=None, pool=None)
     assert untouched["deployments"][0]["schedules"][0]["cron"] == "0 2 * * *"
 

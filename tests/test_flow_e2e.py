@@ -221,3 +221,71 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(
     with pytest.raises(DatasetError, match="simulated"):
         _run(job)
     assert calls["read"] == 1
+
+
+def test_a_training_task_that_crashes_is_retried_and_resumes_from_its_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from genai_pipeline.training import CheckpointStore
+
+    train = {"epochs": 12, "checkpoint_every": 5}
+    retries = {"count": 1, "delay_seconds": 0}
+    whole = _run(tiny_job("builtin://penguins", "vae", str(tmp_path / "whole"), train=train, retries=retries))
+    steps = json.loads(Path(whole["manifest_url"]).read_text())["model"]["fit"]["steps"]
+
+    saves, real_save = [], CheckpointStore.save
+
+    def crash_after_second_checkpoint(self: CheckpointStore, state: dict) -> None:
+        real_save(self, state)
+        saves.append(state["step"])
+        if len(saves) == 2:
+            raise RuntimeError("worker lost mid-training (simulated)")
+
+    monkeypatch.setattr(CheckpointStore, "save", crash_after_second_checkpoint)
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path / "crashed"), train=train, retries=retries)
+    fit = json.loads(Path(_run(job)["manifest_url"]).read_text())["model"]["fit"]
+    assert fit["resumed_from_step"] == saves[1] == 10  # the step counter continues …
+    assert fit["steps"] == steps  # … and the total is the uninterrupted run's, not doubled
+
+
+def test_a_failed_run_posts_its_summary_to_the_webhook_and_never_logs_its_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    secret_url = f"http://127.0.0.1:{server.server_address[1]}/hooks/T0KEN-s3cret"
+    monkeypatch.setenv("GENAI_TEST_HOOK", secret_url)
+    try:
+        job = tiny_job(
+            "builtin://penguins",
+            "vae",
+            str(tmp_path),
+            validate={"min_column_shapes": 1.0},
+            notify={"webhook_url": "${GENAI_TEST_HOOK}"},
+        )
+        with pytest.raises(QualityGateFailed):
+            _run(job)
+    finally:
+        server.shutdown()
+    (summary,) = received
+    assert summary["job"] == "tiny" and "column_shapes=" in summary["error"]
+    assert summary["text"].startswith("genai-pipeline: tiny 2026-01-02 FAILED")
+    assert summary["report"].endswith("report.html")
+    outputs = [
+        p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".parquet"
+    ]
+    assert all("T0KEN-s3cret" not in text for text in [caplog.text, *outputs])

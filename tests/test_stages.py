@@ -210,6 +210,10 @@ def test_reuse_latest_generates_from_the_last_published_model(tmp_path: Path) ->
     assert second.uri == first.uri and second.fit["reused_from"]
     _, third = run_once(epochs=3)  # reuse: never trains again
     assert third.uri != first.uri and "reused_from" not in third.fit
+    _, fourth = run_once(epochs=3, reuse="cached")  # the same data, config and code as the third
+    assert fourth.uri == third.uri and fourth.fit["cached"] and fourth.fit["steps"] == third.fit["steps"]
+    _, fifth = run_once(epochs=4, reuse="cached")  # a changed config trains
+    assert fifth.uri != third.uri and "cached" not in fifth.fit
 
 
 def test_a_run_stages_its_suite_data_docs_report_and_holdout_metrics(tmp_path: Path) -> None:
