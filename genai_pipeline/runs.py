@@ -14,8 +14,9 @@ Output contract (what analysts and CI rely on), under ``{output}/{job}/``::
 A run writes below ``_staging/<run_id>/`` with the same relative layout, is validated there, and
 is promoted file by file: images and quality files first, then each data file in one atomic
 replace (a rename locally, a single server-side copy on S3), then the previous run's leftovers of
-the same partitions are removed and the manifest is written. Readers of ``data/`` therefore see the
-previous run or this one, never a mix, a partial run or a failed one.
+the same partitions are removed and the manifest is written. The list of files to promote is fixed
+in staging before the first move, so a retried export resumes where a failed one stopped. Readers
+of ``data/`` therefore see the previous run or this one, never a mix, a partial run or a failed one.
 """
 
 from __future__ import annotations
@@ -157,6 +158,18 @@ def _manifest(run: Run, status: str, **sections: Any) -> dict[str, Any]:
     }
 
 
+def _publish_plan(storage: Storage, run: Run) -> dict[str, int]:
+    """The files this run publishes, fixed before the first is moved: a retried export after a
+    partial move knows the files it already promoted, and neither loses nor deletes them."""
+    plan = run.staged("_publish.json")
+    if storage.exists(plan):
+        return json.loads(storage.read_bytes(plan))
+    staged = _staged_files(storage, run)
+    promoted = {rel: size for rel, size in staged.items() if rel.split("/")[0] in PUBLISHED_PREFIXES}
+    storage.write_bytes(plan, json.dumps(promoted).encode())
+    return promoted
+
+
 def publish(
     run: Run,
     *,
@@ -169,10 +182,10 @@ def publish(
     if not report.passed:
         raise QualityGateFailed(report.failures)
     storage = run.storage()
+    promoted = _publish_plan(storage, run)
     staged = _staged_files(storage, run)
-    promoted = {rel: size for rel, size in staged.items() if rel.split("/")[0] in PUBLISHED_PREFIXES}
-    order = sorted(promoted, key=lambda rel: (rel.startswith("data/"), rel))  # data files last
-    storage.move((run.staged(rel), rel) for rel in order)
+    order = sorted((rel for rel in promoted if rel in staged), key=lambda rel: (rel.startswith("data/"), rel))
+    storage.move((run.staged(rel), rel) for rel in order)  # data files last
     stale = [
         rel
         for prefix in PUBLISHED_PREFIXES

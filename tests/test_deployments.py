@@ -56,22 +56,34 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "genai_pipeline.cli", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+
+
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real server (SQLite) and process worker on 127.0.0.1, the jobs deployed; stopped by pid."""
+    """`genai-pipeline deploy` with no API set: a real server (SQLite) and process worker on
+    127.0.0.1, the jobs deployed; `deploy --stop` ends them by pid."""
     state = tmp_path_factory.mktemp("prefect-server")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["PREFECT_API_URL"] = deploy.start_local(state, _free_port(), "genai-process", env)
+    port = _free_port()
+    deployed = _cli(env, "deploy", "--state-dir", str(state), "--port", str(port))
     try:
-        deploy.deploy(env=env)
-        yield env
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        assert "deployed 5 deployments" in deployed.stdout and "synthesize/mnist-gan" in deployed.stdout
+        yield {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
     finally:
-        assert set(deploy.stop_local(state)) == {"worker", "server"}
+        pids = [int((state / f"{name}.pid").read_text()) for name in ("server", "worker")]
+        stopped = _cli(env, "deploy", "--stop", "--state-dir", str(state))
+        assert "stopped: worker, server" in stopped.stdout
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
 
 
 def _trigger(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "genai_pipeline.cli", "trigger", *args, "--timeout", "300"]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    return _cli(env, "trigger", *args, "--timeout", "300")
 
 
 @pytest.mark.e2e

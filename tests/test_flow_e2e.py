@@ -289,3 +289,31 @@ def test_a_failed_run_posts_its_summary_to_the_webhook_and_never_logs_its_url(
         p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".parquet"
     ]
     assert all("T0KEN-s3cret" not in text for text in [caplog.text, *outputs])
+
+
+def test_an_export_cut_off_mid_move_is_retried_without_losing_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from genai_pipeline.errors import StorageError
+    from genai_pipeline.storage import Storage
+
+    real_move, cut = Storage.move, []
+
+    def move_half_then_fail(self: Storage, pairs) -> None:
+        pairs = list(pairs)
+        if not cut and len(pairs) > 10:
+            cut.append(len(pairs))
+            real_move(self, pairs[: len(pairs) // 2])
+            raise StorageError("connection reset during export (simulated)")
+        real_move(self, pairs)
+
+    monkeypatch.setattr(Storage, "move", move_half_then_fail)
+    job = tiny_job("builtin://digits", "vae", str(tmp_path), retries={"count": 1, "delay_seconds": 0})
+    result = _run(job)
+    assert cut, "the export was cut off once"
+    root = tmp_path / "tiny"
+    manifest = pq.read_table(root / "data" / f"run_date={RUN_DATE}" / "part-00000.parquet")
+    assert manifest.num_rows == result["num_samples"] == 120
+    assert all((root / path).exists() for path in manifest.column("path").to_pylist())
+    assert len(list((root / "images").rglob("*.png"))) == 120
+    assert not [p for p in (root / "_staging").rglob("*") if p.is_file()]
