@@ -72,6 +72,8 @@ def start_local(state: Path, port: int, pool: str, env: dict[str, str]) -> str:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_ENABLED": "false",
         "TMPDIR": str(state / "tmp"),  # workers leave runner_storage folders in TMPDIR
+        # the worker polls for scheduled runs every 10 s by default: a triggered run waits for it
+        "PREFECT_WORKER_QUERY_SECONDS": env.get("PREFECT_WORKER_QUERY_SECONDS", "2"),
     }
     (state / "tmp").mkdir(exist_ok=True)
     if not _healthy(api_url):
