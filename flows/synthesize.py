@@ -16,7 +16,7 @@ from genai_pipeline.settings import apply_prefect_defaults
 
 apply_prefect_defaults()
 
-from prefect import flow, task  # noqa: E402  (settings must be in the environment first)
+from prefect import flow, task, unmapped  # noqa: E402  (settings must be in the environment first)
 from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
@@ -45,7 +45,7 @@ def _task(fn: Any, name: str) -> Any:
 
 ingest = _task(stages.ingest, "ingest")
 train = _task(stages.train, "train")
-generate = _task(stages.generate, "generate")
+generate_shard = _task(stages.generate_shard, "generate")
 validate = _task(stages.validate, "validate")
 export = _task(stages.export, "export")
 record_failure = _task(stages.record_failure, "record-failure")
@@ -107,7 +107,13 @@ def synthesize(
     try:
         dataset = ingest.with_options(**policy)(run)
         model = train.with_options(**policy)(run, dataset=dataset)
-        generated = generate.with_options(**policy)(run, model=model, dataset=dataset)
+        shards = generate_shard.with_options(**policy).map(
+            run=unmapped(run),
+            model=unmapped(model),
+            dataset=unmapped(dataset),
+            shard=list(range(job.generate.shards)),
+        )  # mapped over the flow's task runner; a retried shard rewrites only its own part file
+        generated = stages.collect_shards([future.result() for future in shards])
         report = validate.with_options(**policy)(run, dataset=dataset, generated=generated)
         published = export.with_options(**policy)(
             run, dataset=dataset, model=model, generated=generated, report=report

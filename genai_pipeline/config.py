@@ -176,6 +176,12 @@ class GenerateSpec(StrictModel):
 
     num_samples: int = Field(default=1000, ge=1, le=10_000_000_000)
     batch_size: int = Field(default=4096, ge=1, le=1_000_000)
+    shards: int = Field(
+        default=1,
+        ge=1,
+        le=10_000,
+        description="independent generation tasks, each with its own part file and seed",
+    )
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="default: train.seed")
     conditions: dict[str, ConditionValue] = Field(
         default_factory=dict, description="fixed values, e.g. {label: 3} or {species: Adelie}"

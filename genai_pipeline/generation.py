@@ -73,7 +73,9 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_images(batches: Iterable[ImageBatch], storage: Storage, run: Run, *, model_name: str) -> int:
+def write_images(
+    batches: Iterable[ImageBatch], storage: Storage, run: Run, *, model_name: str, shard: int = 0
+) -> int:
     """Stage PNGs under ``images/run_date=…/label=…/`` and the manifest as the run's data file."""
     counter = 0
     images_dir = run.partition("images")
@@ -81,7 +83,7 @@ def write_images(batches: Iterable[ImageBatch], storage: Storage, run: Run, *, m
     def manifests() -> Iterable[pa.Table]:
         nonlocal counter
         for batch in batches:
-            ids = [f"{run.run_id}-{counter + i:08d}" for i in range(len(batch.images))]
+            ids = [f"{run.run_id}-{shard:05d}-{counter + i:08d}" for i in range(len(batch.images))]
             counter += len(batch.images)
             paths = [
                 f"{images_dir}/label={encode_partition_value(label)}/{sample_id}.png"
@@ -104,4 +106,5 @@ def write_images(batches: Iterable[ImageBatch], storage: Storage, run: Run, *, m
                 schema=IMAGE_MANIFEST_SCHEMA,
             )
 
-    return write_parquet(manifests(), storage, run.staged(run.data_file), schema=IMAGE_MANIFEST_SCHEMA)
+    # the shard's manifest is written last (atomically): its presence means its images are all there
+    return write_parquet(manifests(), storage, run.staged(run.data_part(shard)), schema=IMAGE_MANIFEST_SCHEMA)

@@ -2,7 +2,7 @@
 
 Output contract (what analysts and CI rely on), under ``{output}/{job}/``::
 
-    data/run_date=YYYY-MM-DD/part-00000.parquet     rows, or the image manifest
+    data/run_date=YYYY-MM-DD/part-NNNNN.parquet     rows, or the image manifest (one file a shard)
     images/run_date=…/label=…/<sample_id>.png       images (labels percent-encoded in paths)
     quality/run_date=…/{metrics.parquet, report.html, expectations.json, suite.json, data_docs/}
     models/<key>/{model.json, weights.safetensors}  saved models
@@ -80,9 +80,14 @@ class Run:
         """``data``, ``images`` or ``quality`` folder of this run's date."""
         return f"{kind}/run_date={self.run_date}"
 
+    def data_part(self, shard: int) -> str:
+        """The data file one generation shard writes."""
+        return f"{self.partition('data')}/part-{shard:05d}.parquet"
+
     @property
     def data_file(self) -> str:
-        return f"{self.partition('data')}/part-00000.parquet"
+        """The first shard's data file."""
+        return self.data_part(0)
 
     @property
     def report_file(self) -> str:
@@ -107,10 +112,11 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class GeneratedRef:
-    """What generation staged (the run's data file, and images for image jobs)."""
+    """What generation staged (the run's data files, and images for image jobs)."""
 
     num_samples: int
     seconds: float
+    shards: int = 1
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,10 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "browser_url",
+    "collect_shards",
     "export",
     "generate",
+    "generate_shard",
     "ingest",
     "record_failure",
     "summary_markdown",
@@ -294,39 +296,83 @@ def train(run: Run, *, dataset: DatasetRef) -> ModelRef:
     return ModelRef(uri=uri, family=cls.family, modality=cls.modality, key=key, fit=report.to_dict())
 
 
-def generate(run: Run, *, model: ModelRef, dataset: DatasetRef) -> GeneratedRef:
-    """Stream samples from the trained model into the run's staging area."""
+def shard_plan(run: Run, dataset: DatasetRef, shard: int) -> list[tuple[dict[str, Any], int, int]]:
+    """``(conditions, count, seed)`` for one shard: its share of every part of the sampling plan
+    (the first shards take one more when a count does not divide), with a seed derived from the
+    run's seed, the shard and the part, so a shard is reproducible on its own."""
+    shards = run.job.generate.shards
+    out = []
+    for part, (conditions, count) in enumerate(sampling_plan(run, dataset)):
+        share = count // shards + (1 if shard < count % shards else 0)
+        seed = int(np.random.SeedSequence([run.job.generate_seed, shard, part]).generate_state(1)[0])
+        if share > 0:
+            out.append((conditions, share, seed))
+    return out
+
+
+def generate_shard(run: Run, *, model: ModelRef, dataset: DatasetRef, shard: int) -> GeneratedRef:
+    """Stream one shard's samples into its own part file. A shard whose part file is already
+    staged (a retried task) is not generated again: part files are written atomically, last."""
     job = run.job
     storage = run.storage()
+    part = run.staged(run.data_part(shard))
+    if storage.exists(part):
+        with storage.open_read(part) as handle:
+            rows = pq.ParquetFile(handle).metadata.num_rows
+        log.info("shard %d: already staged (%d samples), not generated again", shard, rows)
+        return GeneratedRef(num_samples=rows, seconds=0.0)
+    plan = shard_plan(run, dataset, shard)
+    if not plan:  # more shards than samples
+        return GeneratedRef(num_samples=0, seconds=0.0)
     synthesizer = load_model(storage, model.uri, resolve_device(job.train.device))
     started = time.monotonic()
     batches = itertools.chain.from_iterable(
-        synthesizer.sample(
-            count, conditions=conditions, seed=job.generate_seed + part, batch_size=job.generate.batch_size
-        )
-        for part, (conditions, count) in enumerate(sampling_plan(run, dataset))
+        synthesizer.sample(count, conditions=conditions, seed=seed, batch_size=job.generate.batch_size)
+        for conditions, count, seed in plan
     )
     if model.modality == "tabular":
-        count = write_parquet(batches, storage, run.staged(run.data_file))
+        count = write_parquet(batches, storage, part)
     else:
-        count = write_images(batches, storage, run, model_name=f"{model.family}:{model.key}")
-    seconds = time.monotonic() - started
-    log.info("generated %d samples in %.1f s (%.0f/s)", count, seconds, count / max(seconds, 1e-9))
-    return GeneratedRef(num_samples=count, seconds=seconds)
+        count = write_images(batches, storage, run, model_name=f"{model.family}:{model.key}", shard=shard)
+    return GeneratedRef(num_samples=count, seconds=time.monotonic() - started)
 
 
-def _read_rows(storage: Storage, rel: str, limit: int) -> pa.Table:
-    """The first ``limit`` rows of a Parquet file, reading only the row groups needed."""
-    with storage.open_read(rel) as handle:
-        parquet = pq.ParquetFile(handle)
-        groups, rows = [], 0
-        for index in range(parquet.num_row_groups):
-            if rows >= limit:
-                break
-            groups.append(index)
-            rows += parquet.metadata.row_group(index).num_rows
-        table = parquet.read_row_groups(groups) if groups else parquet.schema_arrow.empty_table()
-    return table.slice(0, limit)
+def collect_shards(shards: list[GeneratedRef]) -> GeneratedRef:
+    """The run's generation from its shards' (their seconds add up: the work, not the wall time)."""
+    count = sum(ref.num_samples for ref in shards)
+    seconds = sum(ref.seconds for ref in shards)
+    log.info(
+        "generated %d samples in %d shard(s), %.1f s of work (%.0f/s)",
+        count,
+        len(shards),
+        seconds,
+        count / max(seconds, 1e-9),
+    )
+    return GeneratedRef(num_samples=count, seconds=seconds, shards=len(shards))
+
+
+def generate(run: Run, *, model: ModelRef, dataset: DatasetRef) -> GeneratedRef:
+    """Every shard, one after another (the flow maps shards over its task runner instead)."""
+    shards = range(run.job.generate.shards)
+    return collect_shards([generate_shard(run, model=model, dataset=dataset, shard=i) for i in shards])
+
+
+def _read_rows(storage: Storage, rels: list[str], limit: int) -> pa.Table:
+    """The first ``limit`` rows of Parquet files in order, reading only the row groups needed."""
+    tables, rows = [], 0
+    for rel in rels:
+        with storage.open_read(rel) as handle:
+            parquet = pq.ParquetFile(handle)
+            groups = []
+            for index in range(parquet.num_row_groups):
+                if rows >= limit:
+                    break
+                groups.append(index)
+                rows += parquet.metadata.row_group(index).num_rows
+            tables.append(parquet.read_row_groups(groups) if groups else parquet.schema_arrow.empty_table())
+        if rows >= limit:
+            break
+    return pa.concat_tables(tables).slice(0, limit)
 
 
 def _read_images(storage: Storage, run: Run, manifest: pa.Table) -> ImageData:
@@ -539,7 +585,8 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
     holdout = read_snapshot(storage, dataset.holdout, dataset.label) if dataset.holdout else None
     base = load_suite(storage.read_bytes(_suite_file(run)), "suite.json")
     suite = job_suite(base, spec, conditions_for_model(run), dataset.modality)
-    staged = _read_rows(storage, run.staged(run.data_file), spec.sample_rows)
+    parts = sorted(storage.list_files(run.staged(run.partition("data"))))
+    staged = _read_rows(storage, parts, spec.sample_rows)
     rows = MetricRows(run.run_id, spec)
     with tempfile.TemporaryDirectory(prefix="data-docs-") as docs:
         if isinstance(real, TabularData):

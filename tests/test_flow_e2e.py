@@ -317,3 +317,37 @@ def test_an_export_cut_off_mid_move_is_retried_without_losing_files(
     assert all((root / path).exists() for path in manifest.column("path").to_pylist())
     assert len(list((root / "images").rglob("*.png"))) == 120
     assert not [p for p in (root / "_staging").rglob("*") if p.is_file()]
+
+
+def test_a_failed_shard_is_retried_alone_and_writes_its_part_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from genai_pipeline import stages
+    from genai_pipeline.errors import StorageError
+
+    calls: list[str] = []
+    real_write = stages.write_parquet
+
+    def flaky_write(batches, storage, rel, **kwargs):
+        calls.append(rel.rsplit("/", 1)[-1])
+        if calls.count("part-00001.parquet") == 1 and rel.endswith("part-00001.parquet"):
+            raise StorageError("connection reset (simulated)")
+        return real_write(batches, storage, rel, **kwargs)
+
+    monkeypatch.setattr(stages, "write_parquet", flaky_write)
+    job = tiny_job(
+        "builtin://penguins",
+        "vae",
+        str(tmp_path),
+        generate={"num_samples": 90, "shards": 3},
+        retries={"count": 1, "delay_seconds": 0},
+    )
+    assert _run(job)["num_samples"] == 90
+    assert sorted(calls) == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
+    parts = sorted((tmp_path / "tiny" / "data" / f"run_date={RUN_DATE}").glob("*.parquet"))
+    assert [pq.read_metadata(part).num_rows for part in parts] == [30, 30, 30]

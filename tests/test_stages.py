@@ -327,3 +327,28 @@ def test_copied_training_images_fail_the_memorisation_gate(tmp_path: Path) -> No
     report = stages.validate(run, dataset=dataset, generated=GeneratedRef(count, 0.0))
     assert "memorised_share=1.000 > 0.1" in report.failures
     assert "duplicate_share=0.500 > 0.1" in report.failures
+
+
+def test_shards_split_the_work_reproducibly_and_a_staged_shard_is_not_redone(tmp_path: Path) -> None:
+    job = tiny_job("builtin://digits", "vae", str(tmp_path), generate={"num_samples": 100, "shards": 3})
+    run = Run(job=job, run_date="2026-02-03")
+    dataset = stages.ingest(run)
+    model = stages.train(run, dataset=dataset)
+    generated = stages.generate(run, model=model, dataset=dataset)
+    assert (generated.num_samples, generated.shards) == (100, 3)
+    root = tmp_path / "tiny"
+    parts = [pq.read_table(root / run.staged(run.data_part(shard))) for shard in range(3)]
+    assert [part.num_rows for part in parts] == [34, 33, 33]
+    ids = [sample_id for part in parts for sample_id in part.column("sample_id").to_pylist()]
+    assert len(set(ids)) == 100
+    again = stages.generate_shard(run, model=model, dataset=dataset, shard=1)  # a retried task
+    assert again.num_samples == 33 and again.seconds == 0.0
+    other = Run(job=job, run_date="2026-02-04")  # the same shard of another run: the same images
+    stages.generate_shard(other, model=model, dataset=dataset, shard=2)
+    first = [(root / run.staged(p)).read_bytes() for p in parts[2].column("path").to_pylist()]
+    second_parts = pq.read_table(root / other.staged(other.data_part(2))).column("path").to_pylist()
+    assert first == [(root / other.staged(p)).read_bytes() for p in second_parts]
+    report = stages.validate(run, dataset=dataset, generated=generated)
+    published = stages.export(run, dataset=dataset, model=model, generated=generated, report=report)
+    data = [rel for rel in published.files if rel.startswith("data/")]
+    assert len(data) == 3 and published.num_samples == 100
