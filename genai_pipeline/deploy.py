@@ -53,10 +53,15 @@ def _healthy(api_url: str) -> bool:
 
 def _spawn(args: list[str], env: dict[str, str], state: Path, name: str) -> int:
     """Start a detached process (its own session, so it outlives this command); record its pid."""
-    log = open(state / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child, closed with it
-    process = subprocess.Popen(
-        args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-    )
+    with open(state / f"{name}.log", "ab") as log:  # the child keeps its own copy of the handle
+        process = subprocess.Popen(
+            args,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     (state / f"{name}.pid").write_text(str(process.pid))
     return process.pid
 
