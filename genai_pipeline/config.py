@@ -87,6 +87,11 @@ class DatasetSpec(StrictModel):
         default=None, description="1 (grayscale) or 3 (RGB); default: what most images are"
     )
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    cache: bool = Field(
+        default=True,
+        description="keep what was read beside the output, keyed by the source files' sizes and "
+        "ETags/mtimes: an unchanged source is not downloaded and decoded again",
+    )
 
     _protect = field_validator("storage_options")(_protect_secrets)
 

@@ -8,6 +8,7 @@ Output contract (what analysts and CI rely on), under ``{output}/{job}/``::
     models/<key>/{model.json, weights.safetensors}  saved models
     models/classifier-<key>/…                       the image metrics' classifier, per dataset
     expectations/suite.json                         the job's reviewed suite (validate.suite: saved)
+    datasets/source-<stamp>.parquet                 the source as last read (dataset.cache)
     _runs/<run_id>.json                             manifest, written last
     _staging/<run_id>/…                             invisible to readers ('_' prefix)
 

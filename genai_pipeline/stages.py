@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 import genai_pipeline
+from genai_pipeline.config import DatasetSpec
 from genai_pipeline.datasets.base import (
     Dataset,
     DatasetRef,
@@ -36,7 +37,7 @@ from genai_pipeline.datasets.base import (
     split_holdout,
     write_snapshot,
 )
-from genai_pipeline.datasets.sources import read_dataset
+from genai_pipeline.datasets.sources import read_dataset, source_stamp
 from genai_pipeline.encoders.tabular import TableEncoder
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.generation import write_images, write_parquet
@@ -187,14 +188,36 @@ def _run_suite(suite: Any, data: Dataset, docs: Path | None = None) -> Any:
     return run_suite(suite, frame, docs)
 
 
+#: where ingest keeps what it last read from a (non-built-in) source, by the source's stamp
+SOURCE_CACHE = "datasets"
+
+
+def _read_source(spec: DatasetSpec, storage: Storage) -> Dataset:
+    """The job's dataset: read from its source, or from the copy kept the last time when the
+    source's files are unchanged (same sizes and ETags/mtimes). One copy is kept per job: a new
+    one replaces the old."""
+    if spec.is_builtin or not spec.cache:
+        return read_dataset(spec)
+    cached = f"{SOURCE_CACHE}/source-{source_stamp(spec)}.parquet"
+    if storage.exists(cached):
+        log.info(
+            "dataset: %s is unchanged since it was last read: using %s", spec.uri, storage.url_of(cached)
+        )
+        return read_snapshot(storage, cached, spec.label)
+    data = read_dataset(spec)
+    write_snapshot(data, storage, cached)
+    storage.delete(rel for rel in storage.list_files(SOURCE_CACHE) if rel != cached)
+    return data
+
+
 def ingest(run: Run) -> DatasetRef:
     """Read the dataset, check the job's conditions against it, fingerprint it, set a holdout aside
     and snapshot both parts."""
     spec, checks = run.job.dataset, run.job.validate_
     started = time.monotonic()
-    data = read_dataset(spec)
-    _check_generate_spec(run, data)
     storage = run.storage()
+    data = _read_source(spec, storage)
+    _check_generate_spec(run, data)
     _stage_suite(run, data, storage)
     key = fingerprint(data)
     train_part, holdout = split_holdout(data, checks.holdout, checks.holdout_max_rows, key=key)

@@ -23,7 +23,7 @@ from genai_pipeline.datasets import (
     read_snapshot,
     write_snapshot,
 )
-from genai_pipeline.datasets.sources import read_dataset
+from genai_pipeline.datasets.sources import read_dataset, source_stamp
 from genai_pipeline.errors import DatasetError
 from genai_pipeline.storage import Storage
 
@@ -160,6 +160,14 @@ def test_reading_from_s3(s3_server: dict[str, str]) -> None:
         )
     )
     assert images.labels.tolist() == ["a", "b"]
+    # an unchanged source has the same stamp (ETags and sizes, nothing downloaded); a changed one not
+    folder = DatasetSpec(
+        uri=f"s3://{s3_server['bucket']}/in/images", format="imagefolder", storage_options=options
+    )
+    stamp = source_stamp(folder)
+    assert source_stamp(folder) == stamp
+    fs.pipe({f"{s3_server['bucket']}/in/images/b/2.png": _png(10)})
+    assert source_stamp(folder) != stamp
 
 
 def test_fingerprint_ignores_layout_but_not_content() -> None:

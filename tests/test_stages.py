@@ -352,3 +352,27 @@ def test_shards_split_the_work_reproducibly_and_a_staged_shard_is_not_redone(tmp
     published = stages.export(run, dataset=dataset, model=model, generated=generated, report=report)
     data = [rel for rel in published.files if rel.startswith("data/")]
     assert len(data) == 3 and published.num_samples == 100
+
+
+def test_an_unchanged_source_is_read_once_and_a_changed_one_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    source = tmp_path / "rows.csv"
+    source.write_text("a,b\n" + "".join(f"{i},{i % 3}\n" for i in range(60)))
+    reads = []
+    real_read = stages.read_dataset
+    monkeypatch.setattr(stages, "read_dataset", lambda spec: reads.append(spec.uri) or real_read(spec))
+    job = tiny_job(str(source), "vae", str(tmp_path / "out"))
+    first = stages.ingest(Run(job=job, run_date="2026-02-03"))
+    second = stages.ingest(Run(job=job, run_date="2026-02-04"))
+    assert len(reads) == 1 and second.fingerprint == first.fingerprint
+    time.sleep(0.01)
+    source.write_text(source.read_text() + "60,0\n")  # the nightly export grew by a row
+    third = stages.ingest(Run(job=job, run_date="2026-02-05"))
+    assert len(reads) == 2 and third.num_rows == 61 and third.fingerprint != first.fingerprint
+    assert len(list((tmp_path / "out" / "tiny" / "datasets").glob("source-*.parquet"))) == 1
+    uncached = tiny_job(str(source), "vae", str(tmp_path / "out"), dataset={"cache": False})
+    stages.ingest(Run(job=uncached, run_date="2026-02-06"))
+    assert len(reads) == 3

@@ -8,6 +8,7 @@ Every failure names the file it came from.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -53,6 +54,29 @@ def read_dataset(spec: DatasetSpec) -> Dataset:
     if spec.label is not None and spec.label not in table.column_names:
         raise DatasetError(f"{spec.uri}: label column {spec.label!r} not found (dataset.label)")
     return TabularData(table=table, label=spec.label)
+
+
+def source_stamp(spec: DatasetSpec) -> str:
+    """What identifies a (non-built-in) source's bytes without reading them: how it is read, and
+    every file below it with its size and ETag (object stores) or modification time."""
+    fs, path = open_filesystem(spec.uri, spec.storage_options)
+    fs.invalidate_cache()  # s3fs keeps listings per process: a stale one would hide a change
+    try:
+        if any(char in path for char in "*?["):
+            infos = fs.glob(path, detail=True)
+        elif fs.isdir(path):
+            infos = fs.find(path, detail=True)
+        else:
+            infos = {path: fs.info(path)}
+    except FileNotFoundError:
+        raise DatasetError(f"{spec.uri}: dataset not found (dataset.uri)") from None
+    files = sorted(
+        [name, info.get("size"), str(info.get("ETag") or info.get("mtime") or info.get("LastModified"))]
+        for name, info in infos.items()
+        if info.get("type") != "directory"
+    )
+    how = spec.model_dump(mode="json", exclude={"storage_options", "cache"})
+    return hashlib.sha256(json.dumps([how, files], default=str).encode()).hexdigest()[:16]
 
 
 def _list_files(fs: fsspec.AbstractFileSystem, path: str, suffixes: Sequence[str], uri: str) -> list[str]:
