@@ -7,7 +7,6 @@ Prefect tasks in ``flows/`` wrap exactly one of these each; tests and notebooks 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 import json
@@ -30,6 +29,7 @@ from genai_pipeline.datasets.base import (
     DatasetRef,
     ImageData,
     TabularData,
+    content_key,
     describe_schema,
     fingerprint,
     label_values,
@@ -258,7 +258,7 @@ def model_key(run: Run, dataset: DatasetRef) -> str:
         "holdout": [job.validate_.holdout, job.validate_.holdout_max_rows],
         "version": genai_pipeline.__version__,
     }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return content_key(identity)
 
 
 def _signature(schema: dict[str, Any]) -> Any:
@@ -519,7 +519,7 @@ def _label_classifier(run: Run, dataset: DatasetRef, real: ImageData, storage: S
 
     spec = run.job.validate_
     identity = [dataset.fingerprint, spec.holdout, spec.holdout_max_rows, spec.classifier_steps]
-    key = hashlib.sha256(json.dumps([*identity, genai_pipeline.__version__]).encode()).hexdigest()[:16]
+    key = content_key([*identity, genai_pipeline.__version__])
     folder = f"models/classifier-{key}"
     if storage.exists(f"{folder}/classifier.json"):
         meta = json.loads(storage.read_bytes(f"{folder}/classifier.json"))

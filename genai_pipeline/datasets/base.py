@@ -99,6 +99,11 @@ def fingerprint(data: Dataset) -> str:
     return digest.hexdigest()[:16]
 
 
+def content_key(value: Any) -> str:
+    """A short stable key for JSON-able identity data (a model's, a classifier's, a source's)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def split_holdout(
     data: Dataset, fraction: float, max_rows: int, *, key: str
 ) -> tuple[Dataset, Dataset | None]:

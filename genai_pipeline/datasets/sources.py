@@ -8,7 +8,6 @@ Every failure names the file it came from.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -25,7 +24,7 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from genai_pipeline.config import DatasetSpec
-from genai_pipeline.datasets.base import Dataset, ImageData, TabularData
+from genai_pipeline.datasets.base import Dataset, ImageData, TabularData, content_key
 from genai_pipeline.datasets.builtin import BUILTINS
 from genai_pipeline.errors import DatasetError
 from genai_pipeline.storage import open_filesystem
@@ -76,7 +75,7 @@ def source_stamp(spec: DatasetSpec) -> str:
         if info.get("type") != "directory"
     )
     how = spec.model_dump(mode="json", exclude={"storage_options", "cache"})
-    return hashlib.sha256(json.dumps([how, files], default=str).encode()).hexdigest()[:16]
+    return content_key([how, files])
 
 
 def _list_files(fs: fsspec.AbstractFileSystem, path: str, suffixes: Sequence[str], uri: str) -> list[str]:

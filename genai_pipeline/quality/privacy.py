@@ -25,6 +25,7 @@ import torch
 
 from genai_pipeline.encoders.tabular import dense, is_numeric, to_float
 from genai_pipeline.quality.neighbours import nearest
+from genai_pipeline.quality.tabular import top_categories
 
 #: categories kept per column; rarer ones share one "other" slot (distance 0 between them)
 MAX_CATEGORIES = 64
@@ -69,9 +70,7 @@ class RowSpace:
                 low, high = (float(values.min()), float(values.max())) if len(values) else (0.0, 0.0)
                 axes.append(_NumericAxis(name, low, high - low if high > low else 1.0))
             else:
-                counts = pc.value_counts(pc.cast(column.drop_null(), pa.string())).to_pylist()
-                counts.sort(key=lambda item: -item["counts"])
-                axes.append(_CategoryAxis(name, tuple(item["values"] for item in counts[:MAX_CATEGORIES])))
+                axes.append(_CategoryAxis(name, tuple(top_categories(column, MAX_CATEGORIES))))
         return cls(tuple(axes))
 
     def transform(self, table: pa.Table) -> np.ndarray:

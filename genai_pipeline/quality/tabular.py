@@ -25,6 +25,14 @@ def _values(column: pa.ChunkedArray) -> pa.Array:
     return dense(column).drop_null()
 
 
+def top_categories(column: pa.Array, limit: int) -> list[str]:
+    """A column's ``limit`` most frequent non-null values as strings, most frequent first: the
+    categories a distance or a model keeps (the rest share one "other")."""
+    counts = pc.value_counts(pc.cast(column.drop_null(), pa.string())).to_pylist()
+    counts.sort(key=lambda item: -item["counts"])
+    return [item["values"] for item in counts[:limit]]
+
+
 def _frequencies(values: pa.Array) -> dict[str, float]:
     counts = pc.value_counts(values)
     return {str(item["values"]): item["counts"] / len(values) for item in counts.to_pylist()}

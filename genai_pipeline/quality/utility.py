@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from genai_pipeline.encoders.tabular import dense, is_numeric, to_float
+from genai_pipeline.quality.tabular import top_categories
 
 #: rows a model is fitted on at most: enough for a stable score, cheap on two cores
 MAX_ROWS = 10_000
@@ -53,9 +54,7 @@ class _Features:
             if is_numeric(column.type):
                 self.numeric.append(name)
             else:
-                counts = pc.value_counts(pc.cast(column.drop_null(), pa.string())).to_pylist()
-                counts.sort(key=lambda item: -item["counts"])
-                self.categories[name] = [item["values"] for item in counts[:MAX_CATEGORIES]]
+                self.categories[name] = top_categories(column, MAX_CATEGORIES)
 
     def frame(self, table: pa.Table) -> pd.DataFrame:
         columns: dict[str, pd.Series] = {
