@@ -230,13 +230,12 @@ def trigger(name: str, parameters: dict[str, Any], *, timeout: float, poll: floa
     full = name if "/" in name else f"{FLOW_NAME}/{name}"
     with get_client(sync_client=True) as client:
         defaults = client.read_deployment_by_name(full).parameters
-    job = {**defaults, **parameters}.get("job")
-    if isinstance(job, str) and (ROOT / job).exists():  # fail here, not on the worker, on a bad --set
-        load_job(ROOT / job, overrides=parse_overrides(parameters.get("overrides", [])))
-    flow_run = run_deployment(full, parameters=parameters, timeout=0)
-    print(f"triggered {full}: flow run {flow_run.name} ({flow_run.id})", flush=True)
-    deadline, seen = time.monotonic() + timeout, None
-    with get_client(sync_client=True) as client:
+        job = {**defaults, **parameters}.get("job")
+        if isinstance(job, str) and (ROOT / job).exists():  # fail here, not on the worker, on a bad --set
+            load_job(ROOT / job, overrides=parse_overrides(parameters.get("overrides", [])))
+        flow_run = run_deployment(full, parameters=parameters, timeout=0)
+        print(f"triggered {full}: flow run {flow_run.name} ({flow_run.id})", flush=True)
+        deadline, seen = time.monotonic() + timeout, None
         while True:
             state = client.read_flow_run(flow_run.id).state
             if state is not None and state.name != seen:

@@ -165,13 +165,12 @@ def _manifest(run: Run, status: str, **sections: Any) -> dict[str, Any]:
     }
 
 
-def _publish_plan(storage: Storage, run: Run) -> dict[str, int]:
+def _publish_plan(storage: Storage, run: Run, staged: dict[str, int]) -> dict[str, int]:
     """The files this run publishes, fixed before the first is moved: a retried export after a
     partial move knows the files it already promoted, and neither loses nor deletes them."""
     plan = run.staged("_publish.json")
     if storage.exists(plan):
         return json.loads(storage.read_bytes(plan))
-    staged = _staged_files(storage, run)
     promoted = {rel: size for rel, size in staged.items() if rel.split("/")[0] in PUBLISHED_PREFIXES}
     storage.write_bytes(plan, json.dumps(promoted).encode())
     return promoted
@@ -189,8 +188,8 @@ def publish(
     if not report.passed:
         raise QualityGateFailed(report.failures)
     storage = run.storage()
-    promoted = _publish_plan(storage, run)
     staged = _staged_files(storage, run)
+    promoted = _publish_plan(storage, run, staged)
     order = sorted((rel for rel in promoted if rel in staged), key=lambda rel: (rel.startswith("data/"), rel))
     storage.move((run.staged(rel), rel) for rel in order)  # data files last
     stale = [

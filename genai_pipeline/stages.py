@@ -499,8 +499,9 @@ def _tabular_metrics(
     if target is None or target in conditions:
         return reference, compared
     test = rows_meeting(holdout, conditions) if conditions else holdout
-    utility = utility_scores(real, test, synthetic, target, seed=run.job.generate_seed)
-    if test.num_rows < MIN_REFERENCE_ROWS or utility is None:
+    too_few = test.num_rows < MIN_REFERENCE_ROWS
+    utility = None if too_few else utility_scores(real, test, synthetic, target, seed=run.job.generate_seed)
+    if utility is None:
         log.info("no utility score: too few labelled holdout rows, or a single class, for %s", target)
         return reference, compared
     rows.add("table", target, "tstr", utility.tstr)
