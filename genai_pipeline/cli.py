@@ -12,9 +12,6 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from genai_pipeline.config import JobSpec, load_job, parse_overrides, parse_run_date
 from genai_pipeline.errors import ConfigError, PipelineError
@@ -107,12 +104,7 @@ def _deploy(args: argparse.Namespace) -> int:
 def _trigger(args: argparse.Namespace) -> int:
     from genai_pipeline import deploy
 
-    parameters: dict[str, Any] = {}
-    for item in args.param or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--param {item!r}: expected KEY=VALUE")
-        parameters[key] = yaml.safe_load(value)
+    parameters = parse_overrides(args.param or [], option="--param")
     if args.set:
         parse_overrides(args.set)  # checked here, applied by the flow
         parameters["overrides"] = list(args.set)

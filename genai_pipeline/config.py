@@ -400,13 +400,14 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     target[keys[-1]] = value
 
 
-def parse_overrides(assignments: list[str]) -> dict[str, Any]:
-    """``["train.epochs=5", "generate.conditions.label=3"]`` → ``{dotted key: YAML value}``."""
+def parse_overrides(assignments: list[str], *, option: str = "--set") -> dict[str, Any]:
+    """``["train.epochs=5", "generate.conditions.label=3"]`` → ``{dotted key: YAML value}``
+    (also the flow parameters of ``trigger --param``, named by ``option`` in errors)."""
     overrides: dict[str, Any] = {}
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
-            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE with a dotted key")
+            raise ConfigError(f"{option} {assignment!r}: expected KEY=VALUE with a dotted key")
         overrides[key] = yaml.safe_load(raw) if raw else ""
     return overrides
 
