@@ -19,13 +19,15 @@ apply_prefect_defaults()
 from prefect import flow, task, unmapped  # noqa: E402  (settings must be in the environment first)
 from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.settings import get_current_settings  # noqa: E402
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
 from genai_pipeline import stages  # noqa: E402
-from genai_pipeline.config import JobSpec, load_job, parse_overrides, parse_run_date  # noqa: E402
+from genai_pipeline.config import GenerateSpec, JobSpec, load_job, parse_overrides, parse_run_date  # noqa: E402
 from genai_pipeline.errors import ConfigError, PermanentError  # noqa: E402
 from genai_pipeline.notify import notify_failure  # noqa: E402
-from genai_pipeline.runs import Run, new_run_id  # noqa: E402
+from genai_pipeline.runs import GeneratedRef, Run, new_run_id  # noqa: E402
 
 
 def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
@@ -82,6 +84,52 @@ def _record_failure(run: Run, error: Exception, policy: dict[str, Any]) -> None:
     notify_failure(run, failure)
 
 
+def shard_runner(spec: GenerateSpec) -> TaskRunner:
+    """The task runner the shards map over, from ``generate.runner``: threads in this process, a
+    local Dask cluster (worker processes), or an existing Dask cluster by its address."""
+    runner = spec.runner
+    cores = os.cpu_count() or 1
+    if runner.kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=runner.workers or min(spec.shards, cores))
+    from prefect_dask import DaskTaskRunner
+
+    if runner.address:
+        return DaskTaskRunner(address=runner.address)
+    workers = runner.workers or cores
+    # torch in each worker gets its share of the cores (Dask's default is one thread)
+    env = {"OMP_NUM_THREADS": str(max(1, cores // (workers * runner.threads_per_worker)))}
+    if not get_current_settings().api.url:
+        # embedded mode: the workers report to this process's temporary server instead of each
+        # starting one of its own (tens of seconds per worker)
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        if server.running:
+            env["PREFECT_API_URL"] = server.api_url
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": runner.threads_per_worker,
+            "processes": True,
+            "dashboard_address": ":0",  # never a fixed port (8787) that a second run would fight for
+            "env": env,
+        }
+    )
+
+
+@flow(name="generate", validate_parameters=False)
+def generate(run: Run, *, model: Any, dataset: Any, policy: dict[str, Any]) -> GeneratedRef:
+    """Every shard as its own task on this (sub)flow's task runner; a retried shard rewrites only
+    its own part file."""
+    shards = generate_shard.with_options(**policy).map(
+        run=unmapped(run),
+        model=unmapped(model),
+        dataset=unmapped(dataset),
+        shard=list(range(run.job.generate.shards)),
+    )
+    return stages.collect_shards([future.result() for future in shards])
+
+
 @flow(name="synthesize")
 def synthesize(
     job: JobSpec | str,
@@ -107,13 +155,9 @@ def synthesize(
     try:
         dataset = ingest.with_options(**policy)(run)
         model = train.with_options(**policy)(run, dataset=dataset)
-        shards = generate_shard.with_options(**policy).map(
-            run=unmapped(run),
-            model=unmapped(model),
-            dataset=unmapped(dataset),
-            shard=list(range(job.generate.shards)),
-        )  # mapped over the flow's task runner; a retried shard rewrites only its own part file
-        generated = stages.collect_shards([future.result() for future in shards])
+        generated = generate.with_options(task_runner=shard_runner(job.generate))(
+            run, model=model, dataset=dataset, policy=policy
+        )
         report = validate.with_options(**policy)(run, dataset=dataset, generated=generated)
         published = export.with_options(**policy)(
             run, dataset=dataset, model=model, generated=generated, report=report

@@ -176,6 +176,33 @@ class TrainSpec(StrictModel):
     )
 
 
+class RunnerSpec(StrictModel):
+    """Where the generation shards run: threads in the flow's process, or a Dask cluster."""
+
+    kind: Literal["threads", "dask"] = "threads"
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="threads: shards at once (default: the shards, at most the cores); "
+        "dask: worker processes of the local cluster (default: the cores)",
+    )
+    threads_per_worker: int = Field(default=1, ge=1, le=256, description="dask: task threads per worker")
+    address: str | None = Field(
+        default=None,
+        min_length=1,
+        description="dask: an existing scheduler, e.g. tcp://scheduler:8786 (default: a local cluster)",
+    )
+
+    @model_validator(mode="after")
+    def _dask_only(self) -> RunnerSpec:
+        if self.kind != "dask" and self.address is not None:
+            raise ValueError("address is for kind: dask")
+        if self.address is not None and self.workers is not None:
+            raise ValueError("workers sizes a local cluster; an existing one (address) has its own")
+        return self
+
+
 class GenerateSpec(StrictModel):
     """How many samples to generate, in which batches, under which conditions."""
 
@@ -187,6 +214,7 @@ class GenerateSpec(StrictModel):
         le=10_000,
         description="independent generation tasks, each with its own part file and seed",
     )
+    runner: RunnerSpec = Field(default_factory=RunnerSpec, description="where the shards run")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="default: train.seed")
     conditions: dict[str, ConditionValue] = Field(
         default_factory=dict, description="fixed values, e.g. {label: 3} or {species: Adelie}"

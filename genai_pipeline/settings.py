@@ -28,4 +28,5 @@ def apply_prefect_defaults() -> None:
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     logging.getLogger("genai_pipeline").setLevel(os.environ.get("GENAI_PIPELINE_LOG_LEVEL", "INFO"))
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    for chatty in ("great_expectations", "distributed"):  # a Dask cluster logs every worker's start
+        logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from PIL import Image
 
 import genai_pipeline
@@ -42,7 +44,7 @@ from genai_pipeline.encoders.tabular import TableEncoder
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.generation import write_images, write_parquet
 from genai_pipeline.models import load_model, model_class, model_config_for
-from genai_pipeline.models.base import require_condition_values
+from genai_pipeline.models.base import Synthesizer, require_condition_values
 from genai_pipeline.quality.gate import MetricRows
 from genai_pipeline.runs import (
     LATEST_MODEL,
@@ -333,6 +335,23 @@ def shard_plan(run: Run, dataset: DatasetRef, shard: int) -> list[tuple[dict[str
     return out
 
 
+_LOADED: dict[tuple[str, ...], Synthesizer] = {}
+_LOADING = threading.Lock()
+
+
+def shared_model(storage: Storage, model: ModelRef, device: torch.device) -> Synthesizer:
+    """The model, loaded once per process and device: shards running as threads share one copy
+    (one copy in GPU memory) instead of each loading its own. Only the latest model is kept, since
+    a long-lived worker (a Dask cluster's) runs many jobs; the key includes the fit record, so a
+    model trained again at the same place is loaded again."""
+    key = (storage.url, model.uri, json.dumps(model.fit, sort_keys=True, default=str), str(device))
+    with _LOADING:
+        if key not in _LOADED:
+            _LOADED.clear()
+            _LOADED[key] = load_model(storage, model.uri, device)
+        return _LOADED[key]
+
+
 def generate_shard(run: Run, *, model: ModelRef, dataset: DatasetRef, shard: int) -> GeneratedRef:
     """Stream one shard's samples into its own part file. A shard whose part file is already
     staged (a retried task) is not generated again: part files are written atomically, last."""
@@ -347,7 +366,7 @@ def generate_shard(run: Run, *, model: ModelRef, dataset: DatasetRef, shard: int
     plan = shard_plan(run, dataset, shard)
     if not plan:  # more shards than samples
         return GeneratedRef(num_samples=0, seconds=0.0)
-    synthesizer = load_model(storage, model.uri, resolve_device(job.train.device))
+    synthesizer = shared_model(storage, model, resolve_device(job.train.device))
     started = time.monotonic()
     batches = itertools.chain.from_iterable(
         synthesizer.sample(count, conditions=conditions, seed=seed, batch_size=job.generate.batch_size)

@@ -351,3 +351,31 @@ def test_a_failed_shard_is_retried_alone_and_writes_its_part_once(
     ]
     parts = sorted((tmp_path / "tiny" / "data" / f"run_date={RUN_DATE}").glob("*.parquet"))
     assert [pq.read_metadata(part).num_rows for part in parts] == [30, 30, 30]
+
+
+def test_a_dask_cluster_generates_the_same_data_as_threads(tmp_path: Path) -> None:
+    from prefect_dask import DaskTaskRunner
+
+    from flows.synthesize import shard_runner
+
+    def job(runner: dict) -> object:
+        return tiny_job(
+            "builtin://penguins",
+            "vae",
+            str(tmp_path),
+            train={"reuse": "cached"},  # the second run samples the first run's model
+            generate={"num_samples": 300, "batch_size": 64, "shards": 3, "runner": runner},
+        )
+
+    on_dask = job({"kind": "dask", "workers": 2})
+    assert isinstance(shard_runner(on_dask.generate), DaskTaskRunner)
+    assert _run(job({"kind": "threads"}), "2026-01-02")["num_samples"] == 300
+    assert _run(on_dask, "2026-01-03")["num_samples"] == 300
+
+    def published(run_date: str) -> list:
+        parts = sorted((tmp_path / "tiny" / "data" / f"run_date={run_date}").glob("part-*.parquet"))
+        return [pq.read_table(part).to_pylist() for part in parts]
+
+    threads, dask = published("2026-01-02"), published("2026-01-03")
+    assert [len(part) for part in threads] == [100, 100, 100]
+    assert dask == threads

@@ -376,3 +376,40 @@ def test_an_unchanged_source_is_read_once_and_a_changed_one_again(
     uncached = tiny_job(str(source), "vae", str(tmp_path / "out"), dataset={"cache": False})
     stages.ingest(Run(job=uncached, run_date="2026-02-06"))
     assert len(reads) == 3
+
+
+_PEAK_RSS = """
+import resource, sys
+import torch
+from genai_pipeline.generation import write_parquet
+from genai_pipeline.models import load_model
+from genai_pipeline.storage import Storage
+
+storage = Storage(sys.argv[1])
+model = load_model(storage, sys.argv[2], torch.device("cpu"))
+for rows in map(int, sys.argv[3:]):
+    batches = model.sample(rows, conditions=None, seed=0, batch_size=4096)
+    assert write_parquet(batches, storage, f"out-{rows}.parquet") == rows
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # MiB
+"""
+
+
+def test_memory_stays_flat_for_a_generation_far_larger_than_a_batch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path))
+    run = Run(job=job, run_date="2026-02-03")
+    model = stages.train(run, dataset=stages.ingest(run))
+    # a fresh process: its peak RSS after 300k rows (two row groups) and then after 2M more
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, str(tmp_path / "tiny"), model.uri, "300000", "2000000"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    warm, big = map(int, out)
+    print(f"peak RSS {warm} MiB after 300k rows, {big} MiB after 2M")
+    assert big - warm < 40, (
+        f"peak memory grew {big - warm} MiB for 2M rows (the 2M rows are ~155 MiB as one table)"
+    )
