@@ -154,9 +154,12 @@ class Storage:
     def put_many(self, files: dict[str, bytes]) -> None:
         """Write many small files (not atomically: for staging); batched and concurrent on S3."""
         if self.is_local:
+            made: set[str] = set()
             for rel, data in files.items():
                 path = self.path(rel)
-                os.makedirs(os.path.dirname(path), exist_ok=True)
+                if (directory := os.path.dirname(path)) not in made:
+                    os.makedirs(directory, exist_ok=True)
+                    made.add(directory)
                 with open(path, "wb") as handle:
                     handle.write(data)
         elif files:
