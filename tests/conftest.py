@@ -84,3 +84,42 @@ def tiny_job(uri: str, family: str, output: str, **sections: Any) -> JobSpec:
     if "per_label" in data["generate"]:
         del data["generate"]["num_samples"]  # the two are exclusive
     return build_job(data, source="tiny-job")
+
+
+_PEAK_RSS = """
+import json, resource, sys
+from genai_pipeline import stages
+from genai_pipeline.config import JobSpec
+from genai_pipeline.datasets.base import DatasetRef
+from genai_pipeline.runs import ModelRef, Run
+
+job = JobSpec.model_validate_json(sys.argv[1])
+dataset, model = DatasetRef(**json.loads(sys.argv[2])), ModelRef(**json.loads(sys.argv[3]))
+for day, count in enumerate(map(int, sys.argv[4:]), start=1):
+    generate = job.generate.model_copy(update={"num_samples": count})
+    run = Run(job=job.model_copy(update={"generate": generate}), run_date=f"2026-01-{day:02d}")
+    assert stages.generate_shard(run, model=model, dataset=dataset, shard=0).num_samples == count
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # MiB
+"""
+
+
+def peak_rss_after_generating(job: JobSpec, counts: list[int]) -> list[int]:
+    """Train the job's model, then generate ``counts`` samples one run after another in a fresh
+    process: its peak RSS in MiB after each (a process of its own, so the peak is the generation's)."""
+    import json
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    from genai_pipeline import stages
+    from genai_pipeline.runs import Run
+
+    run = Run(job=job, run_date="2026-01-01")
+    dataset = stages.ingest(run)
+    model = stages.train(run, dataset=dataset)
+    args = [job.model_dump_json(), json.dumps(asdict(dataset)), json.dumps(asdict(model), default=str)]
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, *args, *map(str, counts)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return [int(line) for line in out.stdout.split()]

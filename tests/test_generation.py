@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import tiny_job
+from conftest import peak_rss_after_generating, tiny_job
 from PIL import Image
 
 from genai_pipeline.errors import StorageError
@@ -73,3 +73,17 @@ def test_a_failed_upload_stops_the_shard_and_stages_no_manifest(
         write_images(batches(), run.storage(), run, model_name="test")
     assert not (tmp_path / "tiny" / run.staged(run.data_part(0))).exists()
     assert len(sampled) <= 5  # sampling stops within the in-flight bound, not after all 20 batches
+
+
+@pytest.mark.parametrize(
+    ("uri", "batch", "warm", "more"),
+    [("builtin://penguins", 4096, 300_000, 2_000_000), ("builtin://mnist", 500, 10_000, 60_000)],
+)
+def test_memory_stays_flat_for_far_more_samples_than_a_batch(
+    tmp_path: Path, uri: str, batch: int, warm: int, more: int
+) -> None:
+    job = tiny_job(uri, "vae", str(tmp_path), generate={"batch_size": batch})
+    first, then = peak_rss_after_generating(job, [warm, more])
+    print(f"{uri}: peak RSS {first} MiB after {warm:,} samples, {then} MiB after {more:,} more")
+    # as one table the 2M rows would be ~155 MiB; holding 120 small manifests grew RSS by ~500 MiB
+    assert then - first < 40, f"peak memory grew {then - first} MiB for {more:,} samples"
