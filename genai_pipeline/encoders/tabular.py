@@ -341,30 +341,40 @@ class TableEncoder:
 
     # -- decoding ---------------------------------------------------------------------------
 
-    def _build_column(self, codec: ColumnCodec, values: np.ndarray, mask: np.ndarray) -> pa.Array:
-        """An Arrow array of the column's original type from decoded values and a null mask."""
-        field = self.schema.field(codec.name)
-        type_ = _value_type(field.type)
+    def _build_column(
+        self, codec: ColumnCodec, values: np.ndarray, mask: np.ndarray, *, encode: bool = True
+    ) -> pa.Array:
+        """An Arrow array of the column's original type from decoded values and a null mask
+        (``encode=False``: of its value type, for a dictionary column)."""
+        type_ = _value_type(self.schema.field(codec.name).type)
         if codec.kind == "null":
             array = pa.nulls(len(mask), type=type_)
         elif is_numeric(type_):
             array = _from_float(np.where(mask, 0.0, values).astype(np.float64), type_, mask)
         else:
             array = pa.array(np.where(mask, None, values), type=type_, from_pandas=True)
-        if pa.types.is_dictionary(field.type):
-            array = array.dictionary_encode().cast(field.type)
-        return array
+        return self._dictionary_encoded(codec, array) if encode else array
+
+    def _dictionary_encoded(self, codec: ColumnCodec, array: pa.Array) -> pa.Array:
+        """The array as the column's dictionary type, when the input had one."""
+        field = self.schema.field(codec.name)
+        return array.dictionary_encode().cast(field.type) if pa.types.is_dictionary(field.type) else array
 
     def _decode_categorical(
         self, codec: ColumnCodec, index: np.ndarray, rng: np.random.Generator
     ) -> pa.Array:
-        values = np.array(codec.categories or [], dtype=object)[index]
+        """Category indices → the column: its categories built once as Arrow values, then taken by
+        index in Arrow (no Python object per row); rare rows draw one of the rare values."""
+        categories = list(codec.categories or [])
         if codec.rare_values:
-            rare = values == _RARE
-            draws = rng.choice(len(codec.rare_values), size=int(rare.sum()), p=codec.rare_probs)
-            values[rare] = np.array(codec.rare_values, dtype=object)[draws]
-        mask = values == _NULL
-        return self._build_column(codec, values, np.asarray(mask, dtype=bool))
+            rare = np.flatnonzero(index == categories.index(_RARE))
+            draws = rng.choice(len(codec.rare_values), size=len(rare), p=codec.rare_probs)
+            index = index.copy()
+            index[rare] = len(categories) + draws
+            categories += codec.rare_values
+        values = np.array(categories, dtype=object)
+        dictionary = self._build_column(codec, values, np.asarray(values == _NULL, dtype=bool), encode=False)
+        return self._dictionary_encoded(codec, dictionary.take(pa.array(index)))
 
     def decode(self, x: np.ndarray, cond: np.ndarray | None, *, seed: int) -> pa.Table:
         """A table with the input's schema from a sampled matrix (one-hot for categoricals)."""
