@@ -215,6 +215,11 @@ class GenerateSpec(StrictModel):
         description="independent generation tasks, each with its own part file and seed",
     )
     runner: RunnerSpec = Field(default_factory=RunnerSpec, description="where the shards run")
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="sampling arithmetic; auto: bfloat16 where the device computes it natively "
+        "(AVX512-BF16/AMX CPUs, recent GPUs) and the family gains from it, else float32",
+    )
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="default: train.seed")
     conditions: dict[str, ConditionValue] = Field(
         default_factory=dict, description="fixed values, e.g. {label: 3} or {species: Adelie}"

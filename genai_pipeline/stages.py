@@ -44,7 +44,7 @@ from genai_pipeline.encoders.tabular import TableEncoder
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.generation import write_images, write_parquet
 from genai_pipeline.models import load_model, model_class, model_config_for
-from genai_pipeline.models.base import Synthesizer, require_condition_values
+from genai_pipeline.models.base import Synthesizer, require_condition_values, sampling_precision
 from genai_pipeline.quality.gate import MetricRows
 from genai_pipeline.runs import (
     LATEST_MODEL,
@@ -372,10 +372,11 @@ def generate_shard(run: Run, *, model: ModelRef, dataset: DatasetRef, shard: int
         synthesizer.sample(count, conditions=conditions, seed=seed, batch_size=job.generate.batch_size)
         for conditions, count, seed in plan
     )
-    if model.modality == "tabular":
-        count = write_parquet(batches, storage, part)
-    else:
-        count = write_images(batches, storage, run, model_name=f"{model.family}:{model.key}", shard=shard)
+    with sampling_precision(synthesizer, job.generate.precision):  # the batches are drawn in here
+        if model.modality == "tabular":
+            count = write_parquet(batches, storage, part)
+        else:
+            count = write_images(batches, storage, run, model_name=f"{model.family}:{model.key}", shard=shard)
     return GeneratedRef(num_samples=count, seconds=time.monotonic() - started)
 
 

@@ -57,3 +57,25 @@ def test_tabular_vae_without_label(reveal_rate: float) -> None:
         ConfigError, match="generate.conditions.c: the tabular VAE was trained with reveal_rate 0"
     ):
         list(model.sample(10, conditions={"c": "a"}, seed=0, batch_size=10))
+
+
+@pytest.mark.parametrize("precision", ["auto", "float32", "bfloat16"])
+@pytest.mark.parametrize("family", ["vae", "autoregressive"])
+def test_sampling_precision_is_bfloat16_only_where_asked_or_native_and_useful(
+    monkeypatch: pytest.MonkeyPatch, family: str, precision: str
+) -> None:
+    import torch
+
+    from genai_pipeline.models import base
+
+    cls = model_class("image", family)
+    model = cls(cls.Config.model_validate({}), device=CPU)
+    for native in (False, True):
+        monkeypatch.setattr(base, "native_bfloat16", lambda device, native=native: native)
+        with base.sampling_precision(model, precision):
+            in_bfloat16 = (
+                torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            )
+        auto = native and family != "autoregressive"  # the image transformer samples slower in it
+        assert in_bfloat16 == {"auto": auto, "float32": False, "bfloat16": True}[precision]
+    assert not torch.is_autocast_enabled("cpu")

@@ -61,8 +61,9 @@ def sample_spans(
     log_sigma: torch.Tensor | None,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Draw rows: Gaussian noise around continuous means, one-hot draws from softmax spans."""
-    pieces = []
+    """Draw rows: Gaussian noise around continuous means, one-hot draws from softmax spans
+    (written into one preallocated matrix: no per-span tensors to concatenate)."""
+    rows = outputs.new_zeros(outputs.shape, dtype=torch.float32)
     sigma_index = 0
     for span, cols in span_slices(spans):
         block = outputs[:, cols].float()
@@ -71,7 +72,7 @@ def sample_spans(
                 noise = torch.randn(block.shape, generator=generator, device=block.device)
                 block = block + noise * torch.exp(log_sigma[sigma_index]).float()
             sigma_index += 1
-            pieces.append(block)
+            rows[:, cols] = block
         else:
-            pieces.append(F.one_hot(draw_categorical(block, generator), span.size).float())
-    return torch.cat(pieces, dim=1) if pieces else outputs.new_zeros((len(outputs), 0))
+            rows[:, cols].scatter_(1, draw_categorical(block, generator)[:, None], 1.0)
+    return rows
