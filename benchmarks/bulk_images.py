@@ -144,9 +144,9 @@ def main() -> None:
             model_name=args.family,
         )
         seconds = time.perf_counter() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before listing the files
         stored = len(run.storage().list_files(run.staged("images")))
     assert stored == count == args.images, (stored, count)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"{args.family} → {args.target}: {count:,} images in {seconds:.1f} s = {count / seconds:,.0f} "
         f"images/s end to end (sampling alone {sample_rate:,.0f}/s), peak RSS {peak:.0f} MB"
