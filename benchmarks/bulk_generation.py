@@ -6,8 +6,9 @@
 ``train`` fits a family on UCI Adult under a short budget and saves it as the pipeline does
 (``model.save``); ``generate`` — one process per size, so its peak RSS is its own — loads it and
 streams ``--rows`` rows through the generate stage's writer (``generation.write_parquet``: zstd,
-dictionary encoding, ~128k-row groups) into a local Parquet file. Throughput does not depend on
-how well the model was trained; peak RSS must not grow with ``--rows``.
+dictionary encoding, ~128k-row groups) into local Parquet files, ``--shards`` at once in threads
+(as the thread runner runs a job's shards), under ``generate.precision``'s rule (``--precision``).
+Throughput does not depend on how well the model was trained; peak RSS must not grow with ``--rows``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import os
 import resource
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from benchmark_data import load_adult
@@ -24,6 +26,7 @@ from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets import TabularData
 from genai_pipeline.generation import write_parquet
 from genai_pipeline.models import load_model, model_class
+from genai_pipeline.models.base import sampling_precision
 from genai_pipeline.storage import Storage
 
 
@@ -35,6 +38,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=0.5, help="training budget")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=50_000)
+    parser.add_argument("--shards", type=int, default=1, help="shards at once, in threads")
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
     args = parser.parse_args()
     storage = Storage(args.model_dir)
     if args.mode == "train":
@@ -46,19 +51,27 @@ def main() -> None:
         print(f"{args.family}: {report.steps} steps in {report.seconds:.0f} s, saved in {args.model_dir}")
         return
     model = load_model(storage, args.family, torch.device("cpu"))
-    rel = f"out-{args.family}-{args.rows}.parquet"
+    rels = [f"out-{args.family}-{args.rows}-{shard}.parquet" for shard in range(args.shards)]
+
+    def shard(index: int) -> int:
+        """One shard's rows into its own file, as the generate stage's shards on the thread runner."""
+        rows = args.rows // args.shards + (index < args.rows % args.shards)
+        with sampling_precision(model, args.precision):
+            batches = model.sample(rows, conditions=None, seed=index, batch_size=args.batch_size)
+            return write_parquet(batches, storage, rels[index])
+
     started = time.perf_counter()
-    rows = write_parquet(
-        model.sample(args.rows, conditions=None, seed=0, batch_size=args.batch_size), storage, rel
-    )
+    with ThreadPoolExecutor(args.shards) as pool:
+        rows = sum(pool.map(shard, range(args.shards)))
     seconds = time.perf_counter() - started
-    size = os.path.getsize(storage.path(rel)) / 2**20
+    size = sum(os.path.getsize(storage.path(rel)) for rel in rels) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
-        f"{args.family}: {rows:,} rows in {seconds:.1f} s = {rows / seconds:,.0f} rows/s "
-        f"({rows / seconds * 60 / 1e6:.1f}M rows/min), {size:.0f} MB Parquet, peak RSS {peak:.0f} MB"
+        f"{args.family} ({args.precision}, {args.shards} shard(s)): {rows:,} rows in {seconds:.1f} s = "
+        f"{rows / seconds:,.0f} rows/s ({rows / seconds * 60 / 1e6:.1f}M rows/min), {size:.0f} MB Parquet, "
+        f"peak RSS {peak:.0f} MB"
     )
-    storage.delete([rel])
+    storage.delete(rels)
 
 
 if __name__ == "__main__":

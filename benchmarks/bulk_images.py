@@ -37,6 +37,7 @@ from genai_pipeline.config import DatasetSpec, TrainSpec, build_job
 from genai_pipeline.datasets.sources import read_dataset
 from genai_pipeline.generation import encode_png, write_images
 from genai_pipeline.models import load_model, model_class
+from genai_pipeline.models.base import sampling_precision
 from genai_pipeline.runs import Run
 from genai_pipeline.storage import Storage
 
@@ -106,6 +107,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--target", choices=["local", "s3"], default="local")
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
     args = parser.parse_args()
     if args.mode == "encoders":
         encoders()
@@ -122,8 +124,9 @@ def main() -> None:
     model = load_model(storage, args.family, torch.device("cpu"))
     probe = min(args.images, 4 * args.batch_size)
     started = time.perf_counter()
-    for _ in model.sample(probe, conditions=None, seed=1, batch_size=args.batch_size):
-        pass
+    with sampling_precision(model, args.precision):
+        for _ in model.sample(probe, conditions=None, seed=1, batch_size=args.batch_size):
+            pass
     sample_rate = probe / (time.perf_counter() - started)
     with tempfile.TemporaryDirectory() as local, s3_endpoint() if args.target == "s3" else _no_s3() as s3:
         output = f"s3://{BUCKET}/out" if s3 else local
@@ -137,19 +140,21 @@ def main() -> None:
         )
         run = Run(job=job, run_date="2026-11-25")
         started = time.perf_counter()
-        count = write_images(
-            model.sample(args.images, conditions=None, seed=0, batch_size=args.batch_size),
-            run.storage(),
-            run,
-            model_name=args.family,
-        )
+        with sampling_precision(model, args.precision):
+            count = write_images(
+                model.sample(args.images, conditions=None, seed=0, batch_size=args.batch_size),
+                run.storage(),
+                run,
+                model_name=args.family,
+            )
         seconds = time.perf_counter() - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before listing the files
         stored = len(run.storage().list_files(run.staged("images")))
     assert stored == count == args.images, (stored, count)
     print(
-        f"{args.family} → {args.target}: {count:,} images in {seconds:.1f} s = {count / seconds:,.0f} "
-        f"images/s end to end (sampling alone {sample_rate:,.0f}/s), peak RSS {peak:.0f} MB"
+        f"{args.family} ({args.precision}) → {args.target}: {count:,} images in {seconds:.1f} s = "
+        f"{count / seconds:,.0f} images/s end to end (sampling alone {sample_rate:,.0f}/s), "
+        f"peak RSS {peak:.0f} MB"
     )
 
 
