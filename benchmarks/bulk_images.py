@@ -12,7 +12,8 @@ its own — loads it, times sampling alone on a few batches, then streams ``--im
 through the generate stage's writer (``generation.write_images``: PNGs encoded on every core and
 stored while the next batch is sampled, the Parquet manifest last) into a run's staging area on
 local disk or on S3 over HTTP (a moto server started here, in its own process, on 127.0.0.1).
-``encoders`` compares PNG encoding serially, in a thread pool and in a process pool.
+``encoders`` compares PNG encoding serially, in a thread pool and in a process pool, and times the
+local disk's creation of small files.
 """
 
 from __future__ import annotations
@@ -96,6 +97,12 @@ def encoders(count: int = 8000) -> None:
                 list(pool.map(_encode_many, chunks))
                 rates[name] = count / (time.perf_counter() - started)
         print(f"{shape}: " + ", ".join(f"{name} {rate:,.0f} images/s" for name, rate in rates.items()))
+    with tempfile.TemporaryDirectory(dir=".") as folder:  # the disk's own rate of small-file creation
+        started = time.perf_counter()
+        for index in range(count):
+            with open(f"{folder}/{index}.png", "wb") as handle:
+                handle.write(b"x" * 700)
+        print(f"local disk: {count / (time.perf_counter() - started):,.0f} 700-byte files/s from one thread")
 
 
 def main() -> None:
