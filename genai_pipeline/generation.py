@@ -91,7 +91,7 @@ def _encoders() -> ThreadPoolExecutor:
     shards.
 
     Threads, not processes: Pillow's zlib encoder releases the GIL, so two threads encode ~1.8×
-    as fast as one, as fast as two processes (``benchmarks/bulk_images.py --encoders``) without
+    as fast as one, as fast as two processes (``benchmarks/bulk_images.py encoders``) without
     pickling images across, and they also work inside Dask's daemonic worker processes, which
     may not start a process pool.
     """

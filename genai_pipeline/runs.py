@@ -39,6 +39,8 @@ from genai_pipeline.storage import Storage
 log = logging.getLogger(__name__)
 
 PUBLISHED_PREFIXES = ("data", "images", "quality")
+#: the Hive-style partition of every published folder (data/run_date=…/): no column may be named so
+PARTITION_KEY = "run_date"
 #: the model of the last published run, for ``train.reuse: latest``
 LATEST_MODEL = "models/latest.json"
 
@@ -79,7 +81,7 @@ class Run:
 
     def partition(self, kind: str) -> str:
         """``data``, ``images`` or ``quality`` folder of this run's date."""
-        return f"{kind}/run_date={self.run_date}"
+        return f"{kind}/{PARTITION_KEY}={self.run_date}"
 
     def data_part(self, shard: int) -> str:
         """The data file one generation shard writes."""

@@ -400,22 +400,35 @@ def generate(run: Run, *, model: ModelRef, dataset: DatasetRef) -> GeneratedRef:
     return collect_shards([generate_shard(run, model=model, dataset=dataset, shard=i) for i in shards])
 
 
-def _read_rows(storage: Storage, rels: list[str], limit: int) -> pa.Table:
-    """The first ``limit`` rows of Parquet files in order, reading only the row groups needed."""
-    tables, rows = [], 0
+def sample_rows(storage: Storage, rels: list[str], limit: int, seed: int) -> pa.Table:
+    """At most ``limit`` rows drawn from the whole output, at a cost bounded by ``limit``: row groups
+    spread evenly over every part file (about four times ``limit`` rows), then a seeded choice of
+    rows among them, in output order. The first rows alone will not do: a sampling plan writes its
+    parts (labels, conditions) one after another, so they could all be one label."""
+    groups: list[tuple[str, int, int]] = []
     for rel in rels:
         with storage.open_read(rel) as handle:
-            parquet = pq.ParquetFile(handle)
-            groups = []
-            for index in range(parquet.num_row_groups):
-                if rows >= limit:
-                    break
-                groups.append(index)
-                rows += parquet.metadata.row_group(index).num_rows
-            tables.append(parquet.read_row_groups(groups) if groups else parquet.schema_arrow.empty_table())
-        if rows >= limit:
-            break
-    return pa.concat_tables(tables).slice(0, limit)
+            metadata = pq.ParquetFile(handle).metadata
+        groups += [
+            (rel, index, metadata.row_group(index).num_rows) for index in range(metadata.num_row_groups)
+        ]
+    total = sum(rows for _, _, rows in groups)
+    wanted = len(groups) if total <= 4 * limit else max(1, int(np.ceil(len(groups) * 4 * limit / total)))
+    chosen = (
+        sorted({int(i) for i in np.linspace(0, len(groups) - 1, min(wanted, len(groups)))}) if groups else []
+    )
+    tables = []
+    for rel, picked in itertools.groupby((groups[i] for i in chosen), key=lambda group: group[0]):
+        with storage.open_read(rel) as handle:
+            tables.append(pq.ParquetFile(handle).read_row_groups([index for _, index, _ in picked]))
+    if not tables:
+        with storage.open_read(rels[0]) as handle:
+            return pq.ParquetFile(handle).schema_arrow.empty_table()
+    table = pa.concat_tables(tables)
+    if table.num_rows <= limit:
+        return table
+    keep = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=limit, replace=False))
+    return table.take(pa.array(keep))
 
 
 def _read_images(storage: Storage, run: Run, manifest: pa.Table) -> ImageData:
@@ -630,7 +643,7 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
     base = load_suite(storage.read_bytes(_suite_file(run)), "suite.json")
     suite = job_suite(base, spec, conditions_for_model(run), dataset.modality)
     parts = sorted(storage.list_files(run.staged(run.partition("data"))))
-    staged = _read_rows(storage, parts, spec.sample_rows)
+    staged = sample_rows(storage, parts, spec.sample_rows, seed=job.generate_seed)
     rows = MetricRows(run.run_id, spec)
     with tempfile.TemporaryDirectory(prefix="data-docs-") as docs:
         if isinstance(real, TabularData):

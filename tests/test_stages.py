@@ -376,3 +376,33 @@ def test_an_unchanged_source_is_read_once_and_a_changed_one_again(
     uncached = tiny_job(str(source), "vae", str(tmp_path / "out"), dataset={"cache": False})
     stages.ingest(Run(job=uncached, run_date="2026-02-06"))
     assert len(reads) == 3
+
+
+def test_validation_samples_rows_from_the_whole_output_not_just_its_start(tmp_path: Path) -> None:
+    from genai_pipeline.storage import Storage
+
+    storage = Storage(str(tmp_path))
+    for shard, label in enumerate("ABC"):  # as a per-label plan writes them: one label after another
+        table = pa.table({"label": [label] * 300, "n": range(shard * 300, shard * 300 + 300)})
+        pq.write_table(table, tmp_path / f"part-{shard:05d}.parquet", row_group_size=100)
+    parts = [f"part-{shard:05d}.parquet" for shard in range(3)]
+    sample = stages.sample_rows(storage, parts, limit=90, seed=1)
+    assert sample.num_rows == 90 and set(sample.column("label").to_pylist()) == {"A", "B", "C"}
+    numbers = sample.column("n").to_pylist()
+    assert numbers == sorted(numbers) and len(set(numbers)) == 90  # output order, no repeats
+    assert stages.sample_rows(storage, parts, limit=90, seed=1).equals(sample)
+    assert stages.sample_rows(storage, parts, limit=5000, seed=1).num_rows == 900
+
+
+def test_shards_in_one_process_share_one_loaded_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path), generate={"num_samples": 90, "shards": 3})
+    run = Run(job=job, run_date="2026-02-03")
+    dataset = stages.ingest(run)
+    model = stages.train(run, dataset=dataset)
+    loads: list[str] = []
+    real_load = stages.load_model
+    monkeypatch.setattr(stages, "load_model", lambda *args: loads.append(args[1]) or real_load(*args))
+    assert stages.generate(run, model=model, dataset=dataset).num_samples == 90
+    assert loads == [model.uri]  # once for the three shards (on a GPU: one copy in its memory)

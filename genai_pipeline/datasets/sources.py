@@ -27,6 +27,7 @@ from genai_pipeline.config import DatasetSpec
 from genai_pipeline.datasets.base import Dataset, ImageData, TabularData, content_key
 from genai_pipeline.datasets.builtin import BUILTINS
 from genai_pipeline.errors import DatasetError
+from genai_pipeline.runs import PARTITION_KEY
 from genai_pipeline.storage import open_filesystem
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,11 @@ def read_dataset(spec: DatasetSpec) -> Dataset:
         return _images_from_table(fs, path, table, spec)
     if spec.label is not None and spec.label not in table.column_names:
         raise DatasetError(f"{spec.uri}: label column {spec.label!r} not found (dataset.label)")
+    if PARTITION_KEY in table.column_names:
+        raise DatasetError(
+            f"{spec.uri}: column {PARTITION_KEY!r} has the name of the output's partition key "
+            f"(data/{PARTITION_KEY}=…/): readers would see the run's date in its place; rename the column"
+        )
     return TabularData(table=table, label=spec.label)
 
 
