@@ -24,7 +24,7 @@ from benchmark_data import load_adult
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets import TabularData
-from genai_pipeline.generation import write_parquet
+from genai_pipeline.generation import threads_per_shard, write_parquet
 from genai_pipeline.models import load_model, model_class
 from genai_pipeline.models.base import sampling_precision
 from genai_pipeline.storage import Storage
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=50_000)
     parser.add_argument("--shards", type=int, default=1, help="shards at once, in threads")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+    parser.add_argument("--sample-only", action="store_true", help="decode to Arrow, write nothing")
     args = parser.parse_args()
     storage = Storage(args.model_dir)
     if args.mode == "train":
@@ -58,20 +59,23 @@ def main() -> None:
         rows = args.rows // args.shards + (index < args.rows % args.shards)
         with sampling_precision(model, args.precision):
             batches = model.sample(rows, conditions=None, seed=index, batch_size=args.batch_size)
+            if args.sample_only:  # as the peers' `sample` is measured: tables in memory, nothing written
+                return sum(batch.num_rows for batch in batches)
             return write_parquet(batches, storage, rels[index])
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(args.shards) as pool:
+    with ThreadPoolExecutor(args.shards) as pool, threads_per_shard(args.shards):
         rows = sum(pool.map(shard, range(args.shards)))
     seconds = time.perf_counter() - started
-    size = sum(os.path.getsize(storage.path(rel)) for rel in rels) / 2**20
+    written = [rel for rel in rels if os.path.exists(storage.path(rel))]
+    size = sum(os.path.getsize(storage.path(rel)) for rel in written) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"{args.family} ({args.precision}, {args.shards} shard(s)): {rows:,} rows in {seconds:.1f} s = "
         f"{rows / seconds:,.0f} rows/s ({rows / seconds * 60 / 1e6:.1f}M rows/min), {size:.0f} MB Parquet, "
         f"peak RSS {peak:.0f} MB"
     )
-    storage.delete(rels)
+    storage.delete(written)
 
 
 if __name__ == "__main__":

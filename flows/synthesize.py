@@ -26,6 +26,7 @@ from prefect.tasks import exponential_backoff  # noqa: E402
 from genai_pipeline import stages  # noqa: E402
 from genai_pipeline.config import GenerateSpec, JobSpec, load_job, parse_overrides, parse_run_date  # noqa: E402
 from genai_pipeline.errors import ConfigError, PermanentError  # noqa: E402
+from genai_pipeline.generation import threads_per_shard  # noqa: E402
 from genai_pipeline.notify import notify_failure  # noqa: E402
 from genai_pipeline.runs import GeneratedRef, Run, new_run_id  # noqa: E402
 
@@ -84,20 +85,30 @@ def _record_failure(run: Run, error: Exception, policy: dict[str, Any]) -> None:
     notify_failure(run, failure)
 
 
+def concurrent_shards(spec: GenerateSpec) -> int:
+    """How many shards the thread runner runs at once: ``workers``, else the shards, at most the cores."""
+    return spec.runner.workers or min(spec.shards, os.cpu_count() or 1)
+
+
 def shard_runner(spec: GenerateSpec) -> TaskRunner:
     """The task runner the shards map over, from ``generate.runner``: threads in this process, a
     local Dask cluster (worker processes), or an existing Dask cluster by its address."""
     runner = spec.runner
     cores = os.cpu_count() or 1
     if runner.kind == "threads":
-        return ThreadPoolTaskRunner(max_workers=runner.workers or min(spec.shards, cores))
+        return ThreadPoolTaskRunner(max_workers=concurrent_shards(spec))
     from prefect_dask import DaskTaskRunner
 
     if runner.address:
         return DaskTaskRunner(address=runner.address)
     workers = runner.workers or cores
-    # torch in each worker gets its share of the cores (Dask's default is one thread)
-    env = {"OMP_NUM_THREADS": str(max(1, cores // (workers * runner.threads_per_worker)))}
+    env = {
+        # torch in each worker gets its share of the cores (Dask's default is one thread)
+        "OMP_NUM_THREADS": str(max(1, cores // (workers * runner.threads_per_worker))),
+        # Dask trims freed memory at 64 KiB, which on its own sends every large tensor to mmap and
+        # back (sampling ran at half speed); keep large blocks in the heap up to 32 MiB
+        "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+    }
     if not get_current_settings().api.url:
         # embedded mode: the workers report to this process's temporary server instead of each
         # starting one of its own (tens of seconds per worker)
@@ -155,9 +166,11 @@ def synthesize(
     try:
         dataset = ingest.with_options(**policy)(run)
         model = train.with_options(**policy)(run, dataset=dataset)
-        generated = generate.with_options(task_runner=shard_runner(job.generate))(
-            run, model=model, dataset=dataset, policy=policy
-        )
+        threads = concurrent_shards(job.generate) if job.generate.runner.kind == "threads" else 1
+        with threads_per_shard(threads):
+            generated = generate.with_options(task_runner=shard_runner(job.generate))(
+                run, model=model, dataset=dataset, policy=policy
+            )
         report = validate.with_options(**policy)(run, dataset=dataset, generated=generated)
         published = export.with_options(**policy)(
             run, dataset=dataset, model=model, generated=generated, report=report
