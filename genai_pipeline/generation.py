@@ -7,9 +7,12 @@ number of batches at a time, so memory does not grow with the number of samples 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -131,6 +134,28 @@ def store_pngs(storage: Storage, paths: list[str], images: np.ndarray, chunk: in
         pass  # re-raises the first failure
 
 
+class _HeapTrimmer:
+    """Hands freed heap memory back to the system at most every ``interval`` seconds (glibc only).
+
+    The image transformer's per-chunk tensors (KV caches, between glibc's mmap thresholds) left the
+    heap fragmented: RSS grew ~7 MB a batch (1,070 MB at 100k images) though nothing was held.
+    ``malloc_trim`` every batch kept it flat but slowed the fast VAE 3× (20 trims a second); every
+    two seconds costs nothing measurable.
+    """
+
+    def __init__(self, interval: float = 2.0):
+        self.interval, self.last = interval, time.monotonic()
+        try:
+            self.trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc: nothing to do
+            self.trim = None
+
+    def __call__(self) -> None:
+        if self.trim is not None and time.monotonic() - self.last >= self.interval:
+            self.trim(0)
+            self.last = time.monotonic()
+
+
 def write_images(
     batches: Iterable[ImageBatch],
     storage: Storage,
@@ -150,9 +175,12 @@ def write_images(
     images_dir = run.partition("images")
     pending: deque[Future[None]] = deque()
 
+    trim = _HeapTrimmer()
+
     def manifests(uploads: ThreadPoolExecutor) -> Iterable[pa.Table]:
         nonlocal counter
         for batch in batches:
+            trim()
             ids = [f"{run.run_id}-{shard:05d}-{counter + i:08d}" for i in range(len(batch.images))]
             counter += len(batch.images)
             paths = [
