@@ -139,8 +139,8 @@ class _HeapTrimmer:
 
     The image transformer's per-chunk tensors (KV caches, between glibc's mmap thresholds) left the
     heap fragmented: RSS grew ~7 MB a batch (1,070 MB at 100k images) though nothing was held.
-    ``malloc_trim`` every batch kept it flat but slowed the fast VAE 3× (20 trims a second); every
-    two seconds costs nothing measurable.
+    ``malloc_trim`` keeps it flat; a trim walks the whole heap, so it runs every two seconds (no
+    measurable cost), not every batch (20 a second for the VAE).
     """
 
     def __init__(self, interval: float = 2.0):
