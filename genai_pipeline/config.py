@@ -215,6 +215,12 @@ class GenerateSpec(StrictModel):
         description="independent generation tasks, each with its own part file and seed",
     )
     runner: RunnerSpec = Field(default_factory=RunnerSpec, description="where the shards run")
+    max_batch_mb: int = Field(
+        default=1024,
+        ge=16,
+        le=1_048_576,
+        description="images: a batch larger than this (as float32 + uint8 pixels) is clipped, with a warning",
+    )
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto",
         description="sampling arithmetic; auto: bfloat16 where the device computes it natively "

@@ -335,6 +335,25 @@ def shard_plan(run: Run, dataset: DatasetRef, shard: int) -> list[tuple[dict[str
     return out
 
 
+def image_batch_size(requested: int, shape: tuple[int, ...], max_mb: int) -> int:
+    """``generate.batch_size`` for images of ``shape``, clipped (with a warning) so that a batch's
+    pixels — float32 as rendered plus uint8 as encoded — stay within ``generate.max_batch_mb``: a
+    batch size fit for 28×28 digits would not fit in memory for 512×512 photos."""
+    per_image = int(np.prod(shape)) * 5
+    limit = max(1, max_mb * 2**20 // per_image)
+    if requested > limit:
+        log.warning(
+            "generate.batch_size: %d images of %s would take %d MiB (generate.max_batch_mb: %d): using %d",
+            requested,
+            "×".join(map(str, shape)),
+            requested * per_image // 2**20,
+            max_mb,
+            limit,
+        )
+        return limit
+    return requested
+
+
 _LOADED: dict[tuple[str, ...], Synthesizer] = {}
 _LOADING = threading.Lock()
 
@@ -367,9 +386,12 @@ def generate_shard(run: Run, *, model: ModelRef, dataset: DatasetRef, shard: int
     if not plan:  # more shards than samples
         return GeneratedRef(num_samples=0, seconds=0.0)
     synthesizer = shared_model(storage, model, resolve_device(job.train.device))
+    batch_size = job.generate.batch_size
+    if model.modality == "image":
+        batch_size = image_batch_size(batch_size, synthesizer.shape, job.generate.max_batch_mb)
     started = time.monotonic()
     batches = itertools.chain.from_iterable(
-        synthesizer.sample(count, conditions=conditions, seed=seed, batch_size=job.generate.batch_size)
+        synthesizer.sample(count, conditions=conditions, seed=seed, batch_size=batch_size)
         for conditions, count, seed in plan
     )
     with sampling_precision(synthesizer, job.generate.precision):  # the batches are drawn in here

@@ -406,3 +406,13 @@ def test_shards_in_one_process_share_one_loaded_model(
     monkeypatch.setattr(stages, "load_model", lambda *args: loads.append(args[1]) or real_load(*args))
     assert stages.generate(run, model=model, dataset=dataset).num_samples == 90
     assert loads == [model.uri]  # once for the three shards (on a GPU: one copy in its memory)
+
+
+def test_an_image_batch_too_large_for_memory_is_clipped_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert stages.image_batch_size(500, (28, 28, 1), max_mb=1024) == 500  # digits: as asked
+    with caplog.at_level("WARNING", logger="genai_pipeline.stages"):
+        clipped = stages.image_batch_size(100_000, (512, 512, 3), max_mb=1024)
+    assert clipped == 273  # 1 GiB / (512·512·3 pixels × 5 bytes)
+    assert "generate.batch_size: 100000 images of 512×512×3 would take 375000 MiB" in caplog.text
