@@ -121,17 +121,18 @@ def _encoders() -> ThreadPoolExecutor:
         return _ENCODERS
 
 
-def store_pngs(storage: Storage, paths: list[str], images: np.ndarray, chunk: int = 128) -> None:
+def submit_pngs(
+    storage: Storage, paths: list[str], images: np.ndarray, chunk: int = 128
+) -> list[Future[None]]:
     """Encode and store a batch of images on every core: each chunk is encoded and written by one
     of the pool's threads (on S3 its files are uploaded concurrently), so neither encoding nor
-    writing is bound to one core or to one round-trip at a time."""
+    writing is bound to one core or to one round-trip at a time. A future per chunk."""
 
     def store(start: int) -> None:
         part = zip(paths[start : start + chunk], images[start : start + chunk])
         storage.put_many({path: encode_png(image) for path, image in part})
 
-    for _ in _encoders().map(store, range(0, len(images), chunk)):
-        pass  # re-raises the first failure
+    return [_encoders().submit(store, start) for start in range(0, len(images), chunk)]
 
 
 class _HeapTrimmer:
@@ -168,16 +169,19 @@ def write_images(
     """Stage PNGs under ``images/run_date=…/label=…/`` and the manifest as the run's data file.
 
     A pipeline: while the model samples batch *n*, the batches before it are encoded and stored on
-    every core (:func:`store_pngs`); at most ``in_flight`` batches wait, so memory stays bounded and
-    a storage failure stops the sampling within a few batches.
+    every core (:func:`submit_pngs`); at most ``in_flight`` batches wait, so memory stays bounded
+    and a storage failure stops the sampling within a few batches.
     """
     counter = 0
     images_dir = run.partition("images")
-    pending: deque[Future[None]] = deque()
-
+    pending: deque[list[Future[None]]] = deque()
     trim = _HeapTrimmer()
 
-    def manifests(uploads: ThreadPoolExecutor) -> Iterable[pa.Table]:
+    def wait_for_oldest() -> None:
+        for future in pending.popleft():
+            future.result()  # re-raises a chunk's failure
+
+    def manifests() -> Iterable[pa.Table]:
         nonlocal counter
         for batch in batches:
             trim()
@@ -187,9 +191,9 @@ def write_images(
                 f"{images_dir}/label={encode_partition_value(label)}/{sample_id}.png"
                 for sample_id, label in zip(ids, batch.labels.tolist())
             ]
-            pending.append(uploads.submit(store_pngs, storage, [run.staged(p) for p in paths], batch.images))
+            pending.append(submit_pngs(storage, [run.staged(p) for p in paths], batch.images))
             while len(pending) > in_flight:
-                pending.popleft().result()
+                wait_for_oldest()
             height, width = batch.images.shape[1:3]
             yield pa.table(
                 {
@@ -204,14 +208,13 @@ def write_images(
                 schema=IMAGE_MANIFEST_SCHEMA,
             )
         while pending:  # every image is stored before the manifest can be committed
-            pending.popleft().result()
+            wait_for_oldest()
 
     # the shard's manifest is written last (atomically): its presence means its images are all there
-    with ThreadPoolExecutor(1, thread_name_prefix="upload") as uploads:
-        try:
-            return write_parquet(
-                manifests(uploads), storage, run.staged(run.data_part(shard)), schema=IMAGE_MANIFEST_SCHEMA
-            )
-        finally:
-            for future in pending:  # a failed run: drop what has not started, wait for the rest
-                future.cancel()
+    try:
+        return write_parquet(
+            manifests(), storage, run.staged(run.data_part(shard)), schema=IMAGE_MANIFEST_SCHEMA
+        )
+    finally:
+        for future in (future for futures in pending for future in futures):
+            future.cancel()  # a failed run: drop the chunks that have not started

@@ -12,7 +12,7 @@ from conftest import peak_rss_after_generating, tiny_job
 from PIL import Image
 
 from genai_pipeline.errors import StorageError
-from genai_pipeline.generation import store_pngs, write_images
+from genai_pipeline.generation import submit_pngs, write_images
 from genai_pipeline.models.base import ImageBatch
 from genai_pipeline.runs import Run
 from genai_pipeline.storage import Storage
@@ -33,7 +33,8 @@ def test_pngs_are_stored_chunk_by_chunk_on_every_core(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
     images = _batches(1, 300)[0].images
     paths = [f"label={i % 4}/{i}.png" for i in range(300)]
-    store_pngs(storage, paths, images, chunk=7)
+    for future in submit_pngs(storage, paths, images, chunk=7):
+        future.result()
     decoded = [np.asarray(Image.open(io.BytesIO(storage.read_bytes(path)))) for path in paths]
     assert np.array_equal(np.stack(decoded)[..., None], images)
 
