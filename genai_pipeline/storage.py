@@ -11,6 +11,7 @@ that fails half-way leaves nothing behind.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import posixpath
@@ -27,6 +28,8 @@ from genai_pipeline.errors import ConfigError, PipelineError, StorageError
 
 P = ParamSpec("P")
 R = TypeVar("R")
+#: a write that failed for want of room (full disk, quota, file size limit)
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -131,7 +134,12 @@ class Storage:
         if self.is_local:
             with self.errors(rel):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-            yield from _local_atomic(path)
+            try:
+                yield from _local_atomic(path)
+            except OSError as exc:
+                if exc.errno in _DISK_FULL:  # the block's writes hit a full disk: say which file
+                    raise StorageError(f"{self.url_of(rel)}: {type(exc).__name__}: {exc}") from exc
+                raise
             return
         with self.errors(rel):
             handle = self.fs.open(path, "wb", autocommit=False)

@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from genai_pipeline.config import DatasetSpec
 from genai_pipeline.datasets.base import Dataset, ImageData, TabularData, content_key
 from genai_pipeline.datasets.builtin import BUILTINS
+from genai_pipeline.encoders.tabular import is_supported
 from genai_pipeline.errors import DatasetError
 from genai_pipeline.runs import PARTITION_KEY
 from genai_pipeline.storage import open_filesystem
@@ -34,7 +35,11 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _TABLE_SUFFIXES = {"parquet": (".parquet", ".pq", ".parq"), "csv": (".csv", ".csv.gz")}
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+#: files that tools leave in image folders (Windows thumbnails, folder settings): skipped silently
+_JUNK_FILES = {"thumbs.db", "desktop.ini"}
+#: at most this much of a reader's error is quoted: a parse error of a binary file quotes the bytes
+_DETAIL_CHARS = 160
 
 
 def read_dataset(spec: DatasetSpec) -> Dataset:
@@ -49,16 +54,56 @@ def read_dataset(spec: DatasetSpec) -> Dataset:
     if spec.format == "imagefolder":
         return _read_image_folder(fs, path, spec)
     table = _read_table(fs, path, spec)
+    _check_column_names(table, spec.uri)
     if spec.format == "image_parquet":
         return _images_from_table(fs, path, table, spec)
     if spec.label is not None and spec.label not in table.column_names:
         raise DatasetError(f"{spec.uri}: label column {spec.label!r} not found (dataset.label)")
+    _check_column_types(table, spec)
     if PARTITION_KEY in table.column_names:
         raise DatasetError(
             f"{spec.uri}: column {PARTITION_KEY!r} has the name of the output's partition key "
             f"(data/{PARTITION_KEY}=…/): readers would see the run's date in its place; rename the column"
         )
     return TabularData(table=table, label=spec.label)
+
+
+def _check_column_names(table: pa.Table, uri: str) -> None:
+    """Columns are addressed by name everywhere (conditions, the suite, the output's schema): a
+    nameless or repeated one (a CSV header with an empty or a doubled cell) cannot be."""
+    counts = Counter(table.column_names)
+    for index, name in enumerate(table.column_names):
+        if not name.strip():
+            raise DatasetError(f"{uri}: column {index + 1} has no name; name it in the header")
+        if counts[name] > 1:
+            raise DatasetError(f"{uri}: column {name!r} appears {counts[name]} times; names must be unique")
+
+
+def _check_column_types(table: pa.Table, spec: DatasetSpec) -> None:
+    """Every column must be of a type the tabular models learn, so a table that cannot be trained
+    on fails at ingest naming the column, not in the middle of training."""
+    for field in table.schema:
+        if is_supported(field.type):
+            continue
+        hint = (
+            " (text that is not UTF-8? re-save the file as UTF-8)"
+            if spec.format == "csv" and pa.types.is_binary(field.type)
+            else ""
+        )
+        raise DatasetError(
+            f"{spec.uri}: column {field.name!r} has type {field.type}{hint}, which tabular models cannot "
+            "learn (they take integers, floats, decimals, dates, timestamps, strings and booleans)"
+        )
+
+
+def _error_detail(exc: BaseException) -> str:
+    """A reader's error as a short printable phrase: its first line, control characters and
+    undecodable bytes (quoted from a binary file) replaced, at most :data:`_DETAIL_CHARS` long."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    detail = "".join(char if char.isprintable() and char != "\ufffd" else "?" for char in lines[0])
+    return detail if len(detail) <= _DETAIL_CHARS else detail[: _DETAIL_CHARS - 1] + "…"
 
 
 def source_stamp(spec: DatasetSpec) -> str:
@@ -117,8 +162,7 @@ def _read_table(fs: fsspec.AbstractFileSystem, path: str, spec: DatasetSpec) -> 
             with fs.open(name, "rb", compression="infer" if kind == "csv" else None) as handle:
                 tables.append(pacsv.read_csv(handle) if kind == "csv" else pq.read_table(handle))
         except (pa.ArrowException, OSError, EOFError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DatasetError(f"{name}: not a readable {kind.upper()} file ({first_line})") from None
+            raise DatasetError(f"{name}: not a readable {kind.upper()} file ({_error_detail(exc)})") from None
     try:
         table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     except pa.ArrowException as exc:
@@ -137,8 +181,8 @@ def _decode_images(blobs: Sequence[bytes], names: Sequence[str]) -> list[Image.I
             image = Image.open(io.BytesIO(blob))
             image.load()
             return image
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise DatasetError(f"{name}: not a readable image ({exc})") from None
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+            raise DatasetError(f"{name}: not a readable image ({_error_detail(exc)})") from None
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         return list(pool.map(decode, zip(blobs, names)))
@@ -157,6 +201,8 @@ def _to_array(images: Sequence[Image.Image], spec: DatasetSpec, uri: str) -> np.
         log.warning("%s: resized %d of %d images to %dx%d", uri, resized, len(images), height, width)
     out = np.empty((len(images), height, width, channels), dtype=np.uint8)
     for index, image in enumerate(images):
+        if image.mode.startswith("I"):
+            image = _eight_bit(image)
         if image.mode != mode:
             image = image.convert(mode)
         if image.size != (width, height):
@@ -165,14 +211,31 @@ def _to_array(images: Sequence[Image.Image], spec: DatasetSpec, uri: str) -> np.
     return out
 
 
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit (``I;16*``) or 32-bit integer (``I``: how older Pillows open 16-bit PNGs) grey image
+    as 8-bit ``L``, scaled from the 16-bit range: Pillow's own conversion clips at 255 instead, which
+    turns every pixel brighter than 0.4% into white."""
+    pixels = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(pixels / 257), 0, 255).astype(np.uint8), mode="L")
+
+
 def _read_image_folder(fs: fsspec.AbstractFileSystem, root: str, spec: DatasetSpec) -> ImageData:
-    """``root/<label>/**/<image>``: the first folder below the root is the label, as is."""
+    """``root/<label>/**/<image>``: the first folder below the root is the label, as is.
+
+    What is not an image is skipped: hidden files and folders (``.DS_Store``, macOS ``._*`` forks,
+    ``.ipynb_checkpoints/``) and Windows' ``Thumbs.db``/``desktop.ini`` silently, other files (notes,
+    CSVs, files at the root) with a warning that counts them. A file named like an image is an image:
+    one that cannot be decoded fails the read naming it, since dropping it would silently change the
+    data a model learns from.
+    """
     if not fs.isdir(root):
         raise DatasetError(f"{spec.uri}: image folder not found (dataset.uri)")
     files, skipped = [], 0
     for name in sorted(fs.find(root)):
         parts = name[len(root) :].strip("/").split("/")
-        if len(parts) >= 2 and name.lower().endswith(IMAGE_SUFFIXES) and not parts[-1].startswith("."):
+        if any(part.startswith(".") for part in parts) or parts[-1].lower() in _JUNK_FILES:
+            continue
+        if len(parts) >= 2 and name.lower().endswith(IMAGE_SUFFIXES):
             files.append((name, parts[0]))
         else:
             skipped += 1

@@ -4,7 +4,7 @@ Each column becomes one or more *spans* of the matrix (the idea of CTGAN's ``Spa
 ``continuous`` span of width 1 or a ``softmax`` span of one-hot categories. Models shape their
 output heads from the spans and never see column types.
 
-- Numeric, integer, decimal and temporal columns with many distinct values map through their
+- Numeric, integer, decimal, date and timestamp columns with many distinct values map through their
   empirical quantiles to a standard normal (so any marginal, skewed or multi-modal, becomes easy
   to model and decodes back inside the real range); nulls get a two-way softmax span of their own.
 - Strings, booleans and numeric columns with few distinct values are categories (one-hot); null is
@@ -51,17 +51,29 @@ def is_categorical(type_: pa.DataType) -> bool:
 
 
 def is_numeric(type_: pa.DataType) -> bool:
-    """Types modelled as numbers: integers, floats, decimals and temporal values."""
+    """Types modelled as numbers: integers, floats, decimals, dates and timestamps.
+
+    Half floats, times of day, durations and intervals are left out: Arrow has no min/max kernel for
+    some of them and the data suite cannot bound the others, so they would fail after training.
+    """
     return (
         pa.types.is_integer(type_)
-        or pa.types.is_floating(type_)
+        or (pa.types.is_floating(type_) and not pa.types.is_float16(type_))
         or pa.types.is_decimal(type_)
-        or pa.types.is_temporal(type_)
+        or pa.types.is_date(type_)
+        or pa.types.is_timestamp(type_)
     )
 
 
 def _value_type(type_: pa.DataType) -> pa.DataType:
     return type_.value_type if pa.types.is_dictionary(type_) else type_
+
+
+def is_supported(type_: pa.DataType) -> bool:
+    """Types a tabular model can learn (dictionary-encoded ones too): checked when a table is read,
+    so an unusable column fails at ingest, naming it, instead of at training."""
+    type_ = _value_type(type_)
+    return pa.types.is_null(type_) or is_numeric(type_) or is_categorical(type_)
 
 
 def dense(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -76,18 +88,23 @@ def to_float(array: pa.Array) -> np.ndarray:
     type_ = array.type
     if pa.types.is_temporal(type_):
         array = array.view(pa.int32() if type_.bit_width == 32 else pa.int64())
-    return np.asarray(pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    # unsafe: integers beyond 2**53 (64-bit ids) round to the nearest float instead of failing
+    return np.asarray(
+        pc.cast(array, pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64
+    )
 
 
 def _from_float(values: np.ndarray, type_: pa.DataType, mask: np.ndarray) -> pa.Array:
-    """The inverse of :func:`_to_float`, rounding where the type is integral."""
+    """The inverse of :func:`to_float`, rounding where the type is integral."""
     if pa.types.is_temporal(type_):
         storage = pa.int32() if type_.bit_width == 32 else pa.int64()
         ints = pa.array(np.rint(values).astype(np.int64), mask=mask).cast(storage)
         return ints.view(type_)
     if pa.types.is_integer(type_):
         info = np.iinfo(type_.to_pandas_dtype())
-        values = np.clip(np.rint(values), info.min, info.max)
+        high = float(info.max)  # 2**63 or 2**64 as a float: one past the range, which would wrap
+        high = np.nextafter(high, 0.0) if int(high) > info.max else high
+        values = np.clip(np.rint(values), info.min, high)
         return pa.array(values.astype(type_.to_pandas_dtype()), type=type_, mask=mask)
     return pc.cast(pa.array(values, type=pa.float64(), mask=mask), type_, safe=False)
 

@@ -42,7 +42,7 @@ from genai_pipeline.encoders.tabular import ColumnCodec, TableEncoder
 from genai_pipeline.errors import DatasetError
 from genai_pipeline.models.base import register_model
 from genai_pipeline.models.spans import draw_categorical
-from genai_pipeline.models.tabular_common import Known, TabularModelConfig, TabularSynthesizer
+from genai_pipeline.models.tabular_common import Known, TabularModelConfig, TabularSynthesizer, Width
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
@@ -64,7 +64,7 @@ class TabularAutoregressiveConfig(TabularModelConfig):
     embedding_dim: int = Field(
         default=64, ge=1, le=4096, description="width of the context of earlier columns"
     )
-    hidden: tuple[int, ...] = Field(
+    hidden: tuple[Width, ...] = Field(
         default=(64,), min_length=1, max_length=8, description="each column's own MLP widths"
     )
     max_bins: int = Field(

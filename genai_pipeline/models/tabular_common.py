@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +42,8 @@ from genai_pipeline.training import batched_indices, seed_everything
 CPU_CHUNK_ROWS = 4096
 #: A numeric column's evidence about the label is counted in this many equal-probability bins.
 PRIOR_BINS = 16
+#: The width of one hidden layer: a zero or negative width would build a network that learns nothing.
+Width = Annotated[int, Field(ge=1, le=4096)]
 
 
 class TabularModelConfig(ModelConfig):

@@ -35,7 +35,7 @@ from genai_pipeline.encoders.tabular import Span
 from genai_pipeline.errors import ConfigError
 from genai_pipeline.models.base import register_model
 from genai_pipeline.models.spans import sample_spans, span_slices
-from genai_pipeline.models.tabular_common import Known, TabularModelConfig, TabularSynthesizer
+from genai_pipeline.models.tabular_common import Known, TabularModelConfig, TabularSynthesizer, Width
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
@@ -48,7 +48,6 @@ from genai_pipeline.training import (
 
 NAME = "tabular GAN"
 
-Width = Annotated[int, Field(ge=1, le=4096)]
 Beta = Annotated[float, Field(ge=0, lt=1)]
 
 

@@ -21,7 +21,7 @@ from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset
 from genai_pipeline.models.base import register_model
 from genai_pipeline.models.spans import reconstruction_loss, sample_spans
-from genai_pipeline.models.tabular_common import Known, TabularModelConfig, TabularSynthesizer
+from genai_pipeline.models.tabular_common import Known, TabularModelConfig, TabularSynthesizer, Width
 from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop, maybe_compile
 
 NAME = "tabular VAE"
@@ -29,7 +29,7 @@ NAME = "tabular VAE"
 
 class TabularVAEConfig(TabularModelConfig):
     latent_dim: int = Field(default=64, ge=1, le=1024)
-    hidden: tuple[int, ...] = Field(default=(256, 256), min_length=1, max_length=8)
+    hidden: tuple[Width, ...] = Field(default=(256, 256), min_length=1, max_length=8)
     learning_rate: float = Field(default=1e-3, gt=0, le=1)
     weight_decay: float = Field(default=1e-5, ge=0, le=1)
     beta: float = Field(default=1.0, gt=0, le=100, description="weight of the KL term")
