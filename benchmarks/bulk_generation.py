@@ -7,7 +7,8 @@
 (``model.save``); ``generate`` — one process per size, so its peak RSS is its own — loads it and
 streams ``--rows`` rows through the generate stage's writer (``generation.write_parquet``: zstd,
 dictionary encoding, ~128k-row groups) into local Parquet files, ``--shards`` at once in threads
-(as the thread runner runs a job's shards), under ``generate.precision``'s rule (``--precision``).
+(as the thread runner runs a job's shards), under ``generate.precision``'s rule (``--precision``),
+then, with several shards, combines them into one file as the ``combine-shards`` task does.
 Throughput does not depend on how well the model was trained; peak RSS must not grow with ``--rows``.
 """
 
@@ -24,7 +25,7 @@ from benchmark_data import load_adult
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets import TabularData
-from genai_pipeline.generation import threads_per_shard, write_parquet
+from genai_pipeline.generation import concat_parquet, threads_per_shard, write_parquet
 from genai_pipeline.models import load_model, model_class
 from genai_pipeline.models.base import sampling_precision
 from genai_pipeline.storage import Storage
@@ -75,6 +76,12 @@ def main() -> None:
         f"{rows / seconds:,.0f} rows/s ({rows / seconds * 60 / 1e6:.1f}M rows/min), {size:.0f} MB Parquet, "
         f"peak RSS {peak:.0f} MB"
     )
+    if len(written) > 1:  # the combine-shards task: the parts as the run's one data file
+        started = time.perf_counter()
+        combined = concat_parquet(storage, written, f"out-{args.family}-{args.rows}.parquet")
+        seconds = time.perf_counter() - started
+        print(f"combined {len(written)} shards' {combined:,} rows into one file in {seconds:.1f} s")
+        written.append(f"out-{args.family}-{args.rows}.parquet")
     storage.delete(written)
 
 

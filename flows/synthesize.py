@@ -49,6 +49,7 @@ def _task(fn: Any, name: str) -> Any:
 ingest = _task(stages.ingest, "ingest")
 train = _task(stages.train, "train")
 generate_shard = _task(stages.generate_shard, "generate")
+combine_shards = _task(stages.combine_shards, "combine-shards")
 validate = _task(stages.validate, "validate")
 export = _task(stages.export, "export")
 record_failure = _task(stages.record_failure, "record-failure")
@@ -138,7 +139,7 @@ def generate(run: Run, *, model: Any, dataset: Any, policy: dict[str, Any]) -> G
         dataset=unmapped(dataset),
         shard=list(range(run.job.generate.shards)),
     )
-    return stages.collect_shards([future.result() for future in shards])
+    return combine_shards.with_options(**policy)(run, [future.result() for future in shards])
 
 
 @flow(name="synthesize")

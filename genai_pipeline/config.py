@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -30,7 +31,17 @@ from genai_pipeline.errors import ConfigError
 
 Modality = Literal["tabular", "image"]
 DatasetFormat = Literal["parquet", "csv", "imagefolder", "image_parquet"]
-ConditionValue = str | int | float | bool
+
+
+def _one_value(value: Any) -> Any:
+    """A condition fixes a column to one value: a list, mapping or null is refused with one message
+    naming the field, instead of one message per type the value could have had."""
+    if value is None or isinstance(value, list | tuple | dict | set):
+        raise ValueError("expected one string, number or boolean")
+    return value
+
+
+ConditionValue = Annotated[str | int | float | bool, BeforeValidator(_one_value)]
 
 #: Keys of storage options whose literal values are secrets (s3fs, botocore and MinIO spellings).
 SECRET_KEYS = frozenset(
@@ -91,6 +102,12 @@ class DatasetSpec(StrictModel):
         default=True,
         description="keep what was read beside the output, keyed by the source files' sizes and "
         "ETags/mtimes: an unchanged source is not downloaded and decoded again",
+    )
+    on_schema_change: Literal["fail", "adapt"] = Field(
+        default="fail",
+        description="when the data's columns and types (images: size, channels, labels) differ from "
+        "the last published run's: fail naming the difference, or go on with a warning (a new model "
+        "is trained for the new schema)",
     )
 
     _protect = field_validator("storage_options")(_protect_secrets)
@@ -357,6 +374,13 @@ class ExportSpec(StrictModel):
 
     output: str = Field(default="./output", min_length=1, description="local path or s3://…")
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    lock_timeout_s: float = Field(
+        default=600.0,
+        ge=0,
+        le=86400,
+        description="how long a run waits for another run of the same job and date to finish "
+        "publishing before it fails (the two are never interleaved)",
+    )
 
     _protect = field_validator("storage_options")(_protect_secrets)
 
@@ -453,6 +477,8 @@ def parse_overrides(assignments: list[str], *, option: str = "--set") -> dict[st
 
 def build_job(data: Any, *, overrides: dict[str, Any] | None = None, source: str = "job") -> JobSpec:
     """Validate raw job data (with dotted-key overrides applied) into a JobSpec or raise ConfigError."""
+    if data is None:
+        raise ConfigError(f"{source}: the job is empty (expected name, dataset, model, …)")
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a job must be a mapping of sections, got {type(data).__name__}")
     data = yaml.safe_load(yaml.safe_dump(data))  # a deep copy that keeps only plain data
@@ -468,6 +494,22 @@ def build_job(data: Any, *, overrides: dict[str, Any] | None = None, source: str
     return job
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last one
+    silently, so a second ``train:`` section would quietly replace the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_job(path: str | Path, *, overrides: dict[str, Any] | None = None) -> JobSpec:
     """Read a job YAML file safely (no Python tags) and validate it."""
     path = Path(path)
@@ -478,7 +520,7 @@ def load_job(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Jo
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read job file ({exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python tags
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -34,5 +34,9 @@ class QualityGateFailed(PermanentError):
         super().__init__("quality gate failed: " + "; ".join(self.failures))
 
 
+class RunConflict(PermanentError):
+    """Another run of the same job and run date held the publish lock for longer than the job waits."""
+
+
 class StorageError(PipelineError):
     """Object storage could not be reached or written (transient: retried)."""

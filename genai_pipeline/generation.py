@@ -60,19 +60,35 @@ def threads_per_shard(concurrent: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+#: the Parquet footer key naming the run that wrote a data file (lineage: see its manifest)
+RUN_ID_KEY = b"genai_pipeline.run_id"
+
+
 def write_parquet(
-    batches: Iterable[pa.Table], storage: Storage, rel: str, *, schema: pa.Schema | None = None
+    batches: Iterable[pa.Table],
+    storage: Storage,
+    rel: str,
+    *,
+    schema: pa.Schema | None = None,
+    run_id: str | None = None,
 ) -> int:
-    """Stream tables into one Parquet file (zstd, dictionary-encoded, ~128k-row groups); rows."""
+    """Stream tables into one Parquet file (zstd, dictionary-encoded, ~128k-row groups); rows.
+    ``run_id`` goes into the file's footer, so any copy of the file says which run made it."""
     rows = 0
     pending: list[pa.Table] = []
     pending_rows = 0
+
+    def writer_for(schema: pa.Schema) -> pq.ParquetWriter:
+        if run_id is not None:
+            schema = schema.with_metadata({**(schema.metadata or {}), RUN_ID_KEY: run_id.encode()})
+        return pq.ParquetWriter(handle, schema, compression="zstd")
+
     with storage.open_atomic(rel) as handle:
         writer: pq.ParquetWriter | None = None
         try:
             for table in batches:
                 if writer is None:
-                    writer = pq.ParquetWriter(handle, schema or table.schema, compression="zstd")
+                    writer = writer_for(schema or table.schema)
                 pending.append(table)
                 pending_rows += table.num_rows
                 if pending_rows >= ROW_GROUP_ROWS:
@@ -84,10 +100,34 @@ def write_parquet(
             if writer is None:
                 if schema is None:
                     raise ValueError(f"{rel}: nothing to write and no schema given")
-                writer = pq.ParquetWriter(handle, schema, compression="zstd")
+                writer = writer_for(schema)
             if pending:
                 writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
                 rows += pending_rows
+        finally:
+            if writer is not None:
+                writer.close()
+    return rows
+
+
+def concat_parquet(storage: Storage, sources: list[str], rel: str) -> int:
+    """Stream the row groups of Parquet files (one schema) into one file at ``rel``; rows.
+
+    Decodes and re-encodes (pyarrow cannot copy row groups as they are): ~0.5 s per million rows
+    here, paid only by runs of several shards (``BENCHMARKS.md``)."""
+    rows = 0
+    with storage.open_atomic(rel) as handle:
+        writer: pq.ParquetWriter | None = None
+        try:
+            for source in sources:
+                with storage.open_read(source) as part:
+                    reader = pq.ParquetFile(part)
+                    if writer is None:
+                        writer = pq.ParquetWriter(handle, reader.schema_arrow, compression="zstd")
+                    for index in range(reader.num_row_groups):
+                        group = reader.read_row_group(index)
+                        writer.write_table(group, row_group_size=ROW_GROUP_ROWS)
+                        rows += group.num_rows
         finally:
             if writer is not None:
                 writer.close()
@@ -213,7 +253,11 @@ def write_images(
     # the shard's manifest is written last (atomically): its presence means its images are all there
     try:
         return write_parquet(
-            manifests(), storage, run.staged(run.data_part(shard)), schema=IMAGE_MANIFEST_SCHEMA
+            manifests(),
+            storage,
+            run.staged(run.shard_part(shard)),
+            schema=IMAGE_MANIFEST_SCHEMA,
+            run_id=run.run_id,
         )
     finally:
         for future in (future for futures in pending for future in futures):

@@ -2,7 +2,7 @@
 
 Output contract (what analysts and CI rely on), under ``{output}/{job}/``::
 
-    data/run_date=YYYY-MM-DD/part-NNNNN.parquet     rows, or the image manifest (one file a shard)
+    data/run_date=YYYY-MM-DD/part-00000.parquet     rows, or the image manifest (one file a run)
     images/run_date=…/label=…/<sample_id>.png       images (labels percent-encoded in paths)
     quality/run_date=…/{metrics.parquet, report.html, expectations.json, suite.json, data_docs/}
     models/<key>/{model.json, weights.safetensors}  saved models
@@ -13,11 +13,13 @@ Output contract (what analysts and CI rely on), under ``{output}/{job}/``::
     _staging/<run_id>/…                             invisible to readers ('_' prefix)
 
 A run writes below ``_staging/<run_id>/`` with the same relative layout, is validated there, and
-is promoted file by file: images and quality files first, then each data file in one atomic
-replace (a rename locally, a single server-side copy on S3), then the previous run's leftovers of
-the same partitions are removed and the manifest is written. The list of files to promote is fixed
-in staging before the first move, so a retried export resumes where a failed one stopped. Readers
-of ``data/`` therefore see the previous run or this one, never a mix, a partial run or a failed one.
+is promoted while it holds the job's publish lock for its run date (``locks.publish_lock``: a second
+run of the same job and date waits, never interleaves): images and quality files first, then the
+run's one data file in one atomic replace (a rename locally, a single server-side copy on S3), then
+the previous run's leftovers of the same partitions are removed and the manifest is written. The
+list of files to promote is fixed in staging before the first move, so a retried export resumes
+where a failed one stopped. Readers of ``data/`` therefore see the previous run or this one, never
+a mix, a partial run or a failed one, whenever the endpoint fails.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import genai_pipeline
 from genai_pipeline.config import JobSpec
 from genai_pipeline.datasets.base import DatasetRef
 from genai_pipeline.errors import QualityGateFailed
+from genai_pipeline.locks import Lease, publish_lock
 from genai_pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -83,14 +86,15 @@ class Run:
         """``data``, ``images`` or ``quality`` folder of this run's date."""
         return f"{kind}/{PARTITION_KEY}={self.run_date}"
 
-    def data_part(self, shard: int) -> str:
-        """The data file one generation shard writes."""
-        return f"{self.partition('data')}/part-{shard:05d}.parquet"
+    def shard_part(self, shard: int) -> str:
+        """The staged file one generation shard writes (combined into :attr:`data_file` afterwards)."""
+        return f"shards/part-{shard:05d}.parquet"
 
     @property
     def data_file(self) -> str:
-        """The first shard's data file."""
-        return self.data_part(0)
+        """The run's one data file: replaced in a single atomic step, so a reader of ``data/`` never
+        sees parts of two runs (a partition of several files cannot be swapped at once on S3)."""
+        return f"{self.partition('data')}/part-00000.parquet"
 
     @property
     def report_file(self) -> str:
@@ -190,10 +194,47 @@ def publish(
     if not report.passed:
         raise QualityGateFailed(report.failures)
     storage = run.storage()
+    with publish_lock(
+        storage,
+        f"_locks/{PARTITION_KEY}={run.run_date}.lock",
+        run.run_id,
+        timeout=run.job.export.lock_timeout_s,
+        what=f"job {run.job.name}, {PARTITION_KEY} {run.run_date}",
+    ) as lease:
+        if storage.exists(run.manifest):  # a retry after the manifest was written: published already
+            manifest = json.loads(storage.read_bytes(run.manifest))
+        else:
+            manifest = _promote(run, storage, lease, dataset, model, generated, report)
+    storage.delete_tree(run.staging)
+    log.info("published %d samples to %s", generated.num_samples, storage.url_of(run.partition("data")))
+    return PublishedRun(
+        run_id=run.run_id,
+        run_date=run.run_date,
+        data_url=storage.url_of(run.partition("data")),
+        manifest_url=storage.url_of(run.manifest),
+        num_samples=generated.num_samples,
+        files={entry["path"]: entry["size"] for entry in manifest["files"]},
+        manifest=manifest,
+    )
+
+
+def _promote(
+    run: Run,
+    storage: Storage,
+    lease: Lease,
+    dataset: DatasetRef,
+    model: ModelRef,
+    generated: GeneratedRef,
+    report: QualityReport,
+) -> dict[str, Any]:
+    """Move the staged files into place, remove the partitions' leftovers, write the manifest last.
+    Every step can be repeated: a retried export after any of them ends in the same state."""
     staged = _staged_files(storage, run)
     promoted = _publish_plan(storage, run, staged)
-    order = sorted((rel for rel in promoted if rel in staged), key=lambda rel: (rel.startswith("data/"), rel))
-    storage.move((run.staged(rel), rel) for rel in order)  # data files last
+    moves = [rel for rel in sorted(promoted) if rel in staged]
+    storage.move((run.staged(rel), rel) for rel in moves if not rel.startswith("data/"))
+    lease.check()  # the data switch is the publish: only while this run holds the lock
+    storage.move((run.staged(rel), rel) for rel in moves if rel.startswith("data/"))
     stale = [
         rel
         for prefix in PUBLISHED_PREFIXES
@@ -201,6 +242,13 @@ def publish(
         if rel not in promoted
     ]
     storage.delete(stale)
+    latest = {
+        "model": asdict(model),
+        "dataset": asdict(dataset),
+        "run_id": run.run_id,
+        "run_date": run.run_date,
+    }
+    storage.write_bytes(LATEST_MODEL, json.dumps(latest, indent=1, default=str).encode())
     manifest = _manifest(
         run,
         "published",
@@ -214,24 +262,7 @@ def publish(
         report=storage.url_of(run.report_file),
     )
     storage.write_bytes(run.manifest, json.dumps(manifest, indent=1, default=str).encode())
-    latest = {
-        "model": asdict(model),
-        "dataset": asdict(dataset),
-        "run_id": run.run_id,
-        "run_date": run.run_date,
-    }
-    storage.write_bytes(LATEST_MODEL, json.dumps(latest, indent=1, default=str).encode())
-    storage.delete_tree(run.staging)
-    log.info("published %d samples to %s", generated.num_samples, storage.url_of(run.partition("data")))
-    return PublishedRun(
-        run_id=run.run_id,
-        run_date=run.run_date,
-        data_url=storage.url_of(run.partition("data")),
-        manifest_url=storage.url_of(run.manifest),
-        num_samples=generated.num_samples,
-        files=promoted,
-        manifest=manifest,
-    )
+    return manifest
 
 
 def record_failure(run: Run, error: BaseException) -> dict[str, Any]:
@@ -242,7 +273,10 @@ def record_failure(run: Run, error: BaseException) -> dict[str, Any]:
     storage = run.storage()
     staged = _staged_files(storage, run)
     kept = {rel: f"_runs/{run.run_id}/{rel}" for rel in staged if rel.startswith("quality/")}
-    storage.move((run.staged(rel), dest) for rel, dest in kept.items())
+    try:
+        storage.move((run.staged(rel), dest) for rel, dest in kept.items())
+    finally:  # before the manifest: on a full disk, dropping the staging makes room for it
+        storage.delete_tree(run.staging)
     failures = getattr(error, "failures", None)
     manifest = _manifest(
         run,
@@ -254,5 +288,4 @@ def record_failure(run: Run, error: BaseException) -> dict[str, Any]:
     if run.report_file in kept:
         manifest["report"] = storage.url_of(kept[run.report_file])
     storage.write_bytes(run.manifest, json.dumps(manifest, indent=1, default=str).encode())
-    storage.delete_tree(run.staging)
     return manifest

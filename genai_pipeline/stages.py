@@ -36,18 +36,20 @@ from genai_pipeline.datasets.base import (
     fingerprint,
     label_values,
     read_snapshot,
+    schema_diff,
     split_holdout,
     write_snapshot,
 )
 from genai_pipeline.datasets.sources import read_dataset, source_stamp
 from genai_pipeline.encoders.tabular import TableEncoder
-from genai_pipeline.errors import ConfigError, DatasetError
-from genai_pipeline.generation import write_images, write_parquet
+from genai_pipeline.errors import ConfigError, DatasetError, StorageError
+from genai_pipeline.generation import concat_parquet, write_images, write_parquet
 from genai_pipeline.models import load_model, model_class, model_config_for
 from genai_pipeline.models.base import Synthesizer, require_condition_values, sampling_precision
 from genai_pipeline.quality.gate import MetricRows
 from genai_pipeline.runs import (
     LATEST_MODEL,
+    PARTITION_KEY,
     GeneratedRef,
     ModelRef,
     PublishedRun,
@@ -63,7 +65,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "browser_url",
-    "collect_shards",
+    "combine_shards",
     "export",
     "generate",
     "generate_shard",
@@ -212,6 +214,26 @@ def _read_source(spec: DatasetSpec, storage: Storage) -> Dataset:
     return data
 
 
+def _check_schema(run: Run, schema: dict[str, Any], storage: Storage) -> None:
+    """The data's schema against the last published run's: a change fails the run naming it, or,
+    with ``dataset.on_schema_change: adapt``, is logged and accepted (the model key follows the
+    data, so a model for the new schema is trained)."""
+    if not storage.exists(LATEST_MODEL):
+        return  # the job's first run
+    latest = json.loads(storage.read_bytes(LATEST_MODEL))
+    changes = schema_diff(latest["dataset"]["schema"], schema)
+    if not changes:
+        return
+    since = f"since run {latest['run_id']} ({PARTITION_KEY} {latest['run_date']})"
+    if run.job.dataset.on_schema_change == "adapt":
+        log.warning("dataset: the schema changed %s: %s; adapting", since, "; ".join(changes))
+        return
+    raise DatasetError(
+        f"{run.job.dataset.uri}: the schema changed {since}: {'; '.join(changes)} "
+        "(set dataset.on_schema_change: adapt to accept it)"
+    )
+
+
 def ingest(run: Run) -> DatasetRef:
     """Read the dataset, check the job's conditions against it, fingerprint it, set a holdout aside
     and snapshot both parts."""
@@ -219,6 +241,8 @@ def ingest(run: Run) -> DatasetRef:
     started = time.monotonic()
     storage = run.storage()
     data = _read_source(spec, storage)
+    schema = describe_schema(data)
+    _check_schema(run, schema, storage)
     _check_generate_spec(run, data)
     _stage_suite(run, data, storage)
     key = fingerprint(data)
@@ -233,7 +257,7 @@ def ingest(run: Run) -> DatasetRef:
         modality=data.modality,
         fingerprint=key,
         num_rows=data.num_rows,
-        schema=describe_schema(data),
+        schema=schema,
         label=spec.label,
         holdout=None if holdout is None else holdout_snapshot,
         holdout_rows=0 if holdout is None else holdout.num_rows,
@@ -299,8 +323,9 @@ def _reusable_model(run: Run, dataset: DatasetRef, storage: Storage) -> ModelRef
 
 def train(run: Run, *, dataset: DatasetRef) -> ModelRef:
     """Fit the job's model on the snapshot, or reuse one when the job asks to (the model of the same
-    data, config and code: ``cached``; the last published one: ``latest``); checkpoints let a
-    retried task resume."""
+    data, config and code: ``cached``; the last published one: ``latest``). Checkpoints live with
+    the model's key, not the run: a retried task, or a new run after the process was killed, of
+    the same data, config and code resumes where training stopped; they go once the model is saved."""
     job = run.job
     storage = run.storage()
     reused = _reusable_model(run, dataset, storage)
@@ -315,9 +340,10 @@ def train(run: Run, *, dataset: DatasetRef) -> ModelRef:
         return ModelRef(uri=uri, family=cls.family, modality=cls.modality, key=key, fit=fit)
     data = read_snapshot(storage, dataset.snapshot, dataset.label)
     model = cls(model_config_for(job), device=resolve_device(job.train.device))
-    report = model.fit(data, job.train, CheckpointStore(storage, run.staged("checkpoints")))
+    report = model.fit(data, job.train, CheckpointStore(storage, f"{uri}/checkpoints"))
     model.save(storage, uri)
     storage.write_bytes(f"{uri}/fit.json", json.dumps(report.to_dict()).encode())  # last: the model is whole
+    storage.delete_tree(f"{uri}/checkpoints")
     return ModelRef(uri=uri, family=cls.family, modality=cls.modality, key=key, fit=report.to_dict())
 
 
@@ -376,7 +402,7 @@ def generate_shard(run: Run, *, model: ModelRef, dataset: DatasetRef, shard: int
     staged (a retried task) is not generated again: part files are written atomically, last."""
     job = run.job
     storage = run.storage()
-    part = run.staged(run.data_part(shard))
+    part = run.staged(run.shard_part(shard))
     if storage.exists(part):
         with storage.open_read(part) as handle:
             rows = pq.ParquetFile(handle).metadata.num_rows
@@ -396,14 +422,31 @@ def generate_shard(run: Run, *, model: ModelRef, dataset: DatasetRef, shard: int
     )
     with sampling_precision(synthesizer, job.generate.precision):  # the batches are drawn in here
         if model.modality == "tabular":
-            count = write_parquet(batches, storage, part)
+            count = write_parquet(batches, storage, part, run_id=run.run_id)
         else:
             count = write_images(batches, storage, run, model_name=f"{model.family}:{model.key}", shard=shard)
     return GeneratedRef(num_samples=count, seconds=time.monotonic() - started)
 
 
-def collect_shards(shards: list[GeneratedRef]) -> GeneratedRef:
-    """The run's generation from its shards' (their seconds add up: the work, not the wall time)."""
+def combine_shards(run: Run, shards: list[GeneratedRef]) -> GeneratedRef:
+    """The shards' part files as the run's one data file, then the run's generation (the shards'
+    seconds add up: the work, not the wall time). One file because it is published in one atomic
+    step; one part is moved, several are streamed into one (``concat_parquet``). Safe to repeat:
+    the data file is written atomically before the parts are removed."""
+    storage = run.storage()
+    data_file = run.staged(run.data_file)
+    parts = [run.staged(run.shard_part(i)) for i, ref in enumerate(shards) if ref.num_samples > 0]
+    present = [part for part in parts if storage.exists(part)]
+    if present and not storage.exists(data_file):
+        if len(present) == 1:
+            storage.move([(present[0], data_file)])
+        else:
+            started = time.monotonic()
+            rows = concat_parquet(storage, present, data_file)
+            log.info("combined %d shards' %d rows in %.1f s", len(present), rows, time.monotonic() - started)
+    storage.delete(part for part in present if storage.exists(part))
+    if not storage.exists(data_file):
+        raise StorageError(f"{storage.url_of(data_file)}: no shard's data is staged")
     count = sum(ref.num_samples for ref in shards)
     seconds = sum(ref.seconds for ref in shards)
     log.info(
@@ -419,7 +462,7 @@ def collect_shards(shards: list[GeneratedRef]) -> GeneratedRef:
 def generate(run: Run, *, model: ModelRef, dataset: DatasetRef) -> GeneratedRef:
     """Every shard, one after another (the flow maps shards over its task runner instead)."""
     shards = range(run.job.generate.shards)
-    return collect_shards([generate_shard(run, model=model, dataset=dataset, shard=i) for i in shards])
+    return combine_shards(run, [generate_shard(run, model=model, dataset=dataset, shard=i) for i in shards])
 
 
 def sample_rows(storage: Storage, rels: list[str], limit: int, seed: int) -> pa.Table:
@@ -664,8 +707,7 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
     holdout = read_snapshot(storage, dataset.holdout, dataset.label) if dataset.holdout else None
     base = load_suite(storage.read_bytes(_suite_file(run)), "suite.json")
     suite = job_suite(base, spec, conditions_for_model(run), dataset.modality)
-    parts = sorted(storage.list_files(run.staged(run.partition("data"))))
-    staged = sample_rows(storage, parts, spec.sample_rows, seed=job.generate_seed)
+    staged = sample_rows(storage, [run.staged(run.data_file)], spec.sample_rows, seed=job.generate_seed)
     rows = MetricRows(run.run_id, spec)
     with tempfile.TemporaryDirectory(prefix="data-docs-") as docs:
         if isinstance(real, TabularData):

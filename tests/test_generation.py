@@ -43,7 +43,7 @@ def test_every_image_is_stored_before_its_manifest(tmp_path: Path) -> None:
     run = Run(job=tiny_job("builtin://digits", "vae", str(tmp_path)), run_date="2026-02-03")
     storage = run.storage()
     assert write_images(_batches(5), storage, run, model_name="test") == 250
-    manifest = pq.read_table(tmp_path / "tiny" / run.staged(run.data_part(0)))
+    manifest = pq.read_table(tmp_path / "tiny" / run.staged(run.shard_part(0)))
     stored = [storage.read_bytes(run.staged(path)) for path in manifest.column("path").to_pylist()]
     first = np.asarray(Image.open(io.BytesIO(stored[0])))
     assert len(stored) == 250 and np.array_equal(first, _batches(1)[0].images[0, ..., 0])
@@ -72,7 +72,7 @@ def test_a_failed_upload_stops_the_shard_and_stages_no_manifest(
 
     with pytest.raises(StorageError, match="connection reset"):
         write_images(batches(), run.storage(), run, model_name="test")
-    assert not (tmp_path / "tiny" / run.staged(run.data_part(0))).exists()
+    assert not (tmp_path / "tiny" / run.staged(run.shard_part(0))).exists()
     assert len(sampled) <= 5  # sampling stops within the in-flight bound, not after all 20 batches
 
 

@@ -324,7 +324,8 @@ def test_copied_training_images_fail_the_memorisation_gate(tmp_path: Path) -> No
     real = read_snapshot(run.storage(), dataset.snapshot, dataset.label)
     copies = ImageBatch(images=real.images[:200], labels=real.labels[:200])
     count = write_images([copies, copies], run.storage(), run, model_name="copies")
-    report = stages.validate(run, dataset=dataset, generated=GeneratedRef(count, 0.0))
+    generated = stages.combine_shards(run, [GeneratedRef(count, 0.0)])
+    report = stages.validate(run, dataset=dataset, generated=generated)
     assert "memorised_share=1.000 > 0.1" in report.failures
     assert "duplicate_share=0.500 > 0.1" in report.failures
 
@@ -334,10 +335,9 @@ def test_shards_split_the_work_reproducibly_and_a_staged_shard_is_not_redone(tmp
     run = Run(job=job, run_date="2026-02-03")
     dataset = stages.ingest(run)
     model = stages.train(run, dataset=dataset)
-    generated = stages.generate(run, model=model, dataset=dataset)
-    assert (generated.num_samples, generated.shards) == (100, 3)
+    shards = [stages.generate_shard(run, model=model, dataset=dataset, shard=shard) for shard in range(3)]
     root = tmp_path / "tiny"
-    parts = [pq.read_table(root / run.staged(run.data_part(shard))) for shard in range(3)]
+    parts = [pq.read_table(root / run.staged(run.shard_part(shard))) for shard in range(3)]
     assert [part.num_rows for part in parts] == [34, 33, 33]
     ids = [sample_id for part in parts for sample_id in part.column("sample_id").to_pylist()]
     assert len(set(ids)) == 100
@@ -346,12 +346,18 @@ def test_shards_split_the_work_reproducibly_and_a_staged_shard_is_not_redone(tmp
     other = Run(job=job, run_date="2026-02-04")  # the same shard of another run: the same images
     stages.generate_shard(other, model=model, dataset=dataset, shard=2)
     first = [(root / run.staged(p)).read_bytes() for p in parts[2].column("path").to_pylist()]
-    second_parts = pq.read_table(root / other.staged(other.data_part(2))).column("path").to_pylist()
+    second_parts = pq.read_table(root / other.staged(other.shard_part(2))).column("path").to_pylist()
     assert first == [(root / other.staged(p)).read_bytes() for p in second_parts]
+    generated = stages.combine_shards(run, shards)
+    assert (generated.num_samples, generated.shards) == (100, 3)
+    assert stages.combine_shards(run, shards) == generated  # a retried task: the same one file
+    combined = pq.read_table(root / run.staged(run.data_file))
+    assert combined.column("sample_id").to_pylist() == ids
+    assert not (root / run.staged("shards")).exists() or not any((root / run.staged("shards")).iterdir())
     report = stages.validate(run, dataset=dataset, generated=generated)
     published = stages.export(run, dataset=dataset, model=model, generated=generated, report=report)
     data = [rel for rel in published.files if rel.startswith("data/")]
-    assert len(data) == 3 and published.num_samples == 100
+    assert data == [run.data_file] and published.num_samples == 100
 
 
 def test_an_unchanged_source_is_read_once_and_a_changed_one_again(
@@ -416,3 +422,98 @@ def test_an_image_batch_too_large_for_memory_is_clipped_with_a_warning(
         clipped = stages.image_batch_size(100_000, (512, 512, 3), max_mb=1024)
     assert clipped == 273  # 1 GiB / (512·512·3 pixels × 5 bytes)
     assert "generate.batch_size: 100000 images of 512×512×3 would take 375000 MiB" in caplog.text
+
+
+def _publish(run: Run) -> None:
+    dataset = stages.ingest(run)
+    model = stages.train(run, dataset=dataset)
+    generated = stages.generate(run, model=model, dataset=dataset)
+    report = stages.validate(run, dataset=dataset, generated=generated)
+    stages.export(run, dataset=dataset, model=model, generated=generated, report=report)
+
+
+def test_a_changed_schema_fails_naming_the_change_unless_the_job_adapts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import numpy as np
+
+    source, rows, rng = tmp_path / "daily.parquet", 300, np.random.default_rng(0)
+    daily = pa.table(
+        {"a": rng.integers(0, 10**6, rows), "b": rng.choice(["x", "y"], rows), "c": rng.random(rows)}
+    )
+    pq.write_table(daily, source)
+    _publish(Run(job=tiny_job(str(source), "vae", str(tmp_path / "out")), run_date="2026-03-01"))
+    same_schema = daily.set_column(1, "b", pa.array(["y", None] * (rows // 2)))
+    pq.write_table(same_schema, source)  # new values and nulls, the same columns and types
+    stages.ingest(Run(job=tiny_job(str(source), "vae", str(tmp_path / "out")), run_date="2026-03-02"))
+    drifted = pa.table({"a": [float(i) for i in range(rows)], "b": ["x"] * rows, "d": ["new"] * rows})
+    pq.write_table(drifted, source)
+    with pytest.raises(DatasetError) as failure:
+        stages.ingest(Run(job=tiny_job(str(source), "vae", str(tmp_path / "out")), run_date="2026-03-03"))
+    published = json.loads((tmp_path / "out/tiny/models/latest.json").read_text())["run_id"]
+    assert str(failure.value) == (
+        f"{source}: the schema changed since run {published} (run_date 2026-03-01): "
+        "column 'd' (string) added; column 'c' (double) removed; column 'a' changed type int64 → double "
+        "(set dataset.on_schema_change: adapt to accept it)"
+    )
+    adapting = tiny_job(str(source), "vae", str(tmp_path / "out"), dataset={"on_schema_change": "adapt"})
+    dataset = stages.ingest(Run(job=adapting, run_date="2026-03-03"))
+    assert [column["name"] for column in dataset.schema["columns"]] == ["a", "b", "d"]
+    assert "the schema changed since run" in caplog.text and "adapting" in caplog.text
+
+
+def test_image_schema_changes_name_size_channels_and_labels() -> None:
+    from genai_pipeline.datasets.base import schema_diff
+
+    before = {"height": 8, "width": 8, "channels": 1, "labels": ["0", "1", "2"]}
+    after = {"height": 28, "width": 28, "channels": 1, "labels": ["0", "1", "3"]}
+    assert schema_diff(before, after) == [
+        "height 8 → 28",
+        "width 8 → 28",
+        "labels added: 3",
+        "labels removed: 2",
+    ]
+    assert schema_diff(before, {**before, "labels": None}) == []  # too many labels to list: not compared
+    assert schema_diff(before, {"columns": [], "label": None, "labels": []}) == ["images became a table"]
+
+
+_KILLED_MID_TRAINING = """
+import os, signal, sys
+from genai_pipeline import stages
+from genai_pipeline.config import JobSpec
+from genai_pipeline.runs import Run
+from genai_pipeline.training import CheckpointStore
+
+saves, real_save = [], CheckpointStore.save
+
+def save_then_die(self, state):
+    real_save(self, state)
+    saves.append(state["step"])
+    if len(saves) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # no exception, no cleanup: the process is gone
+
+CheckpointStore.save = save_then_die
+run = Run(job=JobSpec.model_validate_json(sys.argv[1]), run_date="2026-03-01")
+stages.train(run, dataset=stages.ingest(run))
+"""
+
+
+def test_a_process_killed_mid_training_is_resumed_by_the_next_run(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    train = {"epochs": 12, "checkpoint_every": 5}
+    whole = Run(
+        job=tiny_job("builtin://penguins", "vae", str(tmp_path / "whole"), train=train), run_date="2026-03-01"
+    )
+    steps = stages.train(whole, dataset=stages.ingest(whole)).fit["steps"]
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path / "killed"), train=train)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_MID_TRAINING, job.model_dump_json()], capture_output=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    rerun = Run(job=job, run_date="2026-03-01")  # a new run (new id), as a scheduler's rerun would be
+    model = stages.train(rerun, dataset=stages.ingest(rerun))
+    assert model.fit["resumed_from_step"] == 10 and model.fit["steps"] == steps
+    assert not list((tmp_path / "killed" / "tiny" / model.uri / "checkpoints").glob("*"))

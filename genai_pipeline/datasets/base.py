@@ -156,6 +156,38 @@ def describe_schema(data: Dataset) -> dict[str, Any]:
     return {"height": height, "width": width, "channels": channels, "labels": labels}
 
 
+def schema_diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """How a dataset's schema (:func:`describe_schema`) changed, one phrase per change; empty when
+    the columns and their types (images: size, channels and label set) are the same. Null counts
+    and a table's label values vary from one day's data to the next and are not schema."""
+    if ("columns" in before) != ("columns" in after):
+        return ["tables became images" if "columns" in before else "images became a table"]
+    if "columns" in after:
+        old = {column["name"]: column["type"] for column in before["columns"]}
+        new = {column["name"]: column["type"] for column in after["columns"]}
+        changes = [f"column {name!r} ({kind}) added" for name, kind in new.items() if name not in old]
+        changes += [f"column {name!r} ({kind}) removed" for name, kind in old.items() if name not in new]
+        changes += [
+            f"column {name!r} changed type {old[name]} → {kind}"
+            for name, kind in new.items()
+            if name in old and old[name] != kind
+        ]
+        if before.get("label") != after.get("label"):
+            changes.append(f"label column {before.get('label')!r} → {after.get('label')!r}")
+        return changes
+    changes = [
+        f"{key} {before[key]} → {after[key]}"
+        for key in ("height", "width", "channels")
+        if before[key] != after[key]
+    ]
+    if before["labels"] is not None and after["labels"] is not None:
+        added = sorted(set(after["labels"]) - set(before["labels"]), key=str)
+        removed = sorted(set(before["labels"]) - set(after["labels"]), key=str)
+        changes += [f"labels added: {', '.join(map(str, added))}"] if added else []
+        changes += [f"labels removed: {', '.join(map(str, removed))}"] if removed else []
+    return changes
+
+
 _IMAGE_META = b"genai_pipeline.image"
 
 

@@ -1,0 +1,262 @@
+"""One publisher at a time per job and run date, on a local disk or an object store.
+
+Two runs of the same job and date (a manual rerun while the nightly one publishes, a deployment
+triggered twice) would otherwise move their files into the same partition at once and leave a
+mix. :func:`publish_lock` serialises them: the second waits up to ``export.lock_timeout_s``, then
+fails naming the holder.
+
+- Locally the lock is ``flock`` on a file beside the output: the kernel drops it when its
+  process dies, so a killed run never blocks the next one.
+- On S3 it is a *lease*: an object created only if absent (``If-None-Match: *``, supported by AWS
+  S3, MinIO and moto) that holds its owner and an expiry time. The holder renews it every third of
+  :data:`LEASE_SECONDS` (a conditional ``If-Match`` put) while it publishes; a lease left by a
+  killed run expires and is removed with a conditional delete, so exactly one waiter takes over.
+  The same run retrying its export takes its own lease back at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from fsspec.asyn import sync
+
+from genai_pipeline.errors import RunConflict, StorageError
+from genai_pipeline.storage import Storage
+
+log = logging.getLogger(__name__)
+
+#: how long an S3 lease lives without renewal (a killed publisher blocks others at most this long)
+LEASE_SECONDS = 60.0
+#: how often a waiter looks again
+POLL_SECONDS = 0.5
+
+
+class Lease:
+    """A held lock; :meth:`check` raises if an S3 lease could not be renewed (another run may
+    have taken it over), so the publisher stops before it switches the data."""
+
+    def __init__(self) -> None:
+        self.lost: str | None = None
+
+    def check(self) -> None:
+        if self.lost:
+            raise StorageError(self.lost)
+
+
+def _holder(owner: str) -> dict[str, Any]:
+    return {"owner": owner, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _describe(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "another run"
+    return f"run {holder.get('owner')} (host {holder.get('host')}, pid {holder.get('pid')})"
+
+
+@contextmanager
+def publish_lock(storage: Storage, rel: str, owner: str, *, timeout: float, what: str) -> Iterator[Lease]:
+    """Hold the lock at ``rel`` (relative to ``storage``) while the block runs; ``what`` names the
+    locked thing in messages. Waits up to ``timeout`` seconds, then raises :class:`RunConflict`."""
+    deadline = time.monotonic() + timeout
+    locker = _local_lock if storage.is_local else _s3_lease
+    with locker(storage, rel, owner, deadline, what) as lease:
+        yield lease
+
+
+def _waiting(what: str, holder: dict[str, Any] | None, timeout_at: float) -> None:
+    log.warning(
+        "%s is being published by %s: waiting up to %.0f s",
+        what,
+        _describe(holder),
+        timeout_at - time.monotonic(),
+    )
+
+
+def _conflict(what: str, holder: dict[str, Any] | None, deadline: float, started: float) -> RunConflict:
+    return RunConflict(
+        f"{what} is being published by {_describe(holder)}: gave up after {deadline - started:.0f} s "
+        "(export.lock_timeout_s); rerun when it has finished"
+    )
+
+
+@contextmanager
+def _local_lock(storage: Storage, rel: str, owner: str, deadline: float, what: str) -> Iterator[Lease]:
+    path = storage.path(rel)
+    started = time.monotonic()
+    with storage.errors(rel):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _read_json(os.pread(fd, 4096, 0))
+                if time.monotonic() >= deadline:
+                    raise _conflict(what, holder, deadline, started) from None
+                if not waited:
+                    _waiting(what, holder, deadline)
+                    waited = True
+                time.sleep(POLL_SECONDS)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_holder(owner)).encode(), 0)
+        yield Lease()
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _read_json(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class _S3Object:
+    """Conditional operations on one S3 object through s3fs's client (ETags are the versions)."""
+
+    def __init__(self, storage: Storage, rel: str):
+        self.fs = storage.fs
+        self.rel = rel
+        self.bucket, self.key, _ = self.fs.split_path(storage.path(rel))
+        self.errors = storage.errors
+
+    def create(self, body: bytes) -> str | None:
+        """Put only if absent: the new ETag, or None when the object exists."""
+        try:
+            with self.errors(self.rel):
+                return self.fs.call_s3(
+                    "put_object", Bucket=self.bucket, Key=self.key, Body=body, IfNoneMatch="*"
+                )["ETag"]
+        except StorageError as exc:
+            if isinstance(exc.__cause__, FileExistsError) or _busy(exc.__cause__):
+                return None  # exists, or a concurrent create is in flight (409)
+            raise
+
+    def replace(self, body: bytes, etag: str) -> str | None:
+        """Put only if unchanged since ``etag``: the new ETag, or None when it changed or vanished."""
+        try:
+            with self.errors(self.rel):
+                return self.fs.call_s3(
+                    "put_object", Bucket=self.bucket, Key=self.key, Body=body, IfMatch=etag
+                )["ETag"]
+        except FileNotFoundError:
+            return None
+        except StorageError as exc:
+            if _precondition(exc.__cause__):
+                return None
+            raise
+
+    def delete(self, etag: str) -> None:
+        """Delete only if unchanged since ``etag`` (a no-op otherwise)."""
+        with suppress(FileNotFoundError), self.errors(self.rel):
+            try:
+                self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=etag)
+            except OSError as exc:
+                if not _precondition(exc):
+                    raise
+
+    def read(self) -> tuple[dict[str, Any] | None, str] | None:
+        """The object's JSON and ETag (read in one request, so they belong together), or None."""
+
+        async def get() -> tuple[bytes, str]:
+            response = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self.key)
+            async with response["Body"] as body:
+                return await body.read(), response["ETag"]
+
+        try:
+            with self.errors(self.rel):
+                raw, etag = sync(self.fs.loop, get)
+        except FileNotFoundError:
+            return None
+        return _read_json(raw), etag
+
+
+def _precondition(exc: BaseException | None) -> bool:
+    """s3fs raises a failed ``If-Match`` (HTTP 412) as ``OSError(EINVAL)``."""
+    return isinstance(exc, OSError) and exc.errno == errno.EINVAL
+
+
+def _busy(exc: BaseException | None) -> bool:
+    """A conflicting concurrent conditional write (HTTP 409) comes back as ``OSError(EBUSY)``."""
+    return isinstance(exc, OSError) and exc.errno == errno.EBUSY
+
+
+@contextmanager
+def _s3_lease(storage: Storage, rel: str, owner: str, deadline: float, what: str) -> Iterator[Lease]:
+    lock = _S3Object(storage, rel)
+    started = time.monotonic()
+
+    def body() -> bytes:
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=LEASE_SECONDS)
+        return json.dumps({**_holder(owner), "expires": expires.isoformat()}).encode()
+
+    waited = False
+    while (etag := lock.create(body())) is None:
+        found = lock.read()
+        if found is None:
+            continue  # released between the two requests
+        holder, held = found
+        if holder is not None and holder.get("owner") == owner:
+            etag = lock.replace(body(), held)  # this run's own lease, left by a failed attempt
+            if etag is not None:
+                break
+            continue
+        if holder is None or _expired(holder):
+            log.warning("%s: the lease of %s has expired: taking over", what, _describe(holder))
+            lock.delete(held)
+            continue
+        if time.monotonic() >= deadline:
+            raise _conflict(what, holder, deadline, started)
+        if not waited:
+            _waiting(what, holder, deadline)
+            waited = True
+        time.sleep(POLL_SECONDS)
+
+    lease, stop = Lease(), threading.Event()
+    current = [etag]
+
+    def renew() -> None:
+        while not stop.wait(LEASE_SECONDS / 3):
+            try:
+                renewed = lock.replace(body(), current[0])
+            except StorageError as exc:
+                renewed, reason = None, str(exc)
+            else:
+                reason = "it was taken over"
+            if renewed is None:
+                lease.lost = f"{what}: lost the publish lease ({reason}); not switching the data"
+                return
+            current[0] = renewed
+
+    renewer = threading.Thread(target=renew, name="publish-lease", daemon=True)
+    renewer.start()
+    try:
+        yield lease
+    finally:
+        stop.set()
+        renewer.join()
+        with suppress(StorageError):  # left behind, it expires
+            lock.delete(current[0])
+
+
+def _expired(holder: dict[str, Any]) -> bool:
+    try:
+        expires = dt.datetime.fromisoformat(str(holder["expires"]))
+    except (KeyError, ValueError):
+        return True
+    return expires <= dt.datetime.now(dt.UTC)

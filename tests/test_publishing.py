@@ -1,0 +1,283 @@
+"""Publishing under faults: an S3 endpoint killed at every step of an export, two runs of the same
+job and date at once, locks left by killed runs, an endpoint down from the start.
+
+The endpoint is real S3 over HTTP (moto) behind a proxy that a test kills and restores
+(``flaky_endpoint.py``); readers are checked the way analysts read the output: every file under
+``data/``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+from conftest import tiny_job
+from flaky_endpoint import FlakyEndpoint
+
+from genai_pipeline import locks, stages
+from genai_pipeline.config import JobSpec
+from genai_pipeline.errors import RunConflict, StorageError
+from genai_pipeline.generation import RUN_ID_KEY
+from genai_pipeline.runs import Run
+from genai_pipeline.storage import Storage
+
+RUN_DATE = "2026-03-04"
+BUCKET = "flaky"
+#: fail fast when the endpoint is down (the defaults retry for ~25 s per request)
+FAST_FAIL = {"config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1, "read_timeout": 5}}
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[FlakyEndpoint]:
+    flaky = FlakyEndpoint()
+    s3fs.S3FileSystem(key="k", secret="s", endpoint_url=flaky.url, skip_instance_cache=True).mkdir(BUCKET)
+    yield flaky
+    flaky.close()
+
+
+def _options(endpoint: FlakyEndpoint) -> dict[str, Any]:
+    return {"endpoint_url": endpoint.url, "key": "k", "secret": "s", **FAST_FAIL}
+
+
+def _fs(endpoint: FlakyEndpoint) -> s3fs.S3FileSystem:
+    return s3fs.S3FileSystem(key="k", secret="s", endpoint_url=endpoint.url, skip_instance_cache=True)
+
+
+def _job(output: str, options: dict[str, Any] | None = None, **sections: Any) -> JobSpec:
+    return tiny_job(
+        "builtin://penguins",
+        "vae",
+        output,
+        train={"reuse": "cached"},
+        generate={"num_samples": 120, "shards": 2},
+        export={"output": output, "storage_options": options or {}, **sections.pop("export", {})},
+        **sections,
+    )
+
+
+@dataclass
+class Staged:
+    """A run taken through validation, ready to export."""
+
+    run: Run
+    refs: dict[str, Any]
+
+    def export(self, job: JobSpec | None = None) -> Any:
+        run = Run(job=job or self.run.job, run_date=self.run.run_date, run_id=self.run.run_id)
+        return stages.export(run, **self.refs)
+
+
+def _stage(job: JobSpec, run_date: str = RUN_DATE) -> Staged:
+    run = Run(job=job, run_date=run_date)
+    dataset = stages.ingest(run)
+    model = stages.train(run, dataset=dataset)
+    generated = stages.generate(run, model=model, dataset=dataset)
+    report = stages.validate(run, dataset=dataset, generated=generated)
+    assert report.passed, report.failures
+    return Staged(run, {"dataset": dataset, "model": model, "generated": generated, "report": report})
+
+
+def _read_published(storage: Storage) -> tuple[str, pa.Table]:
+    """What a reader of ``data/`` sees for the run date: one file, the run that wrote it, its rows."""
+    files = storage.list_files(f"data/run_date={RUN_DATE}")
+    assert list(files) == [f"data/run_date={RUN_DATE}/part-00000.parquet"], files
+    with storage.open_read(f"data/run_date={RUN_DATE}/part-00000.parquet") as handle:
+        table = pq.read_table(handle)
+    return table.schema.metadata[RUN_ID_KEY].decode(), table.replace_schema_metadata(None)
+
+
+def test_an_endpoint_killed_at_any_step_of_an_export_never_shows_readers_a_partial_run(
+    endpoint: FlakyEndpoint,
+) -> None:
+    """Kill the endpoint at request k of an export (before or after the server handled it), for
+    k spread over the whole export: readers see the previous run or the new one, whole; the
+    retried export then publishes the new run exactly once and leaves nothing behind."""
+    fs, options = _fs(endpoint), _options(endpoint)
+    base = f"s3://{BUCKET}/base"
+    first = _stage(_job(base, options))
+    first.export()
+    second = _stage(_job(base, options))
+    storage = Storage(f"{base}/tiny", options)
+    before = _read_published(storage)
+    staged_rows = pq.read_table(storage.open_read(second.run.staged(second.run.data_file)))
+
+    def trial(name: str) -> tuple[JobSpec, Storage]:
+        fs.copy(f"{BUCKET}/base/tiny", f"{BUCKET}/{name}/tiny", recursive=True)
+        output = f"s3://{BUCKET}/{name}"
+        return _job(output, options), Storage(f"{output}/tiny", options)
+
+    job, clean = trial("clean")
+    start = endpoint.requests
+    second.export(job)
+    requests = endpoint.requests - start
+    expected = set(clean.list_files("quality")), set(clean.list_files("data"))
+    assert _read_published(clean)[0] == second.run.run_id
+    assert 20 < requests < 400, requests
+
+    points = sorted({1 + (requests - 1) * i // 11 for i in range(12)})
+    for number, point in enumerate(points):
+        after = number % 2 == 1
+        job, storage = trial(f"kill-{point}-{after}")
+        endpoint.kill_at(point, after_handling=after)
+        with pytest.raises(StorageError):
+            second.export(job)
+        assert not endpoint.is_up
+        endpoint.up()
+        run_id, rows = _read_published(storage)
+        if run_id == first.run.run_id:
+            assert rows.equals(before[1]), f"a mix of runs after a kill at request {point}"
+        else:
+            assert run_id == second.run.run_id and rows.equals(staged_rows.replace_schema_metadata(None))
+        published = second.export(job)  # the flow's retry of the export task
+        assert published.run_id == second.run.run_id
+        assert _read_published(storage) == (second.run.run_id, staged_rows.replace_schema_metadata(None))
+        assert (set(storage.list_files("quality")), set(storage.list_files("data"))) == expected
+        assert not storage.list_files(second.run.staging) and not storage.list_files("_locks")
+        manifest = json.loads(storage.read_bytes(second.run.manifest))
+        assert manifest["status"] == "published" and manifest["generated"]["num_samples"] == 120
+
+
+def test_an_endpoint_down_at_the_start_is_retried_then_fails_naming_it(
+    endpoint: FlakyEndpoint, prefect_harness: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.synthesize import synthesize
+
+    attempts: list[float] = []
+    real = stages._check_schema  # ingest's first request to the store
+
+    def counted(*args: Any) -> None:
+        attempts.append(time.monotonic())
+        real(*args)
+
+    monkeypatch.setattr(stages, "_check_schema", counted)
+    job = _job(f"s3://{BUCKET}/down", _options(endpoint), retries={"count": 2, "delay_seconds": 0.2})
+    endpoint.down()
+    try:
+        with pytest.raises(StorageError, match=r"s3://flaky/down/tiny.*Could not connect to the endpoint"):
+            synthesize(job=job, run_date=RUN_DATE)
+    finally:
+        endpoint.up()
+    assert len(attempts) == 3  # the first try and two retries
+    assert not _fs(endpoint).exists(f"{BUCKET}/down/tiny/data")
+
+
+def test_an_export_killed_in_a_flow_is_retried_and_publishes_once(
+    endpoint: FlakyEndpoint, prefect_harness: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through Prefect: the endpoint dies in the middle of the export and comes back a second
+    later; the export task's retry publishes the run, once."""
+    from flows.synthesize import synthesize
+
+    real_publish = stages.publish
+
+    def publish_while_the_endpoint_dies(run: Run, **refs: Any) -> Any:
+        if endpoint.is_up and not getattr(publish_while_the_endpoint_dies, "done", False):
+            publish_while_the_endpoint_dies.done = True  # type: ignore[attr-defined]
+            endpoint.kill_at(12)
+            threading.Timer(1.0, endpoint.up).start()
+        return real_publish(run, **refs)
+
+    monkeypatch.setattr(stages, "publish", publish_while_the_endpoint_dies)
+    job = _job(f"s3://{BUCKET}/flow", _options(endpoint), retries={"count": 2, "delay_seconds": 2})
+    result = synthesize(job=job, run_date=RUN_DATE)
+    storage = Storage(f"s3://{BUCKET}/flow/tiny", _options(endpoint))
+    run_id, rows = _read_published(storage)
+    assert run_id == result["run_id"] and rows.num_rows == 120 == result["num_samples"]
+    manifests = [json.loads(storage.read_bytes(rel)) for rel in storage.list_files("_runs")]
+    assert [m["status"] for m in manifests] == ["published"]
+    assert not storage.list_files("_staging") and not storage.list_files("_locks")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_runs_of_one_date_publish_one_after_the_other_never_interleaved(
+    where: str, endpoint: FlakyEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = str(tmp_path) if where == "local" else f"s3://{BUCKET}/race"
+    options = {} if where == "local" else _options(endpoint)
+    runs = [_stage(_job(output, options)) for _ in range(2)]
+    held: list[tuple[str, float, float]] = []
+    real_lock = locks.publish_lock
+
+    def timed_lock(storage: Storage, rel: str, owner: str, **kwargs: Any) -> Any:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def held_for() -> Iterator[Any]:
+            with real_lock(storage, rel, owner, **kwargs) as lease:
+                start = time.monotonic()
+                time.sleep(0.5)  # a slow publish: without the lock the two would overlap
+                yield lease
+                held.append((owner, start, time.monotonic()))
+
+        return held_for()
+
+    monkeypatch.setattr("genai_pipeline.runs.publish_lock", timed_lock)
+    barrier = threading.Barrier(2)
+    results: list[Any] = []
+
+    def publish(staged: Staged) -> None:
+        barrier.wait()
+        results.append(staged.export())
+
+    threads = [threading.Thread(target=publish, args=(staged,)) for staged in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2 and len(held) == 2
+    (_, _, first_end), (_, second_start, _) = sorted(held, key=lambda hold: hold[1])
+    assert first_end <= second_start, "the two publishes overlapped"
+    last = max(held, key=lambda hold: hold[1])[0]
+    storage = runs[0].run.storage()
+    run_id, rows = _read_published(storage)
+    assert run_id == last and rows.num_rows == 120
+    metrics = pq.read_table(storage.open_read(f"quality/run_date={RUN_DATE}/metrics.parquet"))
+    assert set(metrics.column("run_id").to_pylist()) == {last}  # no quality file of the other run
+    assert not storage.list_files("_staging")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_run_that_cannot_get_the_lock_fails_naming_the_holder(
+    where: str, endpoint: FlakyEndpoint, tmp_path: Path
+) -> None:
+    output = str(tmp_path) if where == "local" else f"s3://{BUCKET}/held"
+    options = {} if where == "local" else _options(endpoint)
+    staged = _stage(_job(output, options, export={"lock_timeout_s": 1}))
+    storage = staged.run.storage()
+    lock = f"_locks/run_date={RUN_DATE}.lock"
+    holder = locks.publish_lock(storage, lock, "20260304T020000Z-abcdef", timeout=1, what="held")
+    conflict = pytest.raises(
+        RunConflict, match=r"job tiny, run_date 2026-03-04 is being published by run 2026"
+    )
+    with holder, conflict:
+        staged.export()
+    assert not storage.list_files("data")
+    assert staged.export().run_id == staged.run.run_id  # once the holder is done
+
+
+def test_a_lease_left_by_a_killed_run_expires_and_a_live_one_is_renewed(
+    endpoint: FlakyEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(locks, "LEASE_SECONDS", 1.5)
+    storage = Storage(f"s3://{BUCKET}/lease", _options(endpoint))
+    dead = {"owner": "killed-run", "host": "gone", "pid": 1, "expires": "2026-01-01T00:00:00+00:00"}
+    storage.write_bytes("_locks/x.lock", json.dumps(dead).encode())
+    with locks.publish_lock(storage, "_locks/x.lock", "next-run", timeout=0, what="x"):
+        holder = json.loads(storage.read_bytes("_locks/x.lock"))
+        assert holder["owner"] == "next-run"
+        time.sleep(3.5)  # over two lease lifetimes: renewed meanwhile, so still held
+        with (
+            pytest.raises(RunConflict, match="next-run"),
+            locks.publish_lock(storage, "_locks/x.lock", "third-run", timeout=0.5, what="x"),
+        ):
+            pass
+    assert not storage.exists("_locks/x.lock")
