@@ -39,7 +39,7 @@ from botocore.exceptions import BotoCoreError  # noqa: E402
 from flaky_endpoint import FlakyEndpoint  # noqa: E402
 
 from genai_pipeline.config import load_job  # noqa: E402
-from genai_pipeline.generation import RUN_ID_KEY  # noqa: E402
+from genai_pipeline.runs import RUN_ID_KEY  # noqa: E402
 
 BUCKET, ROWS = "soak", 500
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03"]
@@ -91,7 +91,9 @@ class Reader(threading.Thread):
     def look(self, prefix: str) -> None:
         try:
             self.fs.invalidate_cache()
-            files, sizes = self.fs.find(prefix), []
+            # data files only, as pandas, DuckDB and Spark read a folder; s3fs's find can also
+            # return the folder itself when its first file appears between two of its requests
+            files, sizes = [name for name in self.fs.find(prefix) if name.endswith(".parquet")], []
             if not files:
                 self.views["empty (not published yet)"] += 1
                 return

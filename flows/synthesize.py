@@ -72,18 +72,22 @@ def _post_summary(run: Run, manifest: dict[str, Any]) -> None:
         )
 
 
-def _record_failure(run: Run, error: Exception, policy: dict[str, Any]) -> None:
-    """Record the failure and post its summary; never hide the original error behind a new one."""
+def _record_failure(run: Run, error: Exception, policy: dict[str, Any]) -> dict[str, Any]:
+    """Record the failure and post its summary; never hide the original error behind a new one.
+    The manifest is a published one when the export had failed after its data switch (the
+    failure handler finished the publish): the run then succeeds."""
     try:
-        failure = record_failure.with_options(**policy)(run, error)
+        manifest = record_failure.with_options(**policy)(run, error)
     except Exception as cleanup_error:  # storage may be what failed in the first place
-        failure = {
+        manifest = {
             "status": "failed",
             "error": f"{type(error).__name__}: {error}",
             "cleanup_error": f"{type(cleanup_error).__name__}: {cleanup_error}",
         }
-    _post_summary(run, failure)
-    notify_failure(run, failure)
+    _post_summary(run, manifest)
+    if manifest["status"] != "published":
+        notify_failure(run, manifest)
+    return manifest
 
 
 def concurrent_shards(spec: GenerateSpec) -> int:
@@ -173,21 +177,23 @@ def synthesize(
                 run, model=model, dataset=dataset, policy=policy
             )
         report = validate.with_options(**policy)(run, dataset=dataset, generated=generated)
-        published = export.with_options(**policy)(
+        manifest = export.with_options(**policy)(
             run, dataset=dataset, model=model, generated=generated, report=report
-        )
+        ).manifest
     except Exception as error:
-        _record_failure(run, error, policy)
-        raise
-    _post_summary(run, published.manifest)
+        manifest = _record_failure(run, error, policy)
+        if manifest["status"] != "published":
+            raise
+    else:
+        _post_summary(run, manifest)
     return {
-        "run_id": published.run_id,
-        "run_date": published.run_date,
-        "num_samples": published.num_samples,
-        "data_url": published.data_url,
-        "manifest_url": published.manifest_url,
-        "report_url": published.manifest["report"],
-        "warnings": published.manifest["warnings"],
+        "run_id": run.run_id,
+        "run_date": run.run_date,
+        "num_samples": manifest["generated"]["num_samples"],
+        "data_url": manifest["location"],
+        "manifest_url": run.storage().url_of(run.manifest),
+        "report_url": manifest["report"],
+        "warnings": manifest["warnings"],
     }
 
 

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from genai_pipeline.models.base import ImageBatch
-from genai_pipeline.runs import Run, encode_partition_value
+from genai_pipeline.runs import RUN_ID_KEY, Run, encode_partition_value
 from genai_pipeline.storage import Storage
 
 ROW_GROUP_ROWS = 128 * 1024
@@ -58,10 +58,6 @@ def threads_per_shard(concurrent: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-#: the Parquet footer key naming the run that wrote a data file (lineage: see its manifest)
-RUN_ID_KEY = b"genai_pipeline.run_id"
 
 
 def write_parquet(

@@ -29,8 +29,11 @@ import json
 import logging
 import secrets
 import urllib.parse
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import pyarrow.parquet as pq
 
 import genai_pipeline
 from genai_pipeline.config import JobSpec
@@ -46,6 +49,12 @@ PUBLISHED_PREFIXES = ("data", "images", "quality")
 PARTITION_KEY = "run_date"
 #: the model of the last published run, for ``train.reuse: latest``
 LATEST_MODEL = "models/latest.json"
+#: the Parquet footer key naming the run that wrote a data file (lineage: see its manifest)
+RUN_ID_KEY = b"genai_pipeline.run_id"
+#: the files a run publishes, fixed in its staging before the first is moved
+PUBLISH_PLAN = "_publish.json"
+#: the run's manifest, staged before its data is switched in (see :func:`record_failure`)
+PENDING_MANIFEST = "_manifest.json"
 
 
 def new_run_id() -> str:
@@ -174,7 +183,7 @@ def _manifest(run: Run, status: str, **sections: Any) -> dict[str, Any]:
 def _publish_plan(storage: Storage, run: Run, staged: dict[str, int]) -> dict[str, int]:
     """The files this run publishes, fixed before the first is moved: a retried export after a
     partial move knows the files it already promoted, and neither loses nor deletes them."""
-    plan = run.staged("_publish.json")
+    plan = run.staged(PUBLISH_PLAN)
     if storage.exists(plan):
         return json.loads(storage.read_bytes(plan))
     promoted = {rel: size for rel, size in staged.items() if rel.split("/")[0] in PUBLISHED_PREFIXES}
@@ -194,13 +203,7 @@ def publish(
     if not report.passed:
         raise QualityGateFailed(report.failures)
     storage = run.storage()
-    with publish_lock(
-        storage,
-        f"_locks/{PARTITION_KEY}={run.run_date}.lock",
-        run.run_id,
-        timeout=run.job.export.lock_timeout_s,
-        what=f"job {run.job.name}, {PARTITION_KEY} {run.run_date}",
-    ) as lease:
+    with _lock(run, storage) as lease:
         if storage.exists(run.manifest):  # a retry after the manifest was written: published already
             manifest = json.loads(storage.read_bytes(run.manifest))
         else:
@@ -233,22 +236,6 @@ def _promote(
     promoted = _publish_plan(storage, run, staged)
     moves = [rel for rel in sorted(promoted) if rel in staged]
     storage.move((run.staged(rel), rel) for rel in moves if not rel.startswith("data/"))
-    lease.check()  # the data switch is the publish: only while this run holds the lock
-    storage.move((run.staged(rel), rel) for rel in moves if rel.startswith("data/"))
-    stale = [
-        rel
-        for prefix in PUBLISHED_PREFIXES
-        for rel in storage.list_files(run.partition(prefix))
-        if rel not in promoted
-    ]
-    storage.delete(stale)
-    latest = {
-        "model": asdict(model),
-        "dataset": asdict(dataset),
-        "run_id": run.run_id,
-        "run_date": run.run_date,
-    }
-    storage.write_bytes(LATEST_MODEL, json.dumps(latest, indent=1, default=str).encode())
     manifest = _manifest(
         run,
         "published",
@@ -261,16 +248,67 @@ def _promote(
         location=storage.url_of(run.partition("data")),
         report=storage.url_of(run.report_file),
     )
+    storage.write_bytes(run.staged(PENDING_MANIFEST), json.dumps(manifest, default=str).encode())
+    lease.check()  # the data switch is the publish: only while this run holds the lock
+    storage.move((run.staged(rel), rel) for rel in moves if rel.startswith("data/"))
+    return _finish(run, storage, promoted, manifest)
+
+
+def _finish(run: Run, storage: Storage, promoted: dict[str, int], manifest: dict[str, Any]) -> dict[str, Any]:
+    """After the data switch: remove the partitions' leftovers, point ``latest`` at this run's
+    model, write the manifest last."""
+    stale = [
+        rel
+        for prefix in PUBLISHED_PREFIXES
+        for rel in storage.list_files(run.partition(prefix))
+        if rel not in promoted
+    ]
+    storage.delete(stale)
+    latest = {key: manifest[key] for key in ("model", "dataset", "run_id", "run_date")}
+    storage.write_bytes(LATEST_MODEL, json.dumps(latest, indent=1, default=str).encode())
     storage.write_bytes(run.manifest, json.dumps(manifest, indent=1, default=str).encode())
     return manifest
+
+
+def _lock(run: Run, storage: Storage) -> AbstractContextManager[Lease]:
+    """The job's publish lock for the run's date."""
+    return publish_lock(
+        storage,
+        f"_locks/{PARTITION_KEY}={run.run_date}.lock",
+        run.run_id,
+        timeout=run.job.export.lock_timeout_s,
+        what=f"job {run.job.name}, {PARTITION_KEY} {run.run_date}",
+    )
+
+
+def live_run_id(storage: Storage, run: Run) -> str | None:
+    """The run whose data a reader of the run's date sees now (from its data file's footer)."""
+    if not storage.exists(run.data_file):
+        return None
+    with storage.open_read(run.data_file) as handle:
+        metadata = pq.ParquetFile(handle).schema_arrow.metadata or {}
+    return metadata[RUN_ID_KEY].decode() if RUN_ID_KEY in metadata else None
 
 
 def record_failure(run: Run, error: BaseException) -> dict[str, Any]:
     """Keep the failed run's quality results for review, write a failed manifest, drop staging.
 
-    Nothing of a failed run reaches ``data/``, ``images/`` or ``quality/``.
+    Nothing of a failed run reaches ``data/``, ``images/`` or ``quality/``. One exception: an export
+    that failed *after* its data switch (the endpoint died, and stayed away longer than the
+    export's retries) has published, whole and validated, as far as readers can tell; then this
+    finishes the publish (leftovers, ``latest``, the manifest staged before the switch) and returns
+    the published manifest, rather than call failed a run whose data readers see.
     """
     storage = run.storage()
+    if storage.exists(run.staged(PENDING_MANIFEST)) and live_run_id(storage, run) == run.run_id:
+        with _lock(run, storage):
+            promoted = json.loads(storage.read_bytes(run.staged(PUBLISH_PLAN)))
+            manifest = _finish(
+                run, storage, promoted, json.loads(storage.read_bytes(run.staged(PENDING_MANIFEST)))
+            )
+        storage.delete_tree(run.staging)
+        log.warning("%s failed after its data was switched in: publish finished (%s)", run.run_id, error)
+        return manifest
     staged = _staged_files(storage, run)
     kept = {rel: f"_runs/{run.run_id}/{rel}" for rel in staged if rel.startswith("quality/")}
     try:

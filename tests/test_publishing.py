@@ -26,8 +26,7 @@ from flaky_endpoint import FlakyEndpoint
 from genai_pipeline import locks, stages
 from genai_pipeline.config import JobSpec
 from genai_pipeline.errors import RunConflict, StorageError
-from genai_pipeline.generation import RUN_ID_KEY
-from genai_pipeline.runs import Run
+from genai_pipeline.runs import RUN_ID_KEY, Run
 from genai_pipeline.storage import Storage
 
 RUN_DATE = "2026-03-04"
@@ -281,3 +280,32 @@ def test_a_lease_left_by_a_killed_run_expires_and_a_live_one_is_renewed(
         ):
             pass
     assert not storage.exists("_locks/x.lock")
+
+
+def test_an_export_that_fails_after_its_data_switch_is_finished_not_called_failed(
+    endpoint: FlakyEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The endpoint dies right after the data file is switched in and stays away past the export's
+    retries: readers see the run, whole. The failure handler then finishes the publish."""
+    from genai_pipeline.runs import live_run_id, record_failure
+
+    staged = _stage(_job(f"s3://{BUCKET}/switched", _options(endpoint)))
+    real_move = Storage.move
+
+    def move_then_die(self: Storage, pairs: Any) -> None:
+        pairs = list(pairs)
+        real_move(self, pairs)
+        if any(dst.startswith("data/") for _, dst in pairs):
+            endpoint.down()
+
+    monkeypatch.setattr(Storage, "move", move_then_die)
+    with pytest.raises(StorageError) as failure:
+        staged.export()
+    endpoint.up()
+    storage = staged.run.storage()
+    assert live_run_id(storage, staged.run) == staged.run.run_id and not storage.exists(staged.run.manifest)
+    manifest = record_failure(staged.run, failure.value)
+    assert manifest["status"] == "published"
+    assert json.loads(storage.read_bytes(staged.run.manifest))["status"] == "published"
+    assert json.loads(storage.read_bytes("models/latest.json"))["run_id"] == staged.run.run_id
+    assert not storage.list_files("_staging") and not storage.list_files("_locks")
