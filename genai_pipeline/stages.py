@@ -437,7 +437,9 @@ def combine_shards(run: Run, shards: list[GeneratedRef]) -> GeneratedRef:
     data_file = run.staged(run.data_file)
     parts = [run.staged(run.shard_part(i)) for i, ref in enumerate(shards) if ref.num_samples > 0]
     present = [part for part in parts if storage.exists(part)]
-    if present and not storage.exists(data_file):
+    if not storage.exists(data_file):
+        if missing := [part for part in parts if part not in present]:  # never publish part of a run
+            raise StorageError(f"{storage.url_of(missing[0])}: a shard's data is missing from staging")
         if len(present) == 1:
             storage.move([(present[0], data_file)])
         else:
@@ -445,8 +447,6 @@ def combine_shards(run: Run, shards: list[GeneratedRef]) -> GeneratedRef:
             rows = concat_parquet(storage, present, data_file)
             log.info("combined %d shards' %d rows in %.1f s", len(present), rows, time.monotonic() - started)
     storage.delete(part for part in present if storage.exists(part))
-    if not storage.exists(data_file):
-        raise StorageError(f"{storage.url_of(data_file)}: no shard's data is staged")
     count = sum(ref.num_samples for ref in shards)
     seconds = sum(ref.seconds for ref in shards)
     log.info(

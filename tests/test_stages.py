@@ -517,3 +517,19 @@ def test_a_process_killed_mid_training_is_resumed_by_the_next_run(tmp_path: Path
     model = stages.train(rerun, dataset=stages.ingest(rerun))
     assert model.fit["resumed_from_step"] == 10 and model.fit["steps"] == steps
     assert not list((tmp_path / "killed" / "tiny" / model.uri / "checkpoints").glob("*"))
+
+
+def test_shards_are_combined_only_when_every_part_is_staged(tmp_path: Path) -> None:
+    from genai_pipeline.errors import StorageError
+
+    run = Run(
+        job=tiny_job("builtin://penguins", "vae", str(tmp_path), generate={"shards": 2}),
+        run_date="2026-03-01",
+    )
+    dataset = stages.ingest(run)
+    model = stages.train(run, dataset=dataset)
+    shards = [stages.generate_shard(run, model=model, dataset=dataset, shard=shard) for shard in range(2)]
+    (tmp_path / "tiny" / run.staged(run.shard_part(1))).unlink()
+    with pytest.raises(StorageError, match=r"shards/part-00001\.parquet: a shard's data is missing"):
+        stages.combine_shards(run, shards)
+    assert not (tmp_path / "tiny" / run.staged(run.data_file)).exists()
