@@ -452,6 +452,14 @@ HANDLED: dict[str, tuple[pa.Table, dict[str, Any], Callable[[pa.Table], bool]]] 
         {},
         lambda out: _values(out, "z") == {"same"},
     ),
+    "float NaN (read as missing)": (
+        pa.table({**_base(), "z": np.where(np.arange(ROWS) % 4 == 0, np.nan, rng.normal(size=ROWS))}),
+        {},
+        lambda out: (
+            0 < out.column("z").null_count < out.num_rows  # missing values kept (a tiny model: roughly)
+            and not np.isnan(out.column("z").drop_null().to_numpy()).any()
+        ),
+    ),
     "single-class label": (
         pa.table({**_base(), "y": ["only"] * ROWS}),
         {"label": "y"},

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
@@ -65,7 +66,21 @@ def read_dataset(spec: DatasetSpec) -> Dataset:
             f"{spec.uri}: column {PARTITION_KEY!r} has the name of the output's partition key "
             f"(data/{PARTITION_KEY}=…/): readers would see the run's date in its place; rename the column"
         )
-    return TabularData(table=table, label=spec.label)
+    return TabularData(table=_nan_as_null(table, spec.uri), label=spec.label)
+
+
+def _nan_as_null(table: pa.Table, uri: str) -> pa.Table:
+    """Float NaN as missing values (null), as pandas writes and reads them: left as NaN, a model
+    learned them as an ordinary number and the output lost its missing values."""
+    for index, field in enumerate(table.schema):
+        if not pa.types.is_floating(field.type):
+            continue
+        column = table.column(index)
+        nans = pc.sum(pc.is_nan(column)).as_py() or 0
+        if nans:
+            log.info("%s: column %r: %d NaN values read as missing (null)", uri, field.name, nans)
+            table = table.set_column(index, field, pc.if_else(pc.is_nan(column), None, column))
+    return table
 
 
 def _check_column_names(table: pa.Table, uri: str) -> None:
