@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +24,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -75,10 +78,30 @@ def _protect_secrets(options: Any) -> Any:
     return options
 
 
+def _plain_types(annotation: Any) -> set[Any]:
+    """The types a field annotation admits at its top level (through ``X | None`` and ``Annotated``)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return {type(arg) for arg in args}
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated):
+        return set().union(*(_plain_types(arg) for arg in args))
+    return {annotation}
+
+
 class StrictModel(BaseModel):
     """Base of every spec model: unknown keys are errors, values are re-checked on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``epochs: yes`` is YAML for true, which pydantic would take as 1: a number field wants a number."""
+        if isinstance(value, bool) and info.field_name is not None:
+            admitted = _plain_types(cls.model_fields[info.field_name].annotation)
+            if bool not in admitted and admitted & {int, float}:
+                raise ValueError("expected a number, not true/false")
+        return value
 
 
 class DatasetSpec(StrictModel):

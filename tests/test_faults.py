@@ -92,6 +92,10 @@ def _job_file(tmp_path: Path, **sections: Any) -> Path:
             "generate.conditions.species: expected one string, number or boolean (got None)",
         ),
         ({"model": {"family": "vae", "hidden": "big"}}, "model.hidden: Input should be a valid tuple"),
+        # YAML's yes/no/true/false where a number belongs (pydantic alone reads true as 1)
+        ({"train": {"epochs": True}}, "train.epochs: expected a number, not true/false (got True)"),
+        ({"validate": {"holdout": False}}, "validate.holdout: expected a number, not true/false (got False)"),
+        ({"dataset": {"uri": "x.png", "channels": True}}, "dataset.channels: expected a number, not true"),
         # zero and negative counts
         (
             {"generate": {"num_samples": 0}},
