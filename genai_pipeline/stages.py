@@ -238,6 +238,7 @@ def ingest(run: Run) -> DatasetRef:
     """Read the dataset, check the job's conditions against it, fingerprint it, set a holdout aside
     and snapshot both parts."""
     spec, checks = run.job.dataset, run.job.validate_
+    resolve_device(run.job.train.device)  # a GPU asked for and absent: fail before anything is read
     started = time.monotonic()
     storage = run.storage()
     data = _read_source(spec, storage)
