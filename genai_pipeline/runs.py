@@ -51,6 +51,8 @@ PARTITION_KEY = "run_date"
 LATEST_MODEL = "models/latest.json"
 #: the Parquet footer key naming the run that wrote a data file (lineage: see its manifest)
 RUN_ID_KEY = b"genai_pipeline.run_id"
+#: a staging area older than this belongs to a run that died without recording its failure
+ABANDONED_AFTER = dt.timedelta(days=7)
 #: the files a run publishes, fixed in its staging before the first is moved
 PUBLISH_PLAN = "_publish.json"
 #: the run's manifest, staged before its data is switched in (see :func:`record_failure`)
@@ -209,6 +211,7 @@ def publish(
         else:
             manifest = _promote(run, storage, lease, dataset, model, generated, report)
     storage.delete_tree(run.staging)
+    _sweep_abandoned_staging(storage)
     log.info("published %d samples to %s", generated.num_samples, storage.url_of(run.partition("data")))
     return PublishedRun(
         run_id=run.run_id,
@@ -219,6 +222,21 @@ def publish(
         files={entry["path"]: entry["size"] for entry in manifest["files"]},
         manifest=manifest,
     )
+
+
+def _sweep_abandoned_staging(storage: Storage) -> None:
+    """Remove the staging areas of runs that started more than :data:`ABANDONED_AFTER` ago: runs
+    whose failure could not even be recorded (storage gone at the end too). Invisible to readers,
+    but they would pile up; no run lasts that long, so none still in progress is touched."""
+    cutoff = dt.datetime.now(dt.UTC) - ABANDONED_AFTER
+    for run_id in storage.list_dirs("_staging"):
+        try:
+            started = dt.datetime.strptime(run_id.split("-")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+        except ValueError:
+            continue  # not a run's staging area: leave it
+        if started < cutoff:
+            log.warning("removing the staging area of run %s, abandoned since %s", run_id, started.date())
+            storage.delete_tree(f"_staging/{run_id}")
 
 
 def _promote(

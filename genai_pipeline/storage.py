@@ -208,6 +208,16 @@ class Storage:
         }
 
     @_translate_errors
+    def list_dirs(self, rel: str) -> list[str]:
+        """The names of the folders (S3: prefixes) right below ``rel``."""
+        self.fs.invalidate_cache()
+        base = self.path(rel)
+        if not self.fs.exists(base):
+            return []
+        entries = self.fs.ls(base, detail=True)
+        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory")
+
+    @_translate_errors
     def move(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Move files; locally a rename (atomic), on S3 a server-side copy then a delete."""
         pairs = list(pairs)

@@ -26,7 +26,7 @@ from flaky_endpoint import FlakyEndpoint
 from genai_pipeline import locks, stages
 from genai_pipeline.config import JobSpec
 from genai_pipeline.errors import RunConflict, StorageError
-from genai_pipeline.runs import RUN_ID_KEY, Run
+from genai_pipeline.runs import RUN_ID_KEY, Run, new_run_id
 from genai_pipeline.storage import Storage
 
 RUN_DATE = "2026-03-04"
@@ -309,3 +309,17 @@ def test_an_export_that_fails_after_its_data_switch_is_finished_not_called_faile
     assert json.loads(storage.read_bytes(staged.run.manifest))["status"] == "published"
     assert json.loads(storage.read_bytes("models/latest.json"))["run_id"] == staged.run.run_id
     assert not storage.list_files("_staging") and not storage.list_files("_locks")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_publish_sweeps_staging_areas_abandoned_for_a_week(
+    where: str, endpoint: FlakyEndpoint, tmp_path: Path
+) -> None:
+    output = str(tmp_path) if where == "local" else f"s3://{BUCKET}/sweep"
+    staged = _stage(_job(output, {} if where == "local" else _options(endpoint)))
+    storage = staged.run.storage()
+    abandoned, recent, other = "20261001T020000Z-0a0b0c", new_run_id(), "not-a-run"
+    for name in (abandoned, recent, other):
+        storage.write_bytes(f"_staging/{name}/input/dataset.parquet", b"left behind")
+    staged.export()
+    assert storage.list_dirs("_staging") == sorted([recent, other])
