@@ -1,6 +1,6 @@
 """Soak: the tiny job many times in a row against S3 over HTTP while the endpoint is killed at random.
 
-    python benchmarks/soak.py [--runs 50] [--seed 0] [--kill-share 0.6]
+    python benchmarks/soak.py [--runs 50] [--seed 0] [--kill-share 0.6] [--pairs-every 10]
 
 S3 is moto's server behind a proxy (``tests/flaky_endpoint.py``) that a killer thread takes down
 at a random moment of a random share of the runs, for a short outage (retries should ride it out)
@@ -8,6 +8,8 @@ or a long one (the run should fail cleanly), resetting every open connection. Th
 the Prefect flow (embedded mode), one after another, over three run dates so reruns replace
 partitions. A reader polls every run date's ``data/`` the whole time, through the same endpoint,
 as an analyst's job would: each view must be one data file, of one run, with the job's row count.
+Every tenth run (``--pairs-every``) is started twice at once for the same date, as a manual rerun
+beside the nightly one would be: the publish lock must keep the two from interleaving.
 
 Prints runs completed, runs failed cleanly (a one-line error, no staging or lock left once the
 endpoint is back), and what readers saw: whole views, and duplicated or partial ones (must be 0).
@@ -23,6 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +155,9 @@ def main() -> None:
     parser.add_argument(
         "--kill-share", type=float, default=0.6, help="share of runs whose endpoint is killed"
     )
+    parser.add_argument(
+        "--pairs-every", type=int, default=10, help="every Nth run starts twice at once, same date (0: never)"
+    )
     args = parser.parse_args()
     endpoint = FlakyEndpoint()
     os.environ |= {
@@ -171,6 +177,19 @@ def main() -> None:
     errors: Counter[str] = Counter()
     leftovers: list[str] = []
     started = time.monotonic()
+
+    def attempt(index: int) -> str:
+        try:
+            synthesize(job=job, run_date=DATES[index % len(DATES)])
+        except Exception as exc:  # noqa: BLE001 - a failed run is an outcome to count
+            message = str(exc)
+            errors[f"{type(exc).__name__}: {message.split(':', 2)[-1].strip()[:80]}"] += 1
+            if "\n" in message:
+                leftovers.append(f"run {index}: a multi-line error")
+            return "failed"
+        return "completed"
+
+    pairs = 0
     for index in range(args.runs):
         if index == 0:
             synthesize(job=job, run_date=DATES[0])  # trains the cached model, with the endpoint up
@@ -178,19 +197,16 @@ def main() -> None:
             continue
         killer.armed.set()
         began = time.monotonic()
-        try:
-            synthesize(job=job, run_date=DATES[index % len(DATES)])
-            outcome = "completed"
-        except Exception as exc:  # noqa: BLE001 - a failed run is an outcome to count
-            outcome = "failed"
-            message = str(exc)
-            errors[f"{type(exc).__name__}: {message.split(':', 2)[-1].strip()[:80]}"] += 1
-            if "\n" in message:
-                leftovers.append(f"run {index}: a multi-line error")
-        outcomes[outcome] += 1
+        if args.pairs_every and index % args.pairs_every == 0:  # a second run of the same date at once
+            pairs += 1
+            with ThreadPoolExecutor(2) as pool:
+                results = list(pool.map(attempt, [index, index]))
+        else:
+            results = [attempt(index)]
+        outcomes.update(results)
         while not endpoint.is_up or killer.armed.is_set():
             time.sleep(0.2)
-        print(f"run {index:2d}: {outcome} in {time.monotonic() - began:.1f} s", flush=True)
+        print(f"run {index:2d}: {' + '.join(results)} in {time.monotonic() - began:.1f} s", flush=True)
     killer.stop.set()
     killer.join()
     if not endpoint.is_up:
@@ -210,6 +226,7 @@ def main() -> None:
     seconds = time.monotonic() - started
     print(f"\n{args.runs} runs in {seconds:.0f} s, endpoint killed {len(killer.outages)} times")
     print(f"outages: {short} short (0.3-3 s), {len(killer.outages) - short} long (12-20 s)")
+    print(f"runs: {sum(outcomes.values())}, of which {pairs} pairs started at once for the same date")
     print(f"runs completed: {outcomes['completed']}, failed cleanly: {outcomes['failed']}")
     for error, count in errors.most_common():
         print(f"  {count} × {error}")

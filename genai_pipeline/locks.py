@@ -74,43 +74,43 @@ def publish_lock(storage: Storage, rel: str, owner: str, *, timeout: float, what
         yield lease
 
 
-def _waiting(what: str, holder: dict[str, Any] | None, timeout_at: float) -> None:
-    log.warning(
-        "%s is being published by %s: waiting up to %.0f s",
-        what,
-        _describe(holder),
-        timeout_at - time.monotonic(),
-    )
+class _Waiter:
+    """A waiter's patience: says once whom it waits for, gives up at the deadline naming them."""
 
+    def __init__(self, what: str, deadline: float):
+        self.what, self.deadline, self.started, self.said = what, deadline, time.monotonic(), False
 
-def _conflict(what: str, holder: dict[str, Any] | None, deadline: float, started: float) -> RunConflict:
-    return RunConflict(
-        f"{what} is being published by {_describe(holder)}: gave up after {deadline - started:.0f} s "
-        "(export.lock_timeout_s); rerun when it has finished"
-    )
+    def wait(self, holder: dict[str, Any] | None) -> None:
+        """Sleep a poll interval, or raise :class:`RunConflict` when the time is up."""
+        if time.monotonic() >= self.deadline:
+            raise RunConflict(
+                f"{self.what} is being published by {_describe(holder)}: gave up after "
+                f"{self.deadline - self.started:.0f} s (export.lock_timeout_s); rerun when it has finished"
+            )
+        if not self.said:
+            log.warning(
+                "%s is being published by %s: waiting up to %.0f s",
+                self.what,
+                _describe(holder),
+                self.deadline - time.monotonic(),
+            )
+            self.said = True
+        time.sleep(POLL_SECONDS)
 
 
 @contextmanager
 def _local_lock(storage: Storage, rel: str, owner: str, deadline: float, what: str) -> Iterator[Lease]:
-    path = storage.path(rel)
-    started = time.monotonic()
+    path, waiter = storage.path(rel), _Waiter(what, deadline)
     with storage.errors(rel):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        waited = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                holder = _read_json(os.pread(fd, 4096, 0))
-                if time.monotonic() >= deadline:
-                    raise _conflict(what, holder, deadline, started) from None
-                if not waited:
-                    _waiting(what, holder, deadline)
-                    waited = True
-                time.sleep(POLL_SECONDS)
+                waiter.wait(_read_json(os.pread(fd, 4096, 0)))
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_holder(owner)).encode(), 0)
         yield Lease()
@@ -198,14 +198,12 @@ def _busy(exc: BaseException | None) -> bool:
 
 @contextmanager
 def _s3_lease(storage: Storage, rel: str, owner: str, deadline: float, what: str) -> Iterator[Lease]:
-    lock = _S3Object(storage, rel)
-    started = time.monotonic()
+    lock, waiter = _S3Object(storage, rel), _Waiter(what, deadline)
 
     def body() -> bytes:
         expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=LEASE_SECONDS)
         return json.dumps({**_holder(owner), "expires": expires.isoformat()}).encode()
 
-    waited = False
     while (etag := lock.create(body())) is None:
         found = lock.read()
         if found is None:
@@ -220,12 +218,7 @@ def _s3_lease(storage: Storage, rel: str, owner: str, deadline: float, what: str
             log.warning("%s: the lease of %s has expired: taking over", what, _describe(holder))
             lock.delete(held)
             continue
-        if time.monotonic() >= deadline:
-            raise _conflict(what, holder, deadline, started)
-        if not waited:
-            _waiting(what, holder, deadline)
-            waited = True
-        time.sleep(POLL_SECONDS)
+        waiter.wait(holder)
 
     lease, stop = Lease(), threading.Event()
     current = [etag]
