@@ -107,27 +107,20 @@ def write_parquet(
 
 
 def concat_parquet(storage: Storage, sources: list[str], rel: str) -> int:
-    """Stream the row groups of Parquet files (one schema) into one file at ``rel``; rows.
+    """Stream the row groups of Parquet files (one schema, footer metadata kept) into one file at
+    ``rel`` through :func:`write_parquet`; rows.
 
     Decodes and re-encodes (pyarrow cannot copy row groups as they are): ~0.5 s per million rows
     here, paid only by runs of several shards (``BENCHMARKS.md``)."""
-    rows = 0
-    with storage.open_atomic(rel) as handle:
-        writer: pq.ParquetWriter | None = None
-        try:
-            for source in sources:
-                with storage.open_read(source) as part:
-                    reader = pq.ParquetFile(part)
-                    if writer is None:
-                        writer = pq.ParquetWriter(handle, reader.schema_arrow, compression="zstd")
-                    for index in range(reader.num_row_groups):
-                        group = reader.read_row_group(index)
-                        writer.write_table(group, row_group_size=ROW_GROUP_ROWS)
-                        rows += group.num_rows
-        finally:
-            if writer is not None:
-                writer.close()
-    return rows
+
+    def row_groups() -> Iterator[pa.Table]:
+        for source in sources:
+            with storage.open_read(source) as part:
+                reader = pq.ParquetFile(part)
+                for index in range(reader.num_row_groups):
+                    yield reader.read_row_group(index)
+
+    return write_parquet(row_groups(), storage, rel)
 
 
 def encode_png(image: np.ndarray) -> bytes:

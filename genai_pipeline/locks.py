@@ -135,40 +135,32 @@ class _S3Object:
         self.bucket, self.key, _ = self.fs.split_path(storage.path(rel))
         self.errors = storage.errors
 
-    def create(self, body: bytes) -> str | None:
-        """Put only if absent: the new ETag, or None when the object exists."""
+    def _conditional(self, method: str, **params: Any) -> dict[str, Any] | None:
+        """One conditional request: its response, or None when its condition did not hold (the
+        object exists, changed or vanished, or a concurrent conditional write won: HTTP 409)."""
         try:
             with self.errors(self.rel):
-                return self.fs.call_s3(
-                    "put_object", Bucket=self.bucket, Key=self.key, Body=body, IfNoneMatch="*"
-                )["ETag"]
-        except StorageError as exc:
-            if isinstance(exc.__cause__, FileExistsError) or _busy(exc.__cause__):
-                return None  # exists, or a concurrent create is in flight (409)
-            raise
-
-    def replace(self, body: bytes, etag: str) -> str | None:
-        """Put only if unchanged since ``etag``: the new ETag, or None when it changed or vanished."""
-        try:
-            with self.errors(self.rel):
-                return self.fs.call_s3(
-                    "put_object", Bucket=self.bucket, Key=self.key, Body=body, IfMatch=etag
-                )["ETag"]
+                return self.fs.call_s3(method, Bucket=self.bucket, Key=self.key, **params)
         except FileNotFoundError:
             return None
         except StorageError as exc:
-            if _precondition(exc.__cause__):
+            if _condition_lost(exc.__cause__):
                 return None
             raise
 
+    def create(self, body: bytes) -> str | None:
+        """Put only if absent: the new ETag, or None when the object exists."""
+        response = self._conditional("put_object", Body=body, IfNoneMatch="*")
+        return None if response is None else response["ETag"]
+
+    def replace(self, body: bytes, etag: str) -> str | None:
+        """Put only if unchanged since ``etag``: the new ETag, or None when it changed or vanished."""
+        response = self._conditional("put_object", Body=body, IfMatch=etag)
+        return None if response is None else response["ETag"]
+
     def delete(self, etag: str) -> None:
         """Delete only if unchanged since ``etag`` (a no-op otherwise)."""
-        with suppress(FileNotFoundError), self.errors(self.rel):
-            try:
-                self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=etag)
-            except OSError as exc:
-                if not _precondition(exc):
-                    raise
+        self._conditional("delete_object", IfMatch=etag)
 
     def read(self) -> tuple[dict[str, Any] | None, str] | None:
         """The object's JSON and ETag (read in one request, so they belong together), or None."""
@@ -186,14 +178,13 @@ class _S3Object:
         return _read_json(raw), etag
 
 
-def _precondition(exc: BaseException | None) -> bool:
-    """s3fs raises a failed ``If-Match`` (HTTP 412) as ``OSError(EINVAL)``."""
-    return isinstance(exc, OSError) and exc.errno == errno.EINVAL
-
-
-def _busy(exc: BaseException | None) -> bool:
-    """A conflicting concurrent conditional write (HTTP 409) comes back as ``OSError(EBUSY)``."""
-    return isinstance(exc, OSError) and exc.errno == errno.EBUSY
+def _condition_lost(exc: BaseException | None) -> bool:
+    """How s3fs raises a condition that did not hold: ``FileExistsError`` (``If-None-Match``),
+    ``OSError(EINVAL)`` (HTTP 412, ``If-Match``), ``OSError(EBUSY)`` (HTTP 409, a concurrent
+    conditional write)."""
+    return isinstance(exc, FileExistsError) or (
+        isinstance(exc, OSError) and exc.errno in (errno.EINVAL, errno.EBUSY)
+    )
 
 
 @contextmanager

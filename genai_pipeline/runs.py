@@ -59,9 +59,21 @@ PUBLISH_PLAN = "_publish.json"
 PENDING_MANIFEST = "_manifest.json"
 
 
+#: how a run id begins: the run's start time (UTC)
+RUN_ID_TIME = "%Y%m%dT%H%M%SZ"
+
+
 def new_run_id() -> str:
     """Sortable by start time, unique across machines."""
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    return dt.datetime.now(dt.UTC).strftime(RUN_ID_TIME) + "-" + secrets.token_hex(3)
+
+
+def run_started(run_id: str) -> dt.datetime | None:
+    """When the run of a :func:`new_run_id` id started; None for an id made otherwise."""
+    try:
+        return dt.datetime.strptime(run_id.split("-")[0], RUN_ID_TIME).replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
 
 
 def encode_partition_value(value: str) -> str:
@@ -230,11 +242,8 @@ def _sweep_abandoned_staging(storage: Storage) -> None:
     but they would pile up; no run lasts that long, so none still in progress is touched."""
     cutoff = dt.datetime.now(dt.UTC) - ABANDONED_AFTER
     for run_id in storage.list_dirs("_staging"):
-        try:
-            started = dt.datetime.strptime(run_id.split("-")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
-        except ValueError:
-            continue  # not a run's staging area: leave it
-        if started < cutoff:
+        started = run_started(run_id)  # None: not a run's staging area, left alone
+        if started is not None and started < cutoff:
             log.warning("removing the staging area of run %s, abandoned since %s", run_id, started.date())
             storage.delete_tree(f"_staging/{run_id}")
 

@@ -122,7 +122,11 @@ class Storage:
         except (PipelineError, FileNotFoundError, KeyboardInterrupt):
             raise
         except Exception as exc:
-            raise StorageError(f"{self.url_of(rel)}: {type(exc).__name__}: {exc}") from exc
+            raise self._failure(rel, exc) from exc
+
+    def _failure(self, rel: str, exc: BaseException) -> StorageError:
+        """A low-level failure as a StorageError naming the URL."""
+        return StorageError(f"{self.url_of(rel)}: {type(exc).__name__}: {exc}")
 
     @contextmanager
     def open_atomic(self, rel: str) -> Iterator[IO[bytes]]:
@@ -138,7 +142,7 @@ class Storage:
                 yield from _local_atomic(path)
             except OSError as exc:
                 if exc.errno in _DISK_FULL:  # the block's writes hit a full disk: say which file
-                    raise StorageError(f"{self.url_of(rel)}: {type(exc).__name__}: {exc}") from exc
+                    raise self._failure(rel, exc) from exc
                 raise
             return
         with self.errors(rel):

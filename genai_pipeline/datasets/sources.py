@@ -76,10 +76,11 @@ def _nan_as_null(table: pa.Table, uri: str) -> pa.Table:
         if not pa.types.is_floating(field.type):
             continue
         column = table.column(index)
-        nans = pc.sum(pc.is_nan(column)).as_py() or 0
+        is_nan = pc.is_nan(column)
+        nans = pc.sum(is_nan).as_py() or 0
         if nans:
             log.info("%s: column %r: %d NaN values read as missing (null)", uri, field.name, nans)
-            table = table.set_column(index, field, pc.if_else(pc.is_nan(column), None, column))
+            table = table.set_column(index, field, pc.if_else(is_nan, None, column))
     return table
 
 
