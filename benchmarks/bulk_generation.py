@@ -5,7 +5,7 @@
 
 ``train`` fits a family on UCI Adult under a short budget and saves it as the pipeline does
 (``model.save``); ``generate`` — one process per size, so its peak RSS is its own — loads it and
-streams ``--rows`` rows through the generate stage's writer (``generation.write_parquet``: zstd,
+streams ``--rows`` rows through the generate stage's writer (``parquet.write_parquet``: zstd,
 dictionary encoding, ~128k-row groups) into local Parquet files, ``--shards`` at once in threads
 (as the thread runner runs a job's shards), under ``generate.precision``'s rule (``--precision``),
 then, with several shards, combines them into one file as the ``combine-shards`` task does.
@@ -25,9 +25,10 @@ from benchmark_data import load_adult
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets import TabularData
-from genai_pipeline.generation import concat_parquet, threads_per_shard, write_parquet
+from genai_pipeline.generation import threads_per_shard
 from genai_pipeline.models import load_model, model_class
 from genai_pipeline.models.base import sampling_precision
+from genai_pipeline.parquet import concat_parquet, write_parquet
 from genai_pipeline.storage import Storage
 
 

@@ -20,18 +20,13 @@ from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
 from genai_pipeline.models.base import ImageBatch
+from genai_pipeline.parquet import write_parquet
 from genai_pipeline.runs import RUN_ID_KEY, Run, encode_partition_value
 from genai_pipeline.storage import Storage
-
-ROW_GROUP_ROWS = 128 * 1024
-#: Small tables waiting for a row group are merged into one every this many: hundreds of them held
-#: at once (an image manifest's 500-row batches) fragmented the heap, RSS growing ~4 MB per batch.
-COMPACT_TABLES = 16
 
 IMAGE_MANIFEST_SCHEMA = pa.schema(
     [
@@ -58,69 +53,6 @@ def threads_per_shard(concurrent: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def write_parquet(
-    batches: Iterable[pa.Table],
-    storage: Storage,
-    rel: str,
-    *,
-    schema: pa.Schema | None = None,
-    run_id: str | None = None,
-) -> int:
-    """Stream tables into one Parquet file (zstd, dictionary-encoded, ~128k-row groups); rows.
-    ``run_id`` goes into the file's footer, so any copy of the file says which run made it."""
-    rows = 0
-    pending: list[pa.Table] = []
-    pending_rows = 0
-
-    def writer_for(schema: pa.Schema) -> pq.ParquetWriter:
-        if run_id is not None:
-            schema = schema.with_metadata({**(schema.metadata or {}), RUN_ID_KEY: run_id.encode()})
-        return pq.ParquetWriter(handle, schema, compression="zstd")
-
-    with storage.open_atomic(rel) as handle:
-        writer: pq.ParquetWriter | None = None
-        try:
-            for table in batches:
-                if writer is None:
-                    writer = writer_for(schema or table.schema)
-                pending.append(table)
-                pending_rows += table.num_rows
-                if pending_rows >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
-                    rows += pending_rows
-                    pending, pending_rows = [], 0
-                elif len(pending) >= COMPACT_TABLES:
-                    pending = [pa.concat_tables(pending).combine_chunks()]
-            if writer is None:
-                if schema is None:
-                    raise ValueError(f"{rel}: nothing to write and no schema given")
-                writer = writer_for(schema)
-            if pending:
-                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
-                rows += pending_rows
-        finally:
-            if writer is not None:
-                writer.close()
-    return rows
-
-
-def concat_parquet(storage: Storage, sources: list[str], rel: str) -> int:
-    """Stream the row groups of Parquet files (one schema, footer metadata kept) into one file at
-    ``rel`` through :func:`write_parquet`; rows.
-
-    Decodes and re-encodes (pyarrow cannot copy row groups as they are): ~0.5 s per million rows
-    here, paid only by runs of several shards (``BENCHMARKS.md``)."""
-
-    def row_groups() -> Iterator[pa.Table]:
-        for source in sources:
-            with storage.open_read(source) as part:
-                reader = pq.ParquetFile(part)
-                for index in range(reader.num_row_groups):
-                    yield reader.read_row_group(index)
-
-    return write_parquet(row_groups(), storage, rel)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -246,7 +178,7 @@ def write_images(
             storage,
             run.staged(run.shard_part(shard)),
             schema=IMAGE_MANIFEST_SCHEMA,
-            run_id=run.run_id,
+            metadata={RUN_ID_KEY: run.run_id.encode()},
         )
     finally:
         for future in (future for futures in pending for future in futures):

@@ -43,13 +43,15 @@ from genai_pipeline.datasets.base import (
 from genai_pipeline.datasets.sources import read_dataset, source_stamp
 from genai_pipeline.encoders.tabular import TableEncoder
 from genai_pipeline.errors import ConfigError, DatasetError, StorageError
-from genai_pipeline.generation import concat_parquet, write_images, write_parquet
+from genai_pipeline.generation import write_images
 from genai_pipeline.models import load_model, model_class, model_config_for
 from genai_pipeline.models.base import Synthesizer, require_condition_values, sampling_precision
+from genai_pipeline.parquet import concat_parquet, write_parquet, write_table
 from genai_pipeline.quality.gate import MetricRows
 from genai_pipeline.runs import (
     LATEST_MODEL,
     PARTITION_KEY,
+    RUN_ID_KEY,
     GeneratedRef,
     ModelRef,
     PublishedRun,
@@ -423,7 +425,7 @@ def generate_shard(run: Run, *, model: ModelRef, dataset: DatasetRef, shard: int
     )
     with sampling_precision(synthesizer, job.generate.precision):  # the batches are drawn in here
         if model.modality == "tabular":
-            count = write_parquet(batches, storage, part, run_id=run.run_id)
+            count = write_parquet(batches, storage, part, metadata={RUN_ID_KEY: run.run_id.encode()})
         else:
             count = write_images(batches, storage, run, model_name=f"{model.family}:{model.key}", shard=shard)
     return GeneratedRef(num_samples=count, seconds=time.monotonic() - started)
@@ -742,8 +744,7 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
         expectations_failed=gx_result.failed,
     )
     storage.write_bytes(f"{quality}/expectations.json", json.dumps(gx_result.payload, indent=1).encode())
-    with storage.open_atomic(f"{quality}/metrics.parquet") as handle:
-        pq.write_table(rows.table(), handle)
+    write_table(rows.table(), storage, f"{quality}/metrics.parquet")
     content = ReportInput(
         title=f"{job.name} — {run.run_date}",
         status=status,

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from genai_pipeline.parquet import write_table
 from genai_pipeline.storage import Storage
 
 
@@ -206,8 +207,7 @@ def write_snapshot(data: Dataset, storage: Storage, rel: str) -> None:
         table = pa.table({"label": pa.array(data.labels.tolist(), pa.string()), "pixels": pixels})
         meta = {"shape": [height, width, channels], "label_names": list(data.label_names)}
         table = table.replace_schema_metadata({_IMAGE_META: json.dumps(meta).encode()})
-    with storage.open_atomic(rel) as handle:
-        pq.write_table(table, handle, compression="zstd")
+    write_table(table, storage, rel)
 
 
 def read_snapshot(storage: Storage, rel: str, label: str | None) -> Dataset:

@@ -24,10 +24,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
+from genai_pipeline.columns import is_supported
 from genai_pipeline.config import DatasetSpec
 from genai_pipeline.datasets.base import Dataset, ImageData, TabularData, content_key
 from genai_pipeline.datasets.builtin import BUILTINS
-from genai_pipeline.encoders.tabular import is_supported
 from genai_pipeline.errors import DatasetError
 from genai_pipeline.runs import PARTITION_KEY
 from genai_pipeline.storage import open_filesystem

@@ -28,6 +28,8 @@ import pyarrow.compute as pc
 import torch
 from scipy.special import ndtr, ndtri
 
+from genai_pipeline.columns import dense, is_categorical, is_numeric, to_float, value_type
+
 SpanKind = Literal["continuous", "softmax"]
 #: a value holding at least this share of a numeric column is a point mass that decodes exactly
 SPIKE_SHARE = 0.01
@@ -43,55 +45,6 @@ class Span:
     column: str
     kind: SpanKind
     size: int
-
-
-def is_categorical(type_: pa.DataType) -> bool:
-    """Types whose values are categories (one-hot encoded, checked against a value set)."""
-    return pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_boolean(type_)
-
-
-def is_numeric(type_: pa.DataType) -> bool:
-    """Types modelled as numbers: integers, floats, decimals, dates and timestamps.
-
-    Half floats, times of day, durations and intervals are left out: Arrow has no min/max kernel for
-    some of them and the data suite cannot bound the others, so they would fail after training.
-    """
-    return (
-        pa.types.is_integer(type_)
-        or (pa.types.is_floating(type_) and not pa.types.is_float16(type_))
-        or pa.types.is_decimal(type_)
-        or pa.types.is_date(type_)
-        or pa.types.is_timestamp(type_)
-    )
-
-
-def _value_type(type_: pa.DataType) -> pa.DataType:
-    return type_.value_type if pa.types.is_dictionary(type_) else type_
-
-
-def is_supported(type_: pa.DataType) -> bool:
-    """Types a tabular model can learn (dictionary-encoded ones too): checked when a table is read,
-    so an unusable column fails at ingest, naming it, instead of at training."""
-    type_ = _value_type(type_)
-    return pa.types.is_null(type_) or is_numeric(type_) or is_categorical(type_)
-
-
-def dense(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """One contiguous array, dictionary-decoded."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
-
-
-def to_float(array: pa.Array) -> np.ndarray:
-    """Numeric or temporal values as float64 (temporal: their integer storage), nulls as NaN."""
-    type_ = array.type
-    if pa.types.is_temporal(type_):
-        array = array.view(pa.int32() if type_.bit_width == 32 else pa.int64())
-    # unsafe: integers beyond 2**53 (64-bit ids) round to the nearest float instead of failing
-    return np.asarray(
-        pc.cast(array, pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64
-    )
 
 
 def _from_float(values: np.ndarray, type_: pa.DataType, mask: np.ndarray) -> pa.Array:
@@ -301,7 +254,7 @@ class TableEncoder:
         category must be one of the column's values, a number inside its observed range.
         """
         field = self.schema.field(name)
-        type_ = _value_type(field.type)
+        type_ = value_type(field.type)
         try:
             one = pa.array([value]).cast(type_) if value is not None else pa.nulls(1, type_)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
@@ -364,7 +317,7 @@ class TableEncoder:
     ) -> pa.Array:
         """An Arrow array of the column's original type from decoded values and a null mask
         (``encode=False``: of its value type, for a dictionary column)."""
-        type_ = _value_type(self.schema.field(codec.name).type)
+        type_ = value_type(self.schema.field(codec.name).type)
         if codec.kind == "null":
             array = pa.nulls(len(mask), type=type_)
         elif is_numeric(type_):

@@ -28,9 +28,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from genai_pipeline.columns import dense, is_categorical, is_numeric
 from genai_pipeline.config import ExpectationSpec, ValidateSpec
 from genai_pipeline.datasets.base import ImageData, TabularData
-from genai_pipeline.encoders.tabular import dense, is_categorical, is_numeric
 from genai_pipeline.errors import ConfigError
 
 MAX_SET = 10_000

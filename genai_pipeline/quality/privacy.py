@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from genai_pipeline.encoders.tabular import dense, is_numeric, to_float
+from genai_pipeline.columns import dense, is_numeric, to_float
 from genai_pipeline.quality.neighbours import nearest
 from genai_pipeline.quality.tabular import top_categories
 

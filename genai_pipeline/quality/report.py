@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 from PIL import Image
 
-from genai_pipeline.encoders.tabular import dense, is_categorical, is_numeric, to_float
+from genai_pipeline.columns import dense, is_categorical, is_numeric, to_float
 from genai_pipeline.quality.expectations import DISCRETE_NUMBERS
 
 #: the two series' colours in every chart (blue and orange stay apart for colour-blind readers)

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from scipy.stats import ks_2samp
 from scipy.stats.contingency import association
 
-from genai_pipeline.encoders.tabular import dense, is_numeric, to_float
+from genai_pipeline.columns import dense, is_numeric, to_float
 
 
 def _values(column: pa.ChunkedArray) -> pa.Array:

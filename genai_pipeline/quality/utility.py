@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from genai_pipeline.encoders.tabular import dense, is_numeric, to_float
+from genai_pipeline.columns import dense, is_numeric, to_float
 from genai_pipeline.quality.tabular import top_categories
 
 #: rows a model is fitted on at most: enough for a stable score, cheap on two cores

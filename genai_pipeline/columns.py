@@ -1,0 +1,64 @@
+"""What kind of values an Arrow column holds, and its values as plain arrays.
+
+The encoder, the quality metrics, the Great Expectations suite, the report and the dataset reader
+all ask the same questions of a column (is it a category or a number? can a model learn it?) and
+need its values the same way (dictionary-decoded, numbers and timestamps as float64). The answers
+live here once, so that a column counts as numeric in the metrics exactly when the models treat it
+as one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def is_categorical(type_: pa.DataType) -> bool:
+    """Types whose values are categories (one-hot encoded, checked against a value set)."""
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_boolean(type_)
+
+
+def is_numeric(type_: pa.DataType) -> bool:
+    """Types modelled as numbers: integers, floats, decimals, dates and timestamps.
+
+    Half floats, times of day, durations and intervals are left out: Arrow has no min/max kernel for
+    some of them and the data suite cannot bound the others, so they would fail after training.
+    """
+    return (
+        pa.types.is_integer(type_)
+        or (pa.types.is_floating(type_) and not pa.types.is_float16(type_))
+        or pa.types.is_decimal(type_)
+        or pa.types.is_date(type_)
+        or pa.types.is_timestamp(type_)
+    )
+
+
+def value_type(type_: pa.DataType) -> pa.DataType:
+    """The type of a column's values: a dictionary's value type, else the type itself."""
+    return type_.value_type if pa.types.is_dictionary(type_) else type_
+
+
+def is_supported(type_: pa.DataType) -> bool:
+    """Types a tabular model can learn (dictionary-encoded ones too): checked when a table is read,
+    so an unusable column fails at ingest, naming it, instead of at training."""
+    type_ = value_type(type_)
+    return pa.types.is_null(type_) or is_numeric(type_) or is_categorical(type_)
+
+
+def dense(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One contiguous array, dictionary-decoded."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
+
+
+def to_float(array: pa.Array) -> np.ndarray:
+    """Numeric or temporal values as float64 (temporal: their integer storage), nulls as NaN."""
+    type_ = array.type
+    if pa.types.is_temporal(type_):
+        array = array.view(pa.int32() if type_.bit_width == 32 else pa.int64())
+    # unsafe: integers beyond 2**53 (64-bit ids) round to the nearest float instead of failing
+    return np.asarray(
+        pc.cast(array, pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64
+    )
