@@ -34,9 +34,10 @@ import numpy as np
 import s3fs
 import torch
 
-from genai_pipeline.config import DatasetSpec, TrainSpec, build_job
+from genai_pipeline.config import DatasetSpec, TrainSpec
 from genai_pipeline.datasets.sources import read_dataset
 from genai_pipeline.generation import encode_png, write_images
+from genai_pipeline.jobs import build_job
 from genai_pipeline.models import load_model, model_class
 from genai_pipeline.models.base import sampling_precision
 from genai_pipeline.runs import Run

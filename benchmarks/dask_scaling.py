@@ -30,7 +30,7 @@ from prefect import flow  # noqa: E402
 
 from flows.synthesize import generate, shard_runner  # noqa: E402
 from genai_pipeline import stages  # noqa: E402
-from genai_pipeline.config import build_job  # noqa: E402
+from genai_pipeline.jobs import build_job  # noqa: E402
 from genai_pipeline.runs import Run  # noqa: E402
 
 RUNNERS = {

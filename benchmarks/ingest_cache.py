@@ -21,7 +21,7 @@ import s3fs
 from moto.server import ThreadedMotoServer
 
 from genai_pipeline import stages
-from genai_pipeline.config import build_job
+from genai_pipeline.jobs import build_job
 from genai_pipeline.runs import Run
 
 

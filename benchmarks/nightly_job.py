@@ -18,7 +18,7 @@ import time
 import torch
 
 from genai_pipeline import stages
-from genai_pipeline.config import load_job, parse_overrides
+from genai_pipeline.jobs import load_job, parse_overrides
 from genai_pipeline.runs import Run
 
 

@@ -41,7 +41,7 @@ import s3fs  # noqa: E402
 from botocore.exceptions import BotoCoreError  # noqa: E402
 from flaky_endpoint import FlakyEndpoint  # noqa: E402
 
-from genai_pipeline.config import load_job  # noqa: E402
+from genai_pipeline.jobs import load_job  # noqa: E402
 from genai_pipeline.runs import RUN_ID_KEY  # noqa: E402
 
 BUCKET, ROWS = "soak", 500

@@ -24,9 +24,10 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
 from genai_pipeline import stages  # noqa: E402
-from genai_pipeline.config import GenerateSpec, JobSpec, load_job, parse_overrides, parse_run_date  # noqa: E402
+from genai_pipeline.config import GenerateSpec, JobSpec  # noqa: E402
 from genai_pipeline.errors import ConfigError, PermanentError  # noqa: E402
 from genai_pipeline.generation import threads_per_shard  # noqa: E402
+from genai_pipeline.jobs import load_job, parse_overrides, parse_run_date  # noqa: E402
 from genai_pipeline.notify import notify_failure  # noqa: E402
 from genai_pipeline.runs import GeneratedRef, Run, new_run_id  # noqa: E402
 

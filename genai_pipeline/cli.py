@@ -13,8 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from genai_pipeline.config import JobSpec, load_job, parse_overrides, parse_run_date
+from genai_pipeline.config import JobSpec
 from genai_pipeline.errors import ConfigError, PipelineError
+from genai_pipeline.jobs import load_job, parse_overrides, parse_run_date
 
 
 def _load(args: argparse.Namespace) -> JobSpec:

@@ -1,7 +1,10 @@
 """The job spec: what a nightly job reads, trains, generates, checks and publishes.
 
-A job is a YAML file validated by the pydantic models below. Every model forbids unknown keys,
-so a typo fails at load time with one line naming the field, before anything starts. Storage
+The pydantic models below declare what a job may say, and nothing else lives here: reading a
+job file, overrides and the run date are :mod:`genai_pipeline.jobs`; a family's hyper-parameters
+are its own ``Config`` (:mod:`genai_pipeline.models`), built on :class:`StrictModel` like these.
+Every model forbids unknown keys, so a typo fails at load time with one line naming the field,
+before anything starts. Storage
 credentials are kept as ``SecretStr`` so that every serialisation of a spec (Prefect parameters,
 run manifests, artifacts) shows ``**********`` instead of the secret; ``${VAR}`` references are
 kept as they are and expanded from the environment only when storage is opened.
@@ -9,28 +12,23 @@ kept as they are and expanded from the environment only when storage is opened.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import types
 import typing
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from genai_pipeline.datasets.builtin import BUILTINS
-from genai_pipeline.errors import ConfigError
 
 Modality = Literal["tabular", "image"]
 DatasetFormat = Literal["parquet", "csv", "imagefolder", "image_parquet"]
@@ -88,19 +86,42 @@ def _plain_types(annotation: Any) -> set[Any]:
     return {annotation}
 
 
+def _item_types(annotation: Any) -> set[Any]:
+    """The types the items of a list, tuple or set field (or a mapping's values) may have."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType, typing.Annotated):
+        return set().union(*(_item_types(arg) for arg in args))
+    if origin in (list, tuple, set, frozenset):
+        return set().union(*(_plain_types(arg) for arg in args if arg is not Ellipsis))
+    if origin is dict:
+        return _plain_types(args[1])
+    return set()
+
+
+def _wants_numbers(admitted: set[Any]) -> bool:
+    return bool not in admitted and bool(admitted & {int, float})
+
+
 class StrictModel(BaseModel):
-    """Base of every spec model: unknown keys are errors, values are re-checked on assignment."""
+    """Base of every spec model and of every family's hyper-parameters: unknown keys are errors,
+    values are re-checked on assignment, and a number is never read from true/false."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     @field_validator("*", mode="before")
     @classmethod
     def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """``epochs: yes`` is YAML for true, which pydantic would take as 1: a number field wants a number."""
-        if isinstance(value, bool) and info.field_name is not None:
-            admitted = _plain_types(cls.model_fields[info.field_name].annotation)
-            if bool not in admitted and admitted & {int, float}:
-                raise ValueError("expected a number, not true/false")
+        """``epochs: yes`` is YAML for true, which pydantic would take as 1: a number field wants a
+        number, and so do the items of a list of numbers (``hidden: [yes]``)."""
+        if info.field_name is None:
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and _wants_numbers(_plain_types(annotation)):
+            raise ValueError("expected a number, not true/false")
+        items = list(value.values()) if isinstance(value, dict) else value
+        some_boolean = isinstance(items, list | tuple) and any(isinstance(item, bool) for item in items)
+        if some_boolean and _wants_numbers(_item_types(annotation)):
+            raise ValueError("expected numbers, not true/false")
         return value
 
 
@@ -182,11 +203,13 @@ class DatasetSpec(StrictModel):
 
 
 class ModelSpec(BaseModel):
-    """The generative family plus its hyper-parameters (checked against the family's config)."""
+    """The generative family plus its hyper-parameters. Both are checked against the model
+    registry when a job is loaded (``jobs.build_job``): a family is any registered one, so adding
+    one takes its module and its ``@register_model``, not an edit here."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
-    family: Literal["gan", "vae", "diffusion", "autoregressive"]
+    family: str = Field(min_length=1, description="gan | vae | diffusion | autoregressive, or any registered")
 
     @property
     def params(self) -> dict[str, Any]:
@@ -454,108 +477,3 @@ class JobSpec(StrictModel):
     def public_dict(self) -> dict[str, Any]:
         """The spec as JSON-able data with every literal secret masked (for manifests and logs)."""
         return self.model_dump(mode="json", by_alias=True)
-
-
-def _format_error(error: dict[str, Any], section: str) -> str:
-    where = ".".join([section, *map(str, error["loc"])] if section else map(str, error["loc"]))
-    where = where or "job"
-    if error["type"] == "extra_forbidden":
-        return f"{where}: unknown field"
-    message = error["msg"].removeprefix("Value error, ")
-    shown = error.get("input")
-    if error["type"] in ("missing",) or isinstance(shown, dict | list):
-        return f"{where}: {message}"
-    return f"{where}: {message} (got {shown!r})"
-
-
-def format_validation_error(exc: ValidationError, *, prefix: str = "", section: str = "") -> str:
-    """One line for all of a ValidationError's problems, each naming its field."""
-    return prefix + "; ".join(_format_error(error, section) for error in exc.errors())
-
-
-def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    target = data
-    for key in keys[:-1]:
-        existing = target.get(key)
-        if existing is None:
-            existing = target[key] = {}
-        if not isinstance(existing, dict):
-            raise ConfigError(f"--set {dotted}: {key} is not a section")
-        target = existing
-    target[keys[-1]] = value
-
-
-def parse_overrides(assignments: list[str], *, option: str = "--set") -> dict[str, Any]:
-    """``["train.epochs=5", "generate.conditions.label=3"]`` → ``{dotted key: YAML value}``
-    (also the flow parameters of ``trigger --param``, named by ``option`` in errors)."""
-    overrides: dict[str, Any] = {}
-    for assignment in assignments:
-        key, sep, raw = assignment.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
-            raise ConfigError(f"{option} {assignment!r}: expected KEY=VALUE with a dotted key")
-        overrides[key] = yaml.safe_load(raw) if raw else ""
-    return overrides
-
-
-def build_job(data: Any, *, overrides: dict[str, Any] | None = None, source: str = "job") -> JobSpec:
-    """Validate raw job data (with dotted-key overrides applied) into a JobSpec or raise ConfigError."""
-    if data is None:
-        raise ConfigError(f"{source}: the job is empty (expected name, dataset, model, …)")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a job must be a mapping of sections, got {type(data).__name__}")
-    data = yaml.safe_load(yaml.safe_dump(data))  # a deep copy that keeps only plain data
-    for key, value in (overrides or {}).items():
-        _set_path(data, key, value)
-    try:
-        job = JobSpec.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, prefix=f"{source}: ")) from None
-    from genai_pipeline.models import model_config_for  # imports torch: only for valid specs
-
-    model_config_for(job, source=source)
-    return job
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last one
-    silently, so a second ``train:`` section would quietly replace the first."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def load_job(path: str | Path, *, overrides: dict[str, Any] | None = None) -> JobSpec:
-    """Read a job YAML file safely (no Python tags) and validate it."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: job file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read job file ({exc})") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python tags
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    return build_job(data, overrides=overrides, source=str(path))
-
-
-def parse_run_date(value: str | None) -> str:
-    """A run date as YYYY-MM-DD; today (UTC) when not given."""
-    if value is None:
-        return dt.datetime.now(dt.UTC).date().isoformat()
-    try:
-        return dt.date.fromisoformat(value).isoformat()
-    except ValueError:
-        raise ConfigError(f"--run-date: expected YYYY-MM-DD (got {value!r})") from None

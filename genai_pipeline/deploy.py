@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from genai_pipeline.config import load_job, parse_overrides
 from genai_pipeline.errors import ConfigError, PipelineError
+from genai_pipeline.jobs import load_job, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"

@@ -5,6 +5,12 @@ quality gate); the flow's retry policy skips them so a nightly job fails fast an
 burning its retries on the same deterministic error.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
 
 class PipelineError(Exception):
     """Base class of every error the pipeline raises on purpose."""
@@ -40,3 +46,21 @@ class RunConflict(PermanentError):
 
 class StorageError(PipelineError):
     """Object storage could not be reached or written (transient: retried)."""
+
+
+def _problem(error: dict[str, Any], section: str) -> str:
+    where = ".".join([section, *map(str, error["loc"])] if section else map(str, error["loc"]))
+    where = where or "job"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown field"
+    message = error["msg"].removeprefix("Value error, ")
+    shown = error.get("input")
+    if error["type"] in ("missing",) or isinstance(shown, dict | list):
+        return f"{where}: {message}"
+    return f"{where}: {message} (got {shown!r})"
+
+
+def format_validation_error(exc: ValidationError, *, prefix: str = "", section: str = "") -> str:
+    """One line for all of a pydantic ValidationError's problems, each naming its field (under
+    ``section``, e.g. ``model``, for a model's own config)."""
+    return prefix + "; ".join(_problem(error, section) for error in exc.errors())

@@ -16,7 +16,8 @@ from genai_pipeline.settings import apply_prefect_defaults  # noqa: E402
 
 apply_prefect_defaults()
 
-from genai_pipeline.config import JobSpec, build_job  # noqa: E402
+from genai_pipeline.config import JobSpec  # noqa: E402
+from genai_pipeline.jobs import build_job  # noqa: E402
 
 S3_KEY, S3_SECRET = "test-access-key", "test-secret-d0-not-leak"
 BUCKET = "synthetic"

@@ -32,9 +32,10 @@ from PIL import Image
 
 from genai_pipeline import stages
 from genai_pipeline.cli import main
-from genai_pipeline.config import DatasetSpec, load_job
+from genai_pipeline.config import DatasetSpec
 from genai_pipeline.datasets.sources import read_dataset
 from genai_pipeline.errors import ConfigError, DatasetError, PipelineError, StorageError
+from genai_pipeline.jobs import load_job
 from genai_pipeline.runs import Run, record_failure
 
 RUN_DATE = "2026-03-01"
@@ -96,6 +97,10 @@ def _job_file(tmp_path: Path, **sections: Any) -> Path:
         ({"train": {"epochs": True}}, "train.epochs: expected a number, not true/false (got True)"),
         ({"validate": {"holdout": False}}, "validate.holdout: expected a number, not true/false (got False)"),
         ({"dataset": {"uri": "x.png", "channels": True}}, "dataset.channels: expected a number, not true"),
+        # …in a family's own hyper-parameters too, and in lists and mappings of numbers
+        ({"model": {"family": "vae", "latent_dim": True}}, "model.latent_dim: expected a number, not true"),
+        ({"model": {"family": "vae", "hidden": [64, True]}}, "model.hidden: expected numbers, not true"),
+        ({"generate": {"per_label": {"Adelie": True}}}, "generate.per_label: expected numbers, not true"),
         # zero and negative counts
         (
             {"generate": {"num_samples": 0}},
@@ -124,7 +129,7 @@ def _job_file(tmp_path: Path, **sections: Any) -> Path:
             {"train": {"device": "cuda:0"}},
             "train.device: Input should be 'auto', 'cpu' or 'cuda' (got 'cuda:0')",
         ),
-        ({"model": {"family": "VAE"}}, "model.family: Input should be 'gan', 'vae', 'diffusion' or"),
+        ({"model": {"family": "VAE"}}, "model.family: no 'VAE' model for tabular data yet (available: auto"),
         ({"model": {"hidden": [8]}}, "model.family: Field required"),
     ],
 )

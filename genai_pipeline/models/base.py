@@ -2,7 +2,8 @@
 
 Every family and modality implements :class:`Synthesizer`. A ``@register_model`` line maps
 ``(modality, family)`` to the class, so the job spec picks a model by name and adding a family is
-one module plus one decorator.
+one module in this package plus one decorator (the package imports every module in it);
+:func:`model_config_for` checks a job's ``model`` section against the family's ``Config``.
 
 A saved model is a folder with ``model.json`` (family, config, fitted state such as encoders and
 label maps, versions) and ``weights.safetensors``. Loading rebuilds the networks from the config
@@ -23,23 +24,24 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict, ValidationError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
 import genai_pipeline
-from genai_pipeline.config import TrainSpec
+from genai_pipeline.config import JobSpec, StrictModel, TrainSpec
 from genai_pipeline.datasets.base import Dataset
-from genai_pipeline.errors import ConfigError
+from genai_pipeline.errors import ConfigError, format_validation_error
 from genai_pipeline.storage import Storage
 from genai_pipeline.training import CheckpointStore, FitReport
 
 
-class ModelConfig(BaseModel):
-    """Base of every family's hyper-parameters: unknown keys are errors."""
+class ModelConfig(StrictModel):
+    """Base of every family's hyper-parameters: as strict as the job spec (unknown keys, and
+    true/false for a number, are errors), and frozen, since a fitted model's config is its identity."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,18 @@ def model_class(modality: str, family: str) -> type[Synthesizer]:
         raise ConfigError(
             f"model.family: no {family!r} model for {modality} data yet (available: {', '.join(available)})"
         ) from None
+
+
+def model_config_for(job: JobSpec, *, source: str = "job") -> ModelConfig:
+    """The job's model hyper-parameters validated by its family's config (errors name the field)."""
+    try:
+        cls = model_class(job.dataset.modality, job.model.family)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        return cls.Config.model_validate(job.model.params)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, prefix=f"{source}: ", section="model")) from None
 
 
 def require_condition_values(
