@@ -41,7 +41,6 @@ from genai_pipeline.datasets.base import (
     write_snapshot,
 )
 from genai_pipeline.datasets.sources import read_dataset, source_stamp
-from genai_pipeline.encoders.tabular import TableEncoder
 from genai_pipeline.errors import ConfigError, DatasetError, StorageError
 from genai_pipeline.generation import write_images
 from genai_pipeline.models import load_model, model_class, model_config_for
@@ -103,21 +102,11 @@ def _check_generate_spec(run: Run, data: Dataset) -> None:
     """Conditions and per-label counts must name the label and values it has: checked before training."""
     label, known = _label_key(run), label_values(data)
     conditions = conditions_for_model(run)
-    for key, value in conditions.items():
-        if key == label:
-            _require_known(f"generate.conditions.{key}", value, known)
-        elif isinstance(data, ImageData):
-            raise ConfigError(f"generate.conditions.{key}: images can be conditioned on their label only")
-    if isinstance(data, TabularData) and set(conditions) - {label}:
-        # the columns a model will be asked for, checked as the model will check them
-        from genai_pipeline.models.tabular_common import check_conditions
-
-        try:
-            encoder = TableEncoder.fit(data.table, condition=label)
-        except ValueError as exc:
-            raise DatasetError(f"dataset: {exc}") from None
-        reveal_rate = model_config_for(run.job).reveal_rate  # type: ignore[attr-defined]
-        check_conditions(encoder, conditions, f"{run.job.model.family} model", reveal_rate)
+    if label in conditions:
+        _require_known(f"generate.conditions.{label}", conditions[label], known)
+    model_class(run.job.dataset.modality, run.job.model.family).check_plan(
+        data, model_config_for(run.job), [conditions]
+    )
     per_label = run.job.generate.per_label
     if per_label is None:
         return

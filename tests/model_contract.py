@@ -101,6 +101,21 @@ class ModelContract:
         with pytest.raises(ConfigError, match="generate.conditions.nope"):
             self._collect(fitted, 3, seed=0, nope=1)
 
+    def test_an_impossible_plan_fails_before_training_as_the_model_would(
+        self, fitted: Synthesizer, data: Dataset
+    ) -> None:
+        """``check_plan`` sees the data only, and refuses what the trained model refuses, in its words."""
+        model_cls = model_class(self.modality, self.family)
+        config = model_cls.Config.model_validate(self.params)
+        key, value = self.condition
+        model_cls.check_plan(data, config, [{}, {key: value}])  # a plan the model can meet
+        for bad in ({key: "no-such-value"}, {"nope": 1}):
+            with pytest.raises(ConfigError) as before:
+                model_cls.check_plan(data, config, [{key: value}, bad])
+            with pytest.raises(ConfigError) as after:
+                self._collect(fitted, 3, seed=0, **bad)
+            assert str(before.value) == str(after.value)
+
     def test_save_and_load_round_trip(self, fitted: Synthesizer, tmp_path: Path) -> None:
         storage = Storage(str(tmp_path))
         fitted.save(storage, "model")
@@ -183,6 +198,8 @@ class TableContract(ModelContract):
     ) -> None:
         with pytest.raises(ConfigError, match=message):
             list(mixed.sample(3, conditions=conditions, seed=0, batch_size=3))
+        with pytest.raises(ConfigError, match=message):  # and before training, from the data alone
+            type(mixed).check_plan(TabularData(mixed_table(), label="kind"), mixed.config, [conditions])
 
     def test_conditioned_columns_shift_the_others(self) -> None:
         """Fixing one column moves the columns that depend on it: learned, not only overwritten."""

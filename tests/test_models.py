@@ -14,7 +14,7 @@ from genai_pipeline.datasets import BUILTINS, Dataset, ImageData, TabularData
 from genai_pipeline.errors import ConfigError
 from genai_pipeline.jobs import build_job
 from genai_pipeline.models import ModelConfig, base, model_class
-from genai_pipeline.models.tabular_common import TabularSynthesizer
+from genai_pipeline.models.tabular import TabularSynthesizer
 
 
 class TestTabularVAE(TableContract):

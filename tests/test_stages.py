@@ -79,7 +79,7 @@ def test_odd_labels_survive_in_the_manifest_and_cannot_escape_in_paths(tmp_path:
         ({"bill_length_mm": 500}, "generate.conditions.bill_length_mm: 500 is outside the range"),
         (
             {"island": "Dream", "model.reveal_rate": 0},
-            "generate.conditions.island: the vae model was trained",
+            "generate.conditions.island: the tabular VAE was trained",
         ),
         ({"species": "Dodo"}, "generate.conditions.species: 'Dodo' does not occur in the data"),
     ],

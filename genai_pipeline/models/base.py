@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -82,6 +82,13 @@ class Synthesizer(ABC):
     def check_conditions(self, conditions: Conditions) -> None:
         """Raise ConfigError naming ``generate.conditions.<key>`` when a condition cannot be met."""
 
+    @classmethod
+    @abstractmethod
+    def check_plan(cls, data: Dataset, config: ModelConfig, plan: Sequence[Conditions]) -> None:
+        """Raise ConfigError naming ``generate.conditions.<key>`` when a model of this class,
+        trained on ``data`` with ``config``, could not meet the conditions of every part of a
+        sampling plan: checked at ingest, so an impossible request fails before training."""
+
     @abstractmethod
     def networks(self) -> dict[str, nn.Module]:
         """The modules whose weights make up the model."""
@@ -93,6 +100,11 @@ class Synthesizer(ABC):
     @abstractmethod
     def restore(self, state: dict[str, Any]) -> None:
         """Rebuild the networks from :meth:`fitted_state` (weights are loaded afterwards)."""
+
+    @abstractmethod
+    def build(self, state: dict[str, Any]) -> None:
+        """Build the family's networks once the modality's shared state is restored (``state``
+        also holds the family's own parts)."""
 
     def save(self, storage: Storage, rel: str) -> None:
         meta = {

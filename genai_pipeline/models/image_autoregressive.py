@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from torch import nn
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset
 from genai_pipeline.models.base import ModelConfig, register_model
-from genai_pipeline.models.image_common import ImageSynthesizer
+from genai_pipeline.models.image import ImageSynthesizer
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
@@ -328,6 +329,6 @@ class ImageAutoregressive(ImageSynthesizer):
     def networks(self) -> dict[str, nn.Module]:
         return {"ema": self.ema}
 
-    def build(self) -> None:
+    def build(self, state: dict[str, Any]) -> None:
         self.network = PatchTransformer(self.shape, len(self.labels), self.config).to(self.device)
         self.ema = frozen_copy(self.network)

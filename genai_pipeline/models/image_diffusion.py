@@ -18,6 +18,7 @@ deterministic DDIM steps.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from torch import nn
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset
 from genai_pipeline.models.base import ModelConfig, register_model
-from genai_pipeline.models.image_common import ImageSynthesizer, to_unit
+from genai_pipeline.models.image import ImageSynthesizer, to_unit
 from genai_pipeline.models.noise_schedule import BetaSchedule, NoiseSchedule, Prediction, timestep_features
 from genai_pipeline.training import (
     CheckpointStore,
@@ -220,7 +221,7 @@ class ImageDiffusion(ImageSynthesizer):
     def networks(self) -> dict[str, nn.Module]:
         return {"ema": self.ema}
 
-    def build(self) -> None:
+    def build(self, state: dict[str, Any]) -> None:
         # channels-last weights: oneDNN's fast convolution layout on CPU, tensor cores' on GPU
         self.network = UNet(self.shape, len(self.labels), self.config).to(
             self.device, memory_format=torch.channels_last

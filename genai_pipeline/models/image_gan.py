@@ -12,6 +12,7 @@ Any image size is handled: the generator works at ``ceil(size / 4)`` and crops i
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset
 from genai_pipeline.models.base import ModelConfig, register_model
-from genai_pipeline.models.image_common import ImageSynthesizer, to_unit
+from genai_pipeline.models.image import ImageSynthesizer, to_unit
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
@@ -176,7 +177,7 @@ class ImageGAN(ImageSynthesizer):
     def networks(self) -> dict[str, nn.Module]:
         return {"ema": self.ema}
 
-    def build(self) -> None:
+    def build(self, state: dict[str, Any]) -> None:
         self.generator = Generator(self.shape, len(self.labels), self.config).to(self.device)
         # the sampling copy is channels-last: oneDNN then skips its layout copies, 2.3 times the
         # images per second on this project's 2-core CPU (weights are saved contiguous either way)

@@ -18,6 +18,7 @@ both networks work at ``4 * ceil(size / 4)``; the encoder zero-pads, the decoder
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from torch import nn
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset
 from genai_pipeline.models.base import ModelConfig, register_model
-from genai_pipeline.models.image_common import ImageSynthesizer, to_unit
+from genai_pipeline.models.image import ImageSynthesizer, to_unit
 from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop
 
 NAME = "image VAE"
@@ -155,5 +156,5 @@ class ImageVAE(ImageSynthesizer):
     def networks(self) -> dict[str, nn.Module]:
         return {"decoder": self.decoder}
 
-    def build(self) -> None:
+    def build(self, state: dict[str, Any]) -> None:
         self.decoder = Decoder(self.shape, len(self.labels), self.config).to(self.device)

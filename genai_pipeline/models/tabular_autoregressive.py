@@ -42,7 +42,13 @@ from genai_pipeline.encoders.tabular import ColumnCodec, TableEncoder
 from genai_pipeline.errors import DatasetError
 from genai_pipeline.models.base import register_model
 from genai_pipeline.models.spans import draw_categorical
-from genai_pipeline.models.tabular_common import Known, TabularModelConfig, TabularSynthesizer, Width
+from genai_pipeline.models.tabular import (
+    Known,
+    TabularModelConfig,
+    TabularSynthesizer,
+    Width,
+    fit_encoder,
+)
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
@@ -320,8 +326,6 @@ class TabularAutoregressive(TabularSynthesizer):
 
     def encoder_bins(self, data: Dataset) -> bool:
         """Fit the numeric columns' bins; whether there is any column to model besides the label."""
-        from genai_pipeline.models.tabular_common import fit_encoder
-
         encoder, x, _ = fit_encoder(data, max_categories=self.config.max_categories, model=NAME)
         self.bins = fit_token_bins(encoder, x, self.config.max_bins)
         return bool(encoder.span_columns)

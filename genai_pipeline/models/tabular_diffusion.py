@@ -10,7 +10,7 @@ which of the still-masked columns to draw; the loss is a plain cross-entropy on 
 
 One residual MLP denoises all columns at once: numeric values, the timestep's sinusoidal features,
 each categorical token (mask included), the job's label and the revealed columns (any columns a
-request fixes, see ``tabular_common``) each enter through a linear map or an embedding, summed, so
+request fixes, see ``models.tabular``) each enter through a linear map or an embedding, summed, so
 conditioning is learned rather than imposed by rejection. It outputs the numeric ``v`` (or noise)
 and one set of logits per categorical span.
 
@@ -46,7 +46,7 @@ from genai_pipeline.models.noise_schedule import (
     timestep_features,
 )
 from genai_pipeline.models.spans import span_slices
-from genai_pipeline.models.tabular_common import Known, TabularModelConfig, TabularSynthesizer
+from genai_pipeline.models.tabular import Known, TabularModelConfig, TabularSynthesizer
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,

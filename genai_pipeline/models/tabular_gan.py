@@ -12,7 +12,7 @@ picked with log-frequency so rare categories are learned, which the generator mu
 condition from the category's real frequency *given the row's label*, so label and columns keep
 their joint distribution whether the label is fixed or drawn.
 
-The vector also carries the revealed columns (``tabular_common``): a share of training rows give
+The vector also carries the revealed columns (``models.tabular``): a share of training rows give
 the generator some of the real row's columns, and the fake row takes those values before the
 critic judges it, so the generator learns the rest of a row given any columns. When a request
 fixes a discrete column, the training-by-sampling condition is that column's value, as in CTGAN's
@@ -35,7 +35,7 @@ from genai_pipeline.encoders.tabular import Span
 from genai_pipeline.errors import ConfigError
 from genai_pipeline.models.base import register_model
 from genai_pipeline.models.spans import sample_spans, span_slices
-from genai_pipeline.models.tabular_common import Known, TabularModelConfig, TabularSynthesizer, Width
+from genai_pipeline.models.tabular import Known, TabularModelConfig, TabularSynthesizer, Width
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,

@@ -3,7 +3,7 @@
 The encoder maps every column to spans (quantile-normal numerics, one-hot categories, null
 indicators); the VAE learns per-span Gaussian/categorical reconstructions plus a learned sigma per
 numeric column, as TVAE does. Encoder and decoder both see the label's one-hot vector (when the
-job names a categorical label column) and the revealed columns (``tabular_common``), so
+job names a categorical label column) and the revealed columns (``models.tabular``), so
 ``generate.conditions`` on the label or on any other columns is met by the decoder rather than
 by rejection sampling; unconditioned sampling draws labels with their real frequencies.
 """
@@ -21,7 +21,7 @@ from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset
 from genai_pipeline.models.base import register_model
 from genai_pipeline.models.spans import reconstruction_loss, sample_spans
-from genai_pipeline.models.tabular_common import Known, TabularModelConfig, TabularSynthesizer, Width
+from genai_pipeline.models.tabular import Known, TabularModelConfig, TabularSynthesizer, Width
 from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop, maybe_compile
 
 NAME = "tabular VAE"

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genai_pipeline.datasets.base import ImageData
-from genai_pipeline.models.image_common import to_unit
+from genai_pipeline.models.image import to_unit
 from genai_pipeline.quality.neighbours import chunk_rows, nearest
 from genai_pipeline.training import batched_indices
 

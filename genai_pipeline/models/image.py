@@ -10,7 +10,7 @@ sampling stream; a family implements training, its networks (``build``) and ``re
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,7 +20,13 @@ import torch
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset, ImageData
 from genai_pipeline.errors import ConfigError, DatasetError
-from genai_pipeline.models.base import Conditions, ImageBatch, Synthesizer, require_condition_values
+from genai_pipeline.models.base import (
+    Conditions,
+    ImageBatch,
+    ModelConfig,
+    Synthesizer,
+    require_condition_values,
+)
 from genai_pipeline.training import batched_indices, seed_everything
 
 Render = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -128,10 +134,6 @@ class ImageSynthesizer(Synthesizer):
     def render(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Images (NCHW in [-1, 1]) for these label indices."""
 
-    @abstractmethod
-    def build(self) -> None:
-        """Build the networks for the restored shape and labels."""
-
     def prepare(self, data: Dataset, train: TrainSpec) -> np.ndarray:
         """Fit the labels and build the networks (seeded, so initial weights are reproducible);
         each image's label index, to train on."""
@@ -144,6 +146,14 @@ class ImageSynthesizer(Synthesizer):
 
     def check_conditions(self, conditions: Conditions) -> None:
         self.labels.check(conditions)
+
+    @classmethod
+    def check_plan(cls, data: Dataset, config: ModelConfig, plan: Sequence[Conditions]) -> None:
+        if not isinstance(data, ImageData):
+            raise DatasetError(f"the {cls.name} needs images")
+        labels, _ = LabelCodec.fit(data)
+        for conditions in plan:
+            labels.check(conditions)
 
     def sample(
         self, n: int, *, conditions: Conditions | None, seed: int, batch_size: int
@@ -167,4 +177,4 @@ class ImageSynthesizer(Synthesizer):
     def restore(self, state: dict[str, Any]) -> None:
         self.shape = tuple(state["shape"])  # type: ignore[assignment]
         self.labels = LabelCodec.from_state(state["labels"])
-        self.build()
+        self.build(state)

@@ -20,7 +20,7 @@ encoded matrix (one-hot for categories).
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -157,16 +157,20 @@ class Reveal:
         return self.inputs(known.row.to(like.dtype).expand(rows, -1), known.columns.expand(rows, -1))
 
 
+def _fit_codecs(table: pa.Table, label: str | None, max_categories: int) -> TableEncoder:
+    try:
+        return TableEncoder.fit(table, condition=label, max_categories=max_categories)
+    except ValueError as exc:
+        raise DatasetError(f"dataset: {exc}") from None
+
+
 def fit_encoder(
     data: Dataset, *, max_categories: int, model: str
 ) -> tuple[TableEncoder, np.ndarray, np.ndarray | None]:
     """``(encoder, x, cond)`` for a table: its matrix and label indices."""
     if not isinstance(data, TabularData):
         raise DatasetError(f"the {model} needs a table")
-    try:
-        encoder = TableEncoder.fit(data.table, condition=data.label, max_categories=max_categories)
-    except ValueError as exc:
-        raise DatasetError(f"dataset: {exc}") from None
+    encoder = _fit_codecs(data.table, data.label, max_categories)
     x, cond = encoder.encode(data.table)
     return encoder, x, cond
 
@@ -176,6 +180,11 @@ def label_key(encoder: TableEncoder) -> str | None:
     return encoder.condition if encoder.condition_codec is not None else None
 
 
+def _require_column(key: str, columns: list[str]) -> None:
+    if key not in columns:
+        raise ConfigError(f"generate.conditions.{key}: no such column (columns: {', '.join(columns)})")
+
+
 def check_conditions(encoder: TableEncoder, conditions: Conditions, model: str, reveal_rate: float) -> None:
     """Conditions may fix the label column and, when the model learned to, any other columns."""
     columns = [field.name for field in encoder.schema]
@@ -183,8 +192,7 @@ def check_conditions(encoder: TableEncoder, conditions: Conditions, model: str, 
         if key == label_key(encoder):
             require_condition_values(key, value, encoder.condition_values)
             continue
-        if key not in columns:
-            raise ConfigError(f"generate.conditions.{key}: no such column (columns: {', '.join(columns)})")
+        _require_column(key, columns)
         if reveal_rate == 0:
             raise ConfigError(
                 f"generate.conditions.{key}: the {model} was trained with reveal_rate 0 and can condition "
@@ -229,15 +237,31 @@ class TabularSynthesizer(Synthesizer):
     def check_conditions(self, conditions: Conditions) -> None:
         check_conditions(self.encoder, conditions, self.name, self.config.reveal_rate)
 
+    @classmethod
+    def check_plan(cls, data: Dataset, config: ModelConfig, plan: Sequence[Conditions]) -> None:
+        """The plan's conditions, checked as the trained model will check them, by the codecs it
+        will fit: only the conditioned columns' and the label's (each column's codec is fitted
+        on that column alone, so they are the same as the model's), not a whole encoder."""
+        if not isinstance(data, TabularData):
+            raise DatasetError(f"the {cls.name} needs a table")
+        if not isinstance(config, TabularModelConfig):
+            raise TypeError(f"the {cls.name} takes a TabularModelConfig, not {type(config).__name__}")
+        columns = data.table.column_names
+        wanted = {key for conditions in plan for key in conditions}
+        for key in sorted(wanted):
+            _require_column(key, columns)
+        if not wanted:
+            return
+        selected = [name for name in columns if name in wanted or name == data.label]
+        encoder = _fit_codecs(data.table.select(selected), data.label, config.max_categories)
+        for conditions in plan:
+            check_conditions(encoder, conditions, cls.name, config.reveal_rate)
+
     @abstractmethod
     def render(
         self, label: torch.Tensor | None, known: Known | None, size: int, generator: torch.Generator
     ) -> torch.Tensor:
         """``size`` encoded rows for these labels with the known columns."""
-
-    @abstractmethod
-    def build(self, state: dict[str, Any]) -> None:
-        """Build the networks for the restored encoder (``state`` holds the family's own parts)."""
 
     def family_state(self) -> dict[str, Any]:
         """JSON-able state of the family's own besides the encoder and the label prior."""

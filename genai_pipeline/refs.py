@@ -1,0 +1,84 @@
+"""What passes between the stages: small, frozen references, never the data itself.
+
+Each stage returns one of these and the next takes it. A reference carries the addresses its
+consumer reads (relative to the job's output root: the staged snapshot and suite, the generated
+data file, the report), so no stage rebuilds another's paths by convention, and everything in
+it is plain data: Prefect can hand it to a task on another worker, and a manifest can record it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """What ingest read and staged: the training rows, the held-out rows and the data's suite."""
+
+    source: str
+    snapshot: str  # the training rows (or images)
+    modality: str
+    fingerprint: str
+    num_rows: int
+    schema: dict[str, Any]
+    label: str | None
+    suite: str  # the Great Expectations suite that validate checks the output against
+    holdout: str | None = None  # real rows kept from training, for privacy and utility
+    holdout_rows: int = 0
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A trained model in storage (``uri``: its folder) and how its training went."""
+
+    uri: str
+    family: str
+    modality: str
+    key: str
+    fit: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GeneratedRef:
+    """What generation staged: a shard's part file, or (after combining) the run's data file.
+
+    ``data_file`` is None for a shard that had nothing to generate. For images it is the manifest,
+    whose ``path`` column is relative to ``image_root``.
+    """
+
+    data_file: str | None
+    num_samples: int
+    seconds: float
+    shards: int = 1
+    image_root: str | None = None
+
+
+@dataclass(frozen=True)
+class QualityVerdict:
+    """The validate stage's verdict on a run, and where its HTML report is staged."""
+
+    passed: bool
+    failures: list[str]
+    metrics: list[dict[str, Any]]
+    expectations_evaluated: int
+    expectations_failed: int
+    warnings: list[str] = field(default_factory=list)  # misses that publish the run, flagged
+    report_file: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """What a run's manifest keeps of the verdict: everything but the staged address."""
+        return {key: value for key, value in asdict(self).items() if key != "report_file"}
+
+
+@dataclass(frozen=True)
+class PublishedRun:
+    """Where a published run's output is."""
+
+    run_id: str
+    run_date: str
+    data_url: str
+    manifest_url: str
+    num_samples: int
+    files: dict[str, int]
+    manifest: dict[str, Any]
