@@ -54,7 +54,7 @@ def main() -> None:
     generated = timed("generate", stages.generate, model=model, dataset=dataset)
     report = timed("validate", stages.validate, dataset=dataset, generated=generated)
     if report.passed:
-        timed("export", stages.export, dataset=dataset, model=model, generated=generated, report=report)
+        timed("export", stages.export, dataset=dataset, model=model, generated=generated, verdict=report)
     print("\n| stage | seconds |\n|---|---|")
     for name, seconds in timings.items():
         print(f"| {name} | {seconds:.2f} |")

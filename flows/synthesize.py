@@ -29,7 +29,9 @@ from genai_pipeline.errors import ConfigError, PermanentError  # noqa: E402
 from genai_pipeline.generation import threads_per_shard  # noqa: E402
 from genai_pipeline.jobs import load_job, parse_overrides, parse_run_date  # noqa: E402
 from genai_pipeline.notify import notify_failure  # noqa: E402
-from genai_pipeline.runs import GeneratedRef, Run, new_run_id  # noqa: E402
+from genai_pipeline.refs import GeneratedRef  # noqa: E402
+from genai_pipeline.runs import Run, new_run_id  # noqa: E402
+from genai_pipeline.summary import browser_url, summary_markdown  # noqa: E402
 
 
 def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
@@ -62,12 +64,10 @@ def _artifact_key(name: str, kind: str) -> str:
 
 def _post_summary(run: Run, manifest: dict[str, Any]) -> None:
     """The run's headline metrics as a markdown artifact, and a link artifact to its HTML report."""
-    create_markdown_artifact(
-        stages.summary_markdown(run, manifest), key=_artifact_key(run.job.name, "summary")
-    )
+    create_markdown_artifact(summary_markdown(run, manifest), key=_artifact_key(run.job.name, "summary"))
     if "report" in manifest:
         create_link_artifact(
-            stages.browser_url(manifest["report"]),
+            browser_url(manifest["report"]),
             link_text=f"quality report of {run.job.name} {run.run_date} ({manifest['status']})",
             key=_artifact_key(run.job.name, "report"),
         )
@@ -177,9 +177,9 @@ def synthesize(
             generated = generate.with_options(task_runner=shard_runner(job.generate))(
                 run, model=model, dataset=dataset, policy=policy
             )
-        report = validate.with_options(**policy)(run, dataset=dataset, generated=generated)
+        verdict = validate.with_options(**policy)(run, dataset=dataset, generated=generated)
         manifest = export.with_options(**policy)(
-            run, dataset=dataset, model=model, generated=generated, report=report
+            run, dataset=dataset, model=model, generated=generated, verdict=verdict
         ).manifest
     except Exception as error:
         manifest = _record_failure(run, error, policy)

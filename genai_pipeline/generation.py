@@ -1,8 +1,15 @@
-"""Streaming samples from a model into Parquet files and PNG images.
+"""Generation: what a run samples, from which model, streamed into Parquet files and PNG images.
 
-Batches are written as they come: tabular batches are buffered only up to one row group, image
-batches are encoded to PNG on every core and uploaded while the next batch is sampled, a bounded
-number of batches at a time, so memory does not grow with the number of samples requested.
+- **What to sample**: the job's conditions as the model takes them, the sampling plan (one part,
+  or one per label with ``per_label``) checked against the data's labels, each shard's share of it
+  with its own seed, and the batch size images can afford.
+- **The model**: loaded once per process and device, shared by the shards running as threads.
+- **Writing**: batches are written as they come: tabular batches are buffered only up to one row
+  group (:mod:`genai_pipeline.parquet`), image batches are encoded to PNG on every core and
+  uploaded while the next batch is sampled, a bounded number of batches at a time, so memory does
+  not grow with the number of samples requested.
+- **Reading back**: the validation sample, drawn across the whole output at a bounded cost, and
+  the staged images it names.
 """
 
 from __future__ import annotations
@@ -10,23 +17,35 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import io
+import itertools
+import json
+import logging
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from genai_pipeline.models.base import ImageBatch
+from genai_pipeline.config import JobSpec
+from genai_pipeline.datasets.base import MAX_LABELS, ImageData
+from genai_pipeline.errors import ConfigError, DatasetError
+from genai_pipeline.models import ImageBatch, Synthesizer, load_model
+from genai_pipeline.models.base import require_condition_values
 from genai_pipeline.parquet import write_parquet
+from genai_pipeline.refs import ModelRef
 from genai_pipeline.runs import RUN_ID_KEY, Run, encode_partition_value
 from genai_pipeline.storage import Storage
+
+log = logging.getLogger(__name__)
 
 IMAGE_MANIFEST_SCHEMA = pa.schema(
     [
@@ -39,6 +58,115 @@ IMAGE_MANIFEST_SCHEMA = pa.schema(
         ("run_id", pa.string()),
     ]
 )
+
+
+# -- what to sample ------------------------------------------------------------------------------
+
+#: a request's conditions, and the counts of a plan
+Plan = list[tuple[dict[str, Any], int]]
+
+
+def label_key(job: JobSpec) -> str | None:
+    """How conditions name the label: ``label`` for images, the label column for tables."""
+    return "label" if job.dataset.modality == "image" else job.dataset.label
+
+
+def model_conditions(job: JobSpec) -> dict[str, Any]:
+    """The job's conditions as the model takes them (an image dataset's label column is ``label``)."""
+    label = job.dataset.label
+    if job.dataset.modality == "image":
+        return {("label" if key == label else key): value for key, value in job.generate.conditions.items()}
+    return dict(job.generate.conditions)
+
+
+def _require_label(field: str, value: Any, labels: Sequence[Any] | None) -> None:
+    if labels is not None:
+        require_condition_values(field, value, list(labels), field=field, absent="does not occur in the data")
+
+
+def sampling_plan(job: JobSpec, labels: Sequence[Any] | None) -> Plan:
+    """``(conditions, count)`` pairs: one for the whole run, or one per label with ``per_label``.
+
+    Conditions and counts that name a label must name one of ``labels``, the data's (None: more
+    than the schema lists, not checked); the model checks the other columns (``check_plan``).
+    """
+    conditions, label, per_label = model_conditions(job), label_key(job), job.generate.per_label
+    if label in conditions:
+        _require_label(f"generate.conditions.{label}", conditions[label], labels)
+    if per_label is None:
+        return [(conditions, job.generate.num_samples)]
+    if labels is not None and not labels:
+        raise ConfigError("generate.per_label: the dataset has no label (set dataset.label)")
+    if label in conditions:
+        raise ConfigError(f"generate.per_label: cannot be combined with generate.conditions.{label}")
+    if isinstance(per_label, dict):
+        for value in per_label:
+            _require_label(f"generate.per_label.{value}", value, labels)
+        counts = per_label
+    elif labels is None:
+        raise ConfigError(
+            f"generate.per_label: the label has over {MAX_LABELS} values; give a count per label"
+        )
+    else:
+        counts = dict.fromkeys(labels, per_label)
+    return [({**conditions, label: value}, count) for value, count in counts.items() if count > 0]
+
+
+def shard_plan(
+    job: JobSpec, labels: Sequence[Any] | None, shard: int
+) -> list[tuple[dict[str, Any], int, int]]:
+    """``(conditions, count, seed)`` for one shard: its share of every part of the sampling plan
+    (the first shards take one more when a count does not divide), with a seed derived from the
+    run's seed, the shard and the part, so a shard is reproducible on its own."""
+    shards = job.generate.shards
+    out = []
+    for part, (conditions, count) in enumerate(sampling_plan(job, labels)):
+        share = count // shards + (1 if shard < count % shards else 0)
+        seed = int(np.random.SeedSequence([job.generate_seed, shard, part]).generate_state(1)[0])
+        if share > 0:
+            out.append((conditions, share, seed))
+    return out
+
+
+def image_batch_size(requested: int, shape: tuple[int, ...], max_mb: int) -> int:
+    """``generate.batch_size`` for images of ``shape``, clipped (with a warning) so that a batch's
+    pixels — float32 as rendered plus uint8 as encoded — stay within ``generate.max_batch_mb``: a
+    batch size fit for 28×28 digits would not fit in memory for 512×512 photos."""
+    per_image = int(np.prod(shape)) * 5
+    limit = max(1, max_mb * 2**20 // per_image)
+    if requested > limit:
+        log.warning(
+            "generate.batch_size: %d images of %s would take %d MiB (generate.max_batch_mb: %d): using %d",
+            requested,
+            "×".join(map(str, shape)),
+            requested * per_image // 2**20,
+            max_mb,
+            limit,
+        )
+        return limit
+    return requested
+
+
+# -- the model -----------------------------------------------------------------------------------
+
+_LOADED: dict[tuple[str, ...], Synthesizer] = {}
+_LOADING = threading.Lock()
+
+
+def shared_model(storage: Storage, model: ModelRef, device: torch.device) -> Synthesizer:
+    """The model, loaded once per process and device: shards running as threads share one copy
+    (one copy in GPU memory) instead of each loading its own. Only the latest model is kept, since
+    a long-lived worker (a Dask cluster's) runs many jobs; the key includes the fit record, so a
+    model trained again at the same place is loaded again."""
+    key = (storage.url, model.uri, json.dumps(model.fit, sort_keys=True, default=str), str(device))
+    with _LOADING:
+        if key not in _LOADED:
+            _LOADED.clear()
+            _LOADED[key] = load_model(storage, model.uri, device)
+        return _LOADED[key]
+
+
+# -- writing -------------------------------------------------------------------------------------
 
 
 @contextmanager
@@ -183,3 +311,53 @@ def write_images(
     finally:
         for future in (future for futures in pending for future in futures):
             future.cancel()  # a failed run: drop the chunks that have not started
+
+
+# -- reading back --------------------------------------------------------------------------------
+
+
+def sample_rows(storage: Storage, rels: list[str], limit: int, seed: int) -> pa.Table:
+    """At most ``limit`` rows drawn from the whole output, at a cost bounded by ``limit``: row groups
+    spread evenly over every part file (about four times ``limit`` rows), then a seeded choice of
+    rows among them, in output order. The first rows alone will not do: a sampling plan writes its
+    parts (labels, conditions) one after another, so they could all be one label."""
+    groups: list[tuple[str, int, int]] = []
+    for rel in rels:
+        with storage.open_read(rel) as handle:
+            metadata = pq.ParquetFile(handle).metadata
+        groups += [
+            (rel, index, metadata.row_group(index).num_rows) for index in range(metadata.num_row_groups)
+        ]
+    total = sum(rows for _, _, rows in groups)
+    wanted = len(groups) if total <= 4 * limit else max(1, int(np.ceil(len(groups) * 4 * limit / total)))
+    chosen = (
+        sorted({int(i) for i in np.linspace(0, len(groups) - 1, min(wanted, len(groups)))}) if groups else []
+    )
+    tables = []
+    for rel, picked in itertools.groupby((groups[i] for i in chosen), key=lambda group: group[0]):
+        with storage.open_read(rel) as handle:
+            tables.append(pq.ParquetFile(handle).read_row_groups([index for _, index, _ in picked]))
+    if not tables:
+        with storage.open_read(rels[0]) as handle:
+            return pq.ParquetFile(handle).schema_arrow.empty_table()
+    table = pa.concat_tables(tables)
+    if table.num_rows <= limit:
+        return table
+    keep = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=limit, replace=False))
+    return table.take(pa.array(keep))
+
+
+def read_images(storage: Storage, root: str, manifest: pa.Table) -> ImageData:
+    """Decode the PNGs an image manifest names (its paths relative to ``root``): proves they are
+    readable and gives their pixels."""
+    paths = [f"{root}/{path}" for path in manifest.column("path").to_pylist()]
+    blobs = storage.read_many(paths)
+    arrays = []
+    for path in paths:
+        try:
+            arrays.append(np.asarray(Image.open(io.BytesIO(blobs[path]))))
+        except OSError as exc:
+            raise DatasetError(f"{path}: generated image is not a readable PNG ({exc})") from None
+    images = np.stack(arrays)
+    images = images[..., None] if images.ndim == 3 else images
+    return ImageData(images=images, labels=np.asarray(manifest.column("label").to_pylist(), dtype=str))

@@ -63,8 +63,13 @@ class QualityVerdict:
     metrics: list[dict[str, Any]]
     expectations_evaluated: int
     expectations_failed: int
+    report_file: str  # the staged HTML report
     warnings: list[str] = field(default_factory=list)  # misses that publish the run, flagged
-    report_file: str | None = None
+
+    @property
+    def status(self) -> str:
+        """``passed``, ``passed with warnings`` or ``failed``, as the report and the log say it."""
+        return "failed" if not self.passed else ("passed with warnings" if self.warnings else "passed")
 
     def record(self) -> dict[str, Any]:
         """What a run's manifest keeps of the verdict: everything but the staged address."""

@@ -19,6 +19,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import IO, Any, ParamSpec, TypeVar
 
 import fsspec
@@ -178,6 +179,17 @@ class Storage:
             self.fs.pipe({self.path(rel): data for rel, data in files.items()}, batch_size=64)
 
     @_translate_errors
+    def put_folder(self, local: Path, rel: str) -> None:
+        """Copy every file below a local folder to below ``rel`` (not atomically: for staging)."""
+        files = local.rglob("*")
+        self.put_many(
+            {
+                f"{rel}/{path.relative_to(local).as_posix()}": path.read_bytes()
+                for path in files
+                if path.is_file()
+            }
+        )
+
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
 

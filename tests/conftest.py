@@ -91,8 +91,8 @@ _PEAK_RSS = """
 import json, resource, sys
 from genai_pipeline import stages
 from genai_pipeline.config import JobSpec
-from genai_pipeline.datasets.base import DatasetRef
-from genai_pipeline.runs import ModelRef, Run
+from genai_pipeline.refs import DatasetRef, ModelRef
+from genai_pipeline.runs import Run
 
 job = JobSpec.model_validate_json(sys.argv[1])
 dataset, model = DatasetRef(**json.loads(sys.argv[2])), ModelRef(**json.loads(sys.argv[3]))

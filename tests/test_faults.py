@@ -36,7 +36,8 @@ from genai_pipeline.config import DatasetSpec
 from genai_pipeline.datasets.sources import read_dataset
 from genai_pipeline.errors import ConfigError, DatasetError, PipelineError, StorageError
 from genai_pipeline.jobs import load_job
-from genai_pipeline.runs import Run, record_failure
+from genai_pipeline.publishing import record_failure
+from genai_pipeline.runs import Run
 
 RUN_DATE = "2026-03-01"
 ROWS = 200

@@ -197,6 +197,7 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from genai_pipeline import stages
+    from genai_pipeline.datasets import sources
     from genai_pipeline.errors import DatasetError, StorageError
 
     calls = {"write": 0, "read": 0}
@@ -217,7 +218,7 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(
         calls["read"] += 1
         raise DatasetError(f"{spec.uri}: not a readable PARQUET file (simulated)")
 
-    monkeypatch.setattr(stages, "read_dataset", broken_read)
+    monkeypatch.setattr(sources, "read_dataset", broken_read)
     with pytest.raises(DatasetError, match="simulated"):
         _run(job)
     assert calls["read"] == 1

@@ -6,13 +6,22 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import peak_rss_after_generating, tiny_job
 from PIL import Image
 
-from genai_pipeline.errors import StorageError
-from genai_pipeline.generation import submit_pngs, write_images
+from genai_pipeline import generation, stages
+from genai_pipeline.errors import ConfigError, StorageError
+from genai_pipeline.generation import (
+    image_batch_size,
+    sample_rows,
+    sampling_plan,
+    shard_plan,
+    submit_pngs,
+    write_images,
+)
 from genai_pipeline.models.base import ImageBatch
 from genai_pipeline.runs import Run
 from genai_pipeline.storage import Storage
@@ -88,3 +97,82 @@ def test_memory_stays_flat_for_far_more_samples_than_a_batch(
     print(f"{uri}: peak RSS {first} MiB after {warm:,} samples, {then} MiB after {more:,} more")
     # as one table the 2M rows would be ~155 MiB; holding 120 small manifests grew RSS by ~500 MiB
     assert then - first < 40, f"peak memory grew {then - first} MiB for {more:,} samples"
+
+
+def test_a_sampling_plan_is_one_part_or_one_per_label_and_names_known_labels(tmp_path: Path) -> None:
+    labels = ["Adelie", "Chinstrap", "Gentoo"]
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path), generate={"conditions": {"island": "Dream"}})
+    assert sampling_plan(job, labels) == [({"island": "Dream"}, 120)]
+    per_label = tiny_job(
+        "builtin://penguins", "vae", str(tmp_path), generate={"per_label": {"Gentoo": 5, "Adelie": 0}}
+    )
+    assert sampling_plan(per_label, labels) == [({"species": "Gentoo"}, 5)]
+    every = tiny_job("builtin://penguins", "vae", str(tmp_path), generate={"per_label": 2})
+    assert [count for _, count in sampling_plan(every, labels)] == [2, 2, 2]
+    with pytest.raises(ConfigError, match="generate.per_label.Dodo: 'Dodo' does not occur in the data"):
+        sampling_plan(
+            tiny_job("builtin://penguins", "vae", str(tmp_path), generate={"per_label": {"Dodo": 1}}), labels
+        )
+    with pytest.raises(ConfigError, match="generate.per_label: the dataset has no label"):
+        sampling_plan(every, [])
+    with pytest.raises(ConfigError, match="generate.per_label: the label has over 1000 values"):
+        sampling_plan(every, None)  # the schema lists no more than that
+
+
+def test_images_are_conditioned_by_label_whatever_the_label_column_is_called(tmp_path: Path) -> None:
+    job = tiny_job("builtin://digits", "gan", str(tmp_path), generate={"conditions": {"label": 7}})
+    assert sampling_plan(job, [str(i) for i in range(10)]) == [({"label": 7}, 120)]
+    with pytest.raises(ConfigError, match="generate.conditions.label: 12 does not occur in the data"):
+        sampling_plan(
+            job.model_copy(
+                update={"generate": job.generate.model_copy(update={"conditions": {"label": 12}})}
+            ),
+            ["7"],
+        )
+
+
+def test_shards_split_every_part_of_the_plan_with_seeds_of_their_own(tmp_path: Path) -> None:
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path), generate={"per_label": 5, "shards": 2})
+    labels = ["Adelie", "Gentoo"]
+    first, second = shard_plan(job, labels, 0), shard_plan(job, labels, 1)
+    assert [count for _, count, _ in first] == [3, 3] and [count for _, count, _ in second] == [2, 2]
+    assert len({seed for *_, seed in first + second}) == 4
+    assert shard_plan(job, labels, 0) == first  # reproducible on its own
+
+
+def test_validation_samples_rows_from_the_whole_output_not_just_its_start(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path))
+    for shard, label in enumerate("ABC"):  # as a per-label plan writes them: one label after another
+        table = pa.table({"label": [label] * 300, "n": range(shard * 300, shard * 300 + 300)})
+        pq.write_table(table, tmp_path / f"part-{shard:05d}.parquet", row_group_size=100)
+    parts = [f"part-{shard:05d}.parquet" for shard in range(3)]
+    sample = sample_rows(storage, parts, limit=90, seed=1)
+    assert sample.num_rows == 90 and set(sample.column("label").to_pylist()) == {"A", "B", "C"}
+    numbers = sample.column("n").to_pylist()
+    assert numbers == sorted(numbers) and len(set(numbers)) == 90  # output order, no repeats
+    assert sample_rows(storage, parts, limit=90, seed=1).equals(sample)
+    assert sample_rows(storage, parts, limit=5000, seed=1).num_rows == 900
+
+
+def test_shards_in_one_process_share_one_loaded_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path), generate={"num_samples": 90, "shards": 3})
+    run = Run(job=job, run_date="2026-02-03")
+    dataset = stages.ingest(run)
+    model = stages.train(run, dataset=dataset)
+    loads: list[str] = []
+    real_load = generation.load_model
+    monkeypatch.setattr(generation, "load_model", lambda *args: loads.append(args[1]) or real_load(*args))
+    assert stages.generate(run, model=model, dataset=dataset).num_samples == 90
+    assert loads == [model.uri]  # once for the three shards (on a GPU: one copy in its memory)
+
+
+def test_an_image_batch_too_large_for_memory_is_clipped_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert image_batch_size(500, (28, 28, 1), max_mb=1024) == 500  # digits: as asked
+    with caplog.at_level("WARNING", logger="genai_pipeline.generation"):
+        clipped = image_batch_size(100_000, (512, 512, 3), max_mb=1024)
+    assert clipped == 273  # 1 GiB / (512·512·3 pixels × 5 bytes)
+    assert "generate.batch_size: 100000 images of 512×512×3 would take 375000 MiB" in caplog.text

@@ -82,7 +82,7 @@ def _stage(job: JobSpec, run_date: str = RUN_DATE) -> Staged:
     generated = stages.generate(run, model=model, dataset=dataset)
     report = stages.validate(run, dataset=dataset, generated=generated)
     assert report.passed, report.failures
-    return Staged(run, {"dataset": dataset, "model": model, "generated": generated, "report": report})
+    return Staged(run, {"dataset": dataset, "model": model, "generated": generated, "verdict": report})
 
 
 def _read_published(storage: Storage) -> tuple[str, pa.Table]:
@@ -219,7 +219,7 @@ def test_two_runs_of_one_date_publish_one_after_the_other_never_interleaved(
 
         return held_for()
 
-    monkeypatch.setattr("genai_pipeline.runs.publish_lock", timed_lock)
+    monkeypatch.setattr("genai_pipeline.publishing.publish_lock", timed_lock)
     barrier = threading.Barrier(2)
     results: list[Any] = []
 
@@ -287,7 +287,7 @@ def test_an_export_that_fails_after_its_data_switch_is_finished_not_called_faile
 ) -> None:
     """The endpoint dies right after the data file is switched in and stays away past the export's
     retries: readers see the run, whole. The failure handler then finishes the publish."""
-    from genai_pipeline.runs import live_run_id, record_failure
+    from genai_pipeline.publishing import live_run_id, record_failure
 
     staged = _stage(_job(f"s3://{BUCKET}/switched", _options(endpoint)))
     real_move = Storage.move

@@ -14,8 +14,10 @@ from PIL import Image
 
 from genai_pipeline import stages
 from genai_pipeline.config import JobSpec
+from genai_pipeline.datasets import sources
 from genai_pipeline.errors import ConfigError, DatasetError
-from genai_pipeline.runs import GeneratedRef, QualityReport, Run
+from genai_pipeline.refs import GeneratedRef, QualityVerdict
+from genai_pipeline.runs import Run
 
 LABELS = ["cat / kitten", "ünïcode label", ".."]
 
@@ -59,7 +61,7 @@ def test_odd_labels_survive_in_the_manifest_and_cannot_escape_in_paths(tmp_path:
         assert (root / run.staging / path).resolve().is_relative_to(root / run.staging)
     report = stages.validate(run, dataset=dataset, generated=generated)
     assert report.passed, report.failures
-    published = stages.export(run, dataset=dataset, model=model, generated=generated, report=report)
+    published = stages.export(run, dataset=dataset, model=model, generated=generated, verdict=report)
     assert json.loads((root / f"_runs/{run.run_id}.json").read_text())["status"] == "published"
     assert published.num_samples == 30
     pngs = [p.relative_to(root).as_posix() for p in root.rglob("*.png")]
@@ -154,7 +156,7 @@ def test_conditions_on_other_columns_are_met_and_compared_with_matching_rows(tmp
     assert 0 < overall["value"] <= 1 and overall["threshold"] is None and overall["passed"]
 
 
-def _validated(job: JobSpec) -> QualityReport:
+def _validated(job: JobSpec) -> QualityVerdict:
     run = Run(job=job, run_date="2026-02-03")
     dataset = stages.ingest(run)
     model = stages.train(run, dataset=dataset)
@@ -201,7 +203,7 @@ def test_reuse_latest_generates_from_the_last_published_model(tmp_path: Path) ->
         model = stages.train(run, dataset=dataset)
         generated = stages.generate(run, model=model, dataset=dataset)
         report = stages.validate(run, dataset=dataset, generated=generated)
-        stages.export(run, dataset=dataset, model=model, generated=generated, report=report)
+        stages.export(run, dataset=dataset, model=model, generated=generated, verdict=report)
         return run, model
 
     _, first = run_once(reuse="latest")  # nothing published yet: trains
@@ -239,7 +241,7 @@ def test_a_run_stages_its_suite_data_docs_report_and_holdout_metrics(tmp_path: P
     assert rows[("tstr", "species")]["value"] > 0 and rows[("trtr", "species")]["value"] > 0.9
     assert {"utility_ratio", "memorised_share", "nndr", "holdout_nndr"} <= {metric for metric, _ in rows}
     assert rows[("dcr_share", None)]["severity"] == "warning" and not rows[("dcr_share", None)]["passed"]
-    published = stages.export(run, dataset=dataset, model=model, generated=generated, report=report)
+    published = stages.export(run, dataset=dataset, model=model, generated=generated, verdict=report)
     assert published.manifest["warnings"] == report.warnings
     assert published.manifest["report"].endswith("quality/run_date=2026-02-03/report.html")
 
@@ -252,7 +254,8 @@ def test_copied_training_rows_fail_the_memorisation_gate(tmp_path: Path) -> None
     copies = pq.read_table(root / dataset.snapshot)
     (root / run.staged(run.data_file)).parent.mkdir(parents=True)
     pq.write_table(copies, root / run.staged(run.data_file))
-    report = stages.validate(run, dataset=dataset, generated=GeneratedRef(copies.num_rows, 0.0))
+    generated = GeneratedRef(data_file=run.staged(run.data_file), num_samples=copies.num_rows, seconds=0.0)
+    report = stages.validate(run, dataset=dataset, generated=generated)
     assert not report.passed and "memorised_share=1.000 > 0.1" in report.failures
 
 
@@ -324,7 +327,10 @@ def test_copied_training_images_fail_the_memorisation_gate(tmp_path: Path) -> No
     real = read_snapshot(run.storage(), dataset.snapshot, dataset.label)
     copies = ImageBatch(images=real.images[:200], labels=real.labels[:200])
     count = write_images([copies, copies], run.storage(), run, model_name="copies")
-    generated = stages.combine_shards(run, [GeneratedRef(count, 0.0)])
+    shard = GeneratedRef(
+        data_file=run.staged(run.shard_part(0)), num_samples=count, seconds=0.0, image_root=run.staging
+    )
+    generated = stages.combine_shards(run, [shard])
     report = stages.validate(run, dataset=dataset, generated=generated)
     assert "memorised_share=1.000 > 0.1" in report.failures
     assert "duplicate_share=0.500 > 0.1" in report.failures
@@ -355,7 +361,7 @@ def test_shards_split_the_work_reproducibly_and_a_staged_shard_is_not_redone(tmp
     assert combined.column("sample_id").to_pylist() == ids
     assert not (root / run.staged("shards")).exists() or not any((root / run.staged("shards")).iterdir())
     report = stages.validate(run, dataset=dataset, generated=generated)
-    published = stages.export(run, dataset=dataset, model=model, generated=generated, report=report)
+    published = stages.export(run, dataset=dataset, model=model, generated=generated, verdict=report)
     data = [rel for rel in published.files if rel.startswith("data/")]
     assert data == [run.data_file] and published.num_samples == 100
 
@@ -368,8 +374,8 @@ def test_an_unchanged_source_is_read_once_and_a_changed_one_again(
     source = tmp_path / "rows.csv"
     source.write_text("a,b\n" + "".join(f"{i},{i % 3}\n" for i in range(60)))
     reads = []
-    real_read = stages.read_dataset
-    monkeypatch.setattr(stages, "read_dataset", lambda spec: reads.append(spec.uri) or real_read(spec))
+    real_read = sources.read_dataset
+    monkeypatch.setattr(sources, "read_dataset", lambda spec: reads.append(spec.uri) or real_read(spec))
     job = tiny_job(str(source), "vae", str(tmp_path / "out"))
     first = stages.ingest(Run(job=job, run_date="2026-02-03"))
     second = stages.ingest(Run(job=job, run_date="2026-02-04"))
@@ -384,52 +390,12 @@ def test_an_unchanged_source_is_read_once_and_a_changed_one_again(
     assert len(reads) == 3
 
 
-def test_validation_samples_rows_from_the_whole_output_not_just_its_start(tmp_path: Path) -> None:
-    from genai_pipeline.storage import Storage
-
-    storage = Storage(str(tmp_path))
-    for shard, label in enumerate("ABC"):  # as a per-label plan writes them: one label after another
-        table = pa.table({"label": [label] * 300, "n": range(shard * 300, shard * 300 + 300)})
-        pq.write_table(table, tmp_path / f"part-{shard:05d}.parquet", row_group_size=100)
-    parts = [f"part-{shard:05d}.parquet" for shard in range(3)]
-    sample = stages.sample_rows(storage, parts, limit=90, seed=1)
-    assert sample.num_rows == 90 and set(sample.column("label").to_pylist()) == {"A", "B", "C"}
-    numbers = sample.column("n").to_pylist()
-    assert numbers == sorted(numbers) and len(set(numbers)) == 90  # output order, no repeats
-    assert stages.sample_rows(storage, parts, limit=90, seed=1).equals(sample)
-    assert stages.sample_rows(storage, parts, limit=5000, seed=1).num_rows == 900
-
-
-def test_shards_in_one_process_share_one_loaded_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    job = tiny_job("builtin://penguins", "vae", str(tmp_path), generate={"num_samples": 90, "shards": 3})
-    run = Run(job=job, run_date="2026-02-03")
-    dataset = stages.ingest(run)
-    model = stages.train(run, dataset=dataset)
-    loads: list[str] = []
-    real_load = stages.load_model
-    monkeypatch.setattr(stages, "load_model", lambda *args: loads.append(args[1]) or real_load(*args))
-    assert stages.generate(run, model=model, dataset=dataset).num_samples == 90
-    assert loads == [model.uri]  # once for the three shards (on a GPU: one copy in its memory)
-
-
-def test_an_image_batch_too_large_for_memory_is_clipped_with_a_warning(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    assert stages.image_batch_size(500, (28, 28, 1), max_mb=1024) == 500  # digits: as asked
-    with caplog.at_level("WARNING", logger="genai_pipeline.stages"):
-        clipped = stages.image_batch_size(100_000, (512, 512, 3), max_mb=1024)
-    assert clipped == 273  # 1 GiB / (512·512·3 pixels × 5 bytes)
-    assert "generate.batch_size: 100000 images of 512×512×3 would take 375000 MiB" in caplog.text
-
-
 def _publish(run: Run) -> None:
     dataset = stages.ingest(run)
     model = stages.train(run, dataset=dataset)
     generated = stages.generate(run, model=model, dataset=dataset)
     report = stages.validate(run, dataset=dataset, generated=generated)
-    stages.export(run, dataset=dataset, model=model, generated=generated, report=report)
+    stages.export(run, dataset=dataset, model=model, generated=generated, verdict=report)
 
 
 def test_a_changed_schema_fails_naming_the_change_unless_the_job_adapts(

@@ -2,7 +2,6 @@
 
 from genai_pipeline.datasets.base import (
     Dataset,
-    DatasetRef,
     ImageData,
     TabularData,
     describe_schema,
@@ -15,7 +14,6 @@ from genai_pipeline.datasets.builtin import BUILTINS
 __all__ = [
     "BUILTINS",
     "Dataset",
-    "DatasetRef",
     "ImageData",
     "TabularData",
     "describe_schema",

@@ -69,21 +69,6 @@ class ImageData:
 Dataset = TabularData | ImageData
 
 
-@dataclass(frozen=True)
-class DatasetRef:
-    """What crosses a task boundary: where the snapshot is and what it holds (no data)."""
-
-    source: str
-    snapshot: str
-    modality: str
-    fingerprint: str
-    num_rows: int
-    schema: dict[str, Any]
-    label: str | None
-    holdout: str | None = None  # snapshot of the real rows kept from training, for privacy and utility
-    holdout_rows: int = 0
-
-
 def fingerprint(data: Dataset) -> str:
     """A content hash that ignores chunking and file layout: same values → same fingerprint."""
     digest = hashlib.sha256()

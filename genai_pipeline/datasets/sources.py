@@ -26,11 +26,18 @@ from PIL import Image, UnidentifiedImageError
 
 from genai_pipeline.columns import is_supported
 from genai_pipeline.config import DatasetSpec
-from genai_pipeline.datasets.base import Dataset, ImageData, TabularData, content_key
+from genai_pipeline.datasets.base import (
+    Dataset,
+    ImageData,
+    TabularData,
+    content_key,
+    read_snapshot,
+    write_snapshot,
+)
 from genai_pipeline.datasets.builtin import BUILTINS
 from genai_pipeline.errors import DatasetError
 from genai_pipeline.runs import PARTITION_KEY
-from genai_pipeline.storage import open_filesystem
+from genai_pipeline.storage import Storage, open_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,24 @@ _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 _JUNK_FILES = {"thumbs.db", "desktop.ini"}
 #: at most this much of a reader's error is quoted: a parse error of a binary file quotes the bytes
 _DETAIL_CHARS = 160
+
+
+def read_source(spec: DatasetSpec, storage: Storage, cache: str) -> Dataset:
+    """The job's dataset: read from its source, or from the copy kept below ``cache`` the last
+    time, when the source's files are unchanged (same sizes and ETags/mtimes). One copy is kept per
+    job: a new one replaces the old. Built-ins, and jobs with ``dataset.cache: false``, are read."""
+    if spec.is_builtin or not spec.cache:
+        return read_dataset(spec)
+    cached = f"{cache}/source-{source_stamp(spec)}.parquet"
+    if storage.exists(cached):
+        log.info(
+            "dataset: %s is unchanged since it was last read: using %s", spec.uri, storage.url_of(cached)
+        )
+        return read_snapshot(storage, cached, spec.label)
+    data = read_dataset(spec)
+    write_snapshot(data, storage, cached)
+    storage.delete(rel for rel in storage.list_files(cache) if rel != cached)
+    return data
 
 
 def read_dataset(spec: DatasetSpec) -> Dataset:

@@ -322,6 +322,14 @@ def run_suite(suite: Any, frame: pd.DataFrame, docs: Path | None = None) -> Suit
     )
 
 
+def check_data(suite: Any, data: TabularData | ImageData, docs: Path | None = None) -> SuiteResult:
+    """Run a suite on a table, or on the per-image stats frame of images (see :func:`run_suite`)."""
+    frame = (
+        table_frame(data.table) if isinstance(data, TabularData) else image_stats(data.images, data.labels)
+    )
+    return run_suite(suite, frame, docs)
+
+
 #: Data Docs' static assets worth copying: stylesheets (its images and fonts are 3 MB of decoration)
 DOCS_ASSETS = ("*.html", "static/styles/*.css")
 

@@ -13,6 +13,8 @@ from typing import Any
 import pyarrow as pa
 
 from genai_pipeline.config import GATES, ValidateSpec
+from genai_pipeline.quality.expectations import SuiteResult
+from genai_pipeline.refs import QualityVerdict
 
 METRICS_SCHEMA = pa.schema(
     [
@@ -69,3 +71,17 @@ class MetricRows:
 
     def table(self) -> pa.Table:
         return pa.Table.from_pylist(self.rows, schema=METRICS_SCHEMA)
+
+
+def judge(rows: MetricRows, suite: SuiteResult, report_file: str) -> QualityVerdict:
+    """The run's verdict: failed by any failed critical expectation or metric past an ``error``
+    threshold, flagged by the ``warning`` ones."""
+    return QualityVerdict(
+        passed=not (suite.failures or rows.misses("error")),
+        failures=suite.failures + rows.misses("error"),
+        warnings=suite.warnings + rows.misses("warning"),
+        metrics=rows.rows,
+        expectations_evaluated=suite.evaluated,
+        expectations_failed=suite.failed,
+        report_file=report_file,
+    )
