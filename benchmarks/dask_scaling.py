@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from benchmark_data import load_adult
 
-from genai_pipeline.settings import apply_prefect_defaults
+from flows.settings import apply_prefect_defaults
 
 apply_prefect_defaults()
 

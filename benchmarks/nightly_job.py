@@ -71,7 +71,7 @@ def main() -> None:
         if metric["scope"] != "column":
             print(f"  {metric['metric']}: {metric['value']:.3f} (threshold {metric['threshold']})")
     if args.prefect:
-        from genai_pipeline.settings import apply_prefect_defaults
+        from flows.settings import apply_prefect_defaults
 
         apply_prefect_defaults()
         from flows.synthesize import synthesize

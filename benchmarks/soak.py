@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")  # a failed run's traceback is an outcome here
 
-from genai_pipeline.settings import apply_prefect_defaults  # noqa: E402
+from flows.settings import apply_prefect_defaults  # noqa: E402
 
 apply_prefect_defaults()
 

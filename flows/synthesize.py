@@ -12,7 +12,7 @@ import os
 import re
 from typing import Any
 
-from genai_pipeline.settings import apply_prefect_defaults
+from flows.settings import apply_prefect_defaults
 
 apply_prefect_defaults()
 

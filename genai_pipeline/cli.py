@@ -28,10 +28,7 @@ def _load(args: argparse.Namespace) -> JobSpec:
 def _run(args: argparse.Namespace) -> int:
     job = _load(args)
     run_date = parse_run_date(args.run_date)
-    from genai_pipeline.settings import apply_prefect_defaults
-
-    apply_prefect_defaults()
-    from flows.synthesize import synthesize
+    from flows.synthesize import synthesize  # Prefect's environment defaults first, then Prefect
 
     route = f"{job.dataset.uri} → {job.model.family} → {job.export.output}"
     print(f"running job {job.name!r} for {run_date}: {route}", flush=True)
@@ -73,7 +70,7 @@ def _datasets(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from genai_pipeline import deploy
+    from flows import deploy
 
     state = Path(args.state_dir)
     if args.stop:
@@ -103,7 +100,7 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _trigger(args: argparse.Namespace) -> int:
-    from genai_pipeline import deploy
+    from flows import deploy
 
     parameters = parse_overrides(args.param or [], option="--param")
     if args.set:

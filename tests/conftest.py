@@ -12,11 +12,12 @@ import pytest
 # Prefect reads its settings at import: give the whole test session its own home first.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="genai-pipeline-prefect-"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-from genai_pipeline.settings import apply_prefect_defaults  # noqa: E402
+from flows.settings import apply_prefect_defaults  # noqa: E402
 
 apply_prefect_defaults()
 
 from genai_pipeline.config import JobSpec  # noqa: E402
+from genai_pipeline.errors import ConfigError  # noqa: E402
 from genai_pipeline.jobs import build_job  # noqa: E402
 
 S3_KEY, S3_SECRET = "test-access-key", "test-secret-d0-not-leak"
@@ -58,6 +59,19 @@ def s3_env(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[s
 
 
 S3_OPTIONS = {"endpoint_url": "${TEST_S3_ENDPOINT}", "key": "${TEST_S3_KEY}", "secret": "${TEST_S3_SECRET}"}
+
+
+#: the smallest valid job: penguins, tabular VAE
+BASE_JOB = {"name": "j", "dataset": {"uri": "builtin://penguins"}, "model": {"family": "vae"}}
+
+
+def spec_error(data: dict[str, Any], **kwargs: Any) -> str:
+    """The one-line ConfigError a job's data fails with (``build_job``'s keyword arguments apply)."""
+    with pytest.raises(ConfigError) as caught:
+        build_job(data, source="job.yaml", **kwargs)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
 
 
 def tiny_job(uri: str, family: str, output: str, **sections: Any) -> JobSpec:

@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 import pytest
 import yaml
 
-from genai_pipeline import deploy
+from flows import deploy
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
