@@ -1,31 +1,14 @@
-"""Job specs: valid ones load, every bad one fails with one line naming the field."""
+"""The job spec's models: what a job may say, what is inferred, what is refused, what is masked."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from conftest import BASE_JOB as BASE
+from conftest import spec_error as _error
 
 from genai_pipeline.errors import ConfigError
-from genai_pipeline.jobs import build_job, load_job, parse_overrides, parse_run_date
+from genai_pipeline.jobs import build_job
 from genai_pipeline.storage import resolve_options
-
-JOBS = sorted((Path(__file__).parents[1] / "deployments" / "jobs").glob("*.yaml"))
-BASE = {"name": "j", "dataset": {"uri": "builtin://penguins"}, "model": {"family": "vae"}}
-
-
-def _error(data: dict, **kwargs) -> str:
-    with pytest.raises(ConfigError) as caught:
-        build_job(data, source="job.yaml", **kwargs)
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
-
-
-@pytest.mark.parametrize("path", JOBS, ids=[p.stem for p in JOBS])
-def test_example_jobs_are_valid(path: Path) -> None:
-    job = load_job(path)
-    assert job.name and job.generate.num_samples > 0
 
 
 def test_builtins_bring_their_format_and_label() -> None:
@@ -81,41 +64,6 @@ def test_bad_values_name_their_field(patch: dict, expected: str) -> None:
     assert expected in _error({**BASE, **patch})
 
 
-def test_missing_sections_and_non_mappings() -> None:
-    assert "dataset: Field required" in _error({"name": "x", "model": {"family": "vae"}})
-    assert "a job must be a mapping" in _error(["not", "a", "job"])  # type: ignore[arg-type]
-
-
-def test_files_missing_or_not_yaml(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="job file not found"):
-        load_job(tmp_path / "nope.yaml")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("name: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML at line \d"):
-        load_job(bad)
-    unsafe = tmp_path / "unsafe.yaml"
-    unsafe.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        load_job(unsafe)
-
-
-def test_overrides_change_a_job_without_editing_it() -> None:
-    overrides = parse_overrides(
-        ["train.epochs=5", "generate.conditions.species=Adelie", "export.output=s3://b/p"]
-    )
-    job = build_job(BASE, overrides=overrides)
-    assert job.train.epochs == 5
-    assert job.generate.conditions == {"species": "Adelie"}
-    assert job.export.output == "s3://b/p"
-    assert "train.epochs: Input should be greater" in _error(
-        BASE, overrides=parse_overrides(["train.epochs=-1"])
-    )
-    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
-        parse_overrides(["train.epochs"])
-    with pytest.raises(ConfigError, match="name is not a section"):
-        build_job(BASE, overrides={"name.x": 1})
-
-
 def test_literal_secrets_are_masked_and_env_references_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     job = build_job(
         {
@@ -144,10 +92,3 @@ def test_literal_secrets_are_masked_and_env_references_kept(monkeypatch: pytest.
         ConfigError, match="storage_options.endpoint_url: environment variable S3_URL is not set"
     ):
         resolve_options(job.export.storage_options)
-
-
-def test_run_dates() -> None:
-    assert parse_run_date("2026-03-04") == "2026-03-04"
-    assert len(parse_run_date(None)) == 10
-    with pytest.raises(ConfigError, match="--run-date: expected YYYY-MM-DD"):
-        parse_run_date("04/03/2026")

@@ -1,0 +1,74 @@
+"""Which metrics a run gets, on which rows: scoring from data and specs alone, no run or storage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from genai_pipeline.config import ValidateSpec
+from genai_pipeline.datasets import BUILTINS, ImageData
+from genai_pipeline.quality.gate import MetricRows
+from genai_pipeline.quality.scoring import score_images, score_tables
+
+PENGUINS = BUILTINS["penguins"].load()
+
+
+def _metrics(rows: MetricRows, scope: str) -> dict[str | None, dict[str, float]]:
+    out: dict[str | None, dict[str, float]] = {}
+    for row in rows.rows:
+        if row["scope"] == scope:
+            out.setdefault(row["column"], {})[row["metric"]] = row["value"]
+    return out
+
+
+def test_a_conditioned_table_run_is_compared_with_the_real_rows_that_meet_its_conditions() -> None:
+    dream = PENGUINS.filter(pc.equal(PENGUINS.column("island"), "Dream"))
+    rows = MetricRows("r", ValidateSpec())
+    charts = score_tables(
+        rows, PENGUINS, None, dream, target="species", conditions={"island": "Dream"}, per_label=False, seed=0
+    )
+    shapes = {column: values["column_shape"] for column, values in _metrics(rows, "column").items()}
+    assert "island" not in shapes and min(shapes.values()) == pytest.approx(1.0)
+    assert charts["real"].num_rows == dream.num_rows and "island" not in charts["synthetic"].column_names
+    table = _metrics(rows, "table")[None]
+    assert table["column_shapes"] == pytest.approx(1.0)
+    assert "dcr_share" not in table  # no holdout, no privacy or utility
+
+
+def test_per_label_counts_leave_the_label_out_and_a_holdout_brings_privacy_and_utility() -> None:
+    order = np.random.default_rng(0).permutation(PENGUINS.num_rows)
+    train, holdout = PENGUINS.take(pa.array(order[100:])), PENGUINS.take(pa.array(order[:100]))
+    rows = MetricRows("r", ValidateSpec())
+    score_tables(rows, train, holdout, train, target="species", conditions={}, per_label=True, seed=0)
+    assert "species" not in _metrics(rows, "column")
+    table = _metrics(rows, "table")
+    assert table[None]["memorised_share"] == 1.0  # the "synthetic" rows are the training rows
+    assert 0 < table["species"]["utility_ratio"] <= 1.5
+
+
+def test_an_image_run_of_one_label_asks_for_no_classifier() -> None:
+    images, labels = BUILTINS["digits"].load()
+    ones = ImageData(images=images[labels == "1"], labels=labels[labels == "1"])
+
+    def no_classifier() -> None:
+        raise AssertionError("a classifier of one label tells nothing")
+
+    for conditioned in (False, True):
+        rows = MetricRows("r", ValidateSpec())
+        charts = score_images(
+            rows,
+            ones,
+            None,
+            ones,
+            classifier=no_classifier,
+            conditioned=conditioned,
+            seed=0,
+            cas_seed=0,
+            cas_steps=10,
+        )
+        metrics = _metrics(rows, "images")[None]
+        assert metrics["pixel_histogram"] == 1.0 and metrics["memorised_share"] == 1.0
+        assert ("label_distribution" in metrics) is not conditioned
+        assert charts["synthetic_images"][0] is ones.images
