@@ -20,14 +20,9 @@ from PIL import Image
 
 from genai_pipeline.config import ValidateSpec
 from genai_pipeline.datasets import BUILTINS, TabularData
+from genai_pipeline.quality.charts import REAL_COLOUR, SYNTHETIC_COLOUR, THUMBNAIL_PX
 from genai_pipeline.quality.expectations import derive_suite, run_suite, table_frame
-from genai_pipeline.quality.report import (
-    REAL_COLOUR,
-    SYNTHETIC_COLOUR,
-    THUMBNAIL_PX,
-    ReportInput,
-    render_report,
-)
+from genai_pipeline.quality.report import ReportInput, render_report
 from genai_pipeline.quality.tabular import column_coverage, column_shapes, pair_trend_details
 
 PENGUINS = BUILTINS["penguins"].load()
