@@ -2,7 +2,8 @@
 
 The pydantic models below declare what a job may say, and nothing else lives here: reading a
 job file, overrides and the run date are :mod:`genai_pipeline.jobs`; a family's hyper-parameters
-are its own ``Config`` (:mod:`genai_pipeline.models`), built on :class:`StrictModel` like these.
+are its own ``Config`` (:mod:`genai_pipeline.models`), built on
+:class:`~genai_pipeline.strict.StrictModel` like these.
 Every model forbids unknown keys, so a typo fails at load time with one line naming the field,
 before anything starts. Storage
 credentials are kept as ``SecretStr`` so that every serialisation of a spec (Prefect parameters,
@@ -13,8 +14,6 @@ kept as they are and expanded from the environment only when storage is opened.
 from __future__ import annotations
 
 import re
-import types
-import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -23,12 +22,12 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from genai_pipeline.datasets.builtin import BUILTINS
+from genai_pipeline.strict import StrictModel
 
 Modality = Literal["tabular", "image"]
 DatasetFormat = Literal["parquet", "csv", "imagefolder", "image_parquet"]
@@ -74,55 +73,6 @@ def _protect_secrets(options: Any) -> Any:
             for key, value in options.items()
         }
     return options
-
-
-def _plain_types(annotation: Any) -> set[Any]:
-    """The types a field annotation admits at its top level (through ``X | None`` and ``Annotated``)."""
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is Literal:
-        return {type(arg) for arg in args}
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated):
-        return set().union(*(_plain_types(arg) for arg in args))
-    return {annotation}
-
-
-def _item_types(annotation: Any) -> set[Any]:
-    """The types the items of a list, tuple or set field (or a mapping's values) may have."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType, typing.Annotated):
-        return set().union(*(_item_types(arg) for arg in args))
-    if origin in (list, tuple, set, frozenset):
-        return set().union(*(_plain_types(arg) for arg in args if arg is not Ellipsis))
-    if origin is dict:
-        return _plain_types(args[1])
-    return set()
-
-
-def _wants_numbers(admitted: set[Any]) -> bool:
-    return bool not in admitted and bool(admitted & {int, float})
-
-
-class StrictModel(BaseModel):
-    """Base of every spec model and of every family's hyper-parameters: unknown keys are errors,
-    values are re-checked on assignment, and a number is never read from true/false."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """``epochs: yes`` is YAML for true, which pydantic would take as 1: a number field wants a
-        number, and so do the items of a list of numbers (``hidden: [yes]``)."""
-        if info.field_name is None:
-            return value
-        annotation = cls.model_fields[info.field_name].annotation
-        if isinstance(value, bool) and _wants_numbers(_plain_types(annotation)):
-            raise ValueError("expected a number, not true/false")
-        items = list(value.values()) if isinstance(value, dict) else value
-        some_boolean = isinstance(items, list | tuple) and any(isinstance(item, bool) for item in items)
-        if some_boolean and _wants_numbers(_item_types(annotation)):
-            raise ValueError("expected numbers, not true/false")
-        return value
 
 
 class DatasetSpec(StrictModel):

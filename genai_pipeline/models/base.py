@@ -30,10 +30,11 @@ from safetensors.torch import save as save_tensors
 from torch import nn
 
 import genai_pipeline
-from genai_pipeline.config import JobSpec, StrictModel, TrainSpec
+from genai_pipeline.config import JobSpec, TrainSpec
 from genai_pipeline.datasets.base import Dataset
 from genai_pipeline.errors import ConfigError, format_validation_error
 from genai_pipeline.storage import Storage
+from genai_pipeline.strict import StrictModel
 from genai_pipeline.training import CheckpointStore, FitReport
 
 
