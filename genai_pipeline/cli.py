@@ -16,6 +16,7 @@ from pathlib import Path
 from genai_pipeline.config import JobSpec
 from genai_pipeline.errors import ConfigError, PipelineError
 from genai_pipeline.jobs import load_job, parse_overrides, parse_run_date
+from genai_pipeline.runs import check_run_date, check_run_id
 
 
 def _load(args: argparse.Namespace) -> JobSpec:
@@ -103,6 +104,10 @@ def _trigger(args: argparse.Namespace) -> int:
     from flows import deploy
 
     parameters = parse_overrides(args.param or [], option="--param")
+    if "run_id" in parameters:  # it names folders: refused here, before anything is triggered
+        check_run_id(parameters["run_id"], field="--param run_id")
+    if "run_date" in parameters:
+        parameters["run_date"] = check_run_date(str(parameters["run_date"]), field="--param run_date")
     if args.set:
         parse_overrides(args.set)  # checked here, applied by the flow
         parameters["overrides"] = list(args.set)

@@ -20,11 +20,13 @@ one, never a mix, a partial run or a failed one.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 import urllib.parse
 from dataclasses import dataclass, field
 
 from genai_pipeline.config import JobSpec
+from genai_pipeline.errors import ConfigError
 from genai_pipeline.storage import Storage
 
 #: the Hive-style partition of every published folder (data/run_date=…/): no column may be named so
@@ -48,6 +50,30 @@ def new_run_id() -> str:
     return dt.datetime.now(dt.UTC).strftime(RUN_ID_TIME) + "-" + secrets.token_hex(3)
 
 
+#: what a run id may be (it names the run's staging folder and manifest): letters, digits, ``_ . -``
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_run_id(run_id: str, *, field: str = "run_id") -> str:
+    """A run id that is safe as one path segment, or ConfigError naming ``field``: it comes from
+    flow parameters (``trigger --param run_id=…``) too, and ``../..`` would name the output root."""
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id) or ".." in run_id:
+        raise ConfigError(
+            f"{field}: {run_id!r} is not a run id (letters, digits and _ . - only, at most 128, no '..')"
+        )
+    return run_id
+
+
+def check_run_date(run_date: str, *, field: str = "run_date") -> str:
+    """A run date as YYYY-MM-DD (it names the partition of every published folder)."""
+    try:
+        if isinstance(run_date, str) and dt.date.fromisoformat(run_date).isoformat() == run_date:
+            return run_date
+    except ValueError:
+        pass
+    raise ConfigError(f"{field}: expected YYYY-MM-DD (got {run_date!r})")
+
+
 def run_started(run_id: str) -> dt.datetime | None:
     """When the run of a :func:`new_run_id` id started; None for an id made otherwise."""
     try:
@@ -69,6 +95,11 @@ class Run:
     job: JobSpec
     run_date: str
     run_id: str = field(default_factory=new_run_id)
+
+    def __post_init__(self) -> None:
+        """Both identifiers become paths: checked here, where every run enters."""
+        check_run_id(self.run_id)
+        check_run_date(self.run_date)
 
     @property
     def root_url(self) -> str:

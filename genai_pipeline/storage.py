@@ -25,7 +25,7 @@ from typing import IO, Any, ParamSpec, TypeVar
 import fsspec
 from pydantic import SecretStr
 
-from genai_pipeline.errors import ConfigError, PipelineError, StorageError
+from genai_pipeline.errors import ConfigError, PipelineError, StorageError, UnsafePath
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -101,8 +101,20 @@ class Storage:
         return self.protocol == "file"
 
     def path(self, rel: str) -> str:
-        """The filesystem path of a relative key."""
-        return posixpath.join(self.root, rel) if rel else self.root
+        """The filesystem path of a relative key; one that would leave the root (absolute, or with
+        a ``..`` segment) is refused: every read, write, move and delete goes through here, so no
+        identifier that slipped into a path can reach another job's files."""
+        if not rel:
+            return self.root
+        if rel.startswith("/") or ".." in rel.split("/"):
+            raise UnsafePath(f"{rel!r}: a path that leaves {self.url} is refused")
+        return posixpath.join(self.root, rel)
+
+    def _below_root(self, rel: str) -> str:
+        """The path of something to remove: never the root itself."""
+        if posixpath.normpath(rel or ".") == ".":
+            raise UnsafePath(f"{rel!r}: removing the whole of {self.url} is refused")
+        return self.path(rel)
 
     def url_of(self, rel: str) -> str:
         """A URL a person (or pandas) can open."""
@@ -242,15 +254,15 @@ class Storage:
         if self.is_local:
             for src, dst in pairs:
                 os.makedirs(os.path.dirname(self.path(dst)), exist_ok=True)
-                os.replace(self.path(src), self.path(dst))
+                os.replace(self._below_root(src), self.path(dst))
             return
-        sources = [self.path(src) for src, _ in pairs]
+        sources = [self._below_root(src) for src, _ in pairs]
         self.fs.copy(sources, [self.path(dst) for _, dst in pairs])
         self.fs.rm(sources)
 
     @_translate_errors
     def delete(self, rels: Iterable[str]) -> None:
-        paths = [self.path(rel) for rel in rels]
+        paths = [self._below_root(rel) for rel in rels]
         if paths:
             self.fs.rm(paths)
 
@@ -258,7 +270,7 @@ class Storage:
     def delete_tree(self, rel: str) -> None:
         """Remove everything below ``rel``; nothing happens when it does not exist."""
         with suppress(FileNotFoundError):
-            self.fs.rm(self.path(rel), recursive=True)
+            self.fs.rm(self._below_root(rel), recursive=True)
 
 
 def _local_atomic(path: str) -> Iterator[IO[bytes]]:

@@ -33,6 +33,9 @@ def test_check_accepts_a_valid_job_with_overrides(capsys: pytest.CaptureFixture[
         (["check", "missing.yaml"], "missing.yaml: job file not found"),
         (["check", JOB, "--set", "nonsense"], "--set 'nonsense': expected KEY=VALUE"),
         (["run", JOB, "--run-date", "yesterday"], "--run-date: expected YYYY-MM-DD"),
+        # identifiers that become paths, refused before a deployment is even looked up
+        (["trigger", "penguins-vae", "--param", "run_id=../.."], "--param run_id: '../..' is not a run id"),
+        (["trigger", "penguins-vae", "--param", "run_date=../x"], "--param run_date: expected YYYY-MM-DD"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(

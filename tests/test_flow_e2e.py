@@ -17,7 +17,7 @@ from conftest import S3_OPTIONS, tiny_job
 from PIL import Image
 
 from genai_pipeline.datasets.builtin import BUILTINS
-from genai_pipeline.errors import QualityGateFailed
+from genai_pipeline.errors import ConfigError, QualityGateFailed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 RUN_DATE = "2026-01-02"
@@ -67,6 +67,21 @@ def _latest_artifact(key: str) -> str:
             sort=ArtifactSort.CREATED_DESC,
         )
     return str(artifact.data)
+
+
+def test_a_run_id_that_would_leave_the_output_is_refused_and_nothing_is_touched(tmp_path: Path) -> None:
+    """A flow parameter is user input: run_id "../.." named the output root, whose every job's
+    files the publish then deleted with the run's staging area."""
+    from flows.synthesize import synthesize
+
+    other = tmp_path / "another-job" / "data" / "part-00000.parquet"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"PAR1")
+    job = tiny_job("builtin://penguins", "vae", str(tmp_path))
+    for run_id in ("../..", "a/b", ".."):
+        with pytest.raises(ConfigError, match="run_id: .* is not a run id"):
+            synthesize(job=job, run_date=RUN_DATE, run_id=run_id)
+    assert other.read_bytes() == b"PAR1" and not (tmp_path / "tiny").exists()
 
 
 def test_rerun_for_the_same_date_replaces_the_partition(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import S3_OPTIONS
 
-from genai_pipeline.errors import StorageError
+from genai_pipeline.errors import StorageError, UnsafePath
 from genai_pipeline.storage import Storage
 
 
@@ -56,3 +56,30 @@ def test_unreachable_endpoint_is_a_storage_error(tmp_path: Path) -> None:
     )
     with pytest.raises(StorageError, match=r"s3://bucket/x/f.txt"):
         storage.write_bytes("f.txt", b"data")
+
+
+@pytest.mark.parametrize("rel", ["../other-job/data.parquet", "a/../../b", "/etc/passwd", ".."])
+def test_no_path_leaves_the_root_and_the_root_itself_is_never_deleted(
+    tmp_path: Path, s3_env: dict[str, str], rel: str
+) -> None:
+    """Whatever identifier a path was built from, reads, writes, moves and deletes stay below the
+    root: a run id of '../..' once removed every job's output."""
+    for storage in _storages(tmp_path, s3_env):
+        storage.write_bytes("keep/x.bin", b"1")
+        attempts = {
+            "write": (storage.write_bytes, rel, b"x"),
+            "read": (storage.read_bytes, rel),
+            "delete": (storage.delete, [rel]),
+            "delete_tree": (storage.delete_tree, rel),
+            "move to": (storage.move, [("keep/x.bin", rel)]),
+            "move from": (storage.move, [(rel, "keep/y.bin")]),
+        }
+        for name, (method, *args) in attempts.items():
+            with pytest.raises(UnsafePath, match="leaves"):
+                method(*args)
+                pytest.fail(f"{name} {rel!r} was allowed")
+        for root in ("", ".", "./"):
+            with pytest.raises(UnsafePath, match="removing the whole of"):
+                storage.delete_tree(root)
+        assert storage.read_bytes("keep/x.bin") == b"1"
+    assert (tmp_path / "root" / "keep" / "x.bin").exists() and (tmp_path / "root").parent.exists()
