@@ -59,6 +59,36 @@ SECRET_KEYS = frozenset(
 _ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 
 
+#: a URL with a user-info part (``s3://KEY:SECRET@bucket``, ``http://user:pass@host``)
+_URL_CREDENTIALS = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@")
+
+
+def _credentials_in_urls(data: Any, where: str = "") -> list[str]:
+    """The fields (dotted) of raw spec data whose value is a URL carrying credentials."""
+    if isinstance(data, dict):
+        return [
+            found for key, value in data.items() for found in _credentials_in_urls(value, f"{where}{key}.")
+        ]
+    if isinstance(data, list):
+        return [
+            found
+            for index, item in enumerate(data)
+            for found in _credentials_in_urls(item, f"{where}{index}.")
+        ]
+    return [where.rstrip(".")] if isinstance(data, str) and _URL_CREDENTIALS.match(data) else []
+
+
+def _refuse_url_credentials(data: Any) -> Any:
+    """Credentials written into a URL would reach logs, task states, manifests and webhooks with
+    it: refused before the value is kept, and without repeating it in the error."""
+    if found := _credentials_in_urls(data):
+        raise ValueError(
+            f"{found[0]}: a URL with credentials in it (user:secret@) is refused; give them in the "
+            "environment (AWS_ACCESS_KEY_ID, …) or as ${VAR} in storage_options"
+        )
+    return data
+
+
 def _protect_secrets(options: Any) -> Any:
     """Wrap literal secret values in ``SecretStr`` (recursively); env references stay visible."""
     if isinstance(options, dict):
@@ -105,13 +135,19 @@ class DatasetSpec(StrictModel):
     )
 
     _protect = field_validator("storage_options")(_protect_secrets)
+    _no_credentials = model_validator(mode="before")(_refuse_url_credentials)
 
     @field_validator("uri")
     @classmethod
-    def _known_builtin(cls, uri: str) -> str:
+    def _readable_uri(cls, uri: str) -> str:
         name = uri.removeprefix("builtin://")
         if uri.startswith("builtin://") and name not in BUILTINS:
             raise ValueError(f"unknown built-in dataset {name!r} (available: {', '.join(sorted(BUILTINS))})")
+        if uri.lower().startswith(("http://", "https://", "ftp://")):
+            raise ValueError(
+                "web URLs are not read (no folder listing, no change stamp for the cache): copy the data "
+                "to a local path or object storage (s3://…)"
+            )
         return uri
 
     @field_validator("image_size")
@@ -379,6 +415,7 @@ class ExportSpec(StrictModel):
     )
 
     _protect = field_validator("storage_options")(_protect_secrets)
+    _no_credentials = model_validator(mode="before")(_refuse_url_credentials)
 
 
 class RetriesSpec(StrictModel):

@@ -147,6 +147,28 @@ def image_batch_size(requested: int, shape: tuple[int, ...], max_mb: int) -> int
     return requested
 
 
+#: a label's image folder name may take at most this many bytes (NAME_MAX of Linux filesystems)
+MAX_FOLDER_BYTES = 255
+
+
+def label_folder(label: str) -> str:
+    """The folder an image of ``label`` goes to: ``label=<percent-encoded label>``."""
+    return f"label={encode_partition_value(label)}"
+
+
+def check_label_folders(labels: Sequence[str]) -> None:
+    """Every label's folder fits one path segment. Checked at ingest: an 80-character CJK label is
+    720 bytes percent-encoded, and its PNGs failed after training with "File name too long",
+    which looked transient and was retried."""
+    for label in labels:
+        if (size := len(label_folder(label).encode())) > MAX_FOLDER_BYTES:
+            shown = label if len(label) <= 24 else label[:24] + "…"
+            raise DatasetError(
+                f"label {shown!r}: {size} bytes as an image folder name (label=<percent-encoded>), "
+                f"at most {MAX_FOLDER_BYTES}: shorten the dataset's labels"
+            )
+
+
 # -- the model -----------------------------------------------------------------------------------
 
 _LOADED: dict[tuple[str, ...], Synthesizer] = {}
@@ -277,7 +299,7 @@ def write_images(
             ids = [f"{run.run_id}-{shard:05d}-{counter + i:08d}" for i in range(len(batch.images))]
             counter += len(batch.images)
             paths = [
-                f"{images_dir}/label={encode_partition_value(label)}/{sample_id}.png"
+                f"{images_dir}/{label_folder(label)}/{sample_id}.png"
                 for sample_id, label in zip(ids, batch.labels.tolist())
             ]
             pending.append(submit_pngs(storage, [run.staged(p) for p in paths], batch.images))
@@ -355,7 +377,7 @@ def read_images(storage: Storage, root: str, manifest: pa.Table) -> ImageData:
     arrays = []
     for path in paths:
         try:
-            arrays.append(np.asarray(Image.open(io.BytesIO(blobs[path]))))
+            arrays.append(np.asarray(Image.open(io.BytesIO(blobs[path]), formats=["PNG"])))
         except OSError as exc:
             raise DatasetError(f"{path}: generated image is not a readable PNG ({exc})") from None
     images = np.stack(arrays)

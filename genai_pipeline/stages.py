@@ -38,6 +38,7 @@ from genai_pipeline.datasets.base import (
 from genai_pipeline.datasets.sources import read_source
 from genai_pipeline.errors import DatasetError, StorageError
 from genai_pipeline.generation import (
+    check_label_folders,
     image_batch_size,
     model_conditions,
     read_images,
@@ -91,6 +92,8 @@ def ingest(run: Run) -> DatasetRef:
     data = read_source(job.dataset, storage, SOURCE_CACHE)
     schema = describe_schema(data)
     _check_schema(run, schema, storage)
+    if isinstance(data, ImageData):
+        check_label_folders(data.label_names)
     plan = sampling_plan(job, label_values(data))
     model_class(data.modality, job.model.family).check_plan(
         data, model_config_for(job), [conditions for conditions, _ in plan]

@@ -117,11 +117,22 @@ class CheckpointStore:
         self.storage.write_bytes(self.rel, buffer.getvalue())
 
     def load(self) -> dict[str, Any] | None:
+        """The checkpoint, or None. One that cannot be loaded (not plain tensors and numbers, so
+        refused without being run; or damaged) is removed with a warning: it would otherwise fail
+        every later run of the same data, config and code, whose checkpoints live here."""
         if not self.storage.exists(self.rel):
             return None
-        return torch.load(
-            io.BytesIO(self.storage.read_bytes(self.rel)), weights_only=True, map_location="cpu"
-        )
+        blob = self.storage.read_bytes(self.rel)  # a storage failure is raised (and retried) as such
+        try:
+            return torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
+        except Exception as exc:
+            log.warning(
+                "%s: not a loadable checkpoint (%s): removed, training starts over",
+                self.storage.url_of(self.rel),
+                type(exc).__name__,
+            )
+            self.storage.delete([self.rel])
+            return None
 
 
 @dataclass

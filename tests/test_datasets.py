@@ -143,6 +143,38 @@ def test_hugging_face_style_parquet_with_class_names(tmp_path: Path) -> None:
         read_dataset(DatasetSpec(uri=str(tmp_path / "plain.parquet"), format="image_parquet", label="y"))
 
 
+@pytest.mark.parametrize(
+    "path", ["../secret.png", "/etc/hostname", "sub/../../secret.png", "file:///etc/hostname"]
+)
+def test_an_image_path_in_a_table_cannot_leave_the_datasets_folder(tmp_path: Path, path: str) -> None:
+    """A row's ``path`` is data: an absolute one or a ``..`` read any file the process could reach."""
+    (tmp_path / "secret.png").write_bytes(_png(9))
+    folder = tmp_path / "dataset"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "ok.png").write_bytes(_png(1))
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    rows = [{"bytes": None, "path": "sub/ok.png"}, {"bytes": None, "path": path}]
+    pq.write_table(pa.table({"image": pa.array(rows, struct), "label": ["a", "b"]}), folder / "t.parquet")
+    spec = DatasetSpec(uri=str(folder / "t.parquet"), format="image_parquet", label="label")
+    with pytest.raises(DatasetError, match=r"t.parquet row 1: image path .* leaves the dataset's folder"):
+        read_dataset(spec)
+    pq.write_table(pa.table({"image": pa.array(rows[:1], struct), "label": ["a"]}), folder / "t.parquet")
+    assert read_dataset(spec).num_rows == 1  # a path below the folder is read
+
+
+def test_images_are_decoded_only_by_the_formats_a_dataset_may_hold(tmp_path: Path) -> None:
+    """The decoder follows the content, not the name: a PCX (or an EPS, which goes to Ghostscript)
+    named .png must not be parsed by a decoder the pipeline never meant to expose."""
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "fine.png").write_bytes(_png(3))
+    buffer = io.BytesIO()
+    Image.new("L", (6, 5), 7).save(buffer, format="PCX")
+    (tmp_path / "b" / "disguised.png").write_bytes(buffer.getvalue())
+    with pytest.raises(DatasetError, match="disguised.png: not a readable image"):
+        read_dataset(DatasetSpec(uri=str(tmp_path), format="imagefolder"))
+
+
 def test_reading_from_s3(s3_server: dict[str, str]) -> None:
     fs = s3fs.S3FileSystem(
         key=s3_server["key"], secret=s3_server["secret"], endpoint_url=s3_server["endpoint_url"]

@@ -144,6 +144,66 @@ def test_bad_job_values_fail_at_load_naming_the_field(
     assert expected in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("sections", "field"),
+    [
+        ({"dataset": {"uri": "s3://AKIAEXAMPLE:hunter2@bucket/rows.csv"}}, "dataset: uri"),
+        ({"export": {"output": "s3://AKIAEXAMPLE:hunter2@bucket/out"}}, "export: output"),
+        ({"export": {"output": "http://admin:hunter2@minio:9000/out"}}, "export: output"),
+        (
+            {
+                "export": {
+                    "output": "s3://b",
+                    "storage_options": {"endpoint_url": "http://u:hunter2@minio:9000"},
+                }
+            },
+            "export: storage_options.endpoint_url",
+        ),
+    ],
+)
+def test_credentials_in_a_url_are_refused_without_repeating_them(
+    tmp_path: Path, sections: dict[str, Any], field: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A secret in a URL reached the console, Prefect's logs and task states, the failed manifest,
+    the artifact and the webhook: refused at load, and the error does not quote it."""
+    path = _job_file(tmp_path, **sections)
+    with pytest.raises(ConfigError) as caught:
+        load_job(path)
+    assert f"{field}: a URL with credentials in it (user:secret@) is refused" in _one_line(caught.value)
+    assert "hunter2" not in str(caught.value)
+    assert main(["check", str(path)]) == 2
+    assert "hunter2" not in "".join(capsys.readouterr())
+
+
+def test_a_web_url_dataset_is_refused_at_load(tmp_path: Path) -> None:
+    """http(s) sources failed at ingest with a raw client error that was retried as transient."""
+    with pytest.raises(ConfigError, match="dataset.uri: web URLs are not read"):
+        load_job(_job_file(tmp_path, dataset={"uri": "https://example.com/penguins.csv"}))
+
+
+def test_a_label_too_long_for_a_folder_name_fails_at_ingest(tmp_path: Path) -> None:
+    """An 80-character CJK label (720 bytes percent-encoded) failed after training with 'File name
+    too long' and was retried; now a permanent DatasetError at ingest, naming the label."""
+
+    def png(value: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("L", (8, 8), value).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    long_label = "猫" * 80
+    table = pa.table({"image": [png(i * 20) for i in range(8)], "label": [long_label, "short"] * 4})
+    pq.write_table(table, tmp_path / "images.parquet")
+    job = tiny_job(
+        str(tmp_path / "images.parquet"),
+        "gan",
+        str(tmp_path / "out"),
+        dataset={"format": "image_parquet", "label": "label"},
+    )
+    with pytest.raises(DatasetError, match=r"label '猫+…': 726 bytes as an image folder name .* at most 255"):
+        stages.ingest(Run(job=job, run_date="2026-03-04"))
+    assert not (tmp_path / "out" / "tiny" / "models").exists()
+
+
 def test_a_section_given_twice_is_refused_not_overwritten(tmp_path: Path) -> None:
     path = tmp_path / "twice.yaml"
     path.write_text(

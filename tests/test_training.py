@@ -68,7 +68,11 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path: Path) -> None
         assert torch.equal(a, b)
 
 
-def test_checkpoints_load_without_unpickling(tmp_path: Path) -> None:
+def test_checkpoints_load_without_unpickling_and_a_bad_one_never_blocks_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint that is not plain tensors is refused without running it; it, or a damaged one,
+    is removed so that the model key it lives under trains again (it used to fail every run)."""
     store = CheckpointStore(Storage(str(tmp_path)), "ckpt")
     store.save({"weights": torch.ones(2), "step": 3})
     assert store.load()["step"] == 3
@@ -81,9 +85,14 @@ def test_checkpoints_load_without_unpickling(tmp_path: Path) -> None:
 
     buffer = io.BytesIO()
     torch.save({"payload": Evil()}, buffer)
-    Storage(str(tmp_path)).write_bytes("ckpt/latest.pt", buffer.getvalue())
-    with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported"):
-        store.load()
+    for blob in (buffer.getvalue(), buffer.getvalue()[:100], b"not a checkpoint"):
+        Storage(str(tmp_path)).write_bytes("ckpt/latest.pt", blob)
+        with caplog.at_level("WARNING", logger="genai_pipeline.training"):
+            assert store.load() is None
+        assert "not a loadable checkpoint" in caplog.text and not (tmp_path / "ckpt" / "latest.pt").exists()
+    assert "pwned" not in capsys.readouterr().out
+    _, report = _train(store)  # and training starts over
+    assert report.resumed_from_step == 0 and report.steps > 0
 
 
 def test_nan_loss_fails_fast_with_the_step() -> None:

@@ -42,6 +42,9 @@ from genai_pipeline.storage import Storage, open_filesystem
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+#: the decoders Pillow may use, whatever a file's content claims: an EPS named .png would otherwise
+#: be handed to Ghostscript, and a dozen rarer decoders would parse untrusted bytes
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 _TABLE_SUFFIXES = {"parquet": (".parquet", ".pq", ".parq"), "csv": (".csv", ".csv.gz")}
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 #: files that tools leave in image folders (Windows thumbnails, folder settings): skipped silently
@@ -219,7 +222,7 @@ def _decode_images(blobs: Sequence[bytes], names: Sequence[str]) -> list[Image.I
     def decode(item: tuple[bytes, str]) -> Image.Image:
         blob, name = item
         try:
-            image = Image.open(io.BytesIO(blob))
+            image = Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS)
             image.load()
             return image
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
@@ -290,6 +293,15 @@ def _read_image_folder(fs: fsspec.AbstractFileSystem, root: str, spec: DatasetSp
     return ImageData(images=_to_array(images, spec, spec.uri), labels=labels)
 
 
+def _below(base: str, rel: str, name: str) -> str:
+    """An image's ``path`` from a table, resolved under the table's folder: an absolute path, a URL
+    or a ``..`` would read any file the process (on S3: the credentials) can reach."""
+    parts = rel.replace("\\", "/").split("/")
+    if rel.startswith(("/", "~")) or "://" in rel or ".." in parts:
+        raise DatasetError(f"{name}: image path {rel!r} leaves the dataset's folder (dataset.image_column)")
+    return posixpath.join(base, rel)
+
+
 def _label_names(table: pa.Table, column: str) -> list[str] | None:
     """Hugging Face stores ClassLabel columns as integers with their names in schema metadata."""
     raw = (table.schema.metadata or {}).get(b"huggingface")
@@ -314,10 +326,10 @@ def _images_from_table(
     if pa.types.is_struct(images.type):
         rows = images.to_pylist()
         blobs = [
-            row.get("bytes") or fs.cat_file(posixpath.join(base, row["path"]))
+            row.get("bytes") or fs.cat_file(_below(base, row["path"], f"{spec.uri} row {index}"))
             if row and (row.get("bytes") or row.get("path"))
             else None
-            for row in rows
+            for index, row in enumerate(rows)
         ]
     elif pa.types.is_binary(images.type) or pa.types.is_large_binary(images.type):
         blobs = images.to_pylist()
