@@ -43,17 +43,32 @@ def _one_value(value: Any) -> Any:
 
 ConditionValue = Annotated[str | int | float | bool, BeforeValidator(_one_value)]
 
-#: Keys of storage options whose literal values are secrets (s3fs, botocore and MinIO spellings).
-SECRET_KEYS = frozenset(
+#: Keys whose values are secrets whatever their type, in any spelling (s3fs, botocore, MinIO, HTTP
+#: headers, Azure SAS, …), at any depth of ``storage_options``.
+SECRET_KEY = re.compile(r"key|secret|token|passw|credential|auth|cookie|sas|signature|private", re.IGNORECASE)
+#: Storage options whose text values are shown (where the data is, how to reach it). Every other
+#: text value is a secret, whatever it is called: an SSE customer key, an Authorization header.
+VISIBLE_OPTIONS = frozenset(
     {
-        "key",
-        "secret",
-        "token",
-        "password",
-        "session_token",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "aws_session_token",
+        "endpoint_url",
+        "region_name",
+        "profile",
+        "anon",
+        "use_ssl",
+        "verify",
+        "client_kwargs",
+        "config_kwargs",
+        "s3",
+        "addressing_style",
+        "signature_version",
+        "requester_pays",
+        "default_block_size",
+        "version_aware",
+        "connect_timeout",
+        "read_timeout",
+        "retries",
+        "max_attempts",
+        "mode",
     }
 )
 _ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
@@ -89,20 +104,24 @@ def _refuse_url_credentials(data: Any) -> Any:
     return data
 
 
+def _masked(value: Any, key: str) -> Any:
+    """``value`` (found under ``key``) with its secrets wrapped, containers walked."""
+    if isinstance(value, dict):
+        return {name: _masked(item, str(name)) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_masked(item, key) for item in value]
+    if isinstance(value, SecretStr) or (isinstance(value, str) and _ENV_REF.match(value)):
+        return value  # ${VAR} references are shown, expanded only when storage is opened
+    if key not in VISIBLE_OPTIONS and (isinstance(value, str) or SECRET_KEY.search(key)):
+        return SecretStr(str(value))
+    return value
+
+
 def _protect_secrets(options: Any) -> Any:
-    """Wrap literal secret values in ``SecretStr`` (recursively); env references stay visible."""
-    if isinstance(options, dict):
-        return {
-            key: (
-                SecretStr(str(value))
-                if key in SECRET_KEYS
-                and not isinstance(value, (dict, SecretStr))
-                and not _ENV_REF.match(str(value))
-                else _protect_secrets(value)
-            )
-            for key, value in options.items()
-        }
-    return options
+    """Wrap the secret values of storage options in ``SecretStr``, at any depth: every text value
+    but the visible options', and any value under a key that names a secret. Every serialisation
+    of the spec (Prefect parameters, manifests, artifacts) then shows ``**********``."""
+    return _masked(options, "")
 
 
 class DatasetSpec(StrictModel):

@@ -40,6 +40,8 @@ def resolve_options(options: dict[str, Any], *, field: str = "storage_options") 
     def resolve(key: str, value: Any) -> Any:
         if isinstance(value, dict):
             return {k: resolve(f"{key}.{k}", v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(f"{key}.{index}", item) for index, item in enumerate(value)]
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
         if isinstance(value, str):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import BASE_JOB as BASE
 from conftest import spec_error as _error
@@ -92,3 +94,36 @@ def test_literal_secrets_are_masked_and_env_references_kept(monkeypatch: pytest.
         ConfigError, match="storage_options.endpoint_url: environment variable S3_URL is not set"
     ):
         resolve_options(job.export.storage_options)
+
+
+def test_every_storage_option_is_secret_unless_it_only_says_where_the_data_is() -> None:
+    """Masking by a fixed list of key names let an SSE customer key and an Authorization header
+    into the run manifest and the subflow's parameters: now every text value is masked but those
+    of a short list of options that locate the data, and any value under a key naming a secret."""
+    options = {
+        "endpoint_url": "http://127.0.0.1:9000",
+        "anon": False,
+        "s3_additional_kwargs": {"SSECustomerKey": "sse-hunter2", "SSECustomerAlgorithm": "AES256"},
+        "headers": {"Authorization": "Bearer hunter2"},
+        "client_kwargs": {"region_name": "eu-west-1", "AWS_Session_Token": "tok-hunter2"},
+        "sas_list": ["hunter2-sas"],
+        "api_key_id": 12345,
+        "token": "${S3_TOKEN}",
+    }
+    job = build_job({**BASE, "export": {"output": "s3://b", "storage_options": options}})
+    public = job.public_dict()["export"]["storage_options"]
+    assert public["endpoint_url"] == "http://127.0.0.1:9000" and public["anon"] is False
+    assert public["client_kwargs"]["region_name"] == "eu-west-1" and public["token"] == "${S3_TOKEN}"
+    assert public["s3_additional_kwargs"] == {
+        "SSECustomerKey": "**********",
+        "SSECustomerAlgorithm": "**********",
+    }
+    assert public["headers"]["Authorization"] == public["client_kwargs"]["AWS_Session_Token"] == "**********"
+    assert public["sas_list"] == ["**********"] and public["api_key_id"] == "**********"
+    assert "hunter2" not in json.dumps(public) + repr(job) + job.model_dump_json()
+    resolved = resolve_options(
+        {key: value for key, value in job.export.storage_options.items() if key != "token"}
+    )
+    assert {key: value for key, value in resolved.items()} == {
+        k: v for k, v in options.items() if k != "token"
+    } | {"api_key_id": "12345"}
