@@ -27,7 +27,7 @@ from genai_pipeline import stages  # noqa: E402
 from genai_pipeline.config import GenerateSpec, JobSpec  # noqa: E402
 from genai_pipeline.errors import ConfigError, PermanentError  # noqa: E402
 from genai_pipeline.generation import threads_per_shard  # noqa: E402
-from genai_pipeline.jobs import load_job, parse_overrides, parse_run_date  # noqa: E402
+from genai_pipeline.jobs import load_job, parse_overrides, parse_run_date, refuse_literal_secrets  # noqa: E402
 from genai_pipeline.notify import notify_failure  # noqa: E402
 from genai_pipeline.refs import GeneratedRef  # noqa: E402
 from genai_pipeline.runs import Run, new_run_id  # noqa: E402
@@ -160,7 +160,9 @@ def synthesize(
     source of truth) with ``overrides`` as on the command line (``train.epochs=5``).
     """
     if isinstance(job, str):
-        job = load_job(job, overrides=parse_overrides(overrides or []))
+        parsed = parse_overrides(overrides or [], option="overrides:")
+        refuse_literal_secrets(parsed, option="overrides:")  # Prefect has stored it by now: fail loudly
+        job = load_job(job, overrides=parsed)
     elif overrides:
         raise ConfigError("overrides: only with a job file; change the JobSpec itself instead")
     run = Run(job=job, run_date=parse_run_date(run_date), run_id=run_id or new_run_id())

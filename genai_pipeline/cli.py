@@ -15,7 +15,7 @@ from pathlib import Path
 
 from genai_pipeline.config import JobSpec
 from genai_pipeline.errors import ConfigError, PipelineError
-from genai_pipeline.jobs import load_job, parse_overrides, parse_run_date
+from genai_pipeline.jobs import load_job, parse_overrides, parse_run_date, refuse_literal_secrets
 from genai_pipeline.runs import check_run_date, check_run_id
 
 
@@ -109,8 +109,12 @@ def _trigger(args: argparse.Namespace) -> int:
     if "run_date" in parameters:
         parameters["run_date"] = check_run_date(str(parameters["run_date"]), field="--param run_date")
     if args.set:
-        parse_overrides(args.set)  # checked here, applied by the flow
+        refuse_literal_secrets(parse_overrides(args.set), option="--set")  # checked here, applied by the flow
         parameters["overrides"] = list(args.set)
+    elif isinstance(parameters.get("overrides"), list):
+        refuse_literal_secrets(
+            parse_overrides(list(map(str, parameters["overrides"]))), option="--param overrides:"
+        )
     if args.run_date:
         parameters["run_date"] = parse_run_date(args.run_date)
     return deploy.trigger(args.deployment, parameters, timeout=args.timeout)

@@ -110,14 +110,19 @@ def _masked(value: Any, key: str) -> Any:
         return {name: _masked(item, str(name)) for name, item in value.items()}
     if isinstance(value, list):
         return [_masked(item, key) for item in value]
-    if isinstance(value, SecretStr) or (isinstance(value, str) and _ENV_REF.match(value)):
+    if isinstance(value, SecretStr) or is_env_reference(value):
         return value  # ${VAR} references are shown, expanded only when storage is opened
     if key not in VISIBLE_OPTIONS and (isinstance(value, str) or SECRET_KEY.search(key)):
         return SecretStr(str(value))
     return value
 
 
-def _protect_secrets(options: Any) -> Any:
+def is_env_reference(value: Any) -> bool:
+    """Whether a value is a ``${VAR}`` reference (shown as it is, expanded when storage is opened)."""
+    return isinstance(value, str) and bool(_ENV_REF.match(value))
+
+
+def mask_secrets(options: Any) -> Any:
     """Wrap the secret values of storage options in ``SecretStr``, at any depth: every text value
     but the visible options', and any value under a key that names a secret. Every serialisation
     of the spec (Prefect parameters, manifests, artifacts) then shows ``**********``."""
@@ -153,7 +158,7 @@ class DatasetSpec(StrictModel):
         "is trained for the new schema)",
     )
 
-    _protect = field_validator("storage_options")(_protect_secrets)
+    _protect = field_validator("storage_options")(mask_secrets)
     _no_credentials = model_validator(mode="before")(_refuse_url_credentials)
 
     @field_validator("uri")
@@ -433,7 +438,7 @@ class ExportSpec(StrictModel):
         "publishing before it fails (the two are never interleaved)",
     )
 
-    _protect = field_validator("storage_options")(_protect_secrets)
+    _protect = field_validator("storage_options")(mask_secrets)
     _no_credentials = model_validator(mode="before")(_refuse_url_credentials)
 
 

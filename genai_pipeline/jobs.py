@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from genai_pipeline.config import JobSpec
+from genai_pipeline.config import JobSpec, is_env_reference, mask_secrets
 from genai_pipeline.errors import ConfigError, format_validation_error
 from genai_pipeline.models import model_config_for
 
@@ -44,6 +44,47 @@ def parse_overrides(assignments: list[str], *, option: str = "--set") -> dict[st
             raise ConfigError(f"{option} {assignment!r}: expected KEY=VALUE with a dotted key")
         overrides[key] = yaml.safe_load(raw) if raw else ""
     return overrides
+
+
+def _secrets(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_secrets(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_secrets(item) for item in value)
+    return isinstance(value, SecretStr)
+
+
+def literal_secrets(overrides: dict[str, Any]) -> list[str]:
+    """The dotted keys of overrides that give a secret literally (a storage option the spec masks,
+    or the webhook URL, not as ``${VAR}``). Where overrides are kept as they are written (Prefect
+    stores a flow run's parameters in its database), such a value must not be accepted."""
+    found = []
+    for key, value in overrides.items():
+        data: dict[str, Any] = {}
+        _set_path(data, key, value)
+        for section in ("dataset", "export"):
+            part = data.get(section)
+            if isinstance(part, dict) and _secrets(
+                mask_secrets({"storage_options": part.get("storage_options")})
+            ):
+                found.append(key)
+        notify = data.get("notify")
+        if (
+            isinstance(notify, dict)
+            and notify.get("webhook_url")
+            and not is_env_reference(notify["webhook_url"])
+        ):
+            found.append(key)
+    return found
+
+
+def refuse_literal_secrets(overrides: dict[str, Any], *, option: str) -> None:
+    """ConfigError naming the first override that gives a secret literally (see :func:`literal_secrets`)."""
+    if found := literal_secrets(overrides):
+        raise ConfigError(
+            f"{option} {found[0]}: a secret given here is stored as it is in Prefect's flow-run "
+            "parameters; write ${VAR} and set VAR in the worker's environment"
+        )
 
 
 def build_job(data: Any, *, overrides: dict[str, Any] | None = None, source: str = "job") -> JobSpec:

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from genai_pipeline.cli import main
+from genai_pipeline.errors import ConfigError
+from genai_pipeline.jobs import literal_secrets, parse_overrides
 
 JOB = str(Path(__file__).parents[1] / "deployments" / "jobs" / "penguins-vae.yaml")
 
@@ -44,3 +46,31 @@ def test_bad_input_is_one_line_and_exit_code_2(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        "export.storage_options.secret=hunter2",
+        "dataset.storage_options.headers.Authorization=Bearer hunter2",
+        "export.storage_options={key: AKIA, secret: hunter2}",
+        "notify.webhook_url=https://hooks.example/hunter2",
+    ],
+)
+def test_trigger_refuses_a_literal_secret_that_prefect_would_store(
+    assignment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Overrides go to the deployment as flow-run parameters, which Prefect keeps in its database
+    as they are: a literal secret there was readable by anyone with the API. ${VAR} is accepted."""
+    assert main(["trigger", "penguins-vae", "--set", assignment]) == 2
+    err = capsys.readouterr().err
+    assert "is stored as it is in Prefect's flow-run parameters; write ${VAR}" in err and "hunter2" not in err
+    key = assignment.split("=")[0]
+    assert literal_secrets(parse_overrides([f"{key}=${{SOME_VAR}}"])) == []  # a reference is no secret
+
+
+def test_the_flow_refuses_overrides_with_a_literal_secret() -> None:
+    from flows.synthesize import synthesize
+
+    with pytest.raises(ConfigError, match="overrides: export.storage_options.secret: a secret given here"):
+        synthesize.fn(job=JOB, overrides=["export.storage_options.secret=hunter2"])
