@@ -55,7 +55,7 @@ from genai_pipeline.publishing import publish, record_failure
 from genai_pipeline.quality.expectations import check_data, data_suite, job_suite, load_suite, suite_bytes
 from genai_pipeline.quality.gate import MetricRows, judge
 from genai_pipeline.quality.images import LabelClassifier, cached_classifier
-from genai_pipeline.quality.report import ReportInput, render_report
+from genai_pipeline.quality.report import ReportInput, harden_pages, render_report
 from genai_pipeline.quality.scoring import score_images, score_tables
 from genai_pipeline.refs import DatasetRef, GeneratedRef, ModelRef, PublishedRun, QualityVerdict
 from genai_pipeline.runs import LATEST_MODEL, PARTITION_KEY, RUN_ID_KEY, SAVED_SUITE, SOURCE_CACHE, Run
@@ -384,6 +384,7 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
                 cas_seed=job.train.seed,
                 cas_steps=spec.classifier_steps,
             )
+        harden_pages(Path(docs))  # GX renders names from the data raw: no script may run there
         storage.put_folder(Path(docs), f"{quality}/data_docs")
     verdict = judge(rows, gx_result, report_file=run.staged(run.report_file))
     storage.write_bytes(f"{quality}/expectations.json", json.dumps(gx_result.payload, indent=1).encode())

@@ -21,8 +21,8 @@ from PIL import Image
 from genai_pipeline.config import ValidateSpec
 from genai_pipeline.datasets import BUILTINS, TabularData
 from genai_pipeline.quality.charts import REAL_COLOUR, SYNTHETIC_COLOUR, THUMBNAIL_PX
-from genai_pipeline.quality.expectations import derive_suite, run_suite, table_frame
-from genai_pipeline.quality.report import ReportInput, render_report
+from genai_pipeline.quality.expectations import check_data, data_suite, derive_suite, run_suite, table_frame
+from genai_pipeline.quality.report import ReportInput, harden_pages, render_report
 from genai_pipeline.quality.tabular import column_coverage, column_shapes, pair_trend_details
 
 PENGUINS = BUILTINS["penguins"].load()
@@ -230,12 +230,49 @@ def _near(pixels: np.ndarray, colour: str, tolerance: int = 24) -> int:
     return int((np.abs(pixels.astype(int) - target).max(axis=-1) <= tolerance).sum())
 
 
-def test_headless_chromium_draws_the_charts(penguins_report: str, tmp_path: Path) -> None:
+def _browser() -> str:
+    """Chromium, or a skip (a failure where ``GENAI_REQUIRE_CHROMIUM=1``, as in CI)."""
     browser = _chromium()
     if browser is None:
         if os.environ.get("GENAI_REQUIRE_CHROMIUM") == "1":
             pytest.fail("GENAI_REQUIRE_CHROMIUM=1 but no chromium, chromium-browser or google-chrome on PATH")
         pytest.skip("no chromium, chromium-browser or google-chrome on PATH (apt-get install chromium)")
+    return browser
+
+
+def _dom_after_scripts(browser: str, page: Path, profile: Path) -> str:
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}"]
+    command += ["--virtual-time-budget=2000", "--dump-dom", page.as_uri()]
+    env = {**os.environ, "HOME": str(profile)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert "<html" in done.stdout, f"chromium printed no page (exit {done.returncode}): {done.stderr[-2000:]}"
+    return done.stdout
+
+
+def test_no_script_from_the_data_runs_in_any_published_page(tmp_path: Path) -> None:
+    """GX Data Docs render column names raw: a column named <script>… ran in the reader's browser.
+    Every page the pipeline publishes forbids scripts (a Content-Security-Policy first in its head);
+    the same payload in the same page without it does run, so the browser here is able to tell."""
+    browser = _browser()
+    payload = "<script>document.title='PW'+'NED'</script>"  # the page says PWNED only if it ran
+    data = TabularData(pa.table({payload: ["a", "b", "a", "c"] * 10, "x": list(range(40))}))
+    docs = tmp_path / "docs"
+    check_data(data_suite(data, ValidateSpec(), "xss"), data, docs)
+    pages = sorted(docs.rglob("*.html"))
+    raw = [page for page in pages if payload in page.read_text(encoding="utf-8")]
+    assert raw, "the payload is no longer in the Data Docs: this test would prove nothing"
+    assert "PWNED" in _dom_after_scripts(browser, raw[0], tmp_path / "p0")  # unprotected, it runs
+    harden_pages(docs)
+    for index, page in enumerate(pages):
+        assert page.read_text(encoding="utf-8").count("Content-Security-Policy") == 1
+        assert "PWNED" not in _dom_after_scripts(browser, page, tmp_path / f"p{index + 1}"), page.name
+    report = tmp_path / "report.html"
+    report.write_text(render_report(ReportInput(title=payload, status="passed", summary={}, metrics=[])))
+    assert "PWNED" not in _dom_after_scripts(browser, report, tmp_path / "report-profile")
+
+
+def test_headless_chromium_draws_the_charts(penguins_report: str, tmp_path: Path) -> None:
+    browser = _browser()
     page, shot = tmp_path / "report.html", tmp_path / "report.png"
     page.write_text(penguins_report, encoding="utf-8")
     command = [

@@ -234,6 +234,8 @@ def test_a_run_stages_its_suite_data_docs_report_and_holdout_metrics(tmp_path: P
     assert json.loads((quality / "suite.json").read_text())["name"] == "tiny"
     (page,) = (quality / "data_docs" / "validations").rglob("*.html")
     assert (quality / "data_docs" / "index.html").exists() and "island" in page.read_text()
+    for html_page in quality.rglob("*.html"):  # the published pages forbid scripts (see test_report)
+        assert "Content-Security-Policy" in html_page.read_text().split("</head>")[0], html_page
     assert (quality / "report.html").read_text().startswith("<!DOCTYPE html>")
     rows = {
         (row["metric"], row["column"]): row for row in pq.read_table(quality / "metrics.parquet").to_pylist()

@@ -16,8 +16,10 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,16 @@ IMAGES_PER_SIDE = 8
 #: lists and values in the GX table are cut to this many items / characters
 SHOWN_ITEMS = 8
 SHOWN_CHARS = 160
+
+#: Every page the pipeline publishes forbids scripts, plugins, frames, forms and every fetch but its
+#: own stylesheets and inline images: a value from the data that got into a page unescaped (GX Data
+#: Docs render column names raw) stays inert text in any browser.
+PAGE_POLICY = (
+    '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'\">"
+)
+_HEAD = re.compile(r"<head(\s[^>]*)?>", re.IGNORECASE)
 
 _SCOPE_ORDER = {"table": 0, "images": 0, "column": 2, "pair": 3}  # other scopes: 1
 _STATUS_CLASS = {"passed": "pass", "passed with warnings": "warn", "failed": "fail"}
@@ -95,6 +107,7 @@ def render_report(content: ReportInput) -> str:
 <html lang="en">
 <head>
 <meta charset="utf-8">
+{PAGE_POLICY}
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_e(content.title)}</title>
 <style>{_CSS}</style>
@@ -109,6 +122,21 @@ def render_report(content: ReportInput) -> str:
 </body>
 </html>
 """
+
+
+def harden_page(page: str) -> str:
+    """An HTML page (one the pipeline did not write, e.g. GX Data Docs) with :data:`PAGE_POLICY` as
+    the first element of its head, before anything from the data can run."""
+    found = _HEAD.search(page)
+    if found is None:
+        return f"<head>{PAGE_POLICY}</head>{page}"
+    return page[: found.end()] + PAGE_POLICY + page[found.end() :]
+
+
+def harden_pages(folder: Path) -> None:
+    """:func:`harden_page` every ``.html`` file below a folder, in place."""
+    for path in folder.rglob("*.html"):
+        path.write_text(harden_page(path.read_text(encoding="utf-8")), encoding="utf-8")
 
 
 # -- page parts -----------------------------------------------------------------------------------
