@@ -44,6 +44,11 @@ class RunConflict(PermanentError):
     """Another run of the same job and run date held the publish lock for longer than the job waits."""
 
 
+class RunSuperseded(PermanentError):
+    """Another run of the same job and date published first, or started later: this run gives up
+    rather than replace it."""
+
+
 class UnsafePath(PermanentError):
     """A path would leave the job's output prefix (or remove the prefix itself): refused, whatever
     identifier it was built from."""

@@ -1,12 +1,18 @@
 """Publishing a validated run, or recording a failed one: the only code that writes where readers look.
 
 A run is promoted while it holds the job's publish lock for its run date (``locks.publish_lock``: a
-second run of the same job and date waits, never interleaves): images and quality files first,
-then the run's one data file in one atomic replace (a rename locally, a single server-side copy on
-S3), then the previous run's leftovers of the same partitions are removed and the manifest is
-written. The list of files to promote is fixed in staging before the first move, so a retried
-export resumes where a failed one stopped. Readers of ``data/`` therefore see the previous run or
-this one, never a mix, a partial run or a failed one, whenever the endpoint fails.
+second run of the same job and date waits, never interleaves). Its images and quality files go
+first, under names of their own (image files are named by the run's sample ids, quality files sit
+in ``quality/run_date=…/run=<run id>/``), so nothing a reader led by the live data file looks at
+changes; then the run's one data file replaces the live one in one atomic step (a rename
+locally, a single server-side copy on S3), and that switch is what makes the run's images and
+quality live; then the other runs' files of the same partitions are removed and the manifest is
+written. What a reader sees is therefore always one run's, whenever the endpoint fails.
+
+The list of files to promote, and the run the data switch replaces, are fixed in staging before
+the first move, so a retried export resumes where a failed one stopped, and gives up rather than
+overwrite when another run has published in between. A run never replaces a newer one (by the
+start time in their run ids), and ``models/latest.json`` never goes back to an earlier run date.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import posixpath
 from contextlib import AbstractContextManager
 from dataclasses import asdict
 from typing import Any
@@ -21,7 +28,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 import genai_pipeline
-from genai_pipeline.errors import QualityGateFailed
+from genai_pipeline.errors import QualityGateFailed, RunSuperseded
 from genai_pipeline.locks import Lease, publish_lock
 from genai_pipeline.refs import DatasetRef, GeneratedRef, ModelRef, PublishedRun, QualityVerdict
 from genai_pipeline.runs import LATEST_MODEL, PARTITION_KEY, RUN_ID_KEY, Run, run_started
@@ -58,15 +65,39 @@ def _manifest(run: Run, status: str, **sections: Any) -> dict[str, Any]:
     }
 
 
-def _publish_plan(storage: Storage, run: Run, staged: dict[str, int]) -> dict[str, int]:
-    """The files this run publishes, fixed before the first is moved: a retried export after a
-    partial move knows the files it already promoted, and neither loses nor deletes them."""
+def _publish_plan(storage: Storage, run: Run, staged: dict[str, int], live: str | None) -> dict[str, Any]:
+    """``{"files": {rel: size}, "replaces": run id}``: the files this run publishes and the live run
+    its data switch replaces, fixed before the first move. A retried export after a partial move
+    knows the files it already promoted (and neither loses nor deletes them), and can tell whether
+    another run published in between."""
     plan = run.staged(PUBLISH_PLAN)
     if storage.exists(plan):
         return json.loads(storage.read_bytes(plan))
-    promoted = {rel: size for rel, size in staged.items() if rel.split("/")[0] in PUBLISHED_PREFIXES}
-    storage.write_bytes(plan, json.dumps(promoted).encode())
-    return promoted
+    files = {rel: size for rel, size in staged.items() if rel.split("/")[0] in PUBLISHED_PREFIXES}
+    fixed = {"files": files, "replaces": live}
+    storage.write_bytes(plan, json.dumps(fixed).encode())
+    return fixed
+
+
+def _started_after(first: str | None, second: str | None) -> bool:
+    """Whether run ``first`` started after run ``second``: by the start time in their ids (run ids
+    given by hand carry none, and are not ordered)."""
+    if first is None or second is None:
+        return False
+    one, two = run_started(first), run_started(second)
+    return one is not None and two is not None and (one, first) > (two, second)
+
+
+def _check_not_superseded(run: Run, live: str | None, replaces: str | None) -> None:
+    """Give up, before anything moves, when the live data is a newer run's, or not the run this
+    publish set out to replace (another run published while this one was away): overwriting it
+    would put an older run back in front of readers."""
+    if live in (run.run_id, replaces) and not _started_after(live, run.run_id):
+        return
+    raise RunSuperseded(
+        f"job {run.job.name}, {PARTITION_KEY} {run.run_date}: run {live} published after this run "
+        f"{run.run_id} set out to (or started later): {run.run_id} is not published, {live} stays live"
+    )
 
 
 def publish(
@@ -84,6 +115,8 @@ def publish(
     with _lock(run, storage) as lease:
         if storage.exists(run.manifest):  # a retry after the manifest was written: published already
             manifest = json.loads(storage.read_bytes(run.manifest))
+            if manifest["status"] != "published":
+                raise RunSuperseded(f"run {run.run_id} was recorded {manifest['status']}: not published")
         else:
             manifest = _promote(run, storage, lease, dataset, model, generated, verdict)
     storage.delete_tree(run.staging)
@@ -124,7 +157,10 @@ def _promote(
     """Move the staged files into place, remove the partitions' leftovers, write the manifest last.
     Every step can be repeated: a retried export after any of them ends in the same state."""
     staged = _staged_files(storage, run)
-    promoted = _publish_plan(storage, run, staged)
+    live = live_run_id(storage, run)
+    plan = _publish_plan(storage, run, staged, live)
+    _check_not_superseded(run, live, plan["replaces"])
+    promoted = plan["files"]
     moves = [rel for rel in sorted(promoted) if rel in staged]
     storage.move((run.staged(rel), rel) for rel in moves if not rel.startswith("data/"))
     manifest = _manifest(
@@ -155,10 +191,27 @@ def _finish(run: Run, storage: Storage, promoted: dict[str, int], manifest: dict
         if rel not in promoted
     ]
     storage.delete(stale)
-    latest = {key: manifest[key] for key in ("model", "dataset", "run_id", "run_date")}
-    storage.write_bytes(LATEST_MODEL, json.dumps(latest, indent=1, default=str).encode())
+    own = posixpath.basename(run.quality)
+    for folder in storage.list_dirs(run.partition("quality")):  # other runs' (emptied) folders
+        if folder != own:
+            storage.delete_tree(f"{run.partition('quality')}/{folder}")
+    _point_latest_at(run, storage, manifest)
     storage.write_bytes(run.manifest, json.dumps(manifest, indent=1, default=str).encode())
     return manifest
+
+
+def _point_latest_at(run: Run, storage: Storage, manifest: dict[str, Any]) -> None:
+    """``models/latest.json`` follows the latest run date (and, for one date, the latest run): a
+    backfill of an earlier date does not put its model in front of ``train.reuse: latest``."""
+    if storage.exists(LATEST_MODEL):
+        current = json.loads(storage.read_bytes(LATEST_MODEL))
+        if current["run_date"] > run.run_date or (
+            current["run_date"] == run.run_date and _started_after(current["run_id"], run.run_id)
+        ):
+            log.info("models/latest.json stays with run %s (%s)", current["run_id"], current["run_date"])
+            return
+    latest = {key: manifest[key] for key in ("model", "dataset", "run_id", "run_date")}
+    storage.write_bytes(LATEST_MODEL, json.dumps(latest, indent=1, default=str).encode())
 
 
 def _lock(run: Run, storage: Storage) -> AbstractContextManager[Lease]:
@@ -191,15 +244,17 @@ def record_failure(run: Run, error: BaseException) -> dict[str, Any]:
     the published manifest, rather than call failed a run whose data readers see.
     """
     storage = run.storage()
-    if storage.exists(run.staged(PENDING_MANIFEST)) and live_run_id(storage, run) == run.run_id:
-        with _lock(run, storage):
-            promoted = json.loads(storage.read_bytes(run.staged(PUBLISH_PLAN)))
-            manifest = _finish(
-                run, storage, promoted, json.loads(storage.read_bytes(run.staged(PENDING_MANIFEST)))
-            )
-        storage.delete_tree(run.staging)
-        log.warning("%s failed after its data was switched in: publish finished (%s)", run.run_id, error)
-        return manifest
+    if storage.exists(run.staged(PENDING_MANIFEST)):
+        with _lock(run, storage):  # the live run is judged under the lock: no other publish moves it
+            switched = live_run_id(storage, run) == run.run_id
+            if switched:
+                promoted = json.loads(storage.read_bytes(run.staged(PUBLISH_PLAN)))["files"]
+                pending = json.loads(storage.read_bytes(run.staged(PENDING_MANIFEST)))
+                manifest = _finish(run, storage, promoted, pending)
+        if switched:
+            storage.delete_tree(run.staging)
+            log.warning("%s failed after its data was switched in: publish finished (%s)", run.run_id, error)
+            return manifest
     staged = _staged_files(storage, run)
     kept = {rel: f"_runs/{run.run_id}/{rel}" for rel in staged if rel.startswith("quality/")}
     try:

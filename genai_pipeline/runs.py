@@ -3,8 +3,8 @@
 Output contract (what analysts and CI rely on), under ``{output}/{job}/``::
 
     data/run_date=YYYY-MM-DD/part-00000.parquet     rows, or the image manifest (one file a run)
-    images/run_date=…/label=…/<sample_id>.png       images (labels percent-encoded in paths)
-    quality/run_date=…/{metrics.parquet, report.html, expectations.json, suite.json, data_docs/}
+    images/run_date=…/label=…/<sample_id>.png       images (labels percent-encoded; sample ids name the run)
+    quality/run_date=…/run=<run_id>/{metrics.parquet, report.html, expectations.json, suite.json, data_docs/}
     models/<key>/{model.json, weights.safetensors}  saved models
     models/classifier-<key>/…                       the image metrics' classifier, per dataset
     expectations/suite.json                         the job's reviewed suite (validate.suite: saved)
@@ -135,14 +135,21 @@ class Run:
         return f"{self.partition('data')}/part-00000.parquet"
 
     @property
+    def quality(self) -> str:
+        """The run's own quality folder, ``quality/run_date=…/run=<run id>``: named by the run, so
+        publishing it shows nothing of this run to a reader led by the live data file until the
+        data switch makes this run the live one."""
+        return f"{self.partition('quality')}/run={self.run_id}"
+
+    @property
     def report_file(self) -> str:
         """The run's HTML quality report (in staging until published)."""
-        return f"{self.partition('quality')}/report.html"
+        return f"{self.quality}/report.html"
 
     @property
     def suite_file(self) -> str:
         """The data-derived suite the run checks its output against (staged, then published)."""
-        return f"{self.partition('quality')}/suite.json"
+        return f"{self.quality}/suite.json"
 
     @property
     def manifest(self) -> str:

@@ -173,7 +173,7 @@ def _stage_suite(run: Run, data: Dataset, storage: Storage, staged: str) -> None
     result = check_data(
         job_suite(base, spec.model_copy(update={"expectations": extras}), {}, data.modality), data
     )
-    quality = run.staged(run.partition("quality"))
+    quality = run.staged(run.quality)
     storage.write_bytes(f"{quality}/input_expectations.json", json.dumps(result.payload, indent=1).encode())
     for warning in result.warnings:
         log.warning("dataset: %s", warning)
@@ -343,7 +343,7 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
     """Run the job's GX suite and the metrics on a sample of the staged output; stage the results,
     Data Docs and the HTML report beside it, and return the verdict."""
     job, spec, storage = run.job, run.job.validate_, run.storage()
-    quality = run.staged(run.partition("quality"))
+    quality = run.staged(run.quality)
     conditions = model_conditions(job)
     real = read_snapshot(storage, dataset.snapshot, dataset.label)
     holdout = read_snapshot(storage, dataset.holdout, dataset.label) if dataset.holdout else None

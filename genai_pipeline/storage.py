@@ -192,7 +192,6 @@ class Storage:
         elif files:
             self.fs.pipe({self.path(rel): data for rel, data in files.items()}, batch_size=64)
 
-    @_translate_errors
     def put_folder(self, local: Path, rel: str) -> None:
         """Copy every file below a local folder to below ``rel`` (not atomically: for staging)."""
         files = local.rglob("*")
@@ -204,6 +203,7 @@ class Storage:
             }
         )
 
+    @_translate_errors
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
 

@@ -44,13 +44,14 @@ def test_tabular_job_publishes_a_readable_partition(tmp_path: Path) -> None:
     assert manifest["dataset"]["fingerprint"] and manifest["dataset"]["num_rows"] == 344
     paths = {entry["path"] for entry in manifest["files"]}
     assert f"data/run_date={RUN_DATE}/part-00000.parquet" in paths
-    assert f"quality/run_date={RUN_DATE}/metrics.parquet" in paths
-    metrics = pq.read_table(root / "quality" / f"run_date={RUN_DATE}" / "metrics.parquet")
+    quality = f"quality/run_date={RUN_DATE}/run={result['run_id']}"
+    assert f"{quality}/metrics.parquet" in paths
+    metrics = pq.read_table(root / quality / "metrics.parquet")
     assert "column_shapes" in metrics.column("metric").to_pylist()
     assert not [p for p in (root / "_staging").rglob("*") if p.is_file()]
     summary = _latest_artifact("tiny-summary")
     assert "published" in summary and result["run_id"] in summary and "column_shapes" in summary
-    report = root / "quality" / f"run_date={RUN_DATE}" / "report.html"
+    report = root / quality / "report.html"
     assert result["report_url"] == str(report) and report.exists()
     assert report.resolve().as_uri() in _latest_artifact("tiny-report")
 

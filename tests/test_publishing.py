@@ -8,6 +8,7 @@ The endpoint is real S3 over HTTP (moto) behind a proxy that a test kills and re
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
@@ -25,8 +26,8 @@ from flaky_endpoint import FlakyEndpoint
 
 from genai_pipeline import locks, stages
 from genai_pipeline.config import JobSpec
-from genai_pipeline.errors import RunConflict, StorageError
-from genai_pipeline.runs import RUN_ID_KEY, Run, new_run_id
+from genai_pipeline.errors import RunConflict, RunSuperseded, StorageError
+from genai_pipeline.runs import RUN_ID_KEY, RUN_ID_TIME, Run, new_run_id, run_started
 from genai_pipeline.storage import Storage
 
 RUN_DATE = "2026-03-04"
@@ -75,8 +76,8 @@ class Staged:
         return stages.export(run, **self.refs)
 
 
-def _stage(job: JobSpec, run_date: str = RUN_DATE) -> Staged:
-    run = Run(job=job, run_date=run_date)
+def _stage(job: JobSpec, run_date: str = RUN_DATE, run_id: str | None = None) -> Staged:
+    run = Run(job=job, run_date=run_date, **({"run_id": run_id} if run_id else {}))
     dataset = stages.ingest(run)
     model = stages.train(run, dataset=dataset)
     generated = stages.generate(run, model=model, dataset=dataset)
@@ -214,18 +215,24 @@ def test_two_runs_of_one_date_publish_one_after_the_other_never_interleaved(
             with real_lock(storage, rel, owner, **kwargs) as lease:
                 start = time.monotonic()
                 time.sleep(0.5)  # a slow publish: without the lock the two would overlap
-                yield lease
-                held.append((owner, start, time.monotonic()))
+                try:
+                    yield lease
+                finally:  # a run that gives up held the lock too
+                    held.append((owner, start, time.monotonic()))
 
         return held_for()
 
     monkeypatch.setattr("genai_pipeline.publishing.publish_lock", timed_lock)
     barrier = threading.Barrier(2)
-    results: list[Any] = []
+    results: dict[str, Any] = {}
 
     def publish(staged: Staged) -> None:
         barrier.wait()
-        results.append(staged.export())
+        try:
+            results[staged.run.run_id] = staged.export()
+        except RunSuperseded as superseded:
+            results[staged.run.run_id] = superseded
+            stages.record_failure(staged.run, superseded)  # as the flow does
 
     threads = [threading.Thread(target=publish, args=(staged,)) for staged in runs]
     for thread in threads:
@@ -233,14 +240,22 @@ def test_two_runs_of_one_date_publish_one_after_the_other_never_interleaved(
     for thread in threads:
         thread.join()
     assert len(results) == 2 and len(held) == 2
-    (_, _, first_end), (_, second_start, _) = sorted(held, key=lambda hold: hold[1])
+    (first, _, first_end), (second, second_start, _) = sorted(held, key=lambda hold: hold[1])
     assert first_end <= second_start, "the two publishes overlapped"
-    last = max(held, key=lambda hold: hold[1])[0]
+    older, newer = sorted(
+        (staged.run.run_id for staged in runs), key=lambda run_id: (run_started(run_id), run_id)
+    )
+    # the newer run is live either way: second, it replaced the older; first, the older gave up
+    assert isinstance(results[older], RunSuperseded) == (second == older)
+    if second == older:
+        manifest = json.loads(runs[0].run.storage().read_bytes(f"_runs/{older}.json"))
+        assert manifest["status"] == "failed" and manifest["error"].startswith("RunSuperseded: ")
     storage = runs[0].run.storage()
     run_id, rows = _read_published(storage)
-    assert run_id == last and rows.num_rows == 120
-    metrics = pq.read_table(storage.open_read(f"quality/run_date={RUN_DATE}/metrics.parquet"))
-    assert set(metrics.column("run_id").to_pylist()) == {last}  # no quality file of the other run
+    assert run_id == newer and rows.num_rows == 120
+    assert storage.list_dirs(f"quality/run_date={RUN_DATE}") == [f"run={newer}"]  # no other run's quality
+    metrics = pq.read_table(storage.open_read(f"quality/run_date={RUN_DATE}/run={newer}/metrics.parquet"))
+    assert set(metrics.column("run_id").to_pylist()) == {newer}
     assert not storage.list_files("_staging")
 
 
@@ -323,3 +338,65 @@ def test_a_publish_sweeps_staging_areas_abandoned_for_a_week(
         storage.write_bytes(f"_staging/{name}/input/dataset.parquet", b"left behind")
     staged.export()
     assert storage.list_dirs("_staging") == sorted([recent, other])
+
+
+def _reader_view(storage: Storage) -> tuple[str, set[str]]:
+    """What a reader led by the live data file sees: its run, and the runs named by the quality
+    files it finds for that run (the metrics' run_id column)."""
+    run_id, _ = _read_published(storage)
+    quality = f"quality/run_date={RUN_DATE}/run={run_id}"
+    with storage.open_read(f"{quality}/metrics.parquet") as handle:
+        named = set(pq.read_table(handle).column("run_id").to_pylist())
+    return run_id, named
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_an_older_runs_retry_never_mixes_with_nor_replaces_a_newer_run(
+    where: str, endpoint: FlakyEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run B's quality files went live before its data switch failed (a reader saw B's quality
+    beside A's data); run C then published, and B's retry put B's data back over C's. Now B's
+    files are named by B and live only through the switch, and B's retry gives up."""
+    output = str(tmp_path) if where == "local" else f"s3://{BUCKET}/older-{tmp_path.name}"
+    options = {} if where == "local" else _options(endpoint)
+    now = dt.datetime.now(dt.UTC)  # ids in start order (a week older, the staging sweep takes them)
+    a, b, c = (
+        _stage(
+            _job(output, options), run_id=f"{(now + dt.timedelta(seconds=i)).strftime(RUN_ID_TIME)}-{i}aaaaa"
+        )
+        for i in range(3)
+    )
+    a.export()
+    storage = a.run.storage()
+    real_move = Storage.move
+
+    def switch_fails(self: Storage, pairs: Any) -> None:
+        pairs = list(pairs)
+        if any(dst.startswith("data/") for _, dst in pairs):
+            raise StorageError("s3://…: connection reset during the data switch (simulated)")
+        real_move(self, pairs)
+
+    monkeypatch.setattr(Storage, "move", switch_fails)
+    with pytest.raises(StorageError, match="during the data switch"):
+        b.export()
+    monkeypatch.setattr(Storage, "move", real_move)
+    assert _reader_view(storage) == (a.run.run_id, {a.run.run_id})  # B's quality is not A's
+    c.export()
+    assert _reader_view(storage) == (c.run.run_id, {c.run.run_id})
+    with pytest.raises(RunSuperseded, match=f"run {c.run.run_id} published after this run {b.run.run_id}"):
+        b.export()  # the flow's retry of B's export
+    stages.record_failure(b.run, RunSuperseded("superseded"))
+    assert _reader_view(storage) == (c.run.run_id, {c.run.run_id})
+    assert storage.list_dirs(f"quality/run_date={RUN_DATE}") == [f"run={c.run.run_id}"]
+    assert json.loads(storage.read_bytes("models/latest.json"))["run_id"] == c.run.run_id
+    assert json.loads(storage.read_bytes(b.run.manifest))["status"] == "failed"
+
+
+def test_a_backfill_of_an_earlier_date_leaves_the_latest_model_where_it_is(tmp_path: Path) -> None:
+    """models/latest.json (what train.reuse: latest generates from) followed whichever run
+    published last: a backfill of an earlier date took it back in time."""
+    job = _job(str(tmp_path))
+    _stage(job, run_date="2026-03-05").export()
+    later = json.loads((tmp_path / "tiny" / "models" / "latest.json").read_text())
+    _stage(job, run_date="2026-03-01").export()
+    assert json.loads((tmp_path / "tiny" / "models" / "latest.json").read_text()) == later

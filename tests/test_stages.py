@@ -134,7 +134,7 @@ def test_conditions_on_other_columns_are_met_and_compared_with_matching_rows(tmp
     assert table.column("species").to_pylist().count("Adelie") > 0.95 * table.num_rows
     report = stages.validate(run, dataset=dataset, generated=generated)
     assert report.passed, report.failures
-    metrics = pq.read_table(tmp_path / "tiny" / run.staged(run.partition("quality")) / "metrics.parquet")
+    metrics = pq.read_table(tmp_path / "tiny" / run.staged(run.quality) / "metrics.parquet")
     rows = metrics.to_pylist()
     compared = {row["column"] for row in rows if row["metric"] == "column_shape"}
     assert compared == {
@@ -230,7 +230,7 @@ def test_a_run_stages_its_suite_data_docs_report_and_holdout_metrics(tmp_path: P
     assert report.passed and report.warnings == [
         next(w for w in report.warnings if w.startswith("dcr_share="))
     ]
-    quality = tmp_path / "tiny" / run.staged(run.partition("quality"))
+    quality = tmp_path / "tiny" / run.staged(run.quality)
     assert json.loads((quality / "suite.json").read_text())["name"] == "tiny"
     (page,) = (quality / "data_docs" / "validations").rglob("*.html")
     assert (quality / "data_docs" / "index.html").exists() and "island" in page.read_text()
@@ -245,7 +245,7 @@ def test_a_run_stages_its_suite_data_docs_report_and_holdout_metrics(tmp_path: P
     assert rows[("dcr_share", None)]["severity"] == "warning" and not rows[("dcr_share", None)]["passed"]
     published = stages.export(run, dataset=dataset, model=model, generated=generated, verdict=report)
     assert published.manifest["warnings"] == report.warnings
-    assert published.manifest["report"].endswith("quality/run_date=2026-02-03/report.html")
+    assert published.manifest["report"].endswith(f"quality/run_date=2026-02-03/run={run.run_id}/report.html")
 
 
 def test_copied_training_rows_fail_the_memorisation_gate(tmp_path: Path) -> None:
