@@ -83,3 +83,26 @@ def test_no_path_leaves_the_root_and_the_root_itself_is_never_deleted(
                 storage.delete_tree(root)
         assert storage.read_bytes("keep/x.bin") == b"1"
     assert (tmp_path / "root" / "keep" / "x.bin").exists() and (tmp_path / "root").parent.exists()
+
+
+def test_every_storage_call_on_a_dead_endpoint_fails_as_a_storage_error_naming_the_url() -> None:
+    """A transient failure must be a StorageError (retried, named) whatever the call: a raw botocore
+    error from one method (read_bytes lost its translation once) was neither."""
+    dead = {"endpoint_url": "http://127.0.0.1:9", "key": "k", "secret": "s"}
+    dead["config_kwargs"] = {"retries": {"max_attempts": 1}, "connect_timeout": 1, "read_timeout": 1}
+    storage = Storage("s3://no-such-bucket/root", dead)
+    calls = {
+        "write_bytes": lambda: storage.write_bytes("a.bin", b"1"),
+        "put_many": lambda: storage.put_many({"a.bin": b"1"}),
+        "read_bytes": lambda: storage.read_bytes("a.bin"),
+        "read_many": lambda: storage.read_many(["a.bin"]),
+        "exists": lambda: storage.exists("a.bin"),
+        "list_files": lambda: storage.list_files("a"),
+        "list_dirs": lambda: storage.list_dirs("a"),
+        "move": lambda: storage.move([("a.bin", "b.bin")]),
+        "delete": lambda: storage.delete(["a.bin"]),
+    }
+    for name, call in calls.items():
+        with pytest.raises(StorageError, match="s3://no-such-bucket/root"):
+            call()
+            pytest.fail(f"{name} did not fail")
