@@ -122,6 +122,15 @@ def is_env_reference(value: Any) -> bool:
     return isinstance(value, str) and bool(_ENV_REF.match(value))
 
 
+def literal_secret_in(value: Any) -> bool:
+    """Whether masked data (see :func:`mask_secrets`) holds a secret given literally."""
+    if isinstance(value, dict):
+        return any(literal_secret_in(item) for item in value.values())
+    if isinstance(value, list):
+        return any(literal_secret_in(item) for item in value)
+    return isinstance(value, SecretStr) and not is_env_reference(value.get_secret_value())
+
+
 def mask_secrets(options: Any) -> Any:
     """Wrap the secret values of storage options in ``SecretStr``, at any depth: every text value
     but the visible options', and any value under a key that names a secret. Every serialisation
@@ -480,6 +489,33 @@ class JobSpec(StrictModel):
     notify: NotifySpec = Field(default_factory=NotifySpec)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _no_literal_secrets_for_a_remote_cluster(self) -> JobSpec:
+        """The job goes to an existing Dask cluster's workers pickled, and a pickle holds a
+        ``SecretStr``'s value in clear: there, secrets must be ``${VAR}`` references, set in the
+        workers' environment. (A local cluster's workers are this machine's own processes.)"""
+        if self.generate.runner.address is None:
+            return self
+        literal = [
+            f"{section}.storage_options"
+            for section, options in (
+                ("dataset", self.dataset.storage_options),
+                ("export", self.export.storage_options),
+            )
+            if literal_secret_in(options)
+        ]
+        if self.notify.webhook_url is not None and not is_env_reference(
+            self.notify.webhook_url.get_secret_value()
+        ):
+            literal.append("notify.webhook_url")
+        if literal:
+            raise ValueError(
+                f"generate.runner.address: the job is sent to the cluster's workers pickled, secrets in "
+                f"clear; give the secrets of {', '.join(literal)} as ${{VAR}}, set in the workers' "
+                "environment"
+            )
+        return self
 
     @property
     def generate_seed(self) -> int:

@@ -60,6 +60,8 @@ class StorageError(PipelineError):
 
 def _problem(error: dict[str, Any], section: str) -> str:
     where = ".".join([section, *map(str, error["loc"])] if section else map(str, error["loc"]))
+    if not where and error["type"] == "value_error":  # a check of the whole job names its fields itself
+        return error["msg"].removeprefix("Value error, ")
     where = where or "job"
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown field"

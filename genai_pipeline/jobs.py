@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
-from genai_pipeline.config import JobSpec, is_env_reference, mask_secrets
+from genai_pipeline.config import JobSpec, is_env_reference, literal_secret_in, mask_secrets
 from genai_pipeline.errors import ConfigError, format_validation_error
 from genai_pipeline.models import model_config_for
 
@@ -46,14 +46,6 @@ def parse_overrides(assignments: list[str], *, option: str = "--set") -> dict[st
     return overrides
 
 
-def _secrets(value: Any) -> bool:
-    if isinstance(value, dict):
-        return any(_secrets(item) for item in value.values())
-    if isinstance(value, list):
-        return any(_secrets(item) for item in value)
-    return isinstance(value, SecretStr)
-
-
 def literal_secrets(overrides: dict[str, Any]) -> list[str]:
     """The dotted keys of overrides that give a secret literally (a storage option the spec masks,
     or the webhook URL, not as ``${VAR}``). Where overrides are kept as they are written (Prefect
@@ -64,9 +56,8 @@ def literal_secrets(overrides: dict[str, Any]) -> list[str]:
         _set_path(data, key, value)
         for section in ("dataset", "export"):
             part = data.get(section)
-            if isinstance(part, dict) and _secrets(
-                mask_secrets({"storage_options": part.get("storage_options")})
-            ):
+            options = part.get("storage_options") if isinstance(part, dict) else None
+            if literal_secret_in(mask_secrets({"storage_options": options})):
                 found.append(key)
         notify = data.get("notify")
         if (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 from conftest import BASE_JOB as BASE
@@ -127,3 +128,22 @@ def test_every_storage_option_is_secret_unless_it_only_says_where_the_data_is() 
     assert {key: value for key, value in resolved.items()} == {
         k: v for k, v in options.items() if k != "token"
     } | {"api_key_id": "12345"}
+
+
+def test_an_existing_dask_cluster_is_never_sent_a_literal_secret() -> None:
+    """The job reaches a cluster's workers pickled, and a pickle holds a SecretStr's value in clear
+    (a local cluster's workers are this machine's processes; an existing cluster's are not)."""
+    literal = {**BASE, "export": {"output": "s3://b", "storage_options": {"secret": "hunter2"}}}
+    assert b"hunter2" in pickle.dumps(build_job(literal))  # why: masking does not survive pickling
+    remote = {"generate": {"runner": {"kind": "dask", "address": "tcp://scheduler:8786"}}}
+    message = _error({**literal, **remote})
+    assert message.startswith("job.yaml: generate.runner.address: the job is sent to the cluster's workers")
+    assert "export.storage_options as ${VAR}" in message and "hunter2" not in message
+    hook = {**BASE, **remote, "notify": {"webhook_url": "https://hooks.example/hunter2"}}
+    assert "notify.webhook_url as ${VAR}" in _error(hook)
+    referenced = {
+        **BASE,
+        **remote,
+        "export": {"output": "s3://b", "storage_options": {"secret": "${S3_SECRET}"}},
+    }
+    assert b"S3_SECRET" in pickle.dumps(build_job(referenced))  # the reference travels, the secret does not
