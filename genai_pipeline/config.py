@@ -5,15 +5,12 @@ job file, overrides and the run date are :mod:`genai_pipeline.jobs`; a family's 
 are its own ``Config`` (:mod:`genai_pipeline.models`), built on
 :class:`~genai_pipeline.strict.StrictModel` like these.
 Every model forbids unknown keys, so a typo fails at load time with one line naming the field,
-before anything starts. Storage
-credentials are kept as ``SecretStr`` so that every serialisation of a spec (Prefect parameters,
-run manifests, artifacts) shows ``**********`` instead of the secret; ``${VAR}`` references are
-kept as they are and expanded from the environment only when storage is opened.
+before anything starts. Secrets in storage options are masked and refused as
+:mod:`genai_pipeline.masking` says.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -27,6 +24,7 @@ from pydantic import (
 )
 
 from genai_pipeline.datasets.builtin import BUILTINS
+from genai_pipeline.masking import is_env_reference, literal_secret_in, mask_secrets, refuse_url_credentials
 from genai_pipeline.strict import StrictModel
 
 Modality = Literal["tabular", "image"]
@@ -42,100 +40,6 @@ def _one_value(value: Any) -> Any:
 
 
 ConditionValue = Annotated[str | int | float | bool, BeforeValidator(_one_value)]
-
-#: Keys whose values are secrets whatever their type, in any spelling (s3fs, botocore, MinIO, HTTP
-#: headers, Azure SAS, …), at any depth of ``storage_options``.
-SECRET_KEY = re.compile(r"key|secret|token|passw|credential|auth|cookie|sas|signature|private", re.IGNORECASE)
-#: Storage options whose text values are shown (where the data is, how to reach it). Every other
-#: text value is a secret, whatever it is called: an SSE customer key, an Authorization header.
-VISIBLE_OPTIONS = frozenset(
-    {
-        "endpoint_url",
-        "region_name",
-        "profile",
-        "anon",
-        "use_ssl",
-        "verify",
-        "client_kwargs",
-        "config_kwargs",
-        "s3",
-        "addressing_style",
-        "signature_version",
-        "requester_pays",
-        "default_block_size",
-        "version_aware",
-        "connect_timeout",
-        "read_timeout",
-        "retries",
-        "max_attempts",
-        "mode",
-    }
-)
-_ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
-
-
-#: a URL with a user-info part (``s3://KEY:SECRET@bucket``, ``http://user:pass@host``)
-_URL_CREDENTIALS = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@")
-
-
-def _credentials_in_urls(data: Any, where: str = "") -> list[str]:
-    """The fields (dotted) of raw spec data whose value is a URL carrying credentials."""
-    if isinstance(data, dict):
-        return [
-            found for key, value in data.items() for found in _credentials_in_urls(value, f"{where}{key}.")
-        ]
-    if isinstance(data, list):
-        return [
-            found
-            for index, item in enumerate(data)
-            for found in _credentials_in_urls(item, f"{where}{index}.")
-        ]
-    return [where.rstrip(".")] if isinstance(data, str) and _URL_CREDENTIALS.match(data) else []
-
-
-def _refuse_url_credentials(data: Any) -> Any:
-    """Credentials written into a URL would reach logs, task states, manifests and webhooks with
-    it: refused before the value is kept, and without repeating it in the error."""
-    if found := _credentials_in_urls(data):
-        raise ValueError(
-            f"{found[0]}: a URL with credentials in it (user:secret@) is refused; give them in the "
-            "environment (AWS_ACCESS_KEY_ID, …) or as ${VAR} in storage_options"
-        )
-    return data
-
-
-def _masked(value: Any, key: str) -> Any:
-    """``value`` (found under ``key``) with its secrets wrapped, containers walked."""
-    if isinstance(value, dict):
-        return {name: _masked(item, str(name)) for name, item in value.items()}
-    if isinstance(value, list):
-        return [_masked(item, key) for item in value]
-    if isinstance(value, SecretStr) or is_env_reference(value):
-        return value  # ${VAR} references are shown, expanded only when storage is opened
-    if key not in VISIBLE_OPTIONS and (isinstance(value, str) or SECRET_KEY.search(key)):
-        return SecretStr(str(value))
-    return value
-
-
-def is_env_reference(value: Any) -> bool:
-    """Whether a value is a ``${VAR}`` reference (shown as it is, expanded when storage is opened)."""
-    return isinstance(value, str) and bool(_ENV_REF.match(value))
-
-
-def literal_secret_in(value: Any) -> bool:
-    """Whether masked data (see :func:`mask_secrets`) holds a secret given literally."""
-    if isinstance(value, dict):
-        return any(literal_secret_in(item) for item in value.values())
-    if isinstance(value, list):
-        return any(literal_secret_in(item) for item in value)
-    return isinstance(value, SecretStr) and not is_env_reference(value.get_secret_value())
-
-
-def mask_secrets(options: Any) -> Any:
-    """Wrap the secret values of storage options in ``SecretStr``, at any depth: every text value
-    but the visible options', and any value under a key that names a secret. Every serialisation
-    of the spec (Prefect parameters, manifests, artifacts) then shows ``**********``."""
-    return _masked(options, "")
 
 
 class DatasetSpec(StrictModel):
@@ -166,9 +70,16 @@ class DatasetSpec(StrictModel):
         "the last published run's: fail naming the difference, or go on with a warning (a new model "
         "is trained for the new schema)",
     )
+    max_mb: int = Field(
+        default=8192,
+        ge=1,
+        le=1_048_576,
+        description="images: the decoded dataset may take at most this many MiB (a larger one fails "
+        "at ingest, naming this field)",
+    )
 
     _protect = field_validator("storage_options")(mask_secrets)
-    _no_credentials = model_validator(mode="before")(_refuse_url_credentials)
+    _no_credentials = model_validator(mode="before")(refuse_url_credentials)
 
     @field_validator("uri")
     @classmethod
@@ -285,10 +196,14 @@ class RunnerSpec(StrictModel):
         return self
 
 
+#: the most samples one run generates
+MAX_SAMPLES = 10_000_000_000
+
+
 class GenerateSpec(StrictModel):
     """How many samples to generate, in which batches, under which conditions."""
 
-    num_samples: int = Field(default=1000, ge=1, le=10_000_000_000)
+    num_samples: int = Field(default=1000, ge=1, le=MAX_SAMPLES)
     batch_size: int = Field(default=4096, ge=1, le=1_000_000)
     shards: int = Field(
         default=1,
@@ -324,6 +239,8 @@ class GenerateSpec(StrictModel):
             raise ValueError("counts must be positive")
         if isinstance(value, dict) and sum(value.values()) < 1:
             raise ValueError("at least one sample must be asked for")
+        if sum(counts) > MAX_SAMPLES:
+            raise ValueError(f"at most {MAX_SAMPLES:,} samples in all (as num_samples)")
         return value
 
     @model_validator(mode="after")
@@ -399,7 +316,20 @@ class ValidateSpec(StrictModel):
     null_tolerance: float = Field(
         default=0.1, ge=0, le=1, description="allowed difference of null fractions per column"
     )
-    sample_rows: int = Field(default=100_000, ge=100, description="rows/images validated at most")
+    sample_rows: int = Field(
+        default=100_000,
+        ge=100,
+        le=10_000_000,
+        description="rows/images validated at most (images: also clipped to what fits in "
+        "generate.max_batch_mb, with a warning)",
+    )
+    max_pairs: int = Field(
+        default=1_000,
+        ge=1,
+        le=1_000_000,
+        description="tables: column pairs scored for pair trends at most (beyond it a seeded sample "
+        "of pairs, said in the log); scoring every pair of 1,000 columns takes about half an hour",
+    )
     suite: Literal["derived", "saved"] = Field(
         default="derived",
         description="derived: from each night's data; saved: the reviewed expectations/suite.json, "
@@ -448,7 +378,7 @@ class ExportSpec(StrictModel):
     )
 
     _protect = field_validator("storage_options")(mask_secrets)
-    _no_credentials = model_validator(mode="before")(_refuse_url_credentials)
+    _no_credentials = model_validator(mode="before")(refuse_url_credentials)
 
 
 class RetriesSpec(StrictModel):

@@ -128,15 +128,19 @@ def shard_plan(
     return out
 
 
-def image_batch_size(requested: int, shape: tuple[int, ...], max_mb: int) -> int:
-    """``generate.batch_size`` for images of ``shape``, clipped (with a warning) so that a batch's
-    pixels — float32 as rendered plus uint8 as encoded — stay within ``generate.max_batch_mb``: a
-    batch size fit for 28×28 digits would not fit in memory for 512×512 photos."""
+def image_batch_size(
+    requested: int, shape: tuple[int, ...], max_mb: int, *, field: str = "generate.batch_size"
+) -> int:
+    """``requested`` images of ``shape`` at once (``field``: what asked for them), clipped (with a
+    warning) so that their pixels — float32 as rendered plus uint8 as encoded — stay within
+    ``generate.max_batch_mb``: a batch size fit for 28×28 digits would not fit in memory for
+    512×512 photos, nor would validating 100,000 of them."""
     per_image = int(np.prod(shape)) * 5
     limit = max(1, max_mb * 2**20 // per_image)
     if requested > limit:
         log.warning(
-            "generate.batch_size: %d images of %s would take %d MiB (generate.max_batch_mb: %d): using %d",
+            "%s: %d images of %s would take %d MiB (generate.max_batch_mb: %d): using %d",
+            field,
             requested,
             "×".join(map(str, shape)),
             requested * per_image // 2**20,

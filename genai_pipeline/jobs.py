@@ -16,8 +16,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from genai_pipeline.config import JobSpec, is_env_reference, literal_secret_in, mask_secrets
+from genai_pipeline.config import JobSpec
 from genai_pipeline.errors import ConfigError, format_validation_error
+from genai_pipeline.masking import is_env_reference, literal_secret_in, mask_secrets
 from genai_pipeline.models import model_config_for
 
 

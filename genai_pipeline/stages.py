@@ -353,7 +353,11 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
     assert generated.data_file is not None, (
         "validate takes the run's data file (combine_shards), not a shard's"
     )
-    sample = sample_rows(storage, [generated.data_file], spec.sample_rows, seed=job.generate_seed)
+    limit = spec.sample_rows
+    if real.modality == "image":  # the sample's images are decoded at once
+        shape = (dataset.schema["height"], dataset.schema["width"], dataset.schema["channels"])
+        limit = image_batch_size(limit, shape, job.generate.max_batch_mb, field="validate.sample_rows")
+    sample = sample_rows(storage, [generated.data_file], limit, seed=job.generate_seed)
     rows = MetricRows(run.run_id, spec)
     with tempfile.TemporaryDirectory(prefix="data-docs-") as docs:
         if isinstance(real, TabularData):
@@ -368,6 +372,7 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
                 conditions=conditions,
                 per_label=job.generate.per_label is not None,
                 seed=job.generate_seed,
+                max_pairs=spec.max_pairs,
             )
         else:
             assert generated.image_root is not None, "an image run's images are below its image_root"

@@ -175,6 +175,37 @@ def test_images_are_decoded_only_by_the_formats_a_dataset_may_hold(tmp_path: Pat
         read_dataset(DatasetSpec(uri=str(tmp_path), format="imagefolder"))
 
 
+def test_images_too_large_for_a_training_set_are_refused_before_they_are_decoded(tmp_path: Path) -> None:
+    """Two 12000×12000 PNGs of 137 KB were accepted (1 GB at peak): a source image over 4096×4096 is
+    refused from its header, a size inferred over 1024 a side asks for dataset.image_size, and a
+    dataset over dataset.max_mb decoded fails naming it."""
+
+    def folder(name: str, size: tuple[int, int], count: int = 2) -> str:
+        for label in ("a", "b"):
+            (tmp_path / name / label).mkdir(parents=True)
+            for index in range(count):
+                (tmp_path / name / label / f"{index}.png").write_bytes(_png(index, size))
+        return str(tmp_path / name)
+
+    with pytest.raises(DatasetError, match=r"0.png: 5000×5000 pixels, over 16,777,216: too large"):
+        read_dataset(DatasetSpec(uri=folder("huge", (5000, 5000), count=1), format="imagefolder"))
+    large = folder("large", (1500, 1200), count=1)
+    with pytest.raises(
+        DatasetError, match=r"most images are 1200×1500, over 1024 pixels a side: set dataset.image_size"
+    ):
+        read_dataset(DatasetSpec(uri=large, format="imagefolder"))
+    assert read_dataset(DatasetSpec(uri=large, format="imagefolder", image_size=(120, 150))).shape == (
+        120,
+        150,
+        1,
+    )
+    many = folder("many", (512, 512), count=3)
+    with pytest.raises(
+        DatasetError, match=r"6 images of 512×512×1 take 1 MiB decoded, over dataset.max_mb \(1\)"
+    ):
+        read_dataset(DatasetSpec(uri=many, format="imagefolder", max_mb=1))
+
+
 def test_reading_from_s3(s3_server: dict[str, str]) -> None:
     fs = s3fs.S3FileSystem(
         key=s3_server["key"], secret=s3_server["secret"], endpoint_url=s3_server["endpoint_url"]

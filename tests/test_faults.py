@@ -115,6 +115,14 @@ def _job_file(tmp_path: Path, **sections: Any) -> Path:
         ),
         ({"train": {"checkpoint_every": 0}}, "train.checkpoint_every: Input should be greater than or equal"),
         ({"generate": {"per_label": 0}}, "generate.per_label: counts must be positive (got 0)"),
+        # counts and samples with no upper bound
+        ({"generate": {"per_label": 10**11}}, "generate.per_label: at most 10,000,000,000 samples in all"),
+        (
+            {"generate": {"per_label": {"Adelie": 6 * 10**9, "Gentoo": 6 * 10**9}}},
+            "generate.per_label: at most",
+        ),
+        ({"validate": {"sample_rows": 10**9}}, "validate.sample_rows: Input should be less than or equal to"),
+        ({"validate": {"max_pairs": 0}}, "validate.max_pairs: Input should be greater than or equal to 1"),
         ({"generate": {"per_label": {"Adelie": -1}}}, "generate.per_label: counts must be positive"),
         ({"generate": {"runner": {"workers": 0}}}, "generate.runner.workers: Input should be greater than"),
         ({"retries": {"count": -1}}, "retries.count: Input should be greater than or equal to 0 (got -1)"),

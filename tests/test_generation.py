@@ -176,3 +176,6 @@ def test_an_image_batch_too_large_for_memory_is_clipped_with_a_warning(
         clipped = image_batch_size(100_000, (512, 512, 3), max_mb=1024)
     assert clipped == 273  # 1 GiB / (512·512·3 pixels × 5 bytes)
     assert "generate.batch_size: 100000 images of 512×512×3 would take 375000 MiB" in caplog.text
+    with caplog.at_level("WARNING", logger="genai_pipeline.generation"):  # validation decodes its sample too
+        assert image_batch_size(100_000, (512, 512, 3), max_mb=1024, field="validate.sample_rows") == 273
+    assert "validate.sample_rows: 100000 images of 512×512×3" in caplog.text

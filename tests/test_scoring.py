@@ -72,3 +72,21 @@ def test_an_image_run_of_one_label_asks_for_no_classifier() -> None:
         assert metrics["pixel_histogram"] == 1.0 and metrics["memorised_share"] == 1.0
         assert ("label_distribution" in metrics) is not conditioned
         assert charts["synthetic_images"][0] is ones.images
+
+
+def test_pair_trends_beyond_the_limit_are_scored_on_a_seeded_sample_of_pairs() -> None:
+    """Pairs grow with the square of the columns (4 ms a pair: 1,000 columns took about 35 minutes,
+    every pair stored in the manifest): at most validate.max_pairs, the same ones for the same seed."""
+    rng = np.random.default_rng(0)
+    table = pa.table({f"c{i}": rng.normal(size=200) for i in range(30)})  # 435 pairs
+    scored = []
+    for seed in (0, 0, 1):
+        rows = MetricRows("r", ValidateSpec())
+        score_tables(
+            rows, table, None, table, target=None, conditions={}, per_label=False, seed=seed, max_pairs=50
+        )
+        scored.append([row["column"] for row in rows.rows if row["metric"] == "pair_trend"])
+    assert len(scored[0]) == 50 and scored[0] == scored[1] != scored[2]
+    rows = MetricRows("r", ValidateSpec())
+    score_tables(rows, table, None, table, target=None, conditions={}, per_label=False, seed=0)
+    assert sum(row["metric"] == "pair_trend" for row in rows.rows) == 435  # under the default limit

@@ -13,8 +13,9 @@ import json
 import logging
 import posixpath
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import fsspec
 import numpy as np
@@ -45,6 +46,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 #: the decoders Pillow may use, whatever a file's content claims: an EPS named .png would otherwise
 #: be handed to Ghostscript, and a dozen rarer decoders would parse untrusted bytes
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+#: an image with more pixels than this is refused from its header, before it is decoded
+MAX_SOURCE_PIXELS = 4096 * 4096
+#: the largest side an inferred image size may have (``dataset.image_size`` has the same bound)
+MAX_SIDE = 1024
 _TABLE_SUFFIXES = {"parquet": (".parquet", ".pq", ".parq"), "csv": (".csv", ".csv.gz")}
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 #: files that tools leave in image folders (Windows thumbnails, folder settings): skipped silently
@@ -216,29 +221,65 @@ def _read_table(fs: fsspec.AbstractFileSystem, path: str, spec: DatasetSpec) -> 
     return table.combine_chunks()
 
 
-def _decode_images(blobs: Sequence[bytes], names: Sequence[str]) -> list[Image.Image]:
-    """Decode encoded images in a thread pool (PIL releases the GIL while decoding)."""
+def _decode_images(blobs: Sequence[bytes], names: Sequence[str], spec: DatasetSpec) -> list[Image.Image]:
+    """Decode encoded images in a thread pool (PIL releases the GIL while decoding), after their
+    headers said they fit: each one, and the dataset as :func:`_to_array` will hold it."""
 
-    def decode(item: tuple[bytes, str]) -> Image.Image:
-        blob, name = item
+    @contextmanager
+    def readable(name: str) -> Iterator[None]:
         try:
-            image = Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS)
-            image.load()
-            return image
+            yield
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
             raise DatasetError(f"{name}: not a readable image ({_error_detail(exc)})") from None
 
+    def header(item: tuple[bytes, str]) -> Image.Image:
+        blob, name = item
+        with readable(name):
+            image = Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS)
+        if image.width * image.height > MAX_SOURCE_PIXELS:
+            raise DatasetError(
+                f"{name}: {image.width}×{image.height} pixels, over {MAX_SOURCE_PIXELS:,}: too large for a "
+                "training image (resize the source first)"
+            )
+        return image
+
+    def decode(item: tuple[Image.Image, str]) -> Image.Image:
+        image, name = item
+        with readable(name):
+            image.load()
+        return image
+
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(pool.map(decode, zip(blobs, names)))
+        images = list(pool.map(header, zip(blobs, names)))
+        _target_shape(images, spec)  # refuses what would not fit, before anything is decoded
+        return list(pool.map(decode, zip(images, names)))
 
 
-def _to_array(images: Sequence[Image.Image], spec: DatasetSpec, uri: str) -> np.ndarray:
-    """One size and one colour mode for all images: the spec's, or what most images have."""
+def _target_shape(images: Sequence[Image.Image], spec: DatasetSpec) -> tuple[int, int, int]:
+    """``(height, width, channels)`` for every image: the spec's, or what most images have; a size
+    inferred over :data:`MAX_SIDE`, or a dataset over ``dataset.max_mb`` decoded, is refused."""
     if not images:
-        raise DatasetError(f"{uri}: no images found")
+        raise DatasetError(f"{spec.uri}: no images found")
     sizes = Counter((image.height, image.width) for image in images)
     height, width = spec.image_size or sizes.most_common(1)[0][0]
     channels = spec.channels or (1 if all(image.mode in _GRAY_MODES for image in images) else 3)
+    if max(height, width) > MAX_SIDE:
+        raise DatasetError(
+            f"{spec.uri}: most images are {height}×{width}, over {MAX_SIDE} pixels a side: set "
+            f"dataset.image_size (at most {MAX_SIDE}×{MAX_SIDE}) to resize them"
+        )
+    if (needed := len(images) * height * width * channels) > spec.max_mb * 2**20:
+        raise DatasetError(
+            f"{spec.uri}: {len(images):,} images of {height}×{width}×{channels} take {needed // 2**20:,} MiB "
+            f"decoded, over dataset.max_mb ({spec.max_mb:,}): raise it, or set a smaller dataset.image_size"
+        )
+    return height, width, channels
+
+
+def _to_array(images: Sequence[Image.Image], spec: DatasetSpec, uri: str) -> np.ndarray:
+    """One size and one colour mode for all images (:func:`_target_shape`)."""
+    height, width, channels = _target_shape(images, spec)
+    sizes = Counter((image.height, image.width) for image in images)
     mode = "L" if channels == 1 else "RGB"
     resized = sum(count for size, count in sizes.items() if size != (height, width))
     if resized:
@@ -288,7 +329,7 @@ def _read_image_folder(fs: fsspec.AbstractFileSystem, root: str, spec: DatasetSp
     if not files:
         raise DatasetError(f"{spec.uri}: no images in class subfolders (expected ROOT/<label>/<image>.png)")
     blobs = fs.cat([name for name, _ in files])
-    images = _decode_images([blobs[name] for name, _ in files], [name for name, _ in files])
+    images = _decode_images([blobs[name] for name, _ in files], [name for name, _ in files], spec)
     labels = np.asarray([label for _, label in files], dtype=str)
     return ImageData(images=_to_array(images, spec, spec.uri), labels=labels)
 
@@ -347,5 +388,5 @@ def _images_from_table(
         labels = [names[value] if isinstance(value, int) else value for value in labels]
     if any(label is None for label in labels):
         raise DatasetError(f"{spec.uri}: label column {spec.label!r} has nulls")
-    decoded = _decode_images(blobs, [f"{spec.uri} row {index}" for index in range(len(blobs))])
+    decoded = _decode_images(blobs, [f"{spec.uri} row {index}" for index in range(len(blobs))], spec)
     return ImageData(images=_to_array(decoded, spec, spec.uri), labels=np.asarray(labels, dtype=str))

@@ -31,6 +31,7 @@ from genai_pipeline.quality.images import (
 from genai_pipeline.quality.privacy import privacy_scores
 from genai_pipeline.quality.tabular import (
     column_coverage,
+    column_pairs,
     column_shapes,
     new_row_share,
     overall_pair_trend,
@@ -72,6 +73,16 @@ def shape_reference(
     return reference, [name for name in real.column_names if name not in skipped]
 
 
+def scored_pairs(pairs: list[tuple[str, str]], limit: int, seed: int) -> list[tuple[str, str]]:
+    """The pairs whose trends are scored: all of them, or a seeded sample of ``limit`` in their own
+    order (pairs grow with the square of the columns: 1,000 columns are half a million pairs)."""
+    if len(pairs) <= limit:
+        return pairs
+    log.info("pair trends: %d of %d column pairs scored (validate.max_pairs)", limit, len(pairs))
+    keep = np.sort(np.random.default_rng(seed).choice(len(pairs), size=limit, replace=False))
+    return [pairs[index] for index in keep]
+
+
 def score_tables(
     rows: MetricRows,
     real: pa.Table,
@@ -82,10 +93,12 @@ def score_tables(
     conditions: Mapping[str, Any],
     per_label: bool,
     seed: int,
+    max_pairs: int = 1_000,
 ) -> dict[str, Any]:
     """Fidelity, privacy and utility of a table run. ``target`` is the label/target column (the
-    utility model's), ``per_label`` whether the run fixed its counts per label. Returns the real
-    and synthetic columns that were compared, as the report charts them."""
+    utility model's), ``per_label`` whether the run fixed its counts per label; pair trends are
+    scored on at most ``max_pairs`` pairs (a seeded sample beyond). Returns the real and synthetic
+    columns that were compared, as the report charts them."""
     reference, compared = shape_reference(real, conditions, {target} if per_label and target else set())
     shapes = column_shapes(reference.select(compared), synthetic)
     for name, score in shapes.items():
@@ -95,7 +108,8 @@ def score_tables(
         for metric, value in column_coverage(reference.column(name), synthetic.column(name)).items():
             rows.add("column", name, metric, value)
     rows.add("table", None, "new_row_share", new_row_share(real, synthetic))
-    trends = pair_trend_details(reference.select(compared), synthetic.slice(0, PAIR_TREND_ROWS))
+    pairs = scored_pairs(column_pairs(reference.select(compared), synthetic), max_pairs, seed)
+    trends = pair_trend_details(reference.select(compared), synthetic.slice(0, PAIR_TREND_ROWS), pairs=pairs)
     for (first, second), trend in trends.items():
         rows.add("pair", f"{first} × {second}", "pair_trend", trend.score)
     if trends:

@@ -155,36 +155,42 @@ def _contingency(real: list[np.ndarray], synthetic: list[np.ndarray]) -> tuple[f
     return float(1 - 0.5 * difference.abs().sum()), strength
 
 
+def column_pairs(real: pa.Table, synthetic: pa.Table) -> list[tuple[str, str]]:
+    """Every pair of the columns the two tables share, in the real table's order."""
+    names = [name for name in real.column_names if name in synthetic.column_names]
+    return [(first, second) for i, first in enumerate(names) for second in names[i + 1 :]]
+
+
 def pair_trend_details(
-    real: pa.Table, synthetic: pa.Table, bins: int = 10
+    real: pa.Table, synthetic: pa.Table, bins: int = 10, pairs: list[tuple[str, str]] | None = None
 ) -> dict[tuple[str, str], PairTrend]:
     """SDMetrics' column pair trends: for two numeric columns 1 − |Δ Pearson correlation| / 2 (rows
     with a null left out), otherwise 1 − TVD of their contingency tables (null a category of its
     own; a numeric in a mixed pair cut into ``bins`` equal-width bins of each table's own range,
-    as SDMetrics does: its scores are what analysts compare ours with)."""
-    names = [name for name in real.column_names if name in synthetic.column_names]
-    numeric = {name: is_numeric(dense(real.column(name)).type) for name in names}
+    as SDMetrics does: its scores are what analysts compare ours with). ``pairs``: only these
+    (default: every one of :func:`column_pairs`)."""
+    pairs = column_pairs(real, synthetic) if pairs is None else pairs
+    numeric = {name: is_numeric(dense(real.column(name)).type) for pair in pairs for name in pair}
     details = {}
-    for i, first in enumerate(names):
-        for second in names[i + 1 :]:
-            if numeric[first] and numeric[second]:
-                real_corr = _correlation(
-                    to_float(dense(real.column(first))), to_float(dense(real.column(second)))
+    for first, second in pairs:
+        if numeric[first] and numeric[second]:
+            real_corr = _correlation(
+                to_float(dense(real.column(first))), to_float(dense(real.column(second)))
+            )
+            synth_corr = _correlation(
+                to_float(dense(synthetic.column(first))), to_float(dense(synthetic.column(second)))
+            )
+            if real_corr is not None and synth_corr is not None:
+                strength = abs(real_corr)
+                details[(first, second)] = PairTrend(
+                    1 - abs(real_corr - synth_corr) / 2, strength, strength > REAL_CORRELATION_THRESHOLD
                 )
-                synth_corr = _correlation(
-                    to_float(dense(synthetic.column(first))), to_float(dense(synthetic.column(second)))
-                )
-                if real_corr is not None and synth_corr is not None:
-                    strength = abs(real_corr)
-                    details[(first, second)] = PairTrend(
-                        1 - abs(real_corr - synth_corr) / 2, strength, strength > REAL_CORRELATION_THRESHOLD
-                    )
-                continue
-            mixed = numeric[first] or numeric[second]
-            real_cols = [_pair_values(real, n, mixed, bins) for n in (first, second)]
-            synth_cols = [_pair_values(synthetic, n, mixed, bins) for n in (first, second)]
-            score, strength = _contingency(real_cols, synth_cols)
-            details[(first, second)] = PairTrend(score, strength, strength > REAL_ASSOCIATION_THRESHOLD)
+            continue
+        mixed = numeric[first] or numeric[second]
+        real_cols = [_pair_values(real, n, mixed, bins) for n in (first, second)]
+        synth_cols = [_pair_values(synthetic, n, mixed, bins) for n in (first, second)]
+        score, strength = _contingency(real_cols, synth_cols)
+        details[(first, second)] = PairTrend(score, strength, strength > REAL_ASSOCIATION_THRESHOLD)
     return details
 
 
