@@ -8,10 +8,16 @@ fails naming the holder.
 - Locally the lock is ``flock`` on a file beside the output: the kernel drops it when its
   process dies, so a killed run never blocks the next one.
 - On S3 it is a *lease*: an object created only if absent (``If-None-Match: *``, supported by AWS
-  S3, MinIO and moto) that holds its owner and an expiry time. The holder renews it every third of
-  :data:`LEASE_SECONDS` (a conditional ``If-Match`` put) while it publishes; a lease left by a
-  killed run expires and is removed with a conditional delete, so exactly one waiter takes over.
-  The same run retrying its export takes its own lease back at once.
+  S3, MinIO and moto) that names its owner. The holder renews it every third of
+  :data:`LEASE_SECONDS` (a conditional ``If-Match`` put, which changes its ETag) while it
+  publishes. No clock is compared with another machine's: a waiter judges a lease expired when it
+  has seen the same ETag for :data:`LEASE_SECONDS` by its own monotonic clock, then removes it with
+  a conditional delete, so exactly one waiter takes over, and never from a live holder however
+  skewed their clocks. The holder, before it switches the data (:meth:`Lease.check`), refuses
+  when its last successful renewal is older than the lease less a margin (a renewal that hangs
+  sets no flag), and renews once more, conditionally: that write fails if the lock changed hands,
+  and gives the switch a whole lease before any waiter could take over. The same run retrying its
+  export takes its own lease back at once.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -43,15 +49,19 @@ POLL_SECONDS = 0.5
 
 
 class Lease:
-    """A held lock; :meth:`check` raises if an S3 lease could not be renewed (another run may
-    have taken it over), so the publisher stops before it switches the data."""
+    """A held lock. :meth:`check` is called right before the data switch: it raises
+    :class:`StorageError` when an S3 lease may have been lost (the holder stops before it switches
+    the data), and otherwise fences the switch with one more conditional renewal."""
 
-    def __init__(self) -> None:
+    def __init__(self, fence: Callable[[], None] | None = None) -> None:
         self.lost: str | None = None
+        self._fence = fence
 
     def check(self) -> None:
         if self.lost:
             raise StorageError(self.lost)
+        if self._fence is not None:
+            self._fence()
 
 
 def _holder(owner: str) -> dict[str, Any]:
@@ -191,10 +201,11 @@ def _condition_lost(exc: BaseException | None) -> bool:
 def _s3_lease(storage: Storage, rel: str, owner: str, deadline: float, what: str) -> Iterator[Lease]:
     lock, waiter = _S3Object(storage, rel), _Waiter(what, deadline)
 
-    def body() -> bytes:
+    def body() -> bytes:  # "expires" is for people reading the object; nothing compares it
         expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=LEASE_SECONDS)
         return json.dumps({**_holder(owner), "expires": expires.isoformat()}).encode()
 
+    seen: tuple[str, float] | None = None  # the holder's ETag, and since when (this waiter's clock)
     while (etag := lock.create(body())) is None:
         found = lock.read()
         if found is None:
@@ -205,27 +216,58 @@ def _s3_lease(storage: Storage, rel: str, owner: str, deadline: float, what: str
             if etag is not None:
                 break
             continue
-        if holder is None or _expired(holder):
-            log.warning("%s: the lease of %s has expired: taking over", what, _describe(holder))
+        if seen is None or seen[0] != held:
+            seen = (held, time.monotonic())  # renewed (or new): its lease starts again
+        elif time.monotonic() - seen[1] >= LEASE_SECONDS:
+            log.warning(
+                "%s: the lease of %s was not renewed for %.0f s: taking over",
+                what,
+                _describe(holder),
+                LEASE_SECONDS,
+            )
             lock.delete(held)
+            seen = None
             continue
         waiter.wait(holder)
 
-    lease, stop = Lease(), threading.Event()
-    current = [etag]
+    stop, mutex = threading.Event(), threading.Lock()
+    state = {"etag": etag, "renewed": time.monotonic()}
+
+    def renew_once(reason: str) -> str | None:
+        """One conditional renewal; None on success, else why the lease is lost."""
+        try:
+            renewed = lock.replace(body(), state["etag"])
+        except StorageError as exc:
+            return f"{what}: lost the publish lease ({exc}); not switching the data"
+        if renewed is None:
+            return f"{what}: lost the publish lease (it was taken over {reason}); not switching the data"
+        state.update(etag=renewed, renewed=time.monotonic())
+        return None
+
+    def fence() -> None:
+        margin = LEASE_SECONDS / 6
+        age = time.monotonic() - state["renewed"]
+        if age > LEASE_SECONDS - margin:
+            lease.lost = f"{what}: the publish lease was last renewed {age:.0f} s ago; not switching the data"
+        elif not mutex.acquire(timeout=margin):  # a renewal is hanging: it may come too late
+            lease.lost = f"{what}: the publish lease's renewal hangs; not switching the data"
+        else:
+            try:
+                lease.lost = renew_once("before the data switch")
+            finally:
+                mutex.release()
+        if lease.lost:
+            raise StorageError(lease.lost)
+
+    lease = Lease(fence)
 
     def renew() -> None:
         while not stop.wait(LEASE_SECONDS / 3):
-            try:
-                renewed = lock.replace(body(), current[0])
-            except StorageError as exc:
-                renewed, reason = None, str(exc)
-            else:
-                reason = "it was taken over"
-            if renewed is None:
-                lease.lost = f"{what}: lost the publish lease ({reason}); not switching the data"
+            with mutex:
+                lost = renew_once("while publishing")
+            if lost is not None:
+                lease.lost = lost
                 return
-            current[0] = renewed
 
     renewer = threading.Thread(target=renew, name="publish-lease", daemon=True)
     renewer.start()
@@ -235,12 +277,4 @@ def _s3_lease(storage: Storage, rel: str, owner: str, deadline: float, what: str
         stop.set()
         renewer.join()
         with suppress(StorageError):  # left behind, it expires
-            lock.delete(current[0])
-
-
-def _expired(holder: dict[str, Any]) -> bool:
-    try:
-        expires = dt.datetime.fromisoformat(str(holder["expires"]))
-    except (KeyError, ValueError):
-        return True
-    return expires <= dt.datetime.now(dt.UTC)
+            lock.delete(state["etag"])

@@ -1,9 +1,10 @@
 """An S3 endpoint that can be killed and brought back: moto's server behind a TCP proxy.
 
 Killing the proxy resets every open connection and refuses new ones, as when an S3 endpoint or
-the network to it dies; the objects live on in moto (in this process), as they would in a real
-store. :meth:`FlakyEndpoint.kill_at` kills it at an exact request (before or after the server
-handled it), so a test can cut an export at every step. Used by the fault tests and by
+the network to it dies (:meth:`FlakyEndpoint.stall` instead holds requests and answers late);
+the objects live on in moto (in this process), as they would in a real store.
+:meth:`FlakyEndpoint.kill_at` kills it at an exact request (before or after the server handled
+it), so a test can cut an export at every step. Used by the fault tests and by
 ``benchmarks/soak.py``.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from typing import Any
@@ -27,6 +29,7 @@ class FlakyEndpoint:
     def __init__(self) -> None:
         self.requests = 0
         self._kill: tuple[int, bool] | None = None
+        self._stalled_until = 0.0
         self._lock = threading.Lock()
         self._server = make_server("127.0.0.1", 0, self._app, threaded=True, request_handler=_QuietHandler)
         self._backend_port = self._server.server_address[1]
@@ -40,6 +43,8 @@ class FlakyEndpoint:
 
     # --- the S3 server: counts requests and kills the endpoint at the armed one -------------
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if (wait := self._stalled_until - time.monotonic()) > 0:
+            time.sleep(wait)  # a stalled endpoint: it takes the request and answers late
         with self._lock:
             self.requests += 1
             kill = self._kill is not None and self.requests == self._kill[0]
@@ -52,6 +57,11 @@ class FlakyEndpoint:
         if kill:
             self.down()  # handled, but the client never hears so
         return body
+
+    def stall(self, seconds: float) -> None:
+        """Hold every request that arrives in the next ``seconds`` until they are over (a stalled,
+        not a dead, endpoint: connections stay open, answers come late)."""
+        self._stalled_until = time.monotonic() + seconds
 
     def kill_at(self, request: int, *, after_handling: bool = False) -> None:
         """Kill the endpoint at the ``request``-th request from now (1 = the next one)."""

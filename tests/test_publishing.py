@@ -285,7 +285,11 @@ def test_a_lease_left_by_a_killed_run_expires_and_a_live_one_is_renewed(
     storage = Storage(f"s3://{BUCKET}/lease", _options(endpoint))
     dead = {"owner": "killed-run", "host": "gone", "pid": 1, "expires": "2026-01-01T00:00:00+00:00"}
     storage.write_bytes("_locks/x.lock", json.dumps(dead).encode())
-    with locks.publish_lock(storage, "_locks/x.lock", "next-run", timeout=0, what="x"):
+    started = time.monotonic()
+    with locks.publish_lock(storage, "_locks/x.lock", "next-run", timeout=5, what="x"):
+        assert (
+            time.monotonic() - started >= 1.5
+        )  # a lease unchanged for a lease period, by the waiter's clock
         holder = json.loads(storage.read_bytes("_locks/x.lock"))
         assert holder["owner"] == "next-run"
         time.sleep(3.5)  # over two lease lifetimes: renewed meanwhile, so still held
@@ -400,3 +404,56 @@ def test_a_backfill_of_an_earlier_date_leaves_the_latest_model_where_it_is(tmp_p
     later = json.loads((tmp_path / "tiny" / "models" / "latest.json").read_text())
     _stage(job, run_date="2026-03-01").export()
     assert json.loads((tmp_path / "tiny" / "models" / "latest.json").read_text()) == later
+
+
+def test_a_live_lease_is_never_taken_whatever_its_holders_clock_says(
+    endpoint: FlakyEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Expiry was written with the holder's clock and judged with the waiter's: a waiter 90 s ahead
+    took over a live lease, and both switched the data. Now a waiter judges by its own monotonic
+    clock whether the lease's ETag changed: renewed, it is live, whatever its "expires" says."""
+    monkeypatch.setattr(locks, "LEASE_SECONDS", 1.5)
+    storage = Storage(f"s3://{BUCKET}/skew", _options(endpoint))
+    skewed = {"owner": "holder", "host": "h", "pid": 1, "expires": "2020-01-01T00:00:00+00:00"}
+    lock = locks._S3Object(storage, "_locks/x.lock")
+    etag = lock.create(json.dumps(skewed).encode())
+    stop = threading.Event()
+
+    def holder_renews() -> None:
+        current = etag
+        while not stop.wait(0.3):
+            current = lock.replace(json.dumps({**skewed, "n": time.monotonic()}).encode(), current) or current
+
+    renewer = threading.Thread(target=holder_renews)
+    renewer.start()
+    try:
+        with (
+            pytest.raises(RunConflict, match="run holder"),
+            locks.publish_lock(storage, "_locks/x.lock", "waiter", timeout=4, what="x"),
+        ):
+            pass
+    finally:
+        stop.set()
+        renewer.join()
+    assert json.loads(storage.read_bytes("_locks/x.lock"))["owner"] == "holder"
+
+
+def test_a_holder_whose_renewal_hangs_does_not_switch_the_data(
+    endpoint: FlakyEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal that hangs (botocore waits 60 s for an answer) set no flag, so the holder's check
+    passed after its lease had expired and it overwrote the new holder's data. Now the check
+    refuses once the last successful renewal is older than the lease less a margin; and a check
+    that passes renews the lease, conditionally, right before the switch."""
+    monkeypatch.setattr(locks, "LEASE_SECONDS", 1.5)
+    storage = Storage(f"s3://{BUCKET}/stall", _options(endpoint))
+    with locks.publish_lock(storage, "_locks/x.lock", "holder", timeout=0, what="x") as lease:
+        before = storage.fs.info(storage.path("_locks/x.lock"))["ETag"]
+        lease.check()  # fresh: passes, and fences with a renewal
+        assert storage.fs.info(storage.path("_locks/x.lock"))["ETag"] != before
+        endpoint.stall(4.0)  # renewals now hang (read timeout 5 s)
+        time.sleep(1.6)  # past the lease less its margin since the last renewal
+        with pytest.raises(StorageError, match="not switching the data"):
+            lease.check()
+        time.sleep(2.5)  # the stall passes
+    assert not storage.exists("_locks/x.lock")
