@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
+import re
 import subprocess
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -202,11 +205,43 @@ def test_literal_credentials_never_reach_logs_parameters_or_outputs(
     )
     written = b"".join(fs.cat_file(path) for path in fs.find(f"{s3_server['bucket']}/secrets-test"))
     captured = capfd.readouterr()
+    persisted = _prefect_persisted_bytes()  # the server's database and the result storage
+    assert persisted, "found none of Prefect's database or result files to search"
+    assert _holds(b"x" + base64.b64encode(b"ab" + s3_server["secret"].encode()), s3_server["secret"].encode())
     for secret in (s3_server["secret"], s3_server["key"]):
         assert secret not in stored
         assert secret.encode() not in written
         assert secret not in captured.out + captured.err
+        assert not _holds(persisted, secret.encode()), "a literal secret is in Prefect's database or results"
     assert _latest_artifact("tiny-summary") and s3_server["secret"] not in _latest_artifact("tiny-summary")
+
+
+def _prefect_persisted_bytes() -> bytes:
+    """Everything Prefect keeps on disk: its database (with the write-ahead log) and results."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    database = settings.server.database.connection_url.get_secret_value().split(":///", 1)[-1]
+    paths = [Path(database + suffix) for suffix in ("", "-wal", "-journal")]
+    paths += [path for path in Path(settings.results.local_storage_path).rglob("*") if path.is_file()]
+    return b"".join(path.read_bytes() for path in paths if path.is_file())
+
+
+def _holds(blob: bytes, secret: bytes) -> bool:
+    """Whether ``blob`` holds ``secret`` as it is or base64-encoded (at any alignment)."""
+    if secret in blob:
+        return True
+    for run in re.findall(rb"[A-Za-z0-9+/=_-]{16,}", blob):
+        for start in range(4):
+            chunk = run[start:]
+            with suppress(ValueError):
+                decoded = base64.b64decode(
+                    chunk[: len(chunk) - len(chunk) % 4] + b"==",
+                    altchars=b"-_" if b"-" in chunk or b"_" in chunk else None,
+                )
+                if secret in decoded:
+                    return True
+    return False
 
 
 def test_transient_failures_are_retried_and_permanent_ones_are_not(
