@@ -4,15 +4,21 @@
 
 S3 is moto's server behind a proxy (``tests/flaky_endpoint.py``) that a killer thread takes down
 at a random moment of a random share of the runs, for a short outage (retries should ride it out)
-or a long one (the run should fail cleanly), resetting every open connection. The runs go through
-the Prefect flow (embedded mode), one after another, over three run dates so reruns replace
-partitions. A reader polls every run date's ``data/`` the whole time, through the same endpoint,
-as an analyst's job would: each view must be one data file, of one run, with the job's row count.
-Every tenth run (``--pairs-every``) is started twice at once for the same date, as a manual rerun
-beside the nightly one would be: the publish lock must keep the two from interleaving.
+or a long one (the run should fail cleanly), resetting every open connection; a quarter of the
+outages are stalls instead (the endpoint holds every request and answers late, 2-8 s: past the
+client's read timeout, and past the lease's renewal period). The runs go through the Prefect flow
+(embedded mode), one after another, over three run dates so reruns replace partitions. A reader
+polls every run date's ``data/`` the whole time, through the same endpoint, as an analyst's job
+would: each view must be one data file, of one run, with the job's row count, and the quality
+files of the run it names (``quality/run_date=…/run=<run id>/metrics.parquet``) must be that run's;
+a run date's live run must never go back to an older run. Every tenth run (``--pairs-every``) is
+started twice at once for the same date (two run ids), as a manual rerun beside the nightly one
+would be: the publish lock must keep the two from interleaving, and the older must not replace
+the newer (it gives up: ``RunSuperseded``).
 
-Prints runs completed, runs failed cleanly (a one-line error, no staging or lock left once the
-endpoint is back), and what readers saw: whole views, and duplicated or partial ones (must be 0).
+Prints runs completed, superseded, failed cleanly (a one-line error, no staging or lock left once
+the endpoint is back), and what readers saw: whole views, and duplicated, partial or mixed ones
+and older runs replacing newer ones (all must be 0).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from botocore.exceptions import BotoCoreError  # noqa: E402
 from flaky_endpoint import FlakyEndpoint  # noqa: E402
 
 from genai_pipeline.jobs import load_job  # noqa: E402
-from genai_pipeline.runs import RUN_ID_KEY  # noqa: E402
+from genai_pipeline.runs import RUN_ID_KEY, run_started  # noqa: E402
 
 BUCKET, ROWS = "soak", 500
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03"]
@@ -84,6 +90,8 @@ class Reader(threading.Thread):
         self.views: Counter[str] = Counter()
         self.seen: set[str] = set()
         self.bad: list[str] = []
+        self.live: dict[str, str] = {}  # run date → the newest run a reader saw live
+        self.went_back = 0
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -115,12 +123,53 @@ class Reader(threading.Thread):
         runs = {(table.schema.metadata or {}).get(RUN_ID_KEY, b"?").decode() for table in tables}
         rows = sum(table.num_rows for table in tables)
         if len(files) == 1 and len(runs) == 1 and rows == ROWS:
-            self.views["whole"] += 1
-            self.seen |= runs
+            (run,) = runs
+            if self.same_run_quality(prefix, run):
+                self.views["whole"] += 1
+                self.seen |= runs
+                self.note_live(prefix, run)
         else:
             kind = "duplicated" if rows > ROWS or len(runs) > 1 else "partial"
             self.views[kind] += 1
             self.bad.append(f"{prefix}: {kind}: {len(files)} files, runs {sorted(runs)}, {rows} rows")
+
+    def same_run_quality(self, prefix: str, run: str) -> bool:
+        """Whether the quality files of the run the data names are that run's. Missing, they may
+        have gone with a newer run published meanwhile: then the data names another run too."""
+        quality = prefix.replace("/data/", "/quality/") + f"/run={run}/metrics.parquet"
+        try:
+            with self.fs.open(quality, "rb") as handle:
+                named = set(pq.read_table(handle).column("run_id").to_pylist())
+        except FileNotFoundError:
+            if self.live_run(prefix) not in (run, None):
+                self.views["moved on (a newer run published meanwhile)"] += 1
+                return False
+            named = set()
+        except (OSError, BotoCoreError):
+            self.views["unreadable (endpoint down)"] += 1
+            return False
+        if named != {run}:
+            self.views["mixed"] += 1
+            self.bad.append(f"{prefix}: data of run {run}, quality naming {sorted(named) or 'nothing'}")
+            return False
+        return True
+
+    def live_run(self, prefix: str) -> str | None:
+        try:
+            with self.fs.open(f"{prefix}/part-00000.parquet", "rb") as handle:
+                metadata = pq.ParquetFile(handle).schema_arrow.metadata or {}
+        except (OSError, BotoCoreError):
+            return None
+        return metadata.get(RUN_ID_KEY, b"?").decode()
+
+    def note_live(self, prefix: str, run: str) -> None:
+        """Count a run date going back to an older run than one a reader saw live before."""
+        newest = self.live.get(prefix)
+        if newest is not None and (run_started(run), run) < (run_started(newest), newest):
+            self.went_back += 1
+            self.bad.append(f"{prefix}: went back from run {newest} to the older {run}")
+        elif newest is None or run != newest:
+            self.live[prefix] = run
 
 
 class Killer(threading.Thread):
@@ -131,6 +180,7 @@ class Killer(threading.Thread):
         self.endpoint, self.rng, self.share = endpoint, rng, share
         self.armed, self.stop = threading.Event(), threading.Event()
         self.outages: list[float] = []
+        self.stalls: list[float] = []
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -141,6 +191,12 @@ class Killer(threading.Thread):
                 continue
             if self.stop.wait(self.rng.uniform(0.0, 8.0)):  # somewhere in ingest … export
                 return
+            if self.rng.random() < 0.25:  # a stall: connections stay open, answers come late
+                stall = self.rng.uniform(2.0, 8.0)
+                self.stalls.append(stall)
+                self.endpoint.stall(stall)
+                self.stop.wait(stall)
+                continue
             outage = self.rng.uniform(0.3, 3.0) if self.rng.random() < 0.7 else self.rng.uniform(12.0, 20.0)
             self.endpoint.down()
             self.outages.append(outage)
@@ -186,7 +242,7 @@ def main() -> None:
             errors[f"{type(exc).__name__}: {message.split(':', 2)[-1].strip()[:80]}"] += 1
             if "\n" in message:
                 leftovers.append(f"run {index}: a multi-line error")
-            return "failed"
+            return "superseded" if type(exc).__name__ == "RunSuperseded" else "failed"
         return "completed"
 
     pairs = 0
@@ -226,14 +282,19 @@ def main() -> None:
     seconds = time.monotonic() - started
     print(f"\n{args.runs} runs in {seconds:.0f} s, endpoint killed {len(killer.outages)} times")
     print(f"outages: {short} short (0.3-3 s), {len(killer.outages) - short} long (12-20 s)")
+    print(f"stalls: {len(killer.stalls)} (2-8 s)")
     print(f"runs: {sum(outcomes.values())}, of which {pairs} pairs started at once for the same date")
-    print(f"runs completed: {outcomes['completed']}, failed cleanly: {outcomes['failed']}")
+    print(
+        f"runs completed: {outcomes['completed']}, superseded by a newer run of the same date: "
+        f"{outcomes['superseded']}, failed cleanly: {outcomes['failed']}"
+    )
     for error, count in errors.most_common():
         print(f"  {count} × {error}")
     print(f"published manifests per run date: {dict(sorted(published.items()))}")
     print(f"reader views: {dict(reader.views)}")
-    duplicated, partial = reader.views["duplicated"], reader.views["partial"]
-    print(f"duplicated or partial publishes seen by a reader: {duplicated + partial}")
+    duplicated, partial, mixed = reader.views["duplicated"], reader.views["partial"], reader.views["mixed"]
+    print(f"duplicated, partial or mixed publishes seen by a reader: {duplicated + partial + mixed}")
+    print(f"older runs replacing newer ones (seen by a reader): {reader.went_back}")
     print(f"runs whose data a reader saw without a published manifest: {len(seen_not_published)}")
     print(f"staging areas left: {len({name.split('/')[4] for name in staging})}, locks left: {len(locks)}")
     for line in reader.bad[:10] + leftovers:

@@ -74,8 +74,8 @@ class DatasetSpec(StrictModel):
         default=8192,
         ge=1,
         le=1_048_576,
-        description="images: the decoded dataset may take at most this many MiB (a larger one fails "
-        "at ingest, naming this field)",
+        description="the dataset as read into memory (a table's columns, images decoded) may take at "
+        "most this many MiB: a larger one fails at ingest, naming this field, before it is read in full",
     )
 
     _protect = field_validator("storage_options")(mask_secrets)
@@ -186,6 +186,8 @@ class RunnerSpec(StrictModel):
         min_length=1,
         description="dask: an existing scheduler, e.g. tcp://scheduler:8786 (default: a local cluster)",
     )
+
+    _no_credentials = model_validator(mode="before")(refuse_url_credentials)
 
     @model_validator(mode="after")
     def _dask_only(self) -> RunnerSpec:

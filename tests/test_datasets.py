@@ -206,6 +206,21 @@ def test_images_too_large_for_a_training_set_are_refused_before_they_are_decoded
         read_dataset(DatasetSpec(uri=many, format="imagefolder", max_mb=1))
 
 
+def test_a_table_larger_than_the_memory_budget_is_refused_before_it_is_read_whole(tmp_path: Path) -> None:
+    """Ingest read any table whole: a Parquet file is now judged by its footer before it is read,
+    a CSV file once read, against dataset.max_mb."""
+    rows = pa.table({"x": np.arange(400_000, dtype=np.float64), "y": np.arange(400_000)})  # ~6 MiB
+    pq.write_table(rows, tmp_path / "big.parquet")
+    with pytest.raises(
+        DatasetError, match=r"big.parquet: the table would take 6 MiB in memory .* over dataset.max_mb \(1\)"
+    ):
+        read_dataset(DatasetSpec(uri=str(tmp_path / "big.parquet"), max_mb=1))
+    pacsv.write_csv(rows, tmp_path / "big.csv")
+    with pytest.raises(DatasetError, match=r"big.csv: the table would take 6 MiB"):
+        read_dataset(DatasetSpec(uri=str(tmp_path / "big.csv"), max_mb=1))
+    assert read_dataset(DatasetSpec(uri=str(tmp_path / "big.parquet"), max_mb=8)).num_rows == 400_000
+
+
 def test_reading_from_s3(s3_server: dict[str, str]) -> None:
     fs = s3fs.S3FileSystem(
         key=s3_server["key"], secret=s3_server["secret"], endpoint_url=s3_server["endpoint_url"]

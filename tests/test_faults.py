@@ -159,6 +159,10 @@ def test_bad_job_values_fail_at_load_naming_the_field(
         ({"export": {"output": "s3://AKIAEXAMPLE:hunter2@bucket/out"}}, "export: output"),
         ({"export": {"output": "http://admin:hunter2@minio:9000/out"}}, "export: output"),
         (
+            {"generate": {"runner": {"kind": "dask", "address": "tcp://u:hunter2@scheduler:8786"}}},
+            "generate.runner: address",
+        ),
+        (
             {
                 "export": {
                     "output": "s3://b",

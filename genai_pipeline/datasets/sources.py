@@ -204,14 +204,33 @@ def _list_files(fs: fsspec.AbstractFileSystem, path: str, suffixes: Sequence[str
 
 
 def _read_table(fs: fsspec.AbstractFileSystem, path: str, spec: DatasetSpec) -> pa.Table:
+    """Every file of the table, read within ``dataset.max_mb``: a Parquet file's footer says how
+    large it is before it is read, a CSV file is counted once read (one file past the limit)."""
     kind = "csv" if spec.format == "csv" else "parquet"
-    tables = []
+    tables, used = [], 0
+
+    def within(size: int, name: str) -> None:
+        if size > spec.max_mb * 2**20:
+            raise DatasetError(
+                f"{name}: the table would take {size // 2**20:,} MiB in memory (with the files before it), "
+                f"over dataset.max_mb ({spec.max_mb:,}): raise it, or give the job fewer rows"
+            )
+
     for name in _list_files(fs, path, _TABLE_SUFFIXES[kind], spec.uri):
         try:
             with fs.open(name, "rb", compression="infer" if kind == "csv" else None) as handle:
-                tables.append(pacsv.read_csv(handle) if kind == "csv" else pq.read_table(handle))
+                if kind == "csv":
+                    table = pacsv.read_csv(handle)
+                else:
+                    reader = pq.ParquetFile(handle)
+                    groups = range(reader.metadata.num_row_groups)
+                    within(used + sum(reader.metadata.row_group(i).total_byte_size for i in groups), name)
+                    table = reader.read()
         except (pa.ArrowException, OSError, EOFError) as exc:
             raise DatasetError(f"{name}: not a readable {kind.upper()} file ({_error_detail(exc)})") from None
+        used += table.nbytes
+        within(used, name)
+        tables.append(table)
     try:
         table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     except pa.ArrowException as exc:
