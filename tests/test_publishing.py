@@ -396,6 +396,51 @@ def test_an_older_runs_retry_never_mixes_with_nor_replaces_a_newer_run(
     assert json.loads(storage.read_bytes(b.run.manifest))["status"] == "failed"
 
 
+def test_an_image_jobs_live_manifest_always_names_images_that_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For image jobs the older run's retry switched in a manifest whose PNGs the newer run's
+    publish had deleted as leftovers: readers were pointed at images that no longer existed."""
+    job = tiny_job(
+        "builtin://digits",
+        "vae",
+        str(tmp_path),
+        train={"reuse": "cached", "epochs": 5},
+        generate={"num_samples": 20, "batch_size": 10},
+    )
+    now = dt.datetime.now(dt.UTC)
+    a, b, c = (
+        _stage(job, run_id=f"{(now + dt.timedelta(seconds=i)).strftime(RUN_ID_TIME)}-{i}bbbbb")
+        for i in range(3)
+    )
+    a.export()
+    root = tmp_path / "tiny"
+    real_move = Storage.move
+
+    def switch_fails(self: Storage, pairs: Any) -> None:
+        pairs = list(pairs)
+        if any(dst.startswith("data/") for _, dst in pairs):
+            raise StorageError("connection reset during the data switch (simulated)")
+        real_move(self, pairs)
+
+    def live_manifest_is_whole() -> str:
+        manifest = pq.read_table(root / f"data/run_date={RUN_DATE}/part-00000.parquet")
+        assert all((root / path).exists() for path in manifest.column("path").to_pylist())
+        return manifest.schema.metadata[RUN_ID_KEY].decode()
+
+    monkeypatch.setattr(Storage, "move", switch_fails)
+    with pytest.raises(StorageError):
+        b.export()
+    monkeypatch.setattr(Storage, "move", real_move)
+    assert live_manifest_is_whole() == a.run.run_id
+    c.export()
+    with pytest.raises(RunSuperseded):
+        b.export()
+    assert live_manifest_is_whole() == c.run.run_id
+    pngs = list((root / "images").rglob("*.png"))  # the others' were removed with their publishes
+    assert len(pngs) == 20 and all(png.name.startswith(c.run.run_id) for png in pngs)
+
+
 def test_a_backfill_of_an_earlier_date_leaves_the_latest_model_where_it_is(tmp_path: Path) -> None:
     """models/latest.json (what train.reuse: latest generates from) followed whichever run
     published last: a backfill of an earlier date took it back in time."""
