@@ -362,9 +362,13 @@ _UNSUPPORTED = " which tabular models cannot learn (they take integers, floats, 
         (
             "random.parquet",
             _write(np.random.default_rng(1).bytes(3000)),
-            "not a readable PARQUET file (Could",
+            "not a readable PARQUET file (Parquet magic bytes not found",
         ),
-        ("half.parquet", _cut_in_half, "not a readable PARQUET file (Could not open Parquet input source"),
+        (
+            "half.parquet",
+            _cut_in_half,
+            "not a readable PARQUET file (Parquet magic bytes not found in footer",
+        ),
         ("pages.parquet", _pages_overwritten, "not a readable PARQUET file ("),
         (
             "ragged.csv",
