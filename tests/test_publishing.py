@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,8 +209,6 @@ def test_two_runs_of_one_date_publish_one_after_the_other_never_interleaved(
     real_lock = locks.publish_lock
 
     def timed_lock(storage: Storage, rel: str, owner: str, **kwargs: Any) -> Any:
-        from contextlib import contextmanager
-
         @contextmanager
         def held_for() -> Iterator[Any]:
             with real_lock(storage, rel, owner, **kwargs) as lease:
@@ -344,6 +343,33 @@ def test_a_publish_sweeps_staging_areas_abandoned_for_a_week(
     assert storage.list_dirs("_staging") == sorted([recent, other])
 
 
+def _runs_in_start_order(job: JobSpec, count: int = 3) -> list[Staged]:
+    """``count`` runs staged with ids a second apart from now (ids a week older the staging sweep
+    takes), so that each is newer than the one before it."""
+    now = dt.datetime.now(dt.UTC)
+    ids = [f"{(now + dt.timedelta(seconds=i)).strftime(RUN_ID_TIME)}-{i:06d}" for i in range(count)]
+    return [_stage(job, run_id=run_id) for run_id in ids]
+
+
+@contextmanager
+def _data_switch_fails(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every move into ``data/`` fails, as when the endpoint resets during the data switch; the
+    other moves (images, quality) go through."""
+    real_move = Storage.move
+
+    def switch_fails(self: Storage, pairs: Any) -> None:
+        pairs = list(pairs)
+        if any(dst.startswith("data/") for _, dst in pairs):
+            raise StorageError("s3://…: connection reset during the data switch (simulated)")
+        real_move(self, pairs)
+
+    monkeypatch.setattr(Storage, "move", switch_fails)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(Storage, "move", real_move)
+
+
 def _reader_view(storage: Storage) -> tuple[str, set[str]]:
     """What a reader led by the live data file sees: its run, and the runs named by the quality
     files it finds for that run (the metrics' run_id column)."""
@@ -363,27 +389,11 @@ def test_an_older_runs_retry_never_mixes_with_nor_replaces_a_newer_run(
     files are named by B and live only through the switch, and B's retry gives up."""
     output = str(tmp_path) if where == "local" else f"s3://{BUCKET}/older-{tmp_path.name}"
     options = {} if where == "local" else _options(endpoint)
-    now = dt.datetime.now(dt.UTC)  # ids in start order (a week older, the staging sweep takes them)
-    a, b, c = (
-        _stage(
-            _job(output, options), run_id=f"{(now + dt.timedelta(seconds=i)).strftime(RUN_ID_TIME)}-{i}aaaaa"
-        )
-        for i in range(3)
-    )
+    a, b, c = _runs_in_start_order(_job(output, options))
     a.export()
     storage = a.run.storage()
-    real_move = Storage.move
-
-    def switch_fails(self: Storage, pairs: Any) -> None:
-        pairs = list(pairs)
-        if any(dst.startswith("data/") for _, dst in pairs):
-            raise StorageError("s3://…: connection reset during the data switch (simulated)")
-        real_move(self, pairs)
-
-    monkeypatch.setattr(Storage, "move", switch_fails)
-    with pytest.raises(StorageError, match="during the data switch"):
+    with pytest.raises(StorageError, match="during the data switch"), _data_switch_fails(monkeypatch):
         b.export()
-    monkeypatch.setattr(Storage, "move", real_move)
     assert _reader_view(storage) == (a.run.run_id, {a.run.run_id})  # B's quality is not A's
     c.export()
     assert _reader_view(storage) == (c.run.run_id, {c.run.run_id})
@@ -408,30 +418,17 @@ def test_an_image_jobs_live_manifest_always_names_images_that_exist(
         train={"reuse": "cached", "epochs": 5},
         generate={"num_samples": 20, "batch_size": 10},
     )
-    now = dt.datetime.now(dt.UTC)
-    a, b, c = (
-        _stage(job, run_id=f"{(now + dt.timedelta(seconds=i)).strftime(RUN_ID_TIME)}-{i}bbbbb")
-        for i in range(3)
-    )
+    a, b, c = _runs_in_start_order(job)
     a.export()
     root = tmp_path / "tiny"
-    real_move = Storage.move
-
-    def switch_fails(self: Storage, pairs: Any) -> None:
-        pairs = list(pairs)
-        if any(dst.startswith("data/") for _, dst in pairs):
-            raise StorageError("connection reset during the data switch (simulated)")
-        real_move(self, pairs)
 
     def live_manifest_is_whole() -> str:
         manifest = pq.read_table(root / f"data/run_date={RUN_DATE}/part-00000.parquet")
         assert all((root / path).exists() for path in manifest.column("path").to_pylist())
         return manifest.schema.metadata[RUN_ID_KEY].decode()
 
-    monkeypatch.setattr(Storage, "move", switch_fails)
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageError, match="during the data switch"), _data_switch_fails(monkeypatch):
         b.export()
-    monkeypatch.setattr(Storage, "move", real_move)
     assert live_manifest_is_whole() == a.run.run_id
     c.export()
     with pytest.raises(RunSuperseded):
