@@ -7,8 +7,9 @@ column names, categories, labels, GX kwargs and observed values) is HTML-escaped
 user input, and a column named ``<script>`` must not run in the reader's browser.
 
 Charts come from :mod:`genai_pipeline.quality.charts`; this module lays out the page. It is
-about 500 lines, past the house's ~450, on purpose: every piece of HTML the pipeline writes is
-here, so all its escaping can be reviewed in one file.
+about 530 lines, past the house's ~450, on purpose: every piece of HTML the pipeline writes or
+publishes is here (the pages' script-blocking policy too), so all of its safety can be reviewed in
+one file.
 """
 
 from __future__ import annotations
