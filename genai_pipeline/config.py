@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from genai_pipeline.datasets.builtin import BUILTINS
-from genai_pipeline.masking import is_env_reference, literal_secret_in, mask_secrets, refuse_url_credentials
+from genai_pipeline.masking import literal_secret_in, mask_secrets, refuse_url_credentials
 from genai_pipeline.strict import StrictModel
 
 Modality = Literal["tabular", "image"]
@@ -437,9 +437,7 @@ class JobSpec(StrictModel):
             )
             if literal_secret_in(options)
         ]
-        if self.notify.webhook_url is not None and not is_env_reference(
-            self.notify.webhook_url.get_secret_value()
-        ):
+        if literal_secret_in(self.notify.webhook_url):
             literal.append("notify.webhook_url")
         if literal:
             raise ValueError(

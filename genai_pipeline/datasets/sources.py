@@ -240,9 +240,9 @@ def _read_table(fs: fsspec.AbstractFileSystem, path: str, spec: DatasetSpec) -> 
     return table.combine_chunks()
 
 
-def _decode_images(blobs: Sequence[bytes], names: Sequence[str], spec: DatasetSpec) -> list[Image.Image]:
-    """Decode encoded images in a thread pool (PIL releases the GIL while decoding), after their
-    headers said they fit: each one, and the dataset as :func:`_to_array` will hold it."""
+def _decode_images(blobs: Sequence[bytes], names: Sequence[str], spec: DatasetSpec) -> np.ndarray:
+    """Encoded images as one uint8 NHWC array: decoded in a thread pool (PIL releases the GIL
+    while decoding) once their headers said they fit, each one and the dataset as a whole."""
 
     @contextmanager
     def readable(name: str) -> Iterator[None]:
@@ -270,8 +270,8 @@ def _decode_images(blobs: Sequence[bytes], names: Sequence[str], spec: DatasetSp
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         images = list(pool.map(header, zip(blobs, names)))
-        _target_shape(images, spec)  # refuses what would not fit, before anything is decoded
-        return list(pool.map(decode, zip(images, names)))
+        shape = _target_shape(images, spec)  # refuses what would not fit, before anything is decoded
+        return _to_array(list(pool.map(decode, zip(images, names))), shape, spec.uri)
 
 
 def _target_shape(images: Sequence[Image.Image], spec: DatasetSpec) -> tuple[int, int, int]:
@@ -295,9 +295,9 @@ def _target_shape(images: Sequence[Image.Image], spec: DatasetSpec) -> tuple[int
     return height, width, channels
 
 
-def _to_array(images: Sequence[Image.Image], spec: DatasetSpec, uri: str) -> np.ndarray:
-    """One size and one colour mode for all images (:func:`_target_shape`)."""
-    height, width, channels = _target_shape(images, spec)
+def _to_array(images: Sequence[Image.Image], shape: tuple[int, int, int], uri: str) -> np.ndarray:
+    """The images in one size and colour mode, ``shape`` (from :func:`_target_shape`)."""
+    height, width, channels = shape
     sizes = Counter((image.height, image.width) for image in images)
     mode = "L" if channels == 1 else "RGB"
     resized = sum(count for size, count in sizes.items() if size != (height, width))
@@ -350,7 +350,7 @@ def _read_image_folder(fs: fsspec.AbstractFileSystem, root: str, spec: DatasetSp
     blobs = fs.cat([name for name, _ in files])
     images = _decode_images([blobs[name] for name, _ in files], [name for name, _ in files], spec)
     labels = np.asarray([label for _, label in files], dtype=str)
-    return ImageData(images=_to_array(images, spec, spec.uri), labels=labels)
+    return ImageData(images=images, labels=labels)
 
 
 def _below(base: str, rel: str, name: str) -> str:
@@ -407,5 +407,5 @@ def _images_from_table(
         labels = [names[value] if isinstance(value, int) else value for value in labels]
     if any(label is None for label in labels):
         raise DatasetError(f"{spec.uri}: label column {spec.label!r} has nulls")
-    decoded = _decode_images(blobs, [f"{spec.uri} row {index}" for index in range(len(blobs))], spec)
-    return ImageData(images=_to_array(decoded, spec, spec.uri), labels=np.asarray(labels, dtype=str))
+    images = _decode_images(blobs, [f"{spec.uri} row {index}" for index in range(len(blobs))], spec)
+    return ImageData(images=images, labels=np.asarray(labels, dtype=str))
