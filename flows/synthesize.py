@@ -179,7 +179,7 @@ def synthesize(
             generated = generate.with_options(task_runner=shard_runner(job.generate))(
                 run, model=model, dataset=dataset, policy=policy
             )
-        verdict = validate.with_options(**policy)(run, dataset=dataset, generated=generated)
+        verdict = validate.with_options(**policy)(run, dataset=dataset, generated=generated, model=model)
         manifest = export.with_options(**policy)(
             run, dataset=dataset, model=model, generated=generated, verdict=verdict
         ).manifest

@@ -23,6 +23,8 @@ def _load(args: argparse.Namespace) -> JobSpec:
     overrides = parse_overrides(args.set or [])
     if getattr(args, "output", None):
         overrides["export.output"] = args.output
+    if getattr(args, "workspace", None):
+        overrides["export.workspace"] = args.workspace
     return load_job(args.job, overrides=overrides)
 
 
@@ -45,6 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"  data:     {result['data_url']}")
     print(f"  manifest: {result['manifest_url']}")
     print(f"  report:   {result['report_url']}")
+    print(f"  private:  {job.export.workspace.rstrip('/')}/{job.name} (real data and models: never share it)")
     for warning in result["warnings"]:
         print(f"  warning:  {warning}")
     return 0
@@ -134,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="override a field, e.g. --set train.epochs=5 (repeatable)",
         )
         command.add_argument("--output", help="output URI (overrides export.output)")
+        command.add_argument(
+            "--workspace", help="private workspace URI for real data and models (overrides export.workspace)"
+        )
         return command
 
     run = job_command("run", "run a job now (Prefect's embedded mode unless PREFECT_API_URL is set)")

@@ -62,3 +62,14 @@ def to_float(array: pa.Array) -> np.ndarray:
     return np.asarray(
         pc.cast(array, pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64
     )
+
+
+def quantum(type_: pa.DataType) -> float:
+    """What a column's values are multiples of, as floats (:func:`to_float`): 1 for integers, dates
+    and timestamps (their integer storage), ``10**-scale`` for decimals, 0 for floats."""
+    type_ = value_type(type_)
+    if pa.types.is_integer(type_) or pa.types.is_temporal(type_):
+        return 1.0
+    if pa.types.is_decimal(type_):
+        return 10.0**-type_.scale
+    return 0.0

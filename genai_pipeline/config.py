@@ -25,6 +25,7 @@ from pydantic import (
 
 from genai_pipeline.datasets.builtin import BUILTINS
 from genai_pipeline.masking import literal_secret_in, mask_secrets, refuse_url_credentials
+from genai_pipeline.storage import nested_locations, split_url
 from genai_pipeline.strict import StrictModel
 
 Modality = Literal["tabular", "image"]
@@ -40,6 +41,61 @@ def _one_value(value: Any) -> Any:
 
 
 ConditionValue = Annotated[str | int | float | bool, BeforeValidator(_one_value)]
+
+#: what a column is, as a job may declare it (``dataset.columns``): identifiers and personal data are
+#: generated fresh, text is protected like a category, the last two override how a column is encoded
+ColumnType = Literal["id", "pii", "text", "category", "numeric"]
+
+
+class ColumnSpec(StrictModel):
+    """How one column is treated, declared where detection would guess wrong or not at all."""
+
+    type: ColumnType = Field(
+        description="id: generated fresh, same format, never a real value; pii: fresh personal data of "
+        "its kind; text: protected like a category; category/numeric: how it is encoded"
+    )
+    kind: str | None = Field(
+        default=None, description="pii: email, phone, first_name, last_name, name, … (default: detected)"
+    )
+    locale: str | None = Field(
+        default=None, description="pii: the Faker locale of fresh values, e.g. de_DE (default: detected)"
+    )
+
+    @model_validator(mode="after")
+    def _kind_and_locale(self) -> ColumnSpec:
+        from genai_pipeline.privacy.roles import check_locale, check_pii_kind
+
+        if (self.kind is not None or self.locale is not None) and self.type != "pii":
+            raise ValueError("kind and locale are for type: pii")
+        if self.kind is not None:
+            check_pii_kind(self.kind)
+        if self.locale is not None:
+            check_locale(self.locale)
+        return self
+
+
+class ValueProtectionSpec(StrictModel):
+    """Value protection, on by default: no real value that fewer than ``min_rows`` rows hold is
+    learned, published or generated (rare categories, the tails of numeric columns)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="false: models learn and replay every real value (only for data that may be published)",
+    )
+    min_rows: int = Field(
+        default=5,
+        ge=2,
+        le=100_000,
+        description="a category held by fewer rows is never emitted; numeric tails are clipped so that "
+        "no value fewer rows hold is learned",
+    )
+    rare_token: str | None = Field(
+        default="_RARE_",
+        min_length=1,
+        max_length=64,
+        description="what a protected category of a text column becomes (null: its most frequent value); "
+        "numeric and boolean columns take their most frequent value",
+    )
 
 
 class DatasetSpec(StrictModel):
@@ -70,6 +126,12 @@ class DatasetSpec(StrictModel):
         "the last published run's: fail naming the difference, or go on with a warning (a new model "
         "is trained for the new schema)",
     )
+    columns: dict[str, ColumnSpec] = Field(
+        default_factory=dict,
+        description="tables: per column, its type (id, pii, text, category, numeric); undeclared columns "
+        "are detected (identifiers and personal data by name and values)",
+    )
+    value_protection: ValueProtectionSpec = Field(default_factory=ValueProtectionSpec)
     max_mb: int = Field(
         default=8192,
         ge=1,
@@ -117,6 +179,13 @@ class DatasetSpec(StrictModel):
             object.__setattr__(self, "format", inferred)
         if self.format == "image_parquet" and self.label is None:
             raise ValueError("image_parquet datasets need a label column (dataset.label)")
+        if self.columns and self.modality == "image":
+            raise ValueError("columns: only tables have columns to declare")
+        declared = self.columns.get(self.label) if self.label is not None else None
+        if declared is not None and declared.type in ("id", "pii", "text"):
+            raise ValueError(
+                f"columns.{self.label}: the label column is learned, it cannot be {declared.type}"
+            )
         return self
 
     @property
@@ -146,6 +215,40 @@ class ModelSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+class PrivacySpec(StrictModel):
+    """Differential privacy for training: DP-SGD (opacus) for the networks, DP statistics for what
+    the encoder keeps (categories, quantiles, label frequencies), from one (ε, δ) budget."""
+
+    epsilon: float = Field(
+        gt=0,
+        le=100,
+        description="the whole model's budget (encoder statistics and DP-SGD); training stops when "
+        "it is spent",
+    )
+    delta: float | None = Field(
+        default=None, gt=0, le=1e-3, description="default: 1e-5, or 1 / (10 × rows) for larger tables"
+    )
+    max_grad_norm: float = Field(
+        default=1.0, gt=0, le=1000, description="per-row gradients are clipped to this"
+    )
+    noise_multiplier: float | None = Field(
+        default=None,
+        gt=0,
+        le=1000,
+        description="default: calibrated so that train.epochs spend the budget; given, training stops at ε",
+    )
+    statistics_share: float = Field(
+        default=0.25,
+        ge=0.01,
+        le=0.9,
+        description="the share of epsilon spent on the encoder's statistics (MOSTLY AI's engine spends "
+        "1 of every ε on its own)",
+    )
+    accountant: Literal["prv", "rdp"] = Field(
+        default="prv", description="opacus's accountant: prv (tighter) or rdp (faster)"
+    )
+
+
 class TrainSpec(StrictModel):
     """How long and where to train; the shared training loop reads these."""
 
@@ -167,6 +270,20 @@ class TrainSpec(StrictModel):
         description="cached: skip training when a model of the same data, config and code exists; "
         "latest: generate from the last published model, no training",
     )
+    privacy: PrivacySpec | None = Field(
+        default=None,
+        description="differential privacy (DP-SGD); the epochs are what the budget is spread over",
+    )
+
+    @model_validator(mode="after")
+    def _no_private_early_stopping(self) -> TrainSpec:
+        """Choosing the weights by a loss on real held-out rows spends privacy no accountant counts."""
+        if self.privacy is not None and self.early_stopping_patience is not None:
+            raise ValueError(
+                "early_stopping_patience: not with privacy (choosing weights by a loss on real rows "
+                "is not covered by the privacy budget)"
+            )
+        return self
 
 
 class RunnerSpec(StrictModel):
@@ -277,6 +394,10 @@ GatedMetric = Literal[
     "label_consistency",
     "memorised_share",
     "duplicate_share",
+    "rare_real_value_share",
+    "membership_auc",
+    "attribute_gain",
+    "epsilon",
 ]
 
 
@@ -310,6 +431,32 @@ class ValidateSpec(StrictModel):
     )
     max_duplicate_share: OptionalShare = Field(
         default=0.1, description="images: share of generated images that exactly repeat another one"
+    )
+    max_rare_real_value_share: OptionalShare = Field(
+        default=0.0,
+        description="tables: share of rows holding a real value that value protection keeps out (a "
+        "category fewer than min_rows rows hold, a clipped outlier, a real identifier); 0 by construction",
+    )
+    max_membership_auc: OptionalShare = Field(
+        default=None,
+        description="tables, optional: AUC of a membership-inference attack (DOMIAS-style density ratio) "
+        "telling training rows from holdout rows through the output; 0.5 = no signal (always reported)",
+    )
+    max_attribute_gain: OptionalShare = Field(
+        default=None,
+        description="tables, optional: how much better an attacker guesses validate.sensitive for training "
+        "rows than for holdout rows from the output (always reported)",
+    )
+    sensitive: str | None = Field(
+        default=None,
+        description="tables: the column an attribute-inference attacker guesses (default: the label)",
+    )
+    max_epsilon: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        description="the most differential-privacy ε the model may have spent (train.privacy); a model "
+        "trained without it fails this gate",
     )
     warn_on: list[GatedMetric] = Field(
         default_factory=lambda: ["dcr_share"],
@@ -363,13 +510,23 @@ GATES: dict[str, str] = {
     "label_consistency": "min_label_consistency",
     "memorised_share": "max_memorised_share",
     "duplicate_share": "max_duplicate_share",
+    "rare_real_value_share": "max_rare_real_value_share",
+    "membership_auc": "max_membership_auc",
+    "attribute_gain": "max_attribute_gain",
+    "epsilon": "max_epsilon",
 }
 
 
 class ExportSpec(StrictModel):
-    """Where the published output goes."""
+    """Where the published output goes, and the private workspace for what is derived from real rows."""
 
     output: str = Field(default="./output", min_length=1, description="local path or s3://…")
+    workspace: str = Field(
+        default="./workspace",
+        min_length=1,
+        description="private: the source cache, snapshots, holdout, models and checkpoints, everything "
+        "derived from real rows; local path or s3://…, never inside the output",
+    )
     storage_options: dict[str, Any] = Field(default_factory=dict)
     lock_timeout_s: float = Field(
         default=600.0,
@@ -381,6 +538,17 @@ class ExportSpec(StrictModel):
 
     _protect = field_validator("storage_options")(mask_secrets)
     _no_credentials = model_validator(mode="before")(refuse_url_credentials)
+
+    @model_validator(mode="after")
+    def _workspace_apart(self) -> ExportSpec:
+        """Readers are granted the output: a workspace inside it (or holding it) would grant them
+        the real data too."""
+        if nested_locations(self.output, self.workspace):
+            raise ValueError(
+                f"workspace: {self.workspace} and output {self.output} overlap; the workspace holds real "
+                "data and must lie apart from what is published"
+            )
+        return self
 
 
 class RetriesSpec(StrictModel):
@@ -444,6 +612,11 @@ class JobSpec(StrictModel):
                 f"generate.runner.address: the job is sent to the cluster's workers pickled, secrets in "
                 f"clear; give the secrets of {', '.join(literal)} as ${{VAR}}, set in the workers' "
                 "environment"
+            )
+        if split_url(self.export.workspace)[0] == "file":
+            raise ValueError(
+                "generate.runner.address: the cluster's workers read the model from export.workspace, "
+                f"which is a local path ({self.export.workspace}): give shared storage (s3://…)"
             )
         return self
 

@@ -37,6 +37,7 @@ from PIL import Image
 
 from genai_pipeline.config import JobSpec
 from genai_pipeline.datasets.base import MAX_LABELS, ImageData
+from genai_pipeline.encoders.tabular import RowStream
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.models import ImageBatch, Synthesizer, load_model
 from genai_pipeline.models.base import require_condition_values
@@ -112,19 +113,28 @@ def sampling_plan(job: JobSpec, labels: Sequence[Any] | None) -> Plan:
     return [({**conditions, label: value}, count) for value, count in counts.items() if count > 0]
 
 
+def _share(count: int, shards: int, shard: int) -> int:
+    """One shard's share of ``count`` samples (the first shards take one more when it does not divide)."""
+    return count // shards + (1 if shard < count % shards else 0)
+
+
 def shard_plan(
     job: JobSpec, labels: Sequence[Any] | None, shard: int
-) -> list[tuple[dict[str, Any], int, int]]:
-    """``(conditions, count, seed)`` for one shard: its share of every part of the sampling plan
-    (the first shards take one more when a count does not divide), with a seed derived from the
-    run's seed, the shard and the part, so a shard is reproducible on its own."""
-    shards = job.generate.shards
-    out = []
-    for part, (conditions, count) in enumerate(sampling_plan(job, labels)):
-        share = count // shards + (1 if shard < count % shards else 0)
+) -> list[tuple[dict[str, Any], int, int, RowStream]]:
+    """``(conditions, count, seed, rows)`` for one shard: its share of every part of the sampling
+    plan, with a seed derived from the run's seed, the shard and the part, so a shard is
+    reproducible on its own, and the rows of the run that share is (parts in order, each part's
+    shards in order): what the columns made fresh depend on, so no two shards repeat an identifier."""
+    shards, plan = job.generate.shards, sampling_plan(job, labels)
+    total = sum(count for _, count in plan)
+    out, first = [], 0
+    for part, (conditions, count) in enumerate(plan):
+        share = _share(count, shards, shard)
         seed = int(np.random.SeedSequence([job.generate_seed, shard, part]).generate_state(1)[0])
+        before = sum(_share(count, shards, other) for other in range(shard))
         if share > 0:
-            out.append((conditions, share, seed))
+            out.append((conditions, share, seed, RowStream(job.generate_seed, first + before, total)))
+        first += count
     return out
 
 

@@ -31,7 +31,7 @@ import genai_pipeline
 from genai_pipeline.errors import QualityGateFailed, RunSuperseded
 from genai_pipeline.locks import Lease, publish_lock
 from genai_pipeline.refs import DatasetRef, GeneratedRef, ModelRef, PublishedRun, QualityVerdict
-from genai_pipeline.runs import LATEST_MODEL, PARTITION_KEY, RUN_ID_KEY, Run, run_started
+from genai_pipeline.runs import LATEST_MODEL, PARTITION_KEY, PRIVATE_RUNS, RUN_ID_KEY, Run, run_started
 from genai_pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -119,8 +119,8 @@ def publish(
                 raise RunSuperseded(f"run {run.run_id} was recorded {manifest['status']}: not published")
         else:
             manifest = _promote(run, storage, lease, dataset, model, generated, verdict)
-    storage.delete_tree(run.staging)
-    _sweep_abandoned_staging(storage)
+        _remove_real_data_published_before(storage)
+    _drop_run(run, storage)
     log.info("published %d samples to %s", generated.num_samples, storage.url_of(run.partition("data")))
     return PublishedRun(
         run_id=run.run_id,
@@ -133,16 +133,47 @@ def publish(
     )
 
 
-def _sweep_abandoned_staging(storage: Storage) -> None:
-    """Remove the staging areas of runs that started more than :data:`ABANDONED_AFTER` ago: runs
-    whose failure could not even be recorded (storage gone at the end too). Invisible to readers,
-    but they would pile up; no run lasts that long, so none still in progress is touched."""
+def _drop_run(run: Run, storage: Storage, *, sweep: bool = True) -> None:
+    """A finished run's staging area and its private folder in the workspace go, and (``sweep``)
+    so do those of runs abandoned long ago."""
+    workspace = run.workspace()
+    storage.delete_tree(run.staging)
+    workspace.delete_tree(run.private_area)
+    if sweep:
+        _sweep_abandoned(storage, "_staging")
+        _sweep_abandoned(workspace, PRIVATE_RUNS)
+
+
+def _sweep_abandoned(storage: Storage, folder: str) -> None:
+    """Remove the per-run folders (staging areas, private folders) of runs that started more than
+    :data:`ABANDONED_AFTER` ago: runs whose failure could not even be recorded (storage gone at the
+    end too). Invisible to readers, but they would pile up (and the workspace's hold real rows); no
+    run lasts that long, so none still in progress is touched."""
     cutoff = dt.datetime.now(dt.UTC) - ABANDONED_AFTER
-    for run_id in storage.list_dirs("_staging"):
-        started = run_started(run_id)  # None: not a run's staging area, left alone
+    for run_id in storage.list_dirs(folder):
+        started = run_started(run_id)  # None: not a run's folder, left alone
         if started is not None and started < cutoff:
-            log.warning("removing the staging area of run %s, abandoned since %s", run_id, started.date())
-            storage.delete_tree(f"_staging/{run_id}")
+            log.warning("removing %s/%s of a run abandoned since %s", folder, run_id, started.date())
+            storage.delete_tree(f"{folder}/{run_id}")
+
+
+#: where versions before the workspace split kept real data beside the output: the source cache, models
+#: (whose files held real category values) and the reviewed suite (real value sets)
+LEGACY_REAL_DATA = ("datasets", "models", "expectations")
+
+
+def _remove_real_data_published_before(storage: Storage) -> None:
+    """Readers granted the output must not reach real data through it: what earlier versions kept
+    there (see :data:`LEGACY_REAL_DATA`) is removed at the first publish, with a warning. The
+    workspace has its own copies by then (this run wrote them)."""
+    for folder in LEGACY_REAL_DATA:
+        if storage.list_files(folder):
+            log.warning(
+                "removing %s: earlier versions kept real data there, beside the published output "
+                "(it now lives in export.workspace)",
+                storage.url_of(folder),
+            )
+            storage.delete_tree(folder)
 
 
 def _promote(
@@ -195,23 +226,24 @@ def _finish(run: Run, storage: Storage, promoted: dict[str, int], manifest: dict
     for folder in storage.list_dirs(run.partition("quality")):  # other runs' (emptied) folders
         if folder != own:
             storage.delete_tree(f"{run.partition('quality')}/{folder}")
-    _point_latest_at(run, storage, manifest)
+    _point_latest_at(run, run.workspace(), manifest)
     storage.write_bytes(run.manifest, json.dumps(manifest, indent=1, default=str).encode())
     return manifest
 
 
-def _point_latest_at(run: Run, storage: Storage, manifest: dict[str, Any]) -> None:
-    """``models/latest.json`` follows the latest run date (and, for one date, the latest run): a
-    backfill of an earlier date does not put its model in front of ``train.reuse: latest``."""
-    if storage.exists(LATEST_MODEL):
-        current = json.loads(storage.read_bytes(LATEST_MODEL))
+def _point_latest_at(run: Run, workspace: Storage, manifest: dict[str, Any]) -> None:
+    """``models/latest.json`` (in the workspace, beside the models) follows the latest run date (and,
+    for one date, the latest run): a backfill of an earlier date does not put its model in front of
+    ``train.reuse: latest``."""
+    if workspace.exists(LATEST_MODEL):
+        current = json.loads(workspace.read_bytes(LATEST_MODEL))
         if current["run_date"] > run.run_date or (
             current["run_date"] == run.run_date and _started_after(current["run_id"], run.run_id)
         ):
             log.info("models/latest.json stays with run %s (%s)", current["run_id"], current["run_date"])
             return
     latest = {key: manifest[key] for key in ("model", "dataset", "run_id", "run_date")}
-    storage.write_bytes(LATEST_MODEL, json.dumps(latest, indent=1, default=str).encode())
+    workspace.write_bytes(LATEST_MODEL, json.dumps(latest, indent=1, default=str).encode())
 
 
 def _lock(run: Run, storage: Storage) -> AbstractContextManager[Lease]:
@@ -252,7 +284,7 @@ def record_failure(run: Run, error: BaseException) -> dict[str, Any]:
                 pending = json.loads(storage.read_bytes(run.staged(PENDING_MANIFEST)))
                 manifest = _finish(run, storage, promoted, pending)
         if switched:
-            storage.delete_tree(run.staging)
+            _drop_run(run, storage)
             log.warning("%s failed after its data was switched in: publish finished (%s)", run.run_id, error)
             return manifest
     staged = _staged_files(storage, run)
@@ -260,7 +292,7 @@ def record_failure(run: Run, error: BaseException) -> dict[str, Any]:
     try:
         storage.move((run.staged(rel), dest) for rel, dest in kept.items())
     finally:  # before the manifest: on a full disk, dropping the staging makes room for it
-        storage.delete_tree(run.staging)
+        _drop_run(run, storage, sweep=False)
     failures = getattr(error, "failures", None)
     manifest = _manifest(
         run,

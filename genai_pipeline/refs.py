@@ -1,9 +1,11 @@
 """What passes between the stages: small, frozen references, never the data itself.
 
 Each stage returns one of these and the next takes it. A reference carries the addresses its
-consumer reads (relative to the job's output root: the staged snapshot and suite, the generated
-data file, the report), so no stage rebuilds another's paths by convention, and everything in
-it is plain data: Prefect can hand it to a task on another worker, and a manifest can record it.
+consumer reads, so no stage rebuilds another's paths by convention, and everything in it is plain
+data: Prefect can hand it to a task on another worker, and a manifest can record it. What is
+derived from real rows (the snapshot, the holdout, the model) is addressed relative to the job's
+private workspace; what is synthetic or aggregate (the staged suite, the generated data, the
+report) relative to the job's output root. A reference never holds a real value.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ class DatasetRef:
     """What ingest read and staged: the training rows, the held-out rows and the data's suite."""
 
     source: str
-    snapshot: str  # the training rows (or images)
+    snapshot: str  # the training rows (or images), in the workspace
     modality: str
     fingerprint: str
     num_rows: int
     schema: dict[str, Any]
     label: str | None
-    suite: str  # the Great Expectations suite that validate checks the output against
-    holdout: str | None = None  # real rows kept from training, for privacy and utility
+    suite: str  # the Great Expectations suite that validate checks the output against (staged output)
+    holdout: str | None = None  # real rows kept from training, for privacy and utility (workspace)
     holdout_rows: int = 0
+    roles: dict[str, dict[str, Any]] = field(default_factory=dict)  # columns made fresh, text (roles.py)
+    protected: dict[str, int] = field(default_factory=dict)  # per column: values protected or clipped
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,29 @@
 """A run: its identity and the output layout every stage writes into.
 
-Output contract (what analysts and CI rely on), under ``{output}/{job}/``::
+Output contract (what analysts and CI rely on), under ``{output}/{job}/``: synthetic data,
+aggregate quality results and manifests, nothing real::
 
     data/run_date=YYYY-MM-DD/part-00000.parquet     rows, or the image manifest (one file a run)
     images/run_date=…/label=…/<sample_id>.png       images (labels percent-encoded; sample ids name the run)
     quality/run_date=…/run=<run_id>/{metrics.parquet, report.html, expectations.json, suite.json, data_docs/}
-    models/<key>/{model.json, weights.safetensors}  saved models
-    models/classifier-<key>/…                       the image metrics' classifier, per dataset
-    expectations/suite.json                         the job's reviewed suite (validate.suite: saved)
-    datasets/source-<stamp>.parquet                 the source as last read (dataset.cache)
     _runs/<run_id>.json                             manifest, written last
-    _staging/<run_id>/…                             invisible to readers ('_' prefix)
+    _staging/<run_id>/…                             invisible to readers ('_' prefix): synthetic only
+
+Everything derived from real rows lives in the private workspace, ``{workspace}/{job}/``, which
+readers of the output are never granted::
+
+    datasets/source-<stamp>.parquet                 the source as last read (dataset.cache)
+    runs/<run_id>/input/{dataset,holdout}.parquet   the run's snapshot of the real rows, and its holdout
+    runs/<run_id>/input_expectations.json           the real input checked against the job's suite
+    models/<key>/{model.json, weights.safetensors}  saved models (and their checkpoints while training)
+    models/classifier-<key>/…                       the image metrics' classifier, per dataset
+    models/latest.json                              the last published run's model
+    expectations/suite.json                         the job's reviewed suite (validate.suite: saved)
 
 A run writes below ``_staging/<run_id>/`` with the same relative layout, is validated there, and
 is promoted by :mod:`genai_pipeline.publishing`; readers of ``data/`` see the previous run or this
-one, never a mix, a partial run or a failed one.
+one, never a mix, a partial run or a failed one. Its ``runs/<run_id>/`` in the workspace goes when
+it ends, published or failed.
 """
 
 from __future__ import annotations
@@ -31,14 +40,16 @@ from genai_pipeline.storage import Storage
 
 #: the Hive-style partition of every published folder (data/run_date=…/): no column may be named so
 PARTITION_KEY = "run_date"
-#: the model of the last published run, for ``train.reuse: latest``
+#: the model of the last published run, for ``train.reuse: latest`` (in the workspace)
 LATEST_MODEL = "models/latest.json"
 #: the Parquet footer key naming the run that wrote a data file (lineage: see its manifest)
 RUN_ID_KEY = b"genai_pipeline.run_id"
-#: the job's reviewed suite (``validate.suite: saved``), beside its output
+#: the job's reviewed suite (``validate.suite: saved``), in the workspace
 SAVED_SUITE = "expectations/suite.json"
-#: where ingest keeps what it last read from a (non-built-in) source, by the source's stamp
+#: where ingest keeps what it last read from a (non-built-in) source, by the source's stamp (workspace)
 SOURCE_CACHE = "datasets"
+#: where a run keeps what it derives from real rows while it runs (workspace)
+PRIVATE_RUNS = "runs"
 
 
 #: how a run id begins: the run's start time (UTC)
@@ -108,6 +119,22 @@ class Run:
     def storage(self) -> Storage:
         """The job's output root (fsspec caches filesystems, so this is cheap)."""
         return Storage(self.root_url, self.job.export.storage_options)
+
+    @property
+    def workspace_url(self) -> str:
+        return f"{self.job.export.workspace.rstrip('/')}/{self.job.name}"
+
+    def workspace(self) -> Storage:
+        """The job's private workspace: everything derived from real rows (see the module docstring)."""
+        return Storage(self.workspace_url, self.job.export.storage_options)
+
+    @property
+    def private_area(self) -> str:
+        """The run's own folder in the workspace (real rows: snapshots, holdout, input checks)."""
+        return f"{PRIVATE_RUNS}/{self.run_id}"
+
+    def private(self, rel: str) -> str:
+        return f"{self.private_area}/{rel}"
 
     @property
     def staging(self) -> str:

@@ -15,13 +15,16 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 import genai_pipeline
+from genai_pipeline.config import JobSpec
 from genai_pipeline.datasets.base import (
     Dataset,
     ImageData,
@@ -36,6 +39,7 @@ from genai_pipeline.datasets.base import (
     write_snapshot,
 )
 from genai_pipeline.datasets.sources import read_source
+from genai_pipeline.encoders.tabular import TableEncoder
 from genai_pipeline.errors import DatasetError, StorageError
 from genai_pipeline.generation import (
     check_label_folders,
@@ -51,12 +55,22 @@ from genai_pipeline.generation import (
 from genai_pipeline.models import model_class, model_config_for
 from genai_pipeline.models.base import sampling_precision
 from genai_pipeline.parquet import concat_parquet, write_parquet, write_table
+from genai_pipeline.privacy.protection import Protection
+from genai_pipeline.privacy.roles import ColumnRole, column_roles
 from genai_pipeline.publishing import publish, record_failure
-from genai_pipeline.quality.expectations import check_data, data_suite, job_suite, load_suite, suite_bytes
+from genai_pipeline.quality.expectations import (
+    FreshCheck,
+    check_data,
+    data_suite,
+    empty_suite,
+    job_suite,
+    load_suite,
+    suite_bytes,
+)
 from genai_pipeline.quality.gate import MetricRows, judge
 from genai_pipeline.quality.images import LabelClassifier, cached_classifier
 from genai_pipeline.quality.report import ReportInput, harden_pages, render_report
-from genai_pipeline.quality.scoring import score_images, score_tables
+from genai_pipeline.quality.scoring import TablePrivacy, score_images, score_tables
 from genai_pipeline.refs import DatasetRef, GeneratedRef, ModelRef, PublishedRun, QualityVerdict
 from genai_pipeline.runs import LATEST_MODEL, PARTITION_KEY, RUN_ID_KEY, SAVED_SUITE, SOURCE_CACHE, Run
 from genai_pipeline.storage import Storage
@@ -83,29 +97,56 @@ __all__ = [
 def ingest(run: Run) -> DatasetRef:
     """Read the dataset, check it and the job's request against each other, stage the suite the
     output will be checked against, fingerprint the data, set a holdout aside and snapshot both
-    parts. Everything that can make the night fail for a reason in the data fails here, before
-    training."""
+    parts in the private workspace. Everything that can make the night fail for a reason in the
+    data fails here, before training. What leaves the workspace (the suite, the schema's labels,
+    the counts of protected values) is derived from the protected view of the training rows."""
     job, checks = run.job, run.job.validate_
     resolve_device(job.train.device)  # a GPU asked for and absent: fail before anything is read
     started = time.monotonic()
-    storage = run.storage()
-    data = read_source(job.dataset, storage, SOURCE_CACHE)
-    schema = describe_schema(data)
-    _check_schema(run, schema, storage)
+    workspace = run.workspace()
+    data = read_source(job.dataset, workspace, SOURCE_CACHE)
+    _check_schema(run, describe_schema(data), workspace)
     if isinstance(data, ImageData):
         check_label_folders(data.label_names)
-    plan = sampling_plan(job, label_values(data))
-    model_class(data.modality, job.model.family).check_plan(
-        data, model_config_for(job), [conditions for conditions, _ in plan]
-    )
-    suite = run.staged(run.suite_file)
-    _stage_suite(run, data, storage, suite)
     key = fingerprint(data)
     train_part, holdout = split_holdout(data, checks.holdout, checks.holdout_max_rows, key=key)
-    snapshot, holdout_snapshot = run.staged("input/dataset.parquet"), run.staged("input/holdout.parquet")
-    write_snapshot(train_part, storage, snapshot)
+    shown, fresh, protected = train_part, {}, {}
+    protect: Callable[[Dataset], Dataset] = lambda rows: rows  # noqa: E731  (images: nothing to protect)
+    if isinstance(train_part, TabularData):
+        roles = column_roles(train_part.table, job.dataset.columns, job.dataset.label)
+        train_part = learnable(train_part, roles, job, holdout)
+        encoder = TableEncoder.fit(
+            train_part.table,
+            condition=train_part.label,
+            roles=roles,
+            protection=train_part.protection,
+            unseen=train_part.unseen,
+        )
+        shown = TabularData(encoder.public_view(train_part.table), train_part.label)
+        protected = {codec.name: codec.protected for codec in encoder.codecs if codec.protected}
+
+        def protect(rows: Dataset) -> Dataset:
+            assert isinstance(rows, TabularData)
+            return TabularData(encoder.public_view(rows.table, keep_fresh=True), rows.label)
+
+    labels = label_values(shown)
+    schema = describe_schema(data, labels=labels)
+    plan = sampling_plan(job, labels)
+    if isinstance(train_part, TabularData):
+        total = sum(count for _, count in plan)
+        fresh = {
+            name: FreshCheck(column.null_share, column.unique, column.pattern(total))
+            for name, column in encoder.fresh_columns.items()
+        }
+    model_class(data.modality, job.model.family).check_plan(
+        train_part, model_config_for(job), [conditions for conditions, _ in plan]
+    )
+    suite = run.staged(run.suite_file)
+    _stage_suite(run, data, shown, fresh, suite, protect=protect)
+    snapshot, holdout_snapshot = run.private("input/dataset.parquet"), run.private("input/holdout.parquet")
+    write_snapshot(train_part, workspace, snapshot)
     if holdout is not None:
-        write_snapshot(holdout, storage, holdout_snapshot)
+        write_snapshot(holdout, workspace, holdout_snapshot)
     ref = DatasetRef(
         source=job.dataset.uri,
         snapshot=snapshot,
@@ -117,26 +158,52 @@ def ingest(run: Run) -> DatasetRef:
         suite=suite,
         holdout=None if holdout is None else holdout_snapshot,
         holdout_rows=0 if holdout is None else holdout.num_rows,
+        roles={name: role.to_dict() for name, role in (getattr(train_part, "roles", None) or {}).items()},
+        protected=protected,
     )
     log.info(
-        "ingested %d %s from %s (fingerprint %s, %d held out) in %.1f s",
+        "ingested %d %s from %s (fingerprint %s, %d held out%s) in %.1f s",
         ref.num_rows,
         "rows" if ref.modality == "tabular" else "images",
         job.dataset.uri,
         ref.fingerprint,
         ref.holdout_rows,
+        "".join(f", {name}: {role['role']}" for name, role in ref.roles.items()),
         time.monotonic() - started,
     )
     return ref
 
 
-def _check_schema(run: Run, schema: dict[str, Any], storage: Storage) -> None:
+def learnable(
+    data: TabularData, roles: Mapping[str, ColumnRole], job: JobSpec, holdout: Dataset | None
+) -> TabularData:
+    """The training rows as a model may learn them: the columns' roles, the job's protection, and
+    the holdout's rows, whose values the columns made fresh avoid too."""
+    protection = Protection.from_spec(job.dataset.value_protection)
+    unseen = holdout.table if isinstance(holdout, TabularData) else None
+    return TabularData(data.table, data.label, roles=roles, protection=protection, unseen=unseen)
+
+
+def _roles(dataset: DatasetRef) -> dict[str, ColumnRole]:
+    return {name: ColumnRole(**role) for name, role in dataset.roles.items()}
+
+
+def _read_training_rows(run: Run, dataset: DatasetRef, workspace: Storage) -> Dataset:
+    """The training snapshot, with the roles and protection ingest decided for it."""
+    data = read_snapshot(workspace, dataset.snapshot, dataset.label)
+    if not isinstance(data, TabularData):
+        return data
+    holdout = read_snapshot(workspace, dataset.holdout, dataset.label) if dataset.holdout else None
+    return learnable(data, _roles(dataset), run.job, holdout)
+
+
+def _check_schema(run: Run, schema: dict[str, Any], workspace: Storage) -> None:
     """The data's schema against the last published run's: a change fails the run naming it, or,
     with ``dataset.on_schema_change: adapt``, is logged and accepted (the model key follows the
     data, so a model for the new schema is trained)."""
-    if not storage.exists(LATEST_MODEL):
+    if not workspace.exists(LATEST_MODEL):
         return  # the job's first run
-    latest = json.loads(storage.read_bytes(LATEST_MODEL))
+    latest = json.loads(workspace.read_bytes(LATEST_MODEL))
     changes = schema_diff(latest["dataset"]["schema"], schema)
     if not changes:
         return
@@ -150,38 +217,70 @@ def _check_schema(run: Run, schema: dict[str, Any], storage: Storage) -> None:
     )
 
 
-def _stage_suite(run: Run, data: Dataset, storage: Storage, staged: str) -> None:
-    """Stage the run's data suite at ``staged``: the job's saved one or one derived from the data.
-    When there is something to learn from it (a saved suite, or the job's own expectations),
-    check the real input against it first, so a broken upstream dataset fails here rather than
-    after training."""
-    spec = run.job.validate_
-    saved = spec.suite == "saved" and storage.exists(SAVED_SUITE)
+def _stage_suite(
+    run: Run,
+    data: Dataset,
+    shown: Dataset,
+    fresh: Mapping[str, FreshCheck],
+    staged: str,
+    *,
+    protect: Callable[[Dataset], Dataset],
+) -> None:
+    """Stage the run's data suite at ``staged``: the job's saved one or one derived from ``shown``,
+    the protected view of the training rows (so it names no value fewer than ``min_rows`` rows
+    hold), with ``fresh`` columns checked for uniqueness and format rather than values.
+
+    The real input is checked first, so a broken upstream dataset fails here rather than after
+    training: against a saved suite (reviewed, so there is something to learn from it) as far as
+    a model may learn it (``protect``: tonight's rows with the protection the suite was derived
+    under), and against the job's own expectations as it is. The results name real values and
+    stay in the workspace; the failure's message gives counts only (it reaches the manifest)."""
+    spec, storage, workspace = run.job.validate_, run.storage(), run.workspace()
+    saved = spec.suite == "saved" and workspace.exists(SAVED_SUITE)
     if saved:
-        base = load_suite(storage.read_bytes(SAVED_SUITE), storage.url_of(SAVED_SUITE))
+        base = load_suite(workspace.read_bytes(SAVED_SUITE), workspace.url_of(SAVED_SUITE))
     else:
-        base = data_suite(data, spec, run.job.name)
+        base = data_suite(
+            shown,
+            spec,
+            run.job.name,
+            fresh=fresh,
+            schema=_schema_of(data),
+            private=run.job.train.privacy is not None,
+            token=run.job.dataset.value_protection.rare_token,
+        )
         if spec.suite == "saved":
-            storage.write_bytes(SAVED_SUITE, suite_bytes(base))
+            workspace.write_bytes(SAVED_SUITE, suite_bytes(base))
             log.info(
-                "validate.suite: saved: wrote the data's suite to %s for review", storage.url_of(SAVED_SUITE)
+                "validate.suite: saved: wrote the data's suite to %s for review",
+                workspace.url_of(SAVED_SUITE),
             )
     storage.write_bytes(staged, suite_bytes(base))
     extras = [extra for extra in spec.expectations if extra.check_input]
-    if not (saved or extras):
-        return
-    result = check_data(
-        job_suite(base, spec.model_copy(update={"expectations": extras}), {}, data.modality), data
-    )
-    quality = run.staged(run.quality)
-    storage.write_bytes(f"{quality}/input_expectations.json", json.dumps(result.payload, indent=1).encode())
-    for warning in result.warnings:
-        log.warning("dataset: %s", warning)
-    if result.failures:
-        raise DatasetError(
-            f"dataset: {run.job.dataset.uri} fails {len(result.failures)} expectation(s) of the job's "
-            f"suite: {'; '.join(result.failures)}"
+    checks = []
+    if saved:
+        reviewed = job_suite(base, spec.model_copy(update={"expectations": []}), {}, data.modality)
+        checks.append(check_data(reviewed, protect(data), observed=False))
+    if extras:
+        own = job_suite(
+            empty_suite(base), spec.model_copy(update={"expectations": extras}), {}, data.modality
         )
+        checks.append(check_data(own, data, observed=False))
+    if not checks:
+        return
+    payloads = [result.payload for result in checks]
+    workspace.write_bytes(run.private("input_expectations.json"), json.dumps(payloads, indent=1).encode())
+    for warning in (warning for result in checks for warning in result.warnings):
+        log.warning("dataset: %s", warning)
+    if failures := [failure for result in checks for failure in result.failures]:
+        raise DatasetError(
+            f"dataset: {run.job.dataset.uri} fails {len(failures)} expectation(s) of the job's "
+            f"suite: {'; '.join(failures)}"
+        )
+
+
+def _schema_of(data: Dataset) -> pa.Schema | None:
+    return data.table.schema if isinstance(data, TabularData) else None
 
 
 # -- train ----------------------------------------------------------------------------------------
@@ -193,23 +292,25 @@ def train(run: Run, *, dataset: DatasetRef) -> ModelRef:
     the model's key, not the run: a retried task, or a new run after the process was killed, of
     the same data, config and code resumes where training stopped; they go once the model is saved."""
     job = run.job
-    storage = run.storage()
-    reused = _reusable_model(run, dataset, storage)
+    workspace = run.workspace()
+    reused = _reusable_model(run, dataset, workspace)
     if reused is not None:
         return reused
     cls = model_class(job.dataset.modality, job.model.family)
     key = model_key(run, dataset)
     uri = f"models/{key}"
-    if job.train.reuse == "cached" and storage.exists(f"{uri}/fit.json"):
+    if job.train.reuse == "cached" and workspace.exists(f"{uri}/fit.json"):
         log.info("train.reuse: cached: same data, model config and code as %s: not training", uri)
-        fit = {**json.loads(storage.read_bytes(f"{uri}/fit.json")), "cached": True}
+        fit = {**json.loads(workspace.read_bytes(f"{uri}/fit.json")), "cached": True}
         return ModelRef(uri=uri, family=cls.family, modality=cls.modality, key=key, fit=fit)
-    data = read_snapshot(storage, dataset.snapshot, dataset.label)
+    data = _read_training_rows(run, dataset, workspace)
     model = cls(model_config_for(job), device=resolve_device(job.train.device))
-    report = model.fit(data, job.train, CheckpointStore(storage, f"{uri}/checkpoints"))
-    model.save(storage, uri)
-    storage.write_bytes(f"{uri}/fit.json", json.dumps(report.to_dict()).encode())  # last: the model is whole
-    storage.delete_tree(f"{uri}/checkpoints")
+    report = model.fit(data, job.train, CheckpointStore(workspace, f"{uri}/checkpoints"))
+    model.save(workspace, uri)
+    workspace.write_bytes(
+        f"{uri}/fit.json", json.dumps(report.to_dict()).encode()
+    )  # last: the model is whole
+    workspace.delete_tree(f"{uri}/checkpoints")
     return ModelRef(uri=uri, family=cls.family, modality=cls.modality, key=key, fit=report.to_dict())
 
 
@@ -221,27 +322,30 @@ def model_key(run: Run, dataset: DatasetRef) -> str:
         "model": job.model.model_dump(mode="json"),
         "train": job.train.model_dump(mode="json", exclude={"reuse"}),  # how, not what, is trained
         "holdout": [job.validate_.holdout, job.validate_.holdout_max_rows],
+        "privacy": [dataset.roles, job.dataset.value_protection.model_dump(mode="json")],
         "version": genai_pipeline.__version__,
     }
     return content_key(identity)
 
 
-def _signature(schema: dict[str, Any]) -> Any:
-    """What a model depends on in a dataset's schema: column names and types, or image shape and labels."""
+def _signature(dataset: dict[str, Any]) -> Any:
+    """What a model depends on in a dataset (a ``DatasetRef`` as a dict): column names, types and
+    roles, or image shape and labels."""
+    schema = dataset["schema"]
     if "columns" in schema:
-        return [(column["name"], column["type"]) for column in schema["columns"]]
+        return [(column["name"], column["type"]) for column in schema["columns"]], dataset.get("roles", {})
     return [schema["height"], schema["width"], schema["channels"], schema["labels"]]
 
 
-def _reusable_model(run: Run, dataset: DatasetRef, storage: Storage) -> ModelRef | None:
+def _reusable_model(run: Run, dataset: DatasetRef, workspace: Storage) -> ModelRef | None:
     """The last published model when the job asks for it and it still fits the data."""
     job = run.job
     if job.train.reuse != "latest":
         return None
-    if not storage.exists(LATEST_MODEL):
+    if not workspace.exists(LATEST_MODEL):
         log.warning("train.reuse: latest, but no model was published yet: training one")
         return None
-    latest = json.loads(storage.read_bytes(LATEST_MODEL))
+    latest = json.loads(workspace.read_bytes(LATEST_MODEL))
     model = ModelRef(**latest["model"])
     if (model.modality, model.family) != (job.dataset.modality, job.model.family):
         log.warning(
@@ -251,7 +355,7 @@ def _reusable_model(run: Run, dataset: DatasetRef, storage: Storage) -> ModelRef
             job.model.family,
         )
         return None
-    if _signature(latest["dataset"]["schema"]) != _signature(dataset.schema):
+    if _signature(latest["dataset"]) != _signature(asdict(dataset)):
         log.warning(
             "train.reuse: the dataset's schema changed since run %s: training a new model", latest["run_id"]
         )
@@ -278,14 +382,14 @@ def generate_shard(run: Run, *, model: ModelRef, dataset: DatasetRef, shard: int
     plan = shard_plan(job, dataset.schema["labels"], shard)
     if not plan:  # more shards than samples
         return GeneratedRef(data_file=None, num_samples=0, seconds=0.0, image_root=image_root)
-    synthesizer = shared_model(storage, model, resolve_device(job.train.device))
+    synthesizer = shared_model(run.workspace(), model, resolve_device(job.train.device))
     batch_size = job.generate.batch_size
     if model.modality == "image":
         batch_size = image_batch_size(batch_size, synthesizer.shape, job.generate.max_batch_mb)
     started = time.monotonic()
     batches = itertools.chain.from_iterable(
-        synthesizer.sample(count, conditions=conditions, seed=seed, batch_size=batch_size)
-        for conditions, count, seed in plan
+        synthesizer.sample(count, conditions=conditions, seed=seed, batch_size=batch_size, rows=rows)
+        for conditions, count, seed, rows in plan
     )
     with sampling_precision(synthesizer, job.generate.precision):  # the batches are drawn in here
         if model.modality == "tabular":
@@ -339,14 +443,23 @@ def generate(run: Run, *, model: ModelRef, dataset: DatasetRef) -> GeneratedRef:
 # -- validate -------------------------------------------------------------------------------------
 
 
-def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> QualityVerdict:
+def validate(
+    run: Run, *, dataset: DatasetRef, generated: GeneratedRef, model: ModelRef | None = None
+) -> QualityVerdict:
     """Run the job's GX suite and the metrics on a sample of the staged output; stage the results,
-    Data Docs and the HTML report beside it, and return the verdict."""
-    job, spec, storage = run.job, run.job.validate_, run.storage()
+    Data Docs and the HTML report beside it, and return the verdict. ``model`` says what privacy
+    budget training spent (needed when the job trains with privacy or gates on it)."""
+    job, spec, storage, workspace = run.job, run.job.validate_, run.storage(), run.workspace()
+    if model is None and (job.train.privacy is not None or spec.max_epsilon is not None):
+        raise ValueError("validate: the model is needed to judge the privacy budget it spent (model=)")
     quality = run.staged(run.quality)
     conditions = model_conditions(job)
-    real = read_snapshot(storage, dataset.snapshot, dataset.label)
-    holdout = read_snapshot(storage, dataset.holdout, dataset.label) if dataset.holdout else None
+    real = _read_training_rows(run, dataset, workspace)  # a table's holdout comes with it (unseen)
+    holdout = (
+        read_snapshot(workspace, dataset.holdout, dataset.label)
+        if dataset.holdout and isinstance(real, ImageData)
+        else None
+    )
     suite = job_suite(
         load_suite(storage.read_bytes(dataset.suite), "suite.json"), spec, conditions, real.modality
     )
@@ -361,8 +474,11 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
     rows = MetricRows(run.run_id, spec)
     with tempfile.TemporaryDirectory(prefix="data-docs-") as docs:
         if isinstance(real, TabularData):
-            held = holdout.table if isinstance(holdout, TabularData) else None
+            held = real.unseen
             gx_result = check_data(suite, TabularData(sample, dataset.label), Path(docs))
+            encoder = TableEncoder.fit(
+                real.table, condition=real.label, roles=real.roles, protection=real.protection
+            )
             charts = score_tables(
                 rows,
                 real.table,
@@ -373,6 +489,13 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
                 per_label=job.generate.per_label is not None,
                 seed=job.generate_seed,
                 max_pairs=spec.max_pairs,
+                privacy=TablePrivacy(
+                    roles=real.roles or {},
+                    protection=real.protection,
+                    protected=dataset.protected,
+                    public=encoder.public_view,
+                    sensitive=spec.sensitive,
+                ),
             )
         else:
             assert generated.image_root is not None, "an image run's images are below its image_root"
@@ -383,7 +506,8 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
                 real,
                 holdout if isinstance(holdout, ImageData) else None,
                 synthetic,
-                classifier=lambda: _label_classifier(run, dataset, real, storage),
+                classifier=lambda: _label_classifier(run, dataset, real, workspace),
+                min_rows=Protection.from_spec(job.dataset.value_protection).threshold,
                 conditioned=bool(conditions),
                 seed=job.generate_seed,
                 cas_seed=job.train.seed,
@@ -391,13 +515,16 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
             )
         harden_pages(Path(docs))  # GX renders names from the data raw: no script may run there
         storage.put_folder(Path(docs), f"{quality}/data_docs")
+    if model is not None and (model.fit.get("privacy") or spec.max_epsilon is not None):
+        spent = (model.fit.get("privacy") or {}).get("epsilon", float("inf"))  # none: no guarantee
+        rows.add("table" if real.modality == "tabular" else "images", None, "epsilon", spent)
     verdict = judge(rows, gx_result, report_file=run.staged(run.report_file))
     storage.write_bytes(f"{quality}/expectations.json", json.dumps(gx_result.payload, indent=1).encode())
     write_table(rows.table(), storage, f"{quality}/metrics.parquet")
     content = ReportInput(
         title=f"{job.name} — {run.run_date}",
         status=verdict.status,
-        summary=report_facts(run, dataset, generated),
+        summary=report_facts(run, dataset, generated, model),
         metrics=rows.rows,
         expectations=gx_result.payload,
         **charts,
@@ -415,13 +542,15 @@ def validate(run: Run, *, dataset: DatasetRef, generated: GeneratedRef) -> Quali
     return verdict
 
 
-def _label_classifier(run: Run, dataset: DatasetRef, real: ImageData, storage: Storage) -> LabelClassifier:
-    """The real-data label classifier behind the image metrics, kept per dataset fingerprint,
-    holdout and recipe (a nightly job on unchanged data trains it once)."""
+def _label_classifier(run: Run, dataset: DatasetRef, real: ImageData, workspace: Storage) -> LabelClassifier:
+    """The real-data label classifier behind the image metrics, kept in the workspace per dataset
+    fingerprint, holdout and recipe (a nightly job on unchanged data trains it once)."""
     spec = run.job.validate_
     identity = [dataset.fingerprint, spec.holdout, spec.holdout_max_rows, spec.classifier_steps]
     folder = f"models/classifier-{content_key([*identity, genai_pipeline.__version__])}"
-    return cached_classifier(storage, folder, real, min_steps=spec.classifier_steps, seed=run.job.train.seed)
+    return cached_classifier(
+        workspace, folder, real, min_steps=spec.classifier_steps, seed=run.job.train.seed
+    )
 
 
 # -- export ---------------------------------------------------------------------------------------

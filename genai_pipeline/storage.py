@@ -68,6 +68,16 @@ def split_url(url: str) -> tuple[str, str]:
     return protocol, rest.rstrip("/")
 
 
+def nested_locations(first: str, second: str) -> bool:
+    """Whether two locations are the same or one lies inside the other (``./out`` and
+    ``./out/ws``; ``s3://b/p`` and ``s3://b/p/ws``; not ``s3://b/p`` and ``s3://b/p-ws``)."""
+    (one_protocol, one), (two_protocol, two) = split_url(first), split_url(second)
+    if one_protocol != two_protocol:
+        return False
+    one, two = one.rstrip("/") + "/", two.rstrip("/") + "/"
+    return one.startswith(two) or two.startswith(one)
+
+
 def open_filesystem(url: str, options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for a URL and the path inside it."""
     protocol, path = split_url(url)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from genai_pipeline.refs import DatasetRef, GeneratedRef
+from genai_pipeline.refs import DatasetRef, GeneratedRef, ModelRef
 from genai_pipeline.runs import Run
 
 #: metric scopes shown in the run summary (per-column and per-pair rows are in the report)
@@ -21,15 +21,39 @@ def browser_url(url: str) -> str:
     return url if "://" in url else Path(url).resolve().as_uri()
 
 
-def report_facts(run: Run, dataset: DatasetRef, generated: GeneratedRef) -> dict[str, str]:
+def report_facts(
+    run: Run, dataset: DatasetRef, generated: GeneratedRef, model: ModelRef | None = None
+) -> dict[str, str]:
     """The facts at the top of the report."""
-    return {
+    facts = {
         "run id": run.run_id,
         "model": f"{run.job.model.family} ({dataset.modality})",
         "dataset": f"{dataset.source}: {dataset.num_rows} rows, {dataset.holdout_rows} held out",
         "generated": f"{generated.num_samples} samples in {generated.seconds:.1f} s",
         "seed": str(run.job.generate_seed),
     }
+    protection = run.job.dataset.value_protection
+    if dataset.modality == "tabular":
+        made_fresh = [name for name, role in dataset.roles.items() if role["role"] in ("id", "pii")]
+        facts["privacy"] = (
+            f"values fewer than {protection.min_rows} rows hold are protected"
+            if protection.enabled
+            else "value protection off: real values may be replayed"
+        ) + (f"; made fresh: {', '.join(made_fresh)}" if made_fresh else "")
+    if model is not None and (spent := privacy_line(model.fit)):
+        facts["differential privacy"] = spent
+    return facts
+
+
+def privacy_line(fit: dict[str, Any]) -> str | None:
+    """``ε 2.894 of 3 spent (δ 1e-05), 1,250 DP-SGD steps``: what training spent, if it was private."""
+    privacy = fit.get("privacy")
+    if not privacy:
+        return None
+    return (
+        f"ε {privacy['epsilon']:.3f} of {privacy['target_epsilon']:g} spent (δ {privacy['delta']:.0e}), "
+        f"{privacy['steps']:,} DP-SGD steps, noise multiplier {privacy['noise_multiplier']:.2f}"
+    )
 
 
 def summary_markdown(run: Run, manifest: dict[str, Any]) -> str:
@@ -42,6 +66,8 @@ def summary_markdown(run: Run, manifest: dict[str, Any]) -> str:
             f"- model: {manifest['model']['family']} ({manifest['model']['modality']}), "
             f"{fit['steps']} steps in {fit['seconds']:.1f} s on {fit['device']}"
         )
+        if spent := privacy_line(fit):
+            lines.append(f"- differential privacy: {spent}")
     if "dataset" in manifest:
         ds = manifest["dataset"]
         lines.append(

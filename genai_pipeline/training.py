@@ -17,6 +17,7 @@ import io
 import logging
 import math
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from copy import deepcopy
@@ -27,8 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from genai_pipeline.config import TrainSpec
+from genai_pipeline.config import PrivacySpec, TrainSpec
 from genai_pipeline.errors import ConfigError, TrainingDiverged
+from genai_pipeline.privacy.dp import Budget, PrivateSGD, StatisticsBudget, default_delta, split_budget
 from genai_pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -148,9 +150,97 @@ class FitReport:
     resumed_from_step: int = 0
     device: str = "cpu"
     validation_loss: float | None = None
+    #: with ``train.privacy``: the ε and δ spent (statistics and DP-SGD together) and how
+    privacy: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class PrivacyPlan:
+    """One model's differential-privacy budget (``train.privacy``) for a table of ``rows`` rows:
+    the encoder's statistics' share, spread over the ``releases`` they make, and DP-SGD's."""
+
+    spec: PrivacySpec
+    rows: int
+    statistics: StatisticsBudget
+    budget: Budget
+
+    @classmethod
+    def of(cls, train: TrainSpec, *, rows: int, releases: int) -> PrivacyPlan | None:
+        spec = train.privacy
+        if spec is None:
+            return None
+        delta = spec.delta or default_delta(rows)
+        budget = split_budget(spec.epsilon, delta, spec.statistics_share)
+        statistics = StatisticsBudget(budget.statistics_epsilon, budget.statistics_delta, releases)
+        return cls(spec, rows, statistics, budget)
+
+    def sgd(self, train: TrainSpec, *, rows: int | None = None) -> PrivateSGD:
+        """DP-SGD over ``rows`` (default: the table's) with the rest of the budget; its noise is
+        seeded from the operating system, never from the job (see :class:`StatisticsBudget`)."""
+        return PrivateSGD(
+            epsilon=self.budget.sgd_epsilon,
+            delta=self.budget.sgd_delta,
+            max_grad_norm=self.spec.max_grad_norm,
+            noise_multiplier=self.spec.noise_multiplier,
+            rows=rows or self.rows,
+            batch_size=train.batch_size,
+            epochs=train.epochs,
+            accountant=self.spec.accountant,
+            seed=secrets.randbits(63),
+        )
+
+    def report(self, private: PrivateSGD) -> dict[str, Any]:
+        """What was spent: the statistics' share in full, DP-SGD's by its accountant."""
+        spent = private.epsilon_spent()
+        return {
+            "epsilon": self.budget.statistics_epsilon + spent,
+            "delta": self.budget.statistics_delta + self.budget.sgd_delta,
+            "target_epsilon": self.spec.epsilon,
+            "statistics_epsilon": self.budget.statistics_epsilon,
+            "sgd_epsilon": spent,
+            "noise_multiplier": private.noise_multiplier,
+            "max_grad_norm": private.max_grad_norm,
+            "sample_rate": private.sample_rate,
+            "steps": private.steps,
+            "accountant": self.spec.accountant,
+        }
+
+
+class _Objective(nn.Module):
+    """A batch loss as a module holding the networks it trains, so that ``torch.func`` can put a
+    row's copy of their parameters in place for the whole loss, not only inside one forward (a
+    VAE's loss reads its sigma outside the forward pass)."""
+
+    def __init__(self, networks: Mapping[str, nn.Module], loss: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.networks = nn.ModuleDict(networks)
+        self.loss = loss
+
+    def forward(self, *batch: torch.Tensor) -> torch.Tensor:
+        return self.loss(*batch)
+
+
+def private_step(
+    private: PrivateSGD,
+    networks: Mapping[str, nn.Module],
+    loss: Callable[..., torch.Tensor],
+    batch: tuple[torch.Tensor, ...],
+    optimizer: torch.optim.Optimizer,
+) -> torch.Tensor:
+    """One DP-SGD step: ``loss(*batch)`` is the family's mean loss over a batch (random draws inside
+    are fine: every row gets its own); each row's gradient is its loss on a batch of one, clipped
+    and noised by ``private``. Returns the batch's mean loss, for the log."""
+    objective = _Objective(networks, loss)
+
+    def per_row(
+        params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], *row: torch.Tensor
+    ) -> torch.Tensor:
+        return torch.func.functional_call(objective, (params, buffers), tuple(item[None] for item in row))
+
+    return torch.tensor(private.step(objective, per_row, batch, optimizer))
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -179,12 +269,19 @@ def fit_loop(
     checkpoints: CheckpointStore | None = None,
     evaluate: EvalFn | None = None,
     log_every_seconds: float = 5.0,
+    private: PrivateSGD | None = None,
+    plan: PrivacyPlan | None = None,
 ) -> FitReport:
     """Run ``step`` over shuffled batches of ``data`` for ``train.epochs`` or the time budget.
 
     With ``train.early_stopping_patience`` and an ``evaluate`` function (a loss on a batch, no
     gradients), ``train.validation_fraction`` of the rows is held out; training stops when the mean
     validation loss has not improved for that many epochs and the best weights are restored.
+
+    With ``private`` (DP-SGD; ``step`` then calls :func:`private_step`), batches are Poisson
+    samples, about ``1 / q`` of them an epoch; training stops when the budget is spent, and the
+    accountant's state is checkpointed with the weights, so a resumed training goes on counting.
+    ``plan`` reports what was spent.
     """
     seed_everything(train.seed)
     data, holdout = _split(data, train, evaluate)
@@ -205,6 +302,8 @@ def fit_loop(
         global_step, elapsed_before = int(saved["step"]), float(saved["elapsed"])
         best_loss, stale_epochs = float(saved.get("best_loss", math.inf)), int(saved.get("stale", 0))
         order.set_state(saved["order"])
+        if private is not None:
+            private.load_state_dict(saved["privacy"])
         torch.set_rng_state(saved["rng"]["torch"])
         if "cuda" in saved["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state(saved["rng"]["cuda"])
@@ -230,6 +329,7 @@ def fit_loop(
                 "rng": _rng_state(),
                 "best_loss": best_loss,
                 "stale": stale_epochs,
+                **({"privacy": private.state_dict()} if private is not None else {}),
             }
         )
 
@@ -238,8 +338,14 @@ def fit_loop(
     epoch = start_epoch
     for epoch in range(start_epoch, train.epochs):
         epoch_order = order.get_state()
-        batches = _batches(n, train.batch_size, order)
+        if private is None:
+            batches = _batches(n, train.batch_size, order)
+        else:
+            batches = [private.batch(order) for _ in range(max(1, round(1 / private.sample_rate)))]
         for index in range(start_batch if epoch == start_epoch else 0, len(batches)):
+            if private is not None and private.exhausted:
+                report.stopped = "privacy budget"
+                break
             idx = batches[index].to(device)
             with autocast(device):
                 raw = step(tuple(tensor[idx] for tensor in data))
@@ -277,7 +383,7 @@ def fit_loop(
             if elapsed_before + now - started >= budget:
                 report.stopped = "time budget"
                 break
-        if report.stopped == "time budget":
+        if report.stopped in ("time budget", "privacy budget"):
             break
         if holdout and evaluate is not None:
             loss = _mean_loss(evaluate, holdout, train.batch_size, modules)
@@ -302,6 +408,16 @@ def fit_loop(
     report.seconds = elapsed_before + seconds
     report.samples_per_second = seen / max(seconds, 1e-9)
     report.losses = losses
+    if private is not None and plan is not None:
+        report.privacy = plan.report(private)
+        log.info(
+            "%s: differential privacy: epsilon %.3f of %.3f spent (delta %.1e), noise multiplier %.3f",
+            name,
+            report.privacy["epsilon"],
+            report.privacy["target_epsilon"],
+            report.privacy["delta"],
+            private.noise_multiplier,
+        )
     log.info("%s: trained %d steps in %.1f s (%s)", name, global_step, report.seconds, report.stopped)
     return report
 

@@ -74,16 +74,38 @@ def spec_error(data: dict[str, Any], **kwargs: Any) -> str:
     return message
 
 
+#: each family's hyper-parameters for a job that trains in seconds
+TINY_MODELS: dict[tuple[str, str], dict[str, Any]] = {
+    ("tabular", "vae"): {"hidden": [32], "latent_dim": 8},
+    ("tabular", "gan"): {"generator_dims": [32], "critic_dims": [32], "noise_dim": 16},
+    ("tabular", "diffusion"): {"width": 32, "depth": 1},
+    ("tabular", "autoregressive"): {"hidden": [32], "embedding_dim": 16},
+    ("image", "vae"): {"channels": 16, "latent_dim": 16},
+    ("image", "gan"): {"channels": 16, "latent_dim": 16},
+    ("image", "diffusion"): {"channels": 8, "sampling_steps": 3},
+    ("image", "autoregressive"): {
+        "patch_size": 2,
+        "levels": 8,
+        "width": 16,
+        "head_width": 8,
+        "depth": 1,
+        "heads": 2,
+    },
+}
+
+
+def workspace_for(output: str) -> str:
+    """The private workspace tests give a job: beside its output, never inside it."""
+    return f"{str(output).rstrip('/')}-workspace"
+
+
 def tiny_job(uri: str, family: str, output: str, **sections: Any) -> JobSpec:
     """A job small enough to train in seconds on one CPU core."""
     image = uri in ("builtin://digits", "builtin://mnist") or sections.get("dataset", {}).get("format") in (
         "imagefolder",
         "image_parquet",
     )
-    model = {
-        "family": family,
-        **({"channels": 16, "latent_dim": 16} if image else {"hidden": [32], "latent_dim": 8}),
-    }
+    model = {"family": family, **TINY_MODELS[("image" if image else "tabular", family)]}
     data: dict[str, Any] = {
         "name": "tiny",
         "dataset": {"uri": uri},
@@ -91,7 +113,7 @@ def tiny_job(uri: str, family: str, output: str, **sections: Any) -> JobSpec:
         "train": {"epochs": 2, "batch_size": 64, "device": "cpu", "seed": 3},
         "generate": {"num_samples": 120, "batch_size": 50},
         "validate": {"min_column_shapes": 0.0, "null_tolerance": 1.0, "classifier_steps": 30},
-        "export": {"output": output},
+        "export": {"output": output, "workspace": workspace_for(output)},
         "retries": {"count": 0, "delay_seconds": 0},
     }
     for key, value in sections.items():

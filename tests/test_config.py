@@ -144,6 +144,41 @@ def test_an_existing_dask_cluster_is_never_sent_a_literal_secret() -> None:
     referenced = {
         **BASE,
         **remote,
-        "export": {"output": "s3://b", "storage_options": {"secret": "${S3_SECRET}"}},
+        "export": {
+            "output": "s3://b",
+            "workspace": "s3://private",
+            "storage_options": {"secret": "${S3_SECRET}"},
+        },
     }
     assert b"S3_SECRET" in pickle.dumps(build_job(referenced))  # the reference travels, the secret does not
+    local = {**referenced, "export": {**referenced["export"], "workspace": "./workspace"}}
+    assert "the cluster's workers read the model from export.workspace" in _error(local)
+
+
+@pytest.mark.parametrize(
+    ("output", "workspace"),
+    [
+        ("./out", "./out"),
+        ("./out", "./out/private"),
+        ("./out/synthetic", "./out"),
+        ("s3://bucket/synthetic", "s3://bucket/synthetic/workspace"),
+        ("s3://bucket", "s3://bucket/workspace"),
+    ],
+)
+def test_a_workspace_inside_the_output_is_refused(output: str, workspace: str) -> None:
+    """Readers are granted the output: a workspace inside it would grant them the real data."""
+    message = _error({**BASE, "export": {"output": output, "workspace": workspace}})
+    assert message.startswith("job.yaml: export: workspace:") and "overlap" in message
+
+
+@pytest.mark.parametrize(
+    ("output", "workspace"),
+    [
+        ("./out", "./workspace"),
+        ("s3://bucket/synthetic", "s3://bucket/synthetic-private"),
+        ("s3://a/x", "s3://b/x"),
+    ],
+)
+def test_a_workspace_apart_from_the_output_is_accepted(output: str, workspace: str) -> None:
+    job = build_job({**BASE, "export": {"output": output, "workspace": workspace}})
+    assert job.export.workspace == workspace

@@ -135,9 +135,13 @@ def test_shards_split_every_part_of_the_plan_with_seeds_of_their_own(tmp_path: P
     job = tiny_job("builtin://penguins", "vae", str(tmp_path), generate={"per_label": 5, "shards": 2})
     labels = ["Adelie", "Gentoo"]
     first, second = shard_plan(job, labels, 0), shard_plan(job, labels, 1)
-    assert [count for _, count, _ in first] == [3, 3] and [count for _, count, _ in second] == [2, 2]
-    assert len({seed for *_, seed in first + second}) == 4
+    assert [count for _, count, _, _ in first] == [3, 3] and [count for _, count, _, _ in second] == [2, 2]
+    assert len({seed for _, _, seed, _ in first + second}) == 4
     assert shard_plan(job, labels, 0) == first  # reproducible on its own
+    # each part is the run's rows 0-4 and 5-9, shard 0 taking the first three of each: the rows the
+    # columns made fresh (identifiers) are made for, so that no two shards repeat one
+    assert [(rows.first, rows.total) for *_, rows in first] == [(0, 10), (5, 10)]
+    assert [(rows.first, rows.total) for *_, rows in second] == [(3, 10), (8, 10)]
 
 
 def test_validation_samples_rows_from_the_whole_output_not_just_its_start(tmp_path: Path) -> None:

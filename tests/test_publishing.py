@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
-from conftest import tiny_job
+from conftest import tiny_job, workspace_for
 from flaky_endpoint import FlakyEndpoint
 
 from genai_pipeline import locks, stages
@@ -163,7 +163,9 @@ def test_an_endpoint_down_at_the_start_is_retried_then_fails_naming_it(
     job = _job(f"s3://{BUCKET}/down", _options(endpoint), retries={"count": 2, "delay_seconds": 0.2})
     endpoint.down()
     try:
-        with pytest.raises(StorageError, match=r"s3://flaky/down/tiny.*Could not connect to the endpoint"):
+        with pytest.raises(
+            StorageError, match=r"s3://flaky/down(-workspace)?/tiny.*Could not connect to the endpoint"
+        ):
             synthesize(job=job, run_date=RUN_DATE)
     finally:
         endpoint.up()
@@ -325,8 +327,9 @@ def test_an_export_that_fails_after_its_data_switch_is_finished_not_called_faile
     manifest = record_failure(staged.run, failure.value)
     assert manifest["status"] == "published"
     assert json.loads(storage.read_bytes(staged.run.manifest))["status"] == "published"
-    assert json.loads(storage.read_bytes("models/latest.json"))["run_id"] == staged.run.run_id
+    assert json.loads(staged.run.workspace().read_bytes("models/latest.json"))["run_id"] == staged.run.run_id
     assert not storage.list_files("_staging") and not storage.list_files("_locks")
+    assert not staged.run.workspace().list_files(staged.run.private_area)  # its real rows went too
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -335,12 +338,14 @@ def test_a_publish_sweeps_staging_areas_abandoned_for_a_week(
 ) -> None:
     output = str(tmp_path) if where == "local" else f"s3://{BUCKET}/sweep"
     staged = _stage(_job(output, {} if where == "local" else _options(endpoint)))
-    storage = staged.run.storage()
+    storage, workspace = staged.run.storage(), staged.run.workspace()
     abandoned, recent, other = "20261001T020000Z-0a0b0c", new_run_id(), "not-a-run"
     for name in (abandoned, recent, other):
-        storage.write_bytes(f"_staging/{name}/input/dataset.parquet", b"left behind")
+        storage.write_bytes(f"_staging/{name}/data/part.parquet", b"left behind")
+        workspace.write_bytes(f"runs/{name}/input/dataset.parquet", b"left behind")  # real rows
     staged.export()
     assert storage.list_dirs("_staging") == sorted([recent, other])
+    assert workspace.list_dirs("runs") == sorted([recent, other])
 
 
 def _runs_in_start_order(job: JobSpec, count: int = 3) -> list[Staged]:
@@ -402,7 +407,7 @@ def test_an_older_runs_retry_never_mixes_with_nor_replaces_a_newer_run(
     stages.record_failure(b.run, RunSuperseded("superseded"))
     assert _reader_view(storage) == (c.run.run_id, {c.run.run_id})
     assert storage.list_dirs(f"quality/run_date={RUN_DATE}") == [f"run={c.run.run_id}"]
-    assert json.loads(storage.read_bytes("models/latest.json"))["run_id"] == c.run.run_id
+    assert json.loads(c.run.workspace().read_bytes("models/latest.json"))["run_id"] == c.run.run_id
     assert json.loads(storage.read_bytes(b.run.manifest))["status"] == "failed"
 
 
@@ -443,9 +448,10 @@ def test_a_backfill_of_an_earlier_date_leaves_the_latest_model_where_it_is(tmp_p
     published last: a backfill of an earlier date took it back in time."""
     job = _job(str(tmp_path))
     _stage(job, run_date="2026-03-05").export()
-    later = json.loads((tmp_path / "tiny" / "models" / "latest.json").read_text())
+    latest = Path(workspace_for(str(tmp_path))) / "tiny" / "models" / "latest.json"
+    later = json.loads(latest.read_text())
     _stage(job, run_date="2026-03-01").export()
-    assert json.loads((tmp_path / "tiny" / "models" / "latest.json").read_text()) == later
+    assert json.loads(latest.read_text()) == later
 
 
 def test_a_live_lease_is_never_taken_whatever_its_holders_clock_says(

@@ -9,7 +9,14 @@ import pytest
 from genai_pipeline.config import ExpectationSpec, ValidateSpec
 from genai_pipeline.datasets import BUILTINS, ImageData, TabularData
 from genai_pipeline.errors import ConfigError
-from genai_pipeline.quality.expectations import derive_suite, image_stats, run_suite, table_frame
+from genai_pipeline.quality.expectations import (
+    FreshCheck,
+    data_suite,
+    derive_suite,
+    image_stats,
+    run_suite,
+    table_frame,
+)
 from genai_pipeline.quality.tabular import column_shapes
 
 PENGUINS = BUILTINS["penguins"].load()
@@ -245,18 +252,26 @@ def test_job_expectations_replace_derived_ones_of_the_same_column() -> None:
         load_suite(b"{not json", "suite.json")
 
 
-def test_id_like_columns_are_expected_unique_and_not_a_category_set() -> None:
+def test_columns_made_fresh_are_expected_unique_in_their_format_never_a_value_set() -> None:
     rows = pa.table({"OrderID": [f"o-{i}" for i in range(50)], "valid": list(range(50)), "n": [1, 2] * 25})
-    suite = derive_suite(TabularData(rows), ValidateSpec(), {}, name="orders")
-    unique = [
-        e.configuration.kwargs["column"] for e in suite.expectations if e.expectation_type.endswith("_unique")
-    ]
-    assert unique == ["OrderID"]  # "valid" holds distinct values but is not named like an identifier
-    assert not any(
-        e.expectation_type == "expect_column_values_to_be_in_set"
-        and e.configuration.kwargs["column"] == "OrderID"
-        for e in suite.expectations
+    fresh = {"OrderID": FreshCheck(null_share=0.0, unique=True, pattern=r"^o-[0-9]+$")}
+    suite = data_suite(
+        TabularData(rows.select(["valid", "n"])), ValidateSpec(), "orders", fresh=fresh, schema=rows.schema
     )
-    repeated = rows.set_column(0, "OrderID", pa.array(["o-1"] * 50))
-    result = run_suite(suite, table_frame(repeated))
-    assert not result.failures and result.warnings[0].startswith("expect_column_values_to_be_unique(OrderID)")
+    kinds = {
+        (e.expectation_type, e.configuration.kwargs["column"])
+        for e in suite.expectations
+        if "column" in e.configuration.kwargs
+    }
+    assert ("expect_column_values_to_be_unique", "OrderID") in kinds
+    assert ("expect_column_values_to_match_regex", "OrderID") in kinds
+    assert ("expect_column_values_to_be_in_set", "OrderID") not in kinds
+    columns = next(
+        e for e in suite.expectations if e.expectation_type == "expect_table_columns_to_match_ordered_list"
+    )
+    assert columns.configuration.kwargs["column_list"] == ["OrderID", "valid", "n"]
+    assert not run_suite(suite, table_frame(rows)).failures
+    repeated = rows.set_column(0, "OrderID", pa.array(["o-1"] * 49 + ["x-1"]))
+    failures = run_suite(suite, table_frame(repeated)).failures
+    assert any(f.startswith("expect_column_values_to_be_unique(OrderID)") for f in failures)
+    assert any(f.startswith("expect_column_values_to_match_regex(OrderID)") for f in failures)

@@ -23,6 +23,7 @@ from genai_pipeline.datasets import BUILTINS, TabularData
 from genai_pipeline.quality.charts import REAL_COLOUR, SYNTHETIC_COLOUR, THUMBNAIL_PX
 from genai_pipeline.quality.expectations import check_data, data_suite, derive_suite, run_suite, table_frame
 from genai_pipeline.quality.report import ReportInput, harden_pages, render_report
+from genai_pipeline.quality.scoring import label_means
 from genai_pipeline.quality.tabular import column_coverage, column_shapes, pair_trend_details
 
 PENGUINS = BUILTINS["penguins"].load()
@@ -168,7 +169,7 @@ def test_values_from_the_data_are_escaped() -> None:
             expectations=payload,
             real=table,
             synthetic=table,
-            real_images=(images, labels),
+            real_images=label_means(images, labels, 1),
             synthetic_images=(images, labels[::-1]),
         )
     )
@@ -205,7 +206,7 @@ def test_image_report_has_a_grid_per_label() -> None:
                     "severity": None,
                 },
             ],  # fmt: skip
-            real_images=(images, labels),
+            real_images=label_means(images, labels, 5),
             synthetic_images=(synthetic[keep].astype(np.uint8), labels[:500][keep]),
         )
     )
@@ -215,9 +216,11 @@ def test_image_report_has_a_grid_per_label() -> None:
     for label, cells in rows:
         strips = re.findall(r'<img src="(data:image/png;base64,[^"]+)"', cells)
         assert len(strips) == (1 if label == "7" else 2)
-        strip = _png(strips[0])
-        assert strip.mode == "L" and strip.height == THUMBNAIL_PX  # 8×8 digits drawn 7× larger, in gray
-        assert strip.width == 8 * THUMBNAIL_PX + 7 * 4  # eight images per side
+        mean, synthetic_strip = _png(strips[0]), _png(strips[-1])
+        assert "mean of" in cells  # the page is published: of the real images, only each label's mean
+        assert mean.mode == "L" and mean.width == mean.height == THUMBNAIL_PX  # one 8×8 image drawn 7× larger
+        if label != "7":
+            assert synthetic_strip.width == 8 * THUMBNAIL_PX + 7 * 4  # eight synthetic images
     assert "Every gated metric and expectation passed." in page
 
 

@@ -10,7 +10,7 @@ import pytest
 from genai_pipeline.config import ValidateSpec
 from genai_pipeline.datasets import BUILTINS, ImageData
 from genai_pipeline.quality.gate import MetricRows
-from genai_pipeline.quality.scoring import score_images, score_tables
+from genai_pipeline.quality.scoring import TablePrivacy, score_images, score_tables
 
 PENGUINS = BUILTINS["penguins"].load()
 
@@ -29,7 +29,11 @@ def test_a_conditioned_table_run_is_compared_with_the_real_rows_that_meet_its_co
     charts = score_tables(
         rows, PENGUINS, None, dream, target="species", conditions={"island": "Dream"}, per_label=False, seed=0
     )
-    shapes = {column: values["column_shape"] for column, values in _metrics(rows, "column").items()}
+    shapes = {
+        column: values["column_shape"]
+        for column, values in _metrics(rows, "column").items()
+        if "column_shape" in values
+    }
     assert "island" not in shapes and min(shapes.values()) == pytest.approx(1.0)
     assert charts["real"].num_rows == dream.num_rows and "island" not in charts["synthetic"].column_names
     table = _metrics(rows, "table")[None]
@@ -42,9 +46,19 @@ def test_per_label_counts_leave_the_label_out_and_a_holdout_brings_privacy_and_u
     train, holdout = PENGUINS.take(pa.array(order[100:])), PENGUINS.take(pa.array(order[:100]))
     rows = MetricRows("r", ValidateSpec())
     score_tables(rows, train, holdout, train, target="species", conditions={}, per_label=True, seed=0)
-    assert "species" not in _metrics(rows, "column")
+    assert "column_shape" not in _metrics(rows, "column").get("species", {})
     table = _metrics(rows, "table")
     assert table[None]["memorised_share"] == 1.0  # the "synthetic" rows are the training rows
+    # … and so hold what value protection keeps out: rare values and outliers (failing the gate)
+    assert table[None]["rare_real_value_share"] > 0 and "rare_real_value_share=" in rows.misses("error")[0]
+    assert table[None]["membership_auc"] > 0.8  # copies: the attack tells training rows apart
+    assert "attribute_gain" not in table["species"]  # per_label fixed the label: nothing to infer
+    rows = MetricRows("r", ValidateSpec())
+    privacy = TablePrivacy(sensitive="year")  # the species is told from the bills by anyone: no gain
+    score_tables(
+        rows, train, holdout, train, target="species", conditions={}, per_label=False, seed=0, privacy=privacy
+    )
+    assert _metrics(rows, "table")["year"]["attribute_gain"] > 0.3
     assert 0 < table["species"]["utility_ratio"] <= 1.5
 
 

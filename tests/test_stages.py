@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import tiny_job
+from conftest import tiny_job, workspace_for
 from PIL import Image
 
 from genai_pipeline import stages
@@ -95,7 +95,7 @@ def test_impossible_conditions_fail_at_ingest(tmp_path: Path, conditions: dict, 
     run = Run(job=job, run_date="2026-02-03")
     with pytest.raises(ConfigError, match=message):
         stages.ingest(run)
-    assert not (tmp_path / "tiny" / "models").exists()  # nothing trained
+    assert not (Path(workspace_for(str(tmp_path))) / "tiny" / "models").exists()  # nothing trained
 
 
 def test_image_label_conditions_are_checked_at_ingest(tmp_path: Path) -> None:
@@ -150,6 +150,7 @@ def test_conditions_on_other_columns_are_met_and_compared_with_matching_rows(tmp
         "column_shape",
         "range_coverage",
         "null_rate_similarity",
+        "protected_values",
     }
     assert {row["metric"] for row in rows if row["column"] == "species"} >= {"category_coverage"}
     (overall,) = [row for row in rows if row["metric"] == "pair_trends"]
@@ -253,7 +254,7 @@ def test_copied_training_rows_fail_the_memorisation_gate(tmp_path: Path) -> None
     run = Run(job=job, run_date="2026-02-03")
     dataset = stages.ingest(run)
     root = tmp_path / "tiny"
-    copies = pq.read_table(root / dataset.snapshot)
+    copies = pq.read_table(Path(workspace_for(str(tmp_path))) / "tiny" / dataset.snapshot)
     (root / run.staged(run.data_file)).parent.mkdir(parents=True)
     pq.write_table(copies, root / run.staged(run.data_file))
     generated = GeneratedRef(data_file=run.staged(run.data_file), num_samples=copies.num_rows, seconds=0.0)
@@ -266,8 +267,9 @@ def test_the_real_input_is_checked_against_the_jobs_expectations(tmp_path: Path)
     job = tiny_job("builtin://penguins", "vae", str(tmp_path), validate={"expectations": [too_early]})
     with pytest.raises(
         DatasetError, match=r"builtin://penguins fails 1 expectation\(s\).*max_to_be_between\(year\)"
-    ):
+    ) as failure:
         stages.ingest(Run(job=job, run_date="2026-02-03"))
+    assert "2009" not in str(failure.value)  # the message reaches the failed run's manifest: no real value
     synthetic_only = {**too_early, "check_input": False}
     job = tiny_job("builtin://penguins", "vae", str(tmp_path), validate={"expectations": [synthetic_only]})
     stages.ingest(Run(job=job, run_date="2026-02-03"))
@@ -276,7 +278,9 @@ def test_the_real_input_is_checked_against_the_jobs_expectations(tmp_path: Path)
 def test_a_saved_suite_is_written_once_reviewed_and_guards_the_input(tmp_path: Path) -> None:
     job = tiny_job("builtin://penguins", "vae", str(tmp_path), validate={"suite": "saved"})
     stages.ingest(Run(job=job, run_date="2026-02-03"))
-    saved = tmp_path / "tiny" / "expectations" / "suite.json"
+    saved = (
+        Path(workspace_for(str(tmp_path))) / "tiny" / "expectations" / "suite.json"
+    )  # private: reviewed there
     suite = json.loads(saved.read_text())
     (islands,) = [
         e
@@ -309,7 +313,9 @@ def test_image_runs_are_judged_by_a_cached_real_data_classifier(tmp_path: Path) 
         "duplicate_share",
     } <= set(scores)
     assert scores["classifier_accuracy"] > 0.5 and scores["memorised_share"] <= 0.1
-    (cached,) = (tmp_path / "tiny" / "models").glob("classifier-*/weights.safetensors")
+    (cached,) = (Path(workspace_for(str(tmp_path))) / "tiny" / "models").glob(
+        "classifier-*/weights.safetensors"
+    )
     before = cached.stat().st_mtime_ns
     again = _validated(job)  # same data and recipe: the classifier is loaded, not trained again
     assert cached.stat().st_mtime_ns == before
@@ -326,7 +332,7 @@ def test_copied_training_images_fail_the_memorisation_gate(tmp_path: Path) -> No
     job = tiny_job("builtin://digits", "vae", str(tmp_path))
     run = Run(job=job, run_date="2026-02-03")
     dataset = stages.ingest(run)
-    real = read_snapshot(run.storage(), dataset.snapshot, dataset.label)
+    real = read_snapshot(run.workspace(), dataset.snapshot, dataset.label)
     copies = ImageBatch(images=real.images[:200], labels=real.labels[:200])
     count = write_images([copies, copies], run.storage(), run, model_name="copies")
     shard = GeneratedRef(
@@ -386,7 +392,11 @@ def test_an_unchanged_source_is_read_once_and_a_changed_one_again(
     source.write_text(source.read_text() + "60,0\n")  # the nightly export grew by a row
     third = stages.ingest(Run(job=job, run_date="2026-02-05"))
     assert len(reads) == 2 and third.num_rows == 61 and third.fingerprint != first.fingerprint
-    assert len(list((tmp_path / "out" / "tiny" / "datasets").glob("source-*.parquet"))) == 1
+    cache = Path(workspace_for(str(tmp_path / "out"))) / "tiny" / "datasets"  # a copy of real rows: private
+    assert (
+        len(list(cache.glob("source-*.parquet"))) == 1
+        and not (tmp_path / "out" / "tiny" / "datasets").exists()
+    )
     uncached = tiny_job(str(source), "vae", str(tmp_path / "out"), dataset={"cache": False})
     stages.ingest(Run(job=uncached, run_date="2026-02-06"))
     assert len(reads) == 3
@@ -418,7 +428,8 @@ def test_a_changed_schema_fails_naming_the_change_unless_the_job_adapts(
     pq.write_table(drifted, source)
     with pytest.raises(DatasetError) as failure:
         stages.ingest(Run(job=tiny_job(str(source), "vae", str(tmp_path / "out")), run_date="2026-03-03"))
-    published = json.loads((tmp_path / "out/tiny/models/latest.json").read_text())["run_id"]
+    latest = Path(workspace_for(str(tmp_path / "out"))) / "tiny" / "models" / "latest.json"
+    published = json.loads(latest.read_text())["run_id"]
     assert str(failure.value) == (
         f"{source}: the schema changed since run {published} (run_date 2026-03-01): "
         "column 'd' (string) added; column 'c' (double) removed; column 'a' changed type int64 → double "

@@ -89,6 +89,7 @@ def test_report_facts_and_browser_urls(tmp_path: Path) -> None:
         "dataset": "builtin://penguins: 344 rows, 68 held out",
         "generated": "120 samples in 2.5 s",
         "seed": "3",
+        "privacy": "values fewer than 5 rows hold are protected",
     }
     assert browser_url("s3://bucket/report.html") == "s3://bucket/report.html"
     assert browser_url("out/report.html") == (Path.cwd() / "out/report.html").as_uri()

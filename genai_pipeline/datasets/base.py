@@ -11,23 +11,34 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genai_pipeline.parquet import write_table
+from genai_pipeline.privacy.protection import Protection
 from genai_pipeline.storage import Storage
+
+if TYPE_CHECKING:
+    from genai_pipeline.privacy.roles import ColumnRole
 
 
 @dataclass(frozen=True)
 class TabularData:
-    """A table and its optional label/target column."""
+    """A table, its optional label/target column, and how the table may be learned: the roles of its
+    columns that are not simply learned (identifiers and personal data, made fresh; None: detect
+    them), the value protection a model applies to the rest, and the real rows kept from training
+    (``unseen``, the holdout: never learned, but the values made fresh avoid theirs too)."""
 
     table: pa.Table
     label: str | None = None
+    roles: Mapping[str, ColumnRole] | None = None
+    protection: Protection = field(default_factory=Protection)
+    unseen: pa.Table | None = None
 
     modality = "tabular"
 
@@ -125,9 +136,11 @@ def label_values(data: Dataset) -> list[Any]:
     return sorted(column.unique().drop_null().to_pylist(), key=str)
 
 
-def describe_schema(data: Dataset) -> dict[str, Any]:
-    """A JSON-able schema for manifests, drift checks and per-label generation."""
-    labels = label_values(data)
+def describe_schema(data: Dataset, labels: list[Any] | None = None) -> dict[str, Any]:
+    """A JSON-able schema for manifests, drift checks and per-label generation. ``labels``: the
+    label's values as they may be shown (a table's, protected: see ``TableEncoder.public_view``);
+    default: the data's own."""
+    labels = label_values(data) if labels is None else labels
     labels = labels if len(labels) <= MAX_LABELS else None
     if isinstance(data, TabularData):
         return {

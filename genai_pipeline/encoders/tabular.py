@@ -11,6 +11,14 @@ output heads from the spans and never see column types.
   a category of its own; beyond ``max_categories`` the rarest values share one "rare" category that
   decodes by drawing from their observed frequencies, so one-hot width stays bounded.
 - A column that is entirely null is reproduced as entirely null.
+- **Value protection** (:mod:`genai_pipeline.privacy.protection`, on by default): a category fewer
+  than ``min_rows`` rows hold is never stored; it shares a protected category that decodes to the
+  job's token (text) or the most frequent value (numbers, booleans). Numeric tails are clipped and
+  the quantile knots are means of blocks of at least ``min_rows`` values, so the fitted state holds
+  no real value fewer than ``min_rows`` rows share.
+- **Identifiers and personal data** (:mod:`genai_pipeline.privacy.roles`) are not learned: they have
+  no spans, and decoding fills them with fresh values (:mod:`genai_pipeline.privacy.fresh`) that
+  depend only on the run's key and each row's number in the run (:class:`RowStream`).
 
 Decoding restores the input's exact Arrow schema (types, dictionary encoding, null pattern).
 The fitted state is plain JSON (plus the serialised Arrow schema), never a pickle.
@@ -28,14 +36,31 @@ import pyarrow.compute as pc
 import torch
 from scipy.special import ndtr, ndtri
 
-from genai_pipeline.columns import dense, is_categorical, is_numeric, to_float, value_type
+from genai_pipeline.columns import dense, is_categorical, is_numeric, quantum, to_float, value_type
+from genai_pipeline.privacy.dp import StatisticsBudget, dp_category_counts, dp_cdf, selection_threshold
+from genai_pipeline.privacy.fresh import FreshColumn, generate_fresh
+from genai_pipeline.privacy.protection import KeptCategories, Protection, keep_categories, protect_numbers
+from genai_pipeline.privacy.roles import ColumnRole, Roles, column_roles
 
 SpanKind = Literal["continuous", "softmax"]
 #: a value holding at least this share of a numeric column is a point mass that decodes exactly
 SPIKE_SHARE = 0.01
 _NULL = "__null__"
-_RARE = "__rare__"
+_RARE = "__rare__"  # values beyond max_categories, each held by enough rows: drawn by frequency
+_PROTECTED = "__protected__"  # values fewer than min_rows rows hold: never stored
 _EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class RowStream:
+    """Which rows of a run a batch is: rows ``first … first + n − 1`` of the run's ``total``, made
+    with the run's ``key``. Fresh values (identifiers, personal data) depend only on the key and a
+    row's number in the run, so shards that each make their own range never repeat each other's
+    identifiers, whatever their batches."""
+
+    key: int
+    first: int
+    total: int
 
 
 @dataclass(frozen=True)
@@ -85,14 +110,17 @@ class ColumnCodec:
     """How one column is encoded; all fields are JSON-able."""
 
     name: str
-    kind: Literal["continuous", "categorical", "null"]
+    kind: Literal["continuous", "categorical", "null", "fresh"]
     has_nulls: bool = False
-    knots: list[float] | None = None  # continuous: sorted values …
+    knots: list[float] | None = None  # continuous: sorted values (protected: block means) …
     knot_probs: list[float] | None = None  # … and their (mid-rank) CDF
-    categories: list[Any] | None = None  # categorical: values (null and rare as markers)
+    categories: list[Any] | None = None  # categorical: values (null, rare, protected as markers)
     rare_values: list[Any] | None = None
     rare_probs: list[float] | None = None
     spikes: list[list[float]] | None = None  # continuous: [value, cdf below, cdf above] of point masses
+    protected: int = 0  # categories: distinct values protected; numbers: values clipped (counts only)
+    protected_as: Any = None  # what the protected category decodes to (None: null)
+    fresh: dict[str, Any] | None = None  # identifiers and personal data: how fresh values are made
 
     @property
     def spans(self) -> list[Span]:
@@ -104,26 +132,98 @@ class ColumnCodec:
         return []
 
 
-def _fit_continuous(name: str, values: np.ndarray, has_nulls: bool, max_knots: int) -> ColumnCodec:
+def _spikes(values: np.ndarray, threshold: int) -> list[list[float]] | None:
+    """``[value, cdf below, cdf above]`` of the values at least :data:`SPIKE_SHARE` of the rows and
+    ``threshold`` rows hold: point masses that decode exactly."""
     uniques, counts = np.unique(values, return_counts=True)
     cdf = np.cumsum(counts) / counts.sum()
     share = counts / counts.sum()
-    mid = cdf - share / 2
-    spikes = [[float(v), float(c - s), float(c)] for v, c, s in zip(uniques, cdf, share) if s >= SPIKE_SHARE]
+    spikes = [
+        [float(v), float(c - s), float(c)]
+        for v, c, s, count in zip(uniques, cdf, share, counts)
+        if s >= SPIKE_SHARE and count >= threshold
+    ]
+    return spikes or None
+
+
+def _fit_continuous(
+    name: str,
+    values: np.ndarray,
+    has_nulls: bool,
+    max_knots: int,
+    protection: Protection,
+    step: float,
+    dp: StatisticsBudget | None = None,
+) -> ColumnCodec:
+    """Knots on the column's empirical CDF: with ``dp``, a DP distribution (:func:`dp_cdf`); with
+    protection, means of blocks of ``min_rows`` values with the tails clipped
+    (:func:`protect_numbers`; ``step``: what decoding rounds to); without, a grid of its distinct
+    values."""
+    if dp is not None:
+        released = dp_cdf(values, epsilon=dp.each_epsilon, rng=dp.rng, quantum=step)
+        if released is None:  # too little budget for this many values: nothing may be learned
+            return ColumnCodec(name, "null", True)
+        knots, probs = released
+        keep = np.r_[True, np.diff(probs) > 0]  # a flat stretch of the CDF: one knot
+        return ColumnCodec(name, "continuous", has_nulls, knots[keep].tolist(), probs[keep].tolist())
+    if protection.enabled:
+        protected = protect_numbers(values, protection.min_rows, max_knots, step)
+        if protected is None:  # fewer values than min_rows: nothing about them may be learned
+            return ColumnCodec(name, "null", True, protected=len(values))
+        return ColumnCodec(
+            name,
+            "continuous",
+            has_nulls,
+            protected.knots.tolist(),
+            protected.probs.tolist(),
+            spikes=_spikes(protected.values, protection.min_rows),
+            protected=protected.clipped,
+        )
+    uniques, counts = np.unique(values, return_counts=True)
+    mid = (np.cumsum(counts) - counts / 2) / counts.sum()
     if len(uniques) > max_knots:  # keep a quantile grid, not every value
         pick = np.unique(np.linspace(0, len(uniques) - 1, max_knots).round().astype(int))
         uniques, mid = uniques[pick], mid[pick]
-    return ColumnCodec(name, "continuous", has_nulls, uniques.tolist(), mid.tolist(), spikes=spikes or None)
+    return ColumnCodec(
+        name, "continuous", has_nulls, uniques.tolist(), mid.tolist(), spikes=_spikes(values, 1)
+    )
 
 
-def _fit_categorical(name: str, values: list[Any], has_nulls: bool, max_categories: int) -> ColumnCodec:
+def _fit_categorical(
+    name: str,
+    values: list[Any],
+    has_nulls: bool,
+    max_categories: int,
+    protection: Protection,
+    textual: bool,
+    dp: StatisticsBudget | None = None,
+) -> ColumnCodec | None:
+    """Categories held by at least ``min_rows`` rows, the ``max_categories`` most frequent one-hot
+    and the rest drawn by frequency from a shared one; the protected ones in a category of their
+    own. None when every value is protected in a numeric column (the caller fits it as a number).
+    With ``dp``, the categories and their frequencies are a DP release (noisy counts over a
+    threshold that a value one row holds passes with probability δ at most), and the protected
+    category is always there: whether any value was protected is not released."""
     counts: dict[Any, int] = {}
     for value in values:
         counts[value] = counts.get(value, 0) + 1
-    ranked = sorted(counts, key=lambda value: (-counts[value], str(value)))
-    kept, rare = ranked[:max_categories], ranked[max_categories:]
+    if dp is not None:
+        threshold = max(protection.min_rows, selection_threshold(dp.each_epsilon, dp.each_delta))
+        noisy = dp_category_counts(counts, epsilon=dp.each_epsilon, threshold=threshold, rng=dp.rng)
+        kept = KeptCategories(noisy, 1, 0)  # type: ignore[arg-type]  (noisy counts are floats)
+        counts = noisy  # type: ignore[assignment]
+    else:
+        kept = keep_categories(counts, protection.threshold)
+    if not kept.counts and not textual and values:
+        return None
+    ranked = sorted(kept.counts, key=lambda value: (-counts[value], str(value)))
+    frequent, rare = ranked[:max_categories], ranked[max_categories:]
     total_rare = sum(counts[value] for value in rare)
-    categories = sorted(kept, key=str) + ([_RARE] if rare else []) + ([_NULL] if has_nulls else [])
+    protected = [_PROTECTED] if kept.protected_values else []
+    categories = (
+        sorted(frequent, key=str) + ([_RARE] if rare else []) + protected + ([_NULL] if has_nulls else [])
+    )
+    token = protection.rare_token if textual else None
     return ColumnCodec(
         name,
         "categorical",
@@ -131,7 +231,69 @@ def _fit_categorical(name: str, values: list[Any], has_nulls: bool, max_categori
         categories=categories,
         rare_values=rare or None,
         rare_probs=[counts[value] / total_rare for value in rare] or None,
+        protected=kept.protected_values if dp is None else 0,
+        protected_as=(token if token is not None else (ranked[0] if ranked else None)) if protected else None,
     )
+
+
+def _with_unseen(table: pa.Table, unseen: pa.Table | None, name: str, role: ColumnRole | None) -> pa.Array:
+    """A column's values to fit on: the table's, and for a column made fresh the unseen rows' too
+    (only its format and the values to avoid are fitted: no value is learned)."""
+    column = dense(table.column(name))
+    if role is None or not role.fresh or unseen is None or name not in unseen.column_names:
+        return column
+    return pa.concat_arrays([column, dense(unseen.column(name)).cast(column.type)])
+
+
+def _fit_column(
+    name: str,
+    column: pa.Array,
+    role: ColumnRole | None,
+    protection: Protection,
+    *,
+    max_categories: int,
+    discrete_threshold: int,
+    max_knots: int,
+    key: int,
+    dp: StatisticsBudget | None = None,
+) -> ColumnCodec:
+    """One column's codec: fresh (identifiers, personal data), null, continuous or categorical.
+    With ``dp`` (differential privacy), every learned column may hold nulls (whether it does is
+    not released), numbers are continuous unless declared categories (how many distinct values a
+    column has is not released either), and what is kept of the values is a DP release."""
+    type_ = column.type
+    has_nulls = column.null_count > 0 or dp is not None
+    if role is not None and role.fresh:
+        fresh = FreshColumn.fit(
+            name,
+            column,
+            role=role.role,  # type: ignore[arg-type]
+            kind=role.kind,
+            locale=role.locale,
+            min_rows=protection.min_rows,  # fresh columns avoid rare real values whatever the policy
+            key=key,
+        )
+        return ColumnCodec(name, "fresh", has_nulls, fresh=fresh.to_state())
+    if pa.types.is_null(type_) or (column.null_count == len(column) and dp is None):
+        return ColumnCodec(name, "null", True)
+    if is_numeric(type_):
+        values = to_float(column)
+        present = values[~np.isnan(values)]
+        wanted = role.role if role is not None else None
+        few = dp is None and len(np.unique(present)) <= discrete_threshold
+        if wanted != "numeric" and (wanted == "category" or few):
+            codec = _fit_categorical(name, present.tolist(), has_nulls, max_categories, protection, False, dp)
+            if codec is not None:
+                return codec
+        return _fit_continuous(name, present, has_nulls, max_knots, protection, quantum(type_), dp)
+    if is_categorical(type_):
+        textual = not pa.types.is_boolean(type_)
+        codec = _fit_categorical(
+            name, column.drop_null().to_pylist(), has_nulls, max_categories, protection, textual, dp
+        )
+        assert codec is not None, "a text or boolean column always has a categorical codec"
+        return codec
+    raise ValueError(f"column {name!r}: type {type_} is not supported for tabular models")
 
 
 class TableEncoder:
@@ -148,6 +310,8 @@ class TableEncoder:
         self.data_codecs = [c for c in codecs if c is not self.condition_codec]
         self.spans = [span for codec in self.data_codecs for span in codec.spans]
         self.width = sum(span.size for span in self.spans)
+        #: the columns made fresh at decoding (identifiers, personal data), built once
+        self.fresh_columns = {c.name: FreshColumn.from_state(c.fresh) for c in codecs if c.fresh is not None}
 
     @classmethod
     def fit(
@@ -158,53 +322,98 @@ class TableEncoder:
         max_categories: int = 1000,
         discrete_threshold: int = 20,
         max_knots: int = 2000,
+        roles: Roles | None = None,
+        protection: Protection | None = None,
+        key: int = 0,
+        unseen: pa.Table | None = None,
+        dp: StatisticsBudget | None = None,
     ) -> TableEncoder:
-        """Learn each column's codec from the real table."""
-        codecs = []
-        for field in table.schema:
-            column = dense(table.column(field.name))
-            type_ = column.type
-            has_nulls = column.null_count > 0
-            if column.null_count == len(column) or pa.types.is_null(type_):
-                codecs.append(ColumnCodec(field.name, "null", True))
-            elif is_numeric(type_):
-                values = to_float(column)
-                present = values[~np.isnan(values)]
-                if len(np.unique(present)) > discrete_threshold:
-                    codecs.append(_fit_continuous(field.name, present, has_nulls, max_knots))
-                else:
-                    codecs.append(_fit_categorical(field.name, present.tolist(), has_nulls, max_categories))
-            elif is_categorical(type_):
-                present = column.drop_null().to_pylist()
-                codecs.append(_fit_categorical(field.name, present, has_nulls, max_categories))
-            else:
-                raise ValueError(
-                    f"column {field.name!r}: type {field.type} is not supported for tabular models"
-                )
+        """Learn each column's codec from the real table, under value ``protection`` (default: on)
+        and with the columns' ``roles`` (None: detected here); ``key`` seeds what fresh columns
+        need of it (their exclusion filters' hashing). ``unseen`` real rows (the holdout) are not
+        learned from, but values made fresh avoid theirs as well. With ``dp`` (differential
+        privacy), each learned column's codec is a DP release of its share of the budget."""
+        protection = protection or Protection()
+        roles = column_roles(table, {}, condition) if roles is None else roles
+        codecs = [
+            _fit_column(
+                field.name,
+                _with_unseen(table, unseen, field.name, roles.get(field.name)),
+                roles.get(field.name),
+                protection,
+                max_categories=max_categories,
+                discrete_threshold=discrete_threshold,
+                max_knots=max_knots,
+                key=key,
+                dp=dp,
+            )
+            for field in table.schema
+        ]
         return cls(codecs, table.schema, condition)
+
+    def public_view(self, table: pa.Table, *, keep_fresh: bool = False) -> pa.Table:
+        """The real table as far as it may be shown: each learned column with only the values the
+        model may emit (protected categories as the protected category decodes, numbers clipped to
+        the knots' range, all-protected columns null); fresh columns (identifiers, personal data)
+        left out, or (``keep_fresh``, for a private check of the input's format) as they are. What
+        the suite derives its expectations from and the report charts."""
+        columns, names = [], []
+        for codec in self.codecs:
+            if codec.kind == "fresh" and not keep_fresh:
+                continue
+            column = dense(table.column(codec.name))
+            mask = column.is_null().to_numpy(zero_copy_only=False)
+            if codec.kind == "categorical":
+                array = column
+                if codec.protected:
+                    hidden = self._category_index(codec, column) == (codec.categories or []).index(_PROTECTED)
+                    shown = (
+                        pa.scalar(codec.protected_as).cast(column.type)
+                        if codec.protected_as is not None
+                        else None
+                    )
+                    array = pc.if_else(pa.array(hidden), pa.scalar(shown, column.type), column)
+            elif codec.kind == "continuous":
+                low, high = (codec.knots or [0.0])[0], (codec.knots or [0.0])[-1]
+                values = np.clip(np.nan_to_num(to_float(column), nan=low), low, high)
+                array = self._build_column(codec, values, mask, encode=False)
+            elif codec.kind == "fresh":
+                array = column
+            else:
+                array = pa.nulls(len(column), type=column.type)
+            columns.append(array)
+            names.append(codec.name)
+        return pa.table(columns, names=names)
 
     # -- encoding -------------------------------------------------------------------------
 
     @staticmethod
     def _category_index(codec: ColumnCodec, column: pa.Array) -> np.ndarray:
-        """Vectorised lookup of each value's category (null and rare values to their markers)."""
+        """Vectorised lookup of each value's category: its own, or a marker's (null; a frequent value
+        beyond ``max_categories``, rare; any other value, protected)."""
         categories = codec.categories or []
-        plain = [value for value in categories if value not in (_NULL, _RARE)]
+        plain = [value for value in categories if value not in (_NULL, _RARE, _PROTECTED)]
         if is_numeric(column.type):
-            column, value_set = (
-                pa.array(to_float(column), mask=column.is_null().to_numpy(zero_copy_only=False)),
-                pa.array(plain, pa.float64()),
+            column = pa.array(to_float(column), mask=column.is_null().to_numpy(zero_copy_only=False))
+        value_type_ = pa.float64() if is_numeric(column.type) else column.type
+
+        def lookup(values: list[Any]) -> np.ndarray:
+            found = pc.index_in(column, value_set=pa.array(values, value_type_)).to_numpy(
+                zero_copy_only=False
             )
-        else:
-            value_set = pa.array(plain, column.type)
-        found = pc.index_in(column, value_set=value_set).to_numpy(zero_copy_only=False)
+            return np.nan_to_num(found, nan=-1).astype(np.int64)
+
         # index_in numbers the plain categories; map back to positions in the full list
         positions = np.array([categories.index(value) for value in plain] + [-1], dtype=np.int64)
-        out = positions[np.nan_to_num(found, nan=len(plain)).astype(np.int64)]
+        out = positions[lookup(plain)]
         nulls = column.is_null().to_numpy(zero_copy_only=False)
         out[nulls] = categories.index(_NULL) if _NULL in categories else -1
         unknown = (out < 0) & ~nulls
-        out[unknown] = categories.index(_RARE) if _RARE in categories else -1
+        if codec.rare_values and unknown.any():
+            rare = unknown & (lookup(codec.rare_values) >= 0)
+            out[rare] = categories.index(_RARE)
+            unknown &= ~rare
+        out[unknown] = categories.index(_PROTECTED) if _PROTECTED in categories else -1
         if (out < 0).any():
             raise ValueError(f"column {codec.name!r}: values the model was not fitted on")
         return out
@@ -263,7 +472,10 @@ class TableEncoder:
         if value is None and not codec.has_nulls:
             raise ValueError("the column has no nulls")
         if value is not None and codec.kind == "categorical":
-            known = [v for v in codec.categories or [] if v not in (_NULL, _RARE)] + (codec.rare_values or [])
+            known = [v for v in codec.categories or [] if v not in (_NULL, _RARE, _PROTECTED)]
+            known += codec.rare_values or []
+            if codec.protected and codec.protected_as is not None and codec.protected_as not in known:
+                known.append(codec.protected_as)
             plain = to_float(one)[0] if is_numeric(type_) else one[0].as_py()
             if plain not in known:
                 shown = ", ".join(map(str, known[:20])) + (" …" if len(known) > 20 else "")
@@ -299,9 +511,11 @@ class TableEncoder:
     @property
     def condition_values(self) -> list[Any]:
         """The values the condition column can take (null as None)."""
-        if self.condition_codec is None:
+        codec = self.condition_codec
+        if codec is None:
             return []
-        return [None if value == _NULL else value for value in self.condition_codec.categories or []]
+        shown = {_NULL: None, _PROTECTED: codec.protected_as}
+        return [shown.get(value, value) for value in codec.categories or []]
 
     def condition_index(self, value: Any) -> int:
         """The category index of a requested condition value, compared as the user wrote it."""
@@ -343,12 +557,21 @@ class TableEncoder:
             index = index.copy()
             index[rare] = len(categories) + draws
             categories += codec.rare_values
-        values = np.array(categories, dtype=object)
-        dictionary = self._build_column(codec, values, np.asarray(values == _NULL, dtype=bool), encode=False)
+        nulls = np.array(
+            [value == _NULL or (value == _PROTECTED and codec.protected_as is None) for value in categories]
+        )
+        values = np.array(
+            [codec.protected_as if value == _PROTECTED else value for value in categories], dtype=object
+        )
+        dictionary = self._build_column(codec, values, nulls, encode=False)
         return self._dictionary_encoded(codec, dictionary.take(pa.array(index)))
 
-    def decode(self, x: np.ndarray, cond: np.ndarray | None, *, seed: int) -> pa.Table:
-        """A table with the input's schema from a sampled matrix (one-hot for categoricals)."""
+    def decode(
+        self, x: np.ndarray, cond: np.ndarray | None, *, seed: int, rows: RowStream | None = None
+    ) -> pa.Table:
+        """A table with the input's schema from a sampled matrix (one-hot for categoricals); fresh
+        columns are made for the rows of the run ``rows`` says these are (default: a run of these
+        rows alone, keyed by ``seed``)."""
         rng = np.random.default_rng(seed)
         n = len(x)
         matrix = torch.from_numpy(x)  # argmax over a strided slice: ~2× faster in torch than numpy
@@ -365,9 +588,22 @@ class TableEncoder:
                 width = len(codec.categories or [])
                 index = matrix[:, offset : offset + width].argmax(dim=1).numpy()
                 columns[codec.name] = self._decode_categorical(codec, index, rng)
-            else:
+            elif codec.kind == "null":
                 columns[codec.name] = self._build_column(codec, np.zeros(n), np.ones(n, dtype=bool))
             offset += sum(span.size for span in codec.spans)
+        if self.fresh_columns:
+            stream = rows or RowStream(key=seed, first=0, total=n)
+            made = generate_fresh(
+                list(self.fresh_columns.values()),
+                key=stream.key,
+                first=stream.first,
+                count=n,
+                total=stream.total,
+            )
+            for codec in self.codecs:
+                if codec.fresh is not None:
+                    type_ = value_type(self.schema.field(codec.name).type)
+                    columns[codec.name] = self._dictionary_encoded(codec, made[codec.name].cast(type_))
         if self.condition_codec is not None:
             if cond is None:
                 raise ValueError("a conditioned encoder needs condition indices to decode")

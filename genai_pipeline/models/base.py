@@ -32,6 +32,7 @@ from torch import nn
 import genai_pipeline
 from genai_pipeline.config import JobSpec, TrainSpec
 from genai_pipeline.datasets.base import Dataset
+from genai_pipeline.encoders.tabular import RowStream
 from genai_pipeline.errors import ConfigError, format_validation_error
 from genai_pipeline.storage import Storage
 from genai_pipeline.strict import StrictModel
@@ -66,6 +67,8 @@ class Synthesizer(ABC):
     #: ``generate.precision: auto`` samples in bfloat16 where the device computes it natively:
     #: measured 1.2–3× faster with the same fidelity, except where noted by a family
     bfloat16_sampling: ClassVar[bool] = True
+    #: why the family cannot train with differential privacy (``train.privacy``); None: it can
+    no_private_training: ClassVar[str | None] = None
 
     def __init__(self, config: ModelConfig, *, device: torch.device):
         self.config = config
@@ -76,8 +79,17 @@ class Synthesizer(ABC):
         """Learn from the data with the shared training loop."""
 
     @abstractmethod
-    def sample(self, n: int, *, conditions: Conditions | None, seed: int, batch_size: int) -> Iterator[Batch]:
-        """Yield ``n`` samples in batches of at most ``batch_size``; never one giant array."""
+    def sample(
+        self,
+        n: int,
+        *,
+        conditions: Conditions | None,
+        seed: int,
+        batch_size: int,
+        rows: RowStream | None = None,
+    ) -> Iterator[Batch]:
+        """Yield ``n`` samples in batches of at most ``batch_size``; never one giant array. ``rows``
+        places them in the run (which rows of how many): tables make their fresh columns from it."""
 
     @abstractmethod
     def check_conditions(self, conditions: Conditions) -> None:
@@ -165,6 +177,10 @@ def model_config_for(job: JobSpec, *, source: str = "job") -> ModelConfig:
         cls = model_class(job.dataset.modality, job.model.family)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    if job.train.privacy is not None and cls.no_private_training:
+        raise ConfigError(
+            f"{source}: train.privacy: the {cls.family} model for {cls.modality}s {cls.no_private_training}"
+        )
     try:
         return cls.Config.model_validate(job.model.params)
     except ValidationError as exc:

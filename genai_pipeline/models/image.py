@@ -19,6 +19,7 @@ import torch
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset, ImageData
+from genai_pipeline.encoders.tabular import RowStream
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.models.base import (
     Conditions,
@@ -27,7 +28,8 @@ from genai_pipeline.models.base import (
     Synthesizer,
     require_condition_values,
 )
-from genai_pipeline.training import batched_indices, seed_everything
+from genai_pipeline.privacy.dp import StatisticsBudget, dp_counts
+from genai_pipeline.training import PrivacyPlan, batched_indices, seed_everything
 
 Render = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -51,11 +53,14 @@ class LabelCodec:
     probs: tuple[float, ...]
 
     @classmethod
-    def fit(cls, data: ImageData) -> tuple[LabelCodec, np.ndarray]:
-        """The codec and each image's label index."""
+    def fit(cls, data: ImageData, dp: StatisticsBudget | None = None) -> tuple[LabelCodec, np.ndarray]:
+        """The codec and each image's label index; with ``dp``, the frequencies are a DP release
+        (the label names are the dataset's folders: its schema, not a release)."""
         index = {name: i for i, name in enumerate(data.label_names)}
         indices = np.array([index[label] for label in data.labels], dtype=np.int64)
-        counts = np.bincount(indices, minlength=len(index))
+        counts = np.bincount(indices, minlength=len(index)).astype(np.float64)
+        if dp is not None:
+            counts = dp_counts(counts, epsilon=dp.each_epsilon, sensitivity=1, rng=dp.rng) + 1e-9
         return cls(tuple(data.label_names), tuple((counts / counts.sum()).tolist())), indices
 
     @classmethod
@@ -129,6 +134,8 @@ class ImageSynthesizer(Synthesizer):
     cpu_chunk: ClassVar[int | None] = None
     labels: LabelCodec
     shape: tuple[int, int, int]
+    #: the differential-privacy budget of the training under way (None: no ``train.privacy``)
+    plan: PrivacyPlan | None = None
 
     @abstractmethod
     def render(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -136,10 +143,12 @@ class ImageSynthesizer(Synthesizer):
 
     def prepare(self, data: Dataset, train: TrainSpec) -> np.ndarray:
         """Fit the labels and build the networks (seeded, so initial weights are reproducible);
-        each image's label index, to train on."""
+        each image's label index, to train on. With ``train.privacy``, the label frequencies are a
+        DP release from the model's budget (:attr:`plan`), which the family trains within."""
         if not isinstance(data, ImageData):
             raise DatasetError(f"the {self.name} needs images")
-        labels, indices = LabelCodec.fit(data)
+        self.plan = PrivacyPlan.of(train, rows=data.num_rows, releases=1)  # the label frequencies
+        labels, indices = LabelCodec.fit(data, self.plan.statistics if self.plan is not None else None)
         seed_everything(train.seed)  # networks are built here, before fit_loop seeds
         self.restore({"shape": list(data.shape), "labels": labels.to_state()})
         return indices
@@ -156,8 +165,15 @@ class ImageSynthesizer(Synthesizer):
             labels.check(conditions)
 
     def sample(
-        self, n: int, *, conditions: Conditions | None, seed: int, batch_size: int
+        self,
+        n: int,
+        *,
+        conditions: Conditions | None,
+        seed: int,
+        batch_size: int,
+        rows: RowStream | None = None,
     ) -> Iterator[ImageBatch]:
+        """Images have no fresh columns: ``rows`` is not needed."""
         for module in self.networks().values():
             module.eval()
         return stream_images(

@@ -48,6 +48,7 @@ from genai_pipeline.training import (
     fit_loop,
     frozen_copy,
     maybe_compile,
+    private_step,
     update_ema,
 )
 
@@ -287,16 +288,25 @@ class ImageAutoregressive(ImageSynthesizer):
             logits = net(patches, y)
             return F.cross_entropy(logits.flatten(0, 2).float(), patches.flatten().long())
 
-        def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-            patches, y = batch
+        private = self.plan.sgd(train) if self.plan is not None else None
+        if private is not None:
+            network = self.network
+
+        def loss(patches: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             dropped = torch.rand(len(y), device=y.device) < self.config.label_dropout
-            loss = nll(network, (patches, torch.where(dropped, len(self.labels), y)))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            check_gradients(parameters, max_norm=1.0, name=NAME)
-            optimizer.step()
+            return nll(network, (patches, torch.where(dropped, len(self.labels), y)))
+
+        def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+            if private is not None:
+                value = private_step(private, {"network": network}, loss, batch, optimizer)
+            else:
+                value = loss(*batch)
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                check_gradients(parameters, max_norm=1.0, name=NAME)
+                optimizer.step()
             update_ema(self.ema, self.network, optimizer, self.config.ema_decay)
-            return {"nll": loss.detach()}
+            return {"nll": value.detach()}
 
         # uint8 levels: a quarter of the memory of the float images the other models hold
         patches = self.network.to_patches(quantise(data.images, self.config.levels))
@@ -310,6 +320,8 @@ class ImageAutoregressive(ImageSynthesizer):
             device=self.device,
             checkpoints=checkpoints,
             evaluate=lambda batch: nll(self.ema, batch),  # the sampling weights' held-out likelihood
+            private=private,
+            plan=self.plan,
         )
 
     def render(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -37,6 +37,7 @@ from genai_pipeline.training import (
     fit_loop,
     frozen_copy,
     maybe_compile,
+    private_step,
     update_ema,
 )
 
@@ -117,6 +118,8 @@ class UNet(nn.Module):
         )
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        #: activations in oneDNN's fast layout; off for per-row (DP) gradients, which take no layout
+        self.channels_last = True
 
     def embed_time(self, t: torch.Tensor) -> torch.Tensor:
         return self.time(timestep_features(t, 2 * (self.channels // 2)))
@@ -125,7 +128,9 @@ class UNet(nn.Module):
         height, width, _ = self.shape
         embedding = F.silu(self.embed_time(t) + self.label(labels))
         x = F.pad(x, (0, self.padded[1] - width, 0, self.padded[0] - height))
-        x = F.pixel_unshuffle(x, self.patch).contiguous(memory_format=torch.channels_last)
+        x = F.pixel_unshuffle(x, self.patch)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         skip1 = self.down1(self.stem(x), embedding)
         skip2 = self.down2(self.downsample(skip1), embedding)
         h = self.middle(skip2, embedding)
@@ -156,19 +161,29 @@ class ImageDiffusion(ImageSynthesizer):
         schedule, no_label = self.schedule, len(self.labels)
         parameters = list(self.network.parameters())
 
-        def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-            x0, y = batch
+        private = self.plan.sgd(train) if self.plan is not None else None
+        if private is not None:
+            network = self.network
+            network.channels_last = False
+
+        def loss(x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             noise = torch.randn_like(x0)
             t = schedule.sample_timesteps(len(x0), device=x0.device)
             dropped = torch.rand(len(y), device=y.device) < self.config.label_dropout
             output = network(schedule.add_noise(x0, noise, t), t, torch.where(dropped, no_label, y))
-            loss = F.mse_loss(output, schedule.target(x0, noise, t))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            check_gradients(parameters, max_norm=1.0, name="image diffusion")
-            optimizer.step()
+            return F.mse_loss(output, schedule.target(x0, noise, t))
+
+        def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+            if private is not None:
+                value = private_step(private, {"network": network}, loss, batch, optimizer)
+            else:
+                value = loss(*batch)
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                check_gradients(parameters, max_norm=1.0, name="image diffusion")
+                optimizer.step()
             update_ema(self.ema, self.network, optimizer, self.config.ema_decay)
-            return {"loss": loss.detach()}
+            return {"loss": value.detach()}
 
         def evaluate(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
             """Denoising loss of the sampling (EMA) weights at fixed noise and evenly spread steps."""
@@ -190,6 +205,8 @@ class ImageDiffusion(ImageSynthesizer):
             device=self.device,
             checkpoints=checkpoints,
             evaluate=evaluate,
+            private=private,
+            plan=self.plan,
         )
 
     def predict(self, x: torch.Tensor, t: int, labels: torch.Tensor) -> torch.Tensor:

@@ -112,6 +112,11 @@ class Discriminator(nn.Module):
 @register_model
 class ImageGAN(ImageSynthesizer):
     family = "gan"
+    no_private_training = (
+        "cannot train with differential privacy: its spectral normalisation updates the "
+        "discriminator's state from every batch, which per-row gradients do not allow (use the "
+        "diffusion, vae or autoregressive family)"
+    )
     name = "image GAN"
     cpu_chunk = 64  # a conv net's activations for 64 images stay in cache: 2.5x faster than 500
     Config = ImageGANConfig

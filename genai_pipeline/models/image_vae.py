@@ -29,7 +29,7 @@ from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset
 from genai_pipeline.models.base import ModelConfig, register_model
 from genai_pipeline.models.image import ImageSynthesizer, to_unit
-from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop
+from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop, private_step
 
 NAME = "image VAE"
 
@@ -101,6 +101,12 @@ class Decoder(nn.Module):
         return self.body(h)[:, :, :height, :width]
 
 
+def sum_weighted(losses: tuple[torch.Tensor, torch.Tensor], beta: float) -> torch.Tensor:
+    """The training objective: reconstruction plus ``beta`` times the KL term."""
+    recon, kl = losses
+    return recon + beta * kl
+
+
 @register_model
 class ImageVAE(ImageSynthesizer):
     family = "vae"
@@ -128,7 +134,15 @@ class ImageVAE(ImageSynthesizer):
             kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(y)
             return recon, kl
 
+        private = self.plan.sgd(train) if self.plan is not None else None
+        networks = {"encoder": encoder, "decoder": self.decoder}
+
         def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+            if private is not None:
+                loss = private_step(
+                    private, networks, lambda *rows: sum_weighted(losses(rows), beta), batch, optimizer
+                )
+                return {"loss": loss}
             recon, kl = losses(batch)
             optimizer.zero_grad(set_to_none=True)
             (recon + beta * kl).backward()
@@ -146,6 +160,8 @@ class ImageVAE(ImageSynthesizer):
             device=self.device,
             checkpoints=checkpoints,
             evaluate=lambda batch: sum(losses(batch)),
+            private=private,
+            plan=self.plan,
         )
 
     def render(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

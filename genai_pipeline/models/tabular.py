@@ -32,10 +32,12 @@ from scipy.special import ndtri
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset, TabularData
-from genai_pipeline.encoders.tabular import ColumnCodec, TableEncoder
+from genai_pipeline.encoders.tabular import ColumnCodec, RowStream, TableEncoder
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.models.base import Conditions, ModelConfig, Synthesizer, require_condition_values
-from genai_pipeline.training import batched_indices, seed_everything
+from genai_pipeline.privacy.dp import StatisticsBudget, dp_counts
+from genai_pipeline.privacy.roles import column_roles
+from genai_pipeline.training import PrivacyPlan, batched_indices, seed_everything
 
 #: On a CPU, rows are rendered in chunks whose activations stay in cache: about twice as fast as one
 #: pass over 50,000 rows, and peak memory no longer grows with the batch. A GPU takes the whole batch.
@@ -91,18 +93,32 @@ class LabelPrior:
     counts: dict[str, list[list[float]]]  # column → label × token co-occurrence counts
 
     @classmethod
-    def fit(cls, encoder: TableEncoder, x: np.ndarray, cond: np.ndarray | None) -> LabelPrior:
+    def fit(
+        cls, encoder: TableEncoder, x: np.ndarray, cond: np.ndarray | None, dp: StatisticsBudget | None = None
+    ) -> LabelPrior:
+        """From the encoded rows; with ``dp``, one DP release of all the counts (a row adds one to
+        the label's count and one to each column's table: that many is its L1 sensitivity)."""
         if cond is None:
             return cls([], {})
         labels = len(encoder.condition_values)
-        probs = np.bincount(cond, minlength=labels) / len(cond)
-        counts = {}
+        frequencies = np.bincount(cond, minlength=labels).astype(np.float64)
+        tables = {}
         for codec, offset in encoder.span_columns:
             tokens = column_tokens(codec, x[:, offset : offset + sum(s.size for s in codec.spans)])
-            table = np.zeros((labels, int(tokens.max(initial=0)) + 2))
+            size = PRIOR_BINS + 1 if codec.kind == "continuous" else len(codec.categories or [])
+            table = np.zeros((labels, max(size, int(tokens.max(initial=0)) + 1) + 1))
             np.add.at(table, (cond, tokens), 1)
-            counts[codec.name] = table.tolist()
-        return cls(probs.tolist(), counts)
+            tables[codec.name] = table
+        if dp is not None:
+            sensitivity = 1 + len(tables)
+
+            def noisy(counts: np.ndarray) -> np.ndarray:
+                return dp_counts(counts, epsilon=dp.each_epsilon, sensitivity=sensitivity, rng=dp.rng)
+
+            frequencies = noisy(frequencies) + 1e-9
+            tables = {name: noisy(table) for name, table in tables.items()}
+        probs = frequencies / frequencies.sum()
+        return cls(probs.tolist(), {name: table.tolist() for name, table in tables.items()})
 
     def given(self, encoder: TableEncoder, row: np.ndarray, known: np.ndarray) -> list[float]:
         """The label's distribution given known values of other columns: ``row`` and ``known`` as
@@ -157,20 +173,39 @@ class Reveal:
         return self.inputs(known.row.to(like.dtype).expand(rows, -1), known.columns.expand(rows, -1))
 
 
-def _fit_codecs(table: pa.Table, label: str | None, max_categories: int) -> TableEncoder:
+def _fit_codecs(
+    data: TabularData, table: pa.Table, max_categories: int, key: int, dp: StatisticsBudget | None = None
+) -> TableEncoder:
+    """The encoder of ``table`` (all or some of ``data``'s columns) under ``data``'s roles and value
+    protection (and with ``dp``, as DP releases)."""
     try:
-        return TableEncoder.fit(table, condition=label, max_categories=max_categories)
+        return TableEncoder.fit(
+            table,
+            condition=data.label,
+            max_categories=max_categories,
+            roles=data.roles,
+            protection=data.protection,
+            key=key,
+            unseen=data.unseen,
+            dp=dp,
+        )
     except ValueError as exc:
         raise DatasetError(f"dataset: {exc}") from None
 
 
+def _releases(data: TabularData) -> int:
+    """The DP releases a model makes of a table: each learned column's codec, and the label prior."""
+    roles = data.roles if data.roles is not None else column_roles(data.table, {}, data.label)
+    return 1 + sum(not (name in roles and roles[name].fresh) for name in data.table.column_names)
+
+
 def fit_encoder(
-    data: Dataset, *, max_categories: int, model: str
+    data: Dataset, *, max_categories: int, model: str, key: int = 0, dp: StatisticsBudget | None = None
 ) -> tuple[TableEncoder, np.ndarray, np.ndarray | None]:
     """``(encoder, x, cond)`` for a table: its matrix and label indices."""
     if not isinstance(data, TabularData):
         raise DatasetError(f"the {model} needs a table")
-    encoder = _fit_codecs(data.table, data.label, max_categories)
+    encoder = _fit_codecs(data, data.table, max_categories, key, dp)
     x, cond = encoder.encode(data.table)
     return encoder, x, cond
 
@@ -188,11 +223,17 @@ def _require_column(key: str, columns: list[str]) -> None:
 def check_conditions(encoder: TableEncoder, conditions: Conditions, model: str, reveal_rate: float) -> None:
     """Conditions may fix the label column and, when the model learned to, any other columns."""
     columns = [field.name for field in encoder.schema]
+    fresh = {codec.name: codec for codec in encoder.codecs if codec.fresh is not None}
     for key, value in conditions.items():
         if key == label_key(encoder):
             require_condition_values(key, value, encoder.condition_values)
             continue
         _require_column(key, columns)
+        if key in fresh:
+            raise ConfigError(
+                f"generate.conditions.{key}: the column is generated fresh (an identifier or personal "
+                "data), never from a value: it cannot be fixed"
+            )
         if reveal_rate == 0:
             raise ConfigError(
                 f"generate.conditions.{key}: the {model} was trained with reveal_rate 0 and can condition "
@@ -213,6 +254,10 @@ class TabularSynthesizer(Synthesizer):
     encoder: TableEncoder
     prior: LabelPrior
     reveal: Reveal
+    #: the differential-privacy budget of the training under way (None: no ``train.privacy``)
+    plan: PrivacyPlan | None = None
+    #: statistics a family releases besides the encoder's and the label prior (with privacy)
+    dp_releases: ClassVar[int] = 0
 
     def prepare(
         self,
@@ -221,9 +266,16 @@ class TabularSynthesizer(Synthesizer):
         family_state: Callable[[TableEncoder, np.ndarray], dict[str, Any]] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Fit the encoder and label prior (and the family's state, from the encoded matrix), build
-        the networks; ``(x, cond)`` to train on."""
-        encoder, x, cond = fit_encoder(data, max_categories=self.config.max_categories, model=self.name)
-        prior = LabelPrior.fit(encoder, x, cond)
+        the networks; ``(x, cond)`` to train on. With ``train.privacy`` the encoder and the prior
+        are DP releases from the model's budget (:attr:`plan`), which the family trains within."""
+        if not isinstance(data, TabularData):
+            raise DatasetError(f"the {self.name} needs a table")
+        self.plan = PrivacyPlan.of(train, rows=data.num_rows, releases=_releases(data) + self.dp_releases)
+        dp = self.plan.statistics if self.plan is not None else None
+        encoder, x, cond = fit_encoder(
+            data, max_categories=self.config.max_categories, model=self.name, key=train.seed, dp=dp
+        )
+        prior = LabelPrior.fit(encoder, x, cond, dp)
         state = family_state(encoder, x) if family_state else {}
         seed_everything(train.seed)  # networks are built here, before fit_loop: seed their initial weights
         self.restore({"encoder": encoder.to_state(), "label_prior": prior.to_state(), **state})
@@ -253,7 +305,7 @@ class TabularSynthesizer(Synthesizer):
         if not wanted:
             return
         selected = [name for name in columns if name in wanted or name == data.label]
-        encoder = _fit_codecs(data.table.select(selected), data.label, config.max_categories)
+        encoder = _fit_codecs(data, data.table.select(selected), config.max_categories, 0)
         for conditions in plan:
             check_conditions(encoder, conditions, cls.name, config.reveal_rate)
 
@@ -281,9 +333,17 @@ class TabularSynthesizer(Synthesizer):
         self.build(state)
 
     def sample(
-        self, n: int, *, conditions: Conditions | None, seed: int, batch_size: int
+        self,
+        n: int,
+        *,
+        conditions: Conditions | None,
+        seed: int,
+        batch_size: int,
+        rows: RowStream | None = None,
     ) -> Iterator[pa.Table]:
-        """Batches of decoded rows with the input's schema."""
+        """Batches of decoded rows with the input's schema; ``rows``: which rows of the run these
+        are, for the columns made fresh (default: a run of these ``n`` rows, keyed by ``seed``)."""
+        stream = rows or RowStream(key=seed, first=0, total=n)
         conditions = dict(conditions or {})
         self.check_conditions(conditions)
         for module in self.networks().values():
@@ -319,6 +379,7 @@ class TabularSynthesizer(Synthesizer):
                 rows.float().cpu().numpy(),
                 None if cond is None else cond.cpu().numpy(),
                 seed=seed * 1_000_003 + batch_number,
+                rows=RowStream(stream.key, stream.first + start, stream.total),
             )
             for key, value in conditions.items():  # exactly the requested value, in the column's type
                 index = table.schema.get_field_index(key)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from scipy.special import ndtri
 from torch import nn
 
 from genai_pipeline.config import TrainSpec
@@ -56,6 +57,7 @@ from genai_pipeline.training import (
     fit_loop,
     frozen_copy,
     maybe_compile,
+    private_step,
     update_ema,
 )
 
@@ -152,15 +154,28 @@ class TokenColumn:
         return torch.cat([z, F.one_hot(null.long(), 2).float()], dim=1)
 
 
-def fit_token_bins(encoder: TableEncoder, x: np.ndarray, max_bins: int) -> dict[str, list[list[float]]]:
-    """JSON-able ``{column: [lo, hi]}`` bins of every numeric column, from its non-null rows."""
+def uniform_bins(max_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)`` of ``max_bins`` bins of equal probability under the encoder's normal: what bins
+    are without looking at the rows (with differential privacy, the encoder's quantiles already
+    spread the values evenly in probability, and bins fitted to the rows would leak them)."""
+    edges = np.linspace(0.0, 1.0, max_bins + 1)
+    inside = np.clip(edges, 1e-6, 1 - 1e-6)
+    return ndtri(inside[:-1]), np.nextafter(ndtri(inside[1:]), -np.inf)
+
+
+def fit_token_bins(
+    encoder: TableEncoder, x: np.ndarray, max_bins: int, *, private: bool = False
+) -> dict[str, list[list[float]]]:
+    """JSON-able ``{column: [lo, hi]}`` bins of every numeric column, from its non-null rows (or,
+    ``private``, :func:`uniform_bins`)."""
     bins = {}
     for codec, offset in encoder.span_columns:
         if codec.kind == "continuous":
             z = x[:, offset]
             if codec.has_nulls:
                 z = z[x[:, offset + 1] >= x[:, offset + 2]]
-            bins[codec.name] = [edge.tolist() for edge in fit_bins(z, max_bins)]
+            edges = uniform_bins(max_bins) if private else fit_bins(z, max_bins)
+            bins[codec.name] = [edge.tolist() for edge in edges]
     return bins
 
 
@@ -278,17 +293,23 @@ class TabularAutoregressive(TabularSynthesizer):
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
         max_bins = self.config.max_bins
-        x, cond = self.prepare(data, train, lambda encoder, x: {"bins": fit_token_bins(encoder, x, max_bins)})
+
+        def token_bins(encoder: TableEncoder, x: np.ndarray) -> dict[str, Any]:
+            return {"bins": fit_token_bins(encoder, x, max_bins, private=self.plan is not None)}
+
+        x, cond = self.prepare(data, train, token_bins)
         if not self.columns:
             raise DatasetError(f"the {NAME} needs a column with values besides the label")
         tokens = np.stack([column.tokens(x) for column in self.columns], axis=1)
         if cond is not None:
             tokens = np.concatenate([cond[:, None], tokens], axis=1)
         data_tokens = torch.from_numpy(tokens.astype(np.int64))
-        self.net.start_from_marginals(data_tokens.to(self.device))
+        private = self.plan.sgd(train, rows=len(tokens)) if self.plan is not None else None
+        if private is None:  # the real marginals are no DP release: with privacy, learned like the rest
+            self.net.start_from_marginals(data_tokens.to(self.device))
         trainee = self.net
         average = frozen_copy(trainee)
-        nll = maybe_compile(trainee, train, self.device)
+        nll = maybe_compile(trainee, train, self.device) if private is None else trainee
         # biases stay free of weight decay: the heads' biases carry the marginal frequencies
         decay = self.config.weight_decay * math.sqrt(REFERENCE_ROWS / len(tokens))
         decayed = [p for name, p in trainee.named_parameters() if "bias" not in name]
@@ -300,15 +321,20 @@ class TabularAutoregressive(TabularSynthesizer):
         )
         rate = self.config.reveal_rate
 
+        def loss(rows: torch.Tensor) -> torch.Tensor:
+            return nll(rows, self.reveal.training_mask(len(rows), rate, rows.device))
+
         def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-            rows = batch[0]
-            loss = nll(rows, self.reveal.training_mask(len(rows), rate, rows.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            check_gradients(trainee.parameters(), max_norm=100.0, name=NAME)
-            optimizer.step()
+            if private is not None:
+                value = private_step(private, {"net": trainee}, loss, batch, optimizer)
+            else:
+                value = loss(batch[0])
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                check_gradients(trainee.parameters(), max_norm=100.0, name=NAME)
+                optimizer.step()
             update_ema(average, trainee, optimizer, self.config.ema_decay)
-            return {"nll": loss.detach()}
+            return {"nll": value.detach()}
 
         report = fit_loop(
             name=NAME,
@@ -320,6 +346,8 @@ class TabularAutoregressive(TabularSynthesizer):
             device=self.device,
             checkpoints=checkpoints,
             evaluate=lambda batch: average(batch[0]),
+            private=private,
+            plan=self.plan,
         )
         self.net = average
         return report

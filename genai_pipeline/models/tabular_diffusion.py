@@ -54,6 +54,7 @@ from genai_pipeline.training import (
     fit_loop,
     frozen_copy,
     maybe_compile,
+    private_step,
     update_ema,
 )
 
@@ -288,19 +289,26 @@ class TabularDiffusion(TabularSynthesizer):
         entries = self.dequantiser.entries(numeric, self.layout.missing(x))
         numeric, entries, tokens = (torch.from_numpy(array) for array in (numeric, entries, tokens))
         labels = torch.zeros(len(x), dtype=torch.long) if cond is None else torch.from_numpy(cond)
-        self.network.start_from_marginals(tokens.to(self.device))
+        private = self.plan.sgd(train, rows=len(x)) if self.plan is not None else None
+        if private is None:  # the real marginals are no DP release: with privacy, learned like the rest
+            self.network.start_from_marginals(tokens.to(self.device))
         self.ema.load_state_dict(self.network.state_dict())
         optimizer = torch.optim.AdamW(
             self.network.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay
         )
-        network = maybe_compile(self.network, train, self.device)
+        network = maybe_compile(self.network, train, self.device) if private is None else self.network
 
         def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-            loss = self.loss(network, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            check_gradients(self.network.parameters(), max_norm=1.0, name=NAME)
-            optimizer.step()
+            if private is not None:
+                loss = private_step(
+                    private, {"network": network}, lambda *rows: self.loss(network, rows), batch, optimizer
+                )
+            else:
+                loss = self.loss(network, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                check_gradients(self.network.parameters(), max_norm=1.0, name=NAME)
+                optimizer.step()
             update_ema(self.ema, self.network, optimizer, self.config.ema_decay)
             return {"loss": loss.detach()}
 
@@ -318,6 +326,8 @@ class TabularDiffusion(TabularSynthesizer):
             device=self.device,
             checkpoints=checkpoints,
             evaluate=evaluate,
+            private=private,
+            plan=self.plan,
         )
 
     def render(

@@ -36,6 +36,7 @@ from genai_pipeline.errors import ConfigError
 from genai_pipeline.models.base import register_model
 from genai_pipeline.models.spans import sample_spans, span_slices
 from genai_pipeline.models.tabular import Known, TabularModelConfig, TabularSynthesizer, Width
+from genai_pipeline.privacy.dp import dp_counts
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
@@ -43,6 +44,7 @@ from genai_pipeline.training import (
     fit_loop,
     frozen_copy,
     maybe_compile,
+    private_step,
     update_ema,
 )
 
@@ -149,12 +151,22 @@ class CategorySampler(nn.Module):
         self, condition: torch.Tensor | None, labels: torch.Tensor | None, revealed: torch.Tensor
     ) -> torch.Tensor:
         """The conditional vector: the condition's one-hot, the label's, and the revealed columns."""
-        parts = []
+        parts = []  # identity rows rather than one_hot, whose range check per-row gradients cannot take
         if condition is not None:
-            parts.append(F.one_hot(condition, self.width).to(revealed.dtype))
+            parts.append(torch.eye(self.width, dtype=revealed.dtype, device=revealed.device)[condition])
         if labels is not None:
-            parts.append(F.one_hot(labels, self.num_labels).to(revealed.dtype))
+            parts.append(torch.eye(self.num_labels, dtype=revealed.dtype, device=revealed.device)[labels])
         return torch.cat([*parts, revealed], dim=1)
+
+    def own_condition(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """A condition per row taken from the row itself: one of its categories, of a span chosen
+        at random. What a DP critic's real rows are judged with (training-by-sampling picks rows by
+        condition, which Poisson sampling's accounting does not allow)."""
+        if self.width == 0:
+            return None
+        own = self.categories(rows)
+        span = torch.randint(own.shape[1], (len(rows),), device=rows.device)
+        return own.gather(1, span[:, None])[:, 0]
 
 
 class RowIndex:
@@ -207,11 +219,11 @@ class Generator(nn.Module):
 class Critic(nn.Module):
     """Scores groups of ``pac`` consecutive rows (each with its conditional vector)."""
 
-    def __init__(self, width: int, config: TabularGANConfig):
+    def __init__(self, width: int, config: TabularGANConfig, pac: int | None = None):
         super().__init__()
-        self.pac = config.pac
+        self.pac = config.pac if pac is None else pac
         layers: list[nn.Module] = []
-        fan_in = config.pac * width
+        fan_in = self.pac * width
         for dim in config.critic_dims:
             layers += [nn.Linear(fan_in, dim), nn.LeakyReLU(0.2), nn.Dropout(0.5)]
             fan_in = dim
@@ -237,6 +249,15 @@ def activate(raw: torch.Tensor, spans: Sequence[Span], tau: float) -> tuple[torc
     return torch.cat(rows, dim=1), torch.cat(log_probs, dim=1)
 
 
+def row_gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP for a critic of single rows, through ``torch.func``: the form a per-row (DP)
+    gradient can differentiate again (``autograd.grad`` cannot run inside it)."""
+    alpha = torch.rand(len(real), 1, device=real.device)
+    mixed = alpha * real + (1 - alpha) * fake
+    grad = torch.func.grad(lambda rows: critic(rows).sum())(mixed)
+    return (grad.norm(dim=1) - 1).pow(2).mean()
+
+
 def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """WGAN-GP: the critic's gradient norm on mixes of real and fake groups is pushed to 1."""
     pac = critic.pac
@@ -251,6 +272,7 @@ class TabularGAN(TabularSynthesizer):
     family = "gan"
     name = NAME
     Config = TabularGANConfig
+    dp_releases = 1  # the category counts of training-by-sampling
 
     config: TabularGANConfig
     sampler: CategorySampler
@@ -258,11 +280,17 @@ class TabularGAN(TabularSynthesizer):
     ema: Generator
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
+        """CTGAN's training; with ``train.privacy``, a DP critic (one row judged at a time, on its
+        own Poisson-sampled rows with a condition taken from each row, one critic step a step) and
+        a generator that sees no real row (DP by post-processing), so it learns the label as a
+        condition but no revealed columns."""
         config = self.config
         x_np, cond_np = self.prepare(data, train)
-        if min(train.batch_size, len(x_np)) < config.pac:
+        private = self.plan.sgd(train, rows=len(x_np)) if self.plan is not None else None
+        pac = config.pac if private is None else 1
+        if min(train.batch_size, len(x_np)) < pac:
             raise ConfigError(
-                f"train.batch_size: the {NAME}'s critic judges pac={config.pac} rows at once; "
+                f"train.batch_size: the {NAME}'s critic judges pac={pac} rows at once; "
                 f"batches of {min(train.batch_size, len(x_np))} rows are too small"
             )
         x = torch.from_numpy(x_np).to(self.device)
@@ -270,8 +298,17 @@ class TabularGAN(TabularSynthesizer):
         sampler, spans, reveal = self.sampler, self.encoder.spans, self.reveal
         categories = sampler.categories(x)
         sampler.fit(categories, labels)
+        if self.plan is not None:  # the category counts are a release of their own
+            dp = self.plan.statistics
+            counts = dp_counts(
+                sampler.counts.cpu().numpy(),
+                epsilon=dp.each_epsilon,
+                sensitivity=len(sampler.choices),
+                rng=dp.rng,
+            )
+            sampler.counts.copy_(torch.from_numpy(counts))
         rows = RowIndex(categories, sampler.width)
-        critic = Critic(self.encoder.width + self.cond_width, config).to(self.device)
+        critic = Critic(self.encoder.width + self.cond_width, config, pac).to(self.device)
         opt_g = torch.optim.Adam(
             self.generator.parameters(),
             lr=config.generator_lr,
@@ -281,12 +318,27 @@ class TabularGAN(TabularSynthesizer):
         opt_d = torch.optim.Adam(
             critic.parameters(), lr=config.critic_lr, betas=config.betas, weight_decay=config.weight_decay
         )
-        generator, judge = (maybe_compile(net, train, self.device) for net in (self.generator, critic))
+        compile_ = private is None
+        generator, judge = (
+            maybe_compile(net, train, self.device) if compile_ else net for net in (self.generator, critic)
+        )
+        prior = torch.tensor(self.prior.probs, device=self.device) if self.labels else None
 
         def draw(size: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
             """A condition per row, real rows that meet it, their revealed features and the
-            conditional vector."""
+            conditional vector; with privacy, no real row: labels from the (DP) prior, nothing
+            revealed."""
             condition = sampler.draw_for_training(size)
+            if private is not None:
+                label = None if prior is None else torch.multinomial(prior, size, replacement=True)
+                nothing = torch.zeros(size, reveal.columns, dtype=torch.bool, device=x.device)
+                real = x.new_zeros((size, x.shape[1]))
+                return (
+                    condition,
+                    real,
+                    reveal.features(nothing),
+                    sampler.vector(condition, label, reveal.inputs(real, nothing)),
+                )
             picked = rows.draw(condition, size)
             label = None if labels is None else labels[picked]
             shown = reveal.training_mask(size, config.reveal_rate, x.device)
@@ -306,9 +358,27 @@ class TabularGAN(TabularSynthesizer):
             fake, log_probs = activate(generator(noise, cond), spans, config.gumbel_tau)
             return torch.where(shown, real, fake), log_probs
 
-        def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-            # the loop's batch sets how many rows a step sees; which rows is training-by-sampling's
-            size = len(batch[0]) // config.pac * config.pac
+        def private_critic_loss(real: torch.Tensor, *label: torch.Tensor) -> torch.Tensor:
+            """The critic's loss on its own rows (a Poisson batch), each judged with one of its
+            categories as the condition, against fakes made for the same conditions."""
+            nothing = torch.zeros(len(real), reveal.columns, dtype=torch.bool, device=real.device)
+            cond = sampler.vector(
+                sampler.own_condition(real), label[0] if label else None, reveal.inputs(real, nothing)
+            )
+            with torch.no_grad():
+                fake, _ = fake_rows(len(real), cond, real, reveal.features(nothing))
+            real, fake = torch.cat([real, cond], dim=1), torch.cat([fake, cond], dim=1)
+            return (
+                judge(fake).mean()
+                - judge(real).mean()
+                + config.gradient_penalty * row_gradient_penalty(judge, real, fake)
+            )
+
+        def critic_step(batch: tuple[torch.Tensor, ...], size: int) -> dict[str, torch.Tensor]:
+            if private is not None:
+                return {
+                    "d_loss": private_step(private, {"critic": critic}, private_critic_loss, batch, opt_d)
+                }
             for _ in range(config.critic_steps):
                 _, real, shown, cond = draw(size)
                 with torch.no_grad():
@@ -320,6 +390,13 @@ class TabularGAN(TabularSynthesizer):
                 d_loss.backward()
                 check_gradients(critic.parameters(), max_norm=1e3, name=f"{NAME} critic")
                 opt_d.step()
+            return {"d_loss": d_loss.detach(), "wasserstein": -wasserstein.detach()}
+
+        def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+            # the loop's batch sets how many rows a step sees; which rows is training-by-sampling's
+            # (with privacy: the batch itself, for the critic; the generator sees none)
+            size = (train.batch_size if private is not None else len(batch[0])) // pac * pac
+            logged = critic_step(batch, size)
             condition, real, shown, cond = draw(size)
             fake, log_probs = fake_rows(size, cond, real, shown)
             g_loss = -judge(torch.cat([fake, cond], dim=1)).mean()
@@ -331,21 +408,22 @@ class TabularGAN(TabularSynthesizer):
             check_gradients(self.generator.parameters(), max_norm=1e3, name=f"{NAME} generator")
             opt_g.step()
             update_ema(self.ema, self.generator, opt_g, config.ema_decay)
-            return {
-                "d_loss": d_loss.detach(),
-                "g_loss": g_loss.detach(),
-                "wasserstein": -wasserstein.detach(),
-            }
+            return {**logged, "g_loss": g_loss.detach()}
 
+        tensors = (torch.from_numpy(x_np),)
+        if private is not None and cond_np is not None:  # Poisson batches carry their labels
+            tensors += (torch.from_numpy(cond_np),)
         return fit_loop(
             name=NAME,
             modules={"generator": self.generator, "ema": self.ema, "critic": critic},
             optimizers={"generator": opt_g, "critic": opt_d},
             step=step,
-            data=(torch.from_numpy(x_np),),
+            data=tensors,
             train=train,
             device=self.device,
             checkpoints=checkpoints,
+            private=private,
+            plan=self.plan,
         )
 
     def render(

@@ -22,7 +22,14 @@ from genai_pipeline.datasets.base import Dataset
 from genai_pipeline.models.base import register_model
 from genai_pipeline.models.spans import reconstruction_loss, sample_spans
 from genai_pipeline.models.tabular import Known, TabularModelConfig, TabularSynthesizer, Width
-from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop, maybe_compile
+from genai_pipeline.training import (
+    CheckpointStore,
+    FitReport,
+    check_gradients,
+    fit_loop,
+    maybe_compile,
+    private_step,
+)
 
 NAME = "tabular VAE"
 
@@ -60,7 +67,10 @@ class VAENet(nn.Module):
     def condition(self, label: torch.Tensor | None, revealed: torch.Tensor) -> torch.Tensor:
         if label is None:
             return revealed
-        return torch.cat([nn.functional.one_hot(label, self.labels).to(revealed.dtype), revealed], dim=1)
+        # an identity row per label rather than one_hot, which checks the labels' range (a
+        # data-dependent step that per-row gradients for differential privacy cannot take)
+        one_hot = torch.eye(self.labels, dtype=revealed.dtype, device=revealed.device)[label]
+        return torch.cat([one_hot, revealed], dim=1)
 
     def decode(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.to_output(self.decoder(torch.cat([z, cond], dim=1)))
@@ -89,7 +99,8 @@ class TabularVAE(TabularSynthesizer):
         )
         beta, rate = self.config.beta, self.config.reveal_rate
         spans = self.encoder.spans
-        net = maybe_compile(self.net, train, self.device)
+        private = self.plan.sgd(train, rows=len(x)) if self.plan is not None else None
+        net = maybe_compile(self.net, train, self.device) if private is None else self.net
 
         def losses(batch: tuple[torch.Tensor, ...], rate: float) -> tuple[torch.Tensor, torch.Tensor]:
             """Held out, ``rate`` is 0: the unconditional model is what early stopping watches."""
@@ -101,13 +112,20 @@ class TabularVAE(TabularSynthesizer):
             return recon + beta * kl, kl
 
         def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-            loss, kl = losses(batch, rate)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            check_gradients(self.net.parameters(), max_norm=100.0, name=NAME)
-            optimizer.step()
+            if private is not None:
+                loss = private_step(
+                    private, {"net": self.net}, lambda *rows: losses(rows, rate)[0], batch, optimizer
+                )
+                logged = {"loss": loss}
+            else:
+                loss, kl = losses(batch, rate)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                check_gradients(self.net.parameters(), max_norm=100.0, name=NAME)
+                optimizer.step()
+                logged = {"loss": loss.detach(), "kl": kl.detach()}
             self.net.log_sigma.data.clamp_(np.log(0.01), 0.0)
-            return {"loss": loss.detach(), "kl": kl.detach()}
+            return logged
 
         tensors = (torch.from_numpy(x),) + ((torch.from_numpy(cond),) if cond is not None else ())
         return fit_loop(
@@ -120,6 +138,8 @@ class TabularVAE(TabularSynthesizer):
             device=self.device,
             checkpoints=checkpoints,
             evaluate=lambda batch: losses(batch, 0.0)[0],
+            private=private,
+            plan=self.plan,
         )
 
     def render(

@@ -1,7 +1,10 @@
 """Great Expectations suites derived from the real data, run on the synthetic output.
 
 For tables: the ordered column list; per column its type, its range (numeric and temporal), its
-category set (up to ``MAX_SET`` distinct values) and its null fraction within the gate's tolerance;
+category set (up to ``MAX_SET`` distinct values) and its null fraction within the gate's tolerance,
+all read from the protected view of the real rows, so that no value fewer than ``min_rows`` rows
+hold is named in a published suite; columns made fresh (identifiers, personal data) by their
+uniqueness and format;
 a label fixed by ``generate.conditions`` must be exactly that value. For images, a per-image stats
 frame (label, height, width, channels, pixel range and mean) is checked for shape, channels, label
 set, blank images and overall brightness. The job spec can add any GX expectation by name.
@@ -15,10 +18,10 @@ import copy
 import functools
 import json
 import logging
-import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from genai_pipeline.columns import dense, is_categorical, is_numeric
+from genai_pipeline.columns import dense, is_categorical, is_numeric, value_type
 from genai_pipeline.config import ExpectationSpec, ValidateSpec
 from genai_pipeline.datasets.base import ImageData, TabularData
 from genai_pipeline.errors import ConfigError
@@ -82,60 +85,92 @@ def table_frame(table: pa.Table) -> pd.DataFrame:
     return pa.table(columns, names=table.column_names).to_pandas(types_mapper=pd.ArrowDtype)
 
 
-def _tabular_expectations(data: TabularData, spec: ValidateSpec) -> list[Any]:
+@dataclass(frozen=True)
+class FreshCheck:
+    """What the suite checks of a column made fresh (identifiers, personal data): its share of
+    nulls, whether values must be unique, and a pattern they match (None: any text, or numbers)."""
+
+    null_share: float
+    unique: bool
+    pattern: str | None
+
+
+def _tabular_expectations(
+    data: TabularData,
+    spec: ValidateSpec,
+    fresh: Mapping[str, FreshCheck],
+    schema: pa.Schema | None,
+    private: bool,
+    token: str | None,
+) -> list[Any]:
+    """Expectations of every column of ``schema`` (default: the table's): columns made fresh
+    (identifiers, personal data) by their null share, type, uniqueness and format; the others by
+    the values of ``data``, the protected view of the real rows. ``private``: the model trains
+    with differential privacy, whose text columns may come out as the protection ``token`` (whether
+    a value was protected is not released) and whose numbers are drawn from noisy bins that may
+    pass the real range (no numeric range or value set is expected then)."""
     import great_expectations as gx
 
     expect = gx.expectations
     table = data.table
+    schema = schema or table.schema
     out: list[Any] = [
-        expect.ExpectTableColumnsToMatchOrderedList(column_list=table.column_names),
+        expect.ExpectTableColumnsToMatchOrderedList(column_list=schema.names),
         expect.ExpectTableRowCountToBeBetween(min_value=1),
     ]
-    for field in table.schema:
+    for field in schema:
+        if field.name in fresh:
+            out += _fresh_expectations(field, fresh[field.name], spec)
+            continue
         column = dense(table.column(field.name))
         type_ = column.type
         present = 1 - column.null_count / max(len(column), 1)
-        out.append(
-            expect.ExpectColumnProportionOfNonNullValuesToBeBetween(
-                column=field.name,
-                min_value=max(0.0, present - spec.null_tolerance),
-                max_value=min(1.0, present + spec.null_tolerance),
-            )
-        )
+        out.append(_null_share_expectation(field.name, present, spec))
         if column.null_count == len(column):
             continue
         if (type_name := _gx_type_name(type_)) is not None:
             out.append(expect.ExpectColumnValuesToBeOfType(column=field.name, type_=type_name))
-        if is_numeric(type_):
+        if is_numeric(type_) and not private:
             bounds = pc.min_max(column)
             out.append(
                 expect.ExpectColumnValuesToBeBetween(
                     column=field.name, min_value=bounds["min"].as_py(), max_value=bounds["max"].as_py()
                 )
             )
-        values = pc.unique(column).drop_null()
-        if _is_id_like(field.name, column, len(values)):
-            # a warning: the models learn identifiers as values, not yet as unique keys
-            out.append(expect.ExpectColumnValuesToBeUnique(column=field.name, severity="warning"))
-            continue  # identifiers are not categories: no value set
-        few_numbers = pa.types.is_integer(type_) and len(values) <= DISCRETE_NUMBERS
+        values = pc.unique(column).drop_null().to_pylist()
+        few_numbers = pa.types.is_integer(type_) and len(values) <= DISCRETE_NUMBERS and not private
+        if private and token is not None and is_categorical(type_) and not pa.types.is_boolean(type_):
+            values += [token] if token not in values else []
         if (is_categorical(type_) and len(values) <= MAX_SET) or few_numbers:
-            out.append(expect.ExpectColumnValuesToBeInSet(column=field.name, value_set=values.to_pylist()))
+            out.append(expect.ExpectColumnValuesToBeInSet(column=field.name, value_set=values))
     return out
 
 
-#: column names that announce an identifier: ``id``, ``user_id``, ``order-key``, ``uuid``, ``id card``…
-ID_WORD = re.compile(r"(^|[_\-\s])(id|uuid|guid|key)$|^(id|uuid|guid)([_\-\s]|$)", re.IGNORECASE)
-#: … or in camel case: ``OrderID``, ``userId``, ``ProductKey`` (not ``valid`` or ``monkey``)
-ID_CAMEL = re.compile(r"[a-z0-9](Id|ID|Key|UUID)$")
+def _null_share_expectation(name: str, present: float, spec: ValidateSpec) -> Any:
+    import great_expectations as gx
+
+    return gx.expectations.ExpectColumnProportionOfNonNullValuesToBeBetween(
+        column=name,
+        min_value=max(0.0, present - spec.null_tolerance),
+        max_value=min(1.0, present + spec.null_tolerance),
+    )
 
 
-def _is_id_like(name: str, column: pa.Array, distinct: int) -> bool:
-    """An identifier: an integer or string column named like one whose values are all distinct."""
-    typed = pa.types.is_integer(column.type) or is_categorical(column.type)
-    present = len(column) - column.null_count
-    named = ID_WORD.search(name) is not None or ID_CAMEL.search(name) is not None
-    return typed and present > 1 and distinct == present and named
+def _fresh_expectations(field: pa.Field, fresh: FreshCheck, spec: ValidateSpec) -> list[Any]:
+    """A column made fresh: as many nulls as the real one, its type, unique where the real values
+    were, and in their format (a pattern that names no real value: literal characters every real
+    value shares, character classes elsewhere)."""
+    import great_expectations as gx
+
+    expect = gx.expectations
+    out = [_null_share_expectation(field.name, 1 - fresh.null_share, spec)]
+    if (type_name := _gx_type_name(value_type(field.type))) is not None:
+        out.append(expect.ExpectColumnValuesToBeOfType(column=field.name, type_=type_name))
+    if fresh.unique:
+        out.append(expect.ExpectColumnValuesToBeUnique(column=field.name))
+    if fresh.pattern is not None:
+        out.append(expect.ExpectColumnValuesToMatchRegex(column=field.name, regex=fresh.pattern))
+    return out
 
 
 def _condition_expectations(conditions: dict[str, Any], modality: str) -> list[Any]:
@@ -219,14 +254,27 @@ def _target(expectation: Any) -> tuple[str, Any]:
     )
 
 
-def data_suite(real: TabularData | ImageData, spec: ValidateSpec, name: str) -> Any:
+def data_suite(
+    real: TabularData | ImageData,
+    spec: ValidateSpec,
+    name: str,
+    *,
+    fresh: Mapping[str, FreshCheck] | None = None,
+    schema: pa.Schema | None = None,
+    private: bool = False,
+    token: str | None = None,
+) -> Any:
     """The part of a job's suite that is derived from its real data: saved with every run, and the
-    file people review and edit (``validate.suite: saved``)."""
+    file people review and edit (``validate.suite: saved``). A table's ``real`` is its protected
+    view (``TableEncoder.public_view``), so the suite names no value fewer than ``min_rows`` rows
+    hold; ``fresh`` are the columns made fresh (left out of the view) and ``schema`` the table's
+    own, for the column list; ``private``: for a model trained with differential privacy, whose
+    protected categories decode to ``token`` (see :func:`_tabular_expectations`)."""
     import great_expectations as gx
 
     _context()  # suites need an active context
     expectations = (
-        _tabular_expectations(real, spec)
+        _tabular_expectations(real, spec, fresh or {}, schema, private, token)
         if isinstance(real, TabularData)
         else _image_expectations(real.images, real.labels, tuple(real.label_names))
     )
@@ -250,10 +298,19 @@ def job_suite(base: Any, spec: ValidateSpec, conditions: dict[str, Any], modalit
     return suite
 
 
+def empty_suite(like: Any) -> Any:
+    """A suite of ``like``'s name with no expectations (for checking the job's own alone)."""
+    import great_expectations as gx
+
+    _context()
+    return gx.ExpectationSuite(name=like.name)
+
+
 def derive_suite(
     real: TabularData | ImageData, spec: ValidateSpec, conditions: dict[str, Any], name: str
 ) -> Any:
-    """The suite the synthetic data must pass, derived from the real data plus the spec's extras."""
+    """The suite the synthetic data must pass, derived from the real data (as it is: for data that
+    may be shown, or a protected view) plus the spec's extras."""
     return job_suite(data_suite(real, spec, name), spec, conditions, real.modality)
 
 
@@ -273,18 +330,19 @@ def load_suite(blob: bytes, source: str) -> Any:
         raise ConfigError(f"{source}: not a valid expectation suite ({exc})") from None
 
 
-def describe(result: Any) -> str:
-    """``expect_column_values_to_be_in_set(species)``: a failed expectation, named for people."""
+def describe(result: Any, *, observed: bool = True) -> str:
+    """``expect_column_values_to_be_in_set(species)``: a failed expectation, named for people
+    (``observed=False``: with counts of unexpected values only, never a value: real data's)."""
     config = result.expectation_config
     kwargs = config.kwargs
     target = kwargs.get("column") or ",".join(
         str(kwargs[key]) for key in ("column_A", "column_B") if key in kwargs
     )
-    observed = result.result.get("observed_value")
-    if observed is None and "unexpected_count" in result.result:
-        observed = f"{result.result['unexpected_count']} unexpected"
-    error = (result.exception_info or {}).get("exception_message")
-    detail = f": {error}" if error else (f": observed {observed}" if observed is not None else "")
+    seen = result.result.get("observed_value") if observed else None
+    if seen is None and "unexpected_count" in result.result:
+        seen = f"{result.result['unexpected_count']} unexpected"
+    error = (result.exception_info or {}).get("exception_message") if observed else None
+    detail = f": {error}" if error else (f": observed {seen}" if seen is not None else "")
     return f"{config.type}({target}){detail}"
 
 
@@ -305,8 +363,11 @@ class SuiteResult:
         return sum(not item["success"] for item in self.payload["results"]["expectations"])
 
 
-def run_suite(suite: Any, frame: pd.DataFrame, docs: Path | None = None) -> SuiteResult:
-    """Validate a frame against a suite; with ``docs``, also build GX Data Docs for it there."""
+def run_suite(
+    suite: Any, frame: pd.DataFrame, docs: Path | None = None, *, observed: bool = True
+) -> SuiteResult:
+    """Validate a frame against a suite; with ``docs``, also build GX Data Docs for it there
+    (``observed``: whether failures name the values observed, see :func:`describe`)."""
     if docs is None:
         result = _batch_definition().get_batch(batch_parameters={"dataframe": frame}).validate(suite)
     else:
@@ -316,18 +377,28 @@ def run_suite(suite: Any, frame: pd.DataFrame, docs: Path | None = None) -> Suit
         json.dumps({"suite": suite.to_json_dict(), "results": result.describe_dict()}, default=str)
     )
     return SuiteResult(
-        failures=[describe(item) for item in failed if item.expectation_config.severity != "warning"],
-        warnings=[describe(item) for item in failed if item.expectation_config.severity == "warning"],
+        failures=[
+            describe(item, observed=observed)
+            for item in failed
+            if item.expectation_config.severity != "warning"
+        ],
+        warnings=[
+            describe(item, observed=observed)
+            for item in failed
+            if item.expectation_config.severity == "warning"
+        ],
         payload=payload,
     )
 
 
-def check_data(suite: Any, data: TabularData | ImageData, docs: Path | None = None) -> SuiteResult:
+def check_data(
+    suite: Any, data: TabularData | ImageData, docs: Path | None = None, *, observed: bool = True
+) -> SuiteResult:
     """Run a suite on a table, or on the per-image stats frame of images (see :func:`run_suite`)."""
     frame = (
         table_frame(data.table) if isinstance(data, TabularData) else image_stats(data.images, data.labels)
     )
-    return run_suite(suite, frame, docs)
+    return run_suite(suite, frame, docs, observed=observed)
 
 
 #: Data Docs' static assets worth copying: stylesheets (its images and fonts are 3 MB of decoration)

@@ -16,6 +16,7 @@ dominates by its units, and the all-pairs distances run as matrix products.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from genai_pipeline.columns import dense, is_numeric, to_float
+from genai_pipeline.columns import dense, is_numeric, quantum, to_float
+from genai_pipeline.privacy.protection import Protection, protect_numbers
+from genai_pipeline.privacy.roles import ColumnRole
 from genai_pipeline.quality.neighbours import nearest
 from genai_pipeline.quality.tabular import top_categories
 
@@ -152,3 +155,68 @@ def privacy_scores(
         holdout_nndr=float(np.median(_ratio(holdout_to_train))),
         rows=size,
     )
+
+
+#: a numeric column with at most this many distinct values is a category (as the encoder has it)
+DISCRETE_NUMBERS = 20
+
+
+def _rare_values(column: pa.Array, threshold: int) -> pa.Array:
+    """The values fewer than ``threshold`` rows of ``column`` hold."""
+    counts = pc.value_counts(column.drop_null())
+    return counts.field("values").filter(pc.less(counts.field("counts"), threshold))
+
+
+def _outside_tails(column: pa.Array, threshold: int) -> np.ndarray:
+    """The values of a numeric column (as floats) that protection clips away: beyond its protected
+    tails, or all of them when there are too few to learn any."""
+    values = to_float(column)
+    values = values[~np.isnan(values)]
+    protected = protect_numbers(values, threshold, max_knots=2, quantum=quantum(column.type))
+    if protected is None:
+        return np.unique(values)
+    return np.unique(values[(values < protected.low) | (values > protected.high)])
+
+
+def rare_real_values(
+    train: pa.Table,
+    holdout: pa.Table | None,
+    synthetic: pa.Table,
+    *,
+    protection: Protection,
+    roles: Mapping[str, ColumnRole],
+) -> tuple[dict[str, int], float]:
+    """``({column: count}, share of rows)``: synthetic values that are real ones no model may emit.
+    In a learned column, a value fewer than ``min_rows`` training rows hold (a category) or one
+    beyond the protected tails (a number); in a column made fresh, a value fewer than ``min_rows``
+    real rows hold, holdout included (identifiers: any real one). Zero by construction: this is
+    the check that construction held, against the real rows themselves."""
+    found: dict[str, int] = {}
+    hit = np.zeros(synthetic.num_rows, dtype=bool)
+    for name in synthetic.column_names:
+        role = roles.get(name)
+        fresh = role is not None and role.fresh
+        threshold = protection.min_rows if fresh else protection.threshold
+        if name not in train.column_names or threshold <= 1:
+            continue
+        real = dense(train.column(name))
+        if fresh and holdout is not None and name in holdout.column_names:
+            real = pa.concat_arrays([real, dense(holdout.column(name)).cast(real.type)])
+        column = dense(synthetic.column(name))
+        if is_numeric(real.type):
+            wanted = role.role if role is not None else None
+            continuous = wanted == "numeric" or (
+                wanted != "category" and len(pc.unique(real.drop_null())) > DISCRETE_NUMBERS
+            )
+            numbers = (
+                _outside_tails(real, threshold)
+                if continuous and not fresh
+                else to_float(_rare_values(real, threshold))
+            )
+            column, rare = pa.array(to_float(column)), pa.array(numbers, pa.float64())
+        else:
+            rare = _rare_values(real, threshold)
+        mask = pc.fill_null(pc.is_in(column, value_set=rare), False).to_numpy(zero_copy_only=False)
+        found[name] = int(mask.sum())
+        hit |= mask
+    return found, float(hit.mean()) if len(hit) else 0.0

@@ -71,7 +71,8 @@ class ReportInput:
     expectations: dict[str, Any] | None = None
     real: pa.Table | None = None  # a sample of the real rows …
     synthetic: pa.Table | None = None  # … and of the synthetic ones (same names; may lack some)
-    real_images: tuple[np.ndarray, np.ndarray] | None = None  # (uint8 NHWC, str labels)
+    #: (uint8 NHWC, str labels, counts): each label's mean real image, never one real image
+    real_images: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     synthetic_images: tuple[np.ndarray, np.ndarray] | None = None
 
 
@@ -324,8 +325,10 @@ def _pairs_section(metrics: list[dict[str, Any]], columns: Sequence[str]) -> str
 
 
 def _images_section(
-    real: tuple[np.ndarray, np.ndarray] | None, synthetic: tuple[np.ndarray, np.ndarray] | None
+    real: tuple[np.ndarray, np.ndarray, np.ndarray] | None, synthetic: tuple[np.ndarray, np.ndarray] | None
 ) -> str:
+    """Per label: the mean of its real images (the page is published: no single real image may be
+    on it) beside synthetic examples."""
     real_labels = np.asarray(real[1]).astype(str) if real is not None else np.array([], dtype=str)
     synthetic_labels = (
         np.asarray(synthetic[1]).astype(str) if synthetic is not None else np.array([], dtype=str)
@@ -333,24 +336,28 @@ def _images_section(
     labels = sorted(set(real_labels.tolist()) | set(synthetic_labels.tolist()), key=_natural)
     rows = []
     for label in labels[:MAX_LABELS]:
-        cells = []
-        for side, side_labels in ((real, real_labels), (synthetic, synthetic_labels)):
-            picked = side[0][side_labels == label][:IMAGES_PER_SIDE] if side is not None else []
-            count = int((side_labels == label).sum())
-            strip = (
-                f'<img src="{image_strip(picked)}" alt="{_e(label)}">'
-                if len(picked)
-                else '<span class="muted">none</span>'
-            )
-            cells.append(f'<td>{strip}<div class="muted">{count} images</div></td>')
+        mean = real[0][real_labels == label] if real is not None else []
+        count = int(real[2][real_labels == label].sum()) if real is not None else 0
+        cells = [_strip_cell(label, mean, f"mean of {count} images" if len(mean) else "too few to show")]
+        picked = synthetic[0][synthetic_labels == label][:IMAGES_PER_SIDE] if synthetic is not None else []
+        cells.append(_strip_cell(label, picked, f"{int((synthetic_labels == label).sum())} images"))
         rows.append(f'<tr><th class="label">{_e(label)}</th>{"".join(cells)}</tr>')
     more = (
         f'<p class="note">{len(labels) - MAX_LABELS} more labels not shown.</p>'
         if len(labels) > MAX_LABELS
         else ""
     )
-    head = "<tr><th>label</th><th>real</th><th>synthetic</th></tr>"
+    head = "<tr><th>label</th><th>real (mean image)</th><th>synthetic</th></tr>"
     return f'<table class="images"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>{more}'
+
+
+def _strip_cell(label: str, images: Any, caption: str) -> str:
+    strip = (
+        f'<img src="{image_strip(images)}" alt="{_e(label)}">'
+        if len(images)
+        else '<span class="muted">none</span>'
+    )
+    return f'<td>{strip}<div class="muted">{_e(caption)}</div></td>'
 
 
 def _natural(label: str) -> tuple[int, float, str]:

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from genai_pipeline.datasets.base import ImageData
+from genai_pipeline.privacy.protection import Protection
+from genai_pipeline.privacy.roles import ColumnRole
+from genai_pipeline.quality.attacks import attribute_inference, membership_auc
 from genai_pipeline.quality.gate import MetricRows
 from genai_pipeline.quality.images import (
     LabelClassifier,
@@ -28,7 +32,7 @@ from genai_pipeline.quality.images import (
     memorisation_share,
     pixel_histogram,
 )
-from genai_pipeline.quality.privacy import privacy_scores
+from genai_pipeline.quality.privacy import privacy_scores, rare_real_values
 from genai_pipeline.quality.tabular import (
     column_coverage,
     column_pairs,
@@ -48,6 +52,31 @@ PAIR_TREND_ROWS = 20_000
 MIN_REFERENCE_ROWS = 30
 #: images compared at most per side in feature space (k-NN and Fréchet statistics settle by then)
 MAX_FEATURE_IMAGES = 10_000
+
+
+@dataclass(frozen=True)
+class TablePrivacy:
+    """What scoring needs of a table's privacy by construction: the columns' roles (those made
+    fresh, and text, are not compared value by value), the value protection, the counts of values
+    ingest protected, and the protected view of real rows that charts may show (None: the rows
+    themselves, for data that may be shown)."""
+
+    roles: Mapping[str, ColumnRole] = field(default_factory=dict)
+    protection: Protection = field(default_factory=Protection)
+    protected: Mapping[str, int] = field(default_factory=dict)
+    public: Callable[[pa.Table], pa.Table] | None = None
+    sensitive: str | None = None  # what an attribute-inference attacker guesses (default: the target)
+
+    def learned(self, names: list[str]) -> list[str]:
+        """The columns a model learns value by value (not made fresh, not text)."""
+        return [
+            name
+            for name in names
+            if name not in self.roles or not (self.roles[name].fresh or self.roles[name].role == "text")
+        ]
+
+    def shown(self, real: pa.Table) -> pa.Table:
+        return self.public(real) if self.public is not None else real
 
 
 def shape_reference(
@@ -94,11 +123,18 @@ def score_tables(
     per_label: bool,
     seed: int,
     max_pairs: int = 1_000,
+    privacy: TablePrivacy | None = None,
 ) -> dict[str, Any]:
     """Fidelity, privacy and utility of a table run. ``target`` is the label/target column (the
     utility model's), ``per_label`` whether the run fixed its counts per label; pair trends are
-    scored on at most ``max_pairs`` pairs (a seeded sample beyond). Returns the real and synthetic
+    scored on at most ``max_pairs`` pairs (a seeded sample beyond). Columns made fresh, and text,
+    are left out of the value-by-value metrics (``privacy``); every column is checked for real
+    values fewer than ``min_rows`` rows hold. Returns the real (as they may be shown) and synthetic
     columns that were compared, as the report charts them."""
+    privacy = privacy or TablePrivacy()
+    learned = privacy.learned(real.column_names)
+    real_all, synthetic_all = real, synthetic
+    real, synthetic = real.select(learned), synthetic.select(learned)
     reference, compared = shape_reference(real, conditions, {target} if per_label and target else set())
     shapes = column_shapes(reference.select(compared), synthetic)
     for name, score in shapes.items():
@@ -114,15 +150,19 @@ def score_tables(
         rows.add("pair", f"{first} × {second}", "pair_trend", trend.score)
     if trends:
         rows.add("table", None, "pair_trends", overall_pair_trend(trends))
-    charts = {"real": reference.select(compared), "synthetic": synthetic.select(compared)}
+    _privacy_by_construction(rows, privacy, real_all, holdout, synthetic_all)
+    charts = {"real": privacy.shown(reference).select(compared), "synthetic": synthetic.select(compared)}
     if holdout is None:
         log.info("validate.holdout is 0: no privacy or utility metrics against held-out rows")
         return charts
-    privacy = privacy_scores(real, holdout, synthetic, seed=seed)
-    rows.add("table", None, "dcr_share", privacy.dcr_share)
-    rows.add("table", None, "memorised_share", privacy.memorised_share)
-    rows.add("table", None, "nndr", privacy.nndr)
-    rows.add("table", None, "holdout_nndr", privacy.holdout_nndr)
+    holdout = holdout.select(learned)
+    scores = privacy_scores(real, holdout, synthetic, seed=seed)
+    rows.add("table", None, "dcr_share", scores.dcr_share)
+    rows.add("table", None, "memorised_share", scores.memorised_share)
+    rows.add("table", None, "nndr", scores.nndr)
+    rows.add("table", None, "holdout_nndr", scores.holdout_nndr)
+    fixed = set(conditions) | ({target} if per_label and target else set())
+    _attacks(rows, real, holdout, synthetic, privacy.sensitive or target, fixed=fixed, seed=seed)
     if target is None or target in conditions:
         return charts
     test = rows_meeting(holdout, conditions) if conditions else holdout
@@ -137,6 +177,68 @@ def score_tables(
     return charts
 
 
+def _attacks(
+    rows: MetricRows,
+    real: pa.Table,
+    holdout: pa.Table,
+    synthetic: pa.Table,
+    sensitive: str | None,
+    *,
+    fixed: set[str],
+    seed: int,
+) -> None:
+    """Privacy measured by attack (:mod:`genai_pipeline.quality.attacks`) on the learned columns:
+    membership inference, and attribute inference of the sensitive column unless the run fixed it."""
+    try:
+        rows.add("table", None, "membership_auc", membership_auc(real, holdout, synthetic, seed=seed).auc)
+    except ValueError as exc:
+        log.info("no membership-inference attack: %s", exc)
+    if sensitive is None or sensitive in fixed or sensitive not in real.column_names:
+        return
+    try:
+        guessed = attribute_inference(real, holdout, synthetic, sensitive, seed=seed)
+    except ValueError as exc:
+        log.info("no attribute-inference attack on %s: %s", sensitive, exc)
+        return
+    rows.add("table", sensitive, "attribute_gain", guessed.gain)
+    rows.add("table", sensitive, "attribute_holdout_accuracy", guessed.holdout_accuracy)
+
+
+def _privacy_by_construction(
+    rows: MetricRows, privacy: TablePrivacy, real: pa.Table, holdout: pa.Table | None, synthetic: pa.Table
+) -> None:
+    """How many values protection kept from the model (per column, and in all), how unique the
+    columns made fresh came out, and how many synthetic values are real ones fewer than
+    ``min_rows`` rows hold (any real one, in a column made fresh): 0 by construction, gated."""
+    for name, count in privacy.protected.items():
+        rows.add("column", name, "protected_values", count)
+    rows.add("table", None, "protected_values", sum(privacy.protected.values()))
+    for name, role in privacy.roles.items():
+        if role.fresh and name in synthetic.column_names:
+            present = synthetic.column(name).drop_null()
+            rows.add("column", name, "unique_share", len(present.unique()) / max(len(present), 1))
+    found, share = rare_real_values(
+        real, holdout, synthetic, protection=privacy.protection, roles=privacy.roles
+    )
+    for name, count in found.items():
+        if count:  # a column's row only where construction failed: the table's share is always there
+            rows.add("column", name, "rare_real_values", count)
+    rows.add("table", None, "rare_real_value_share", share)
+
+
+def label_means(
+    images: np.ndarray, labels: np.ndarray, min_rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean images, labels, counts)``: each label's mean image, for labels with at least
+    ``min_rows`` images. What the published report shows of the real images: an aggregate, never
+    one of them."""
+    names, counts = np.unique(labels, return_counts=True)
+    keep = counts >= max(min_rows, 2)
+    means = [np.rint(images[labels == name].mean(axis=0)).astype(np.uint8) for name in names[keep]]
+    empty = np.zeros((0, *images.shape[1:]), dtype=np.uint8)
+    return (np.stack(means) if means else empty), names[keep], counts[keep]
+
+
 def score_images(
     rows: MetricRows,
     real: ImageData,
@@ -148,20 +250,21 @@ def score_images(
     seed: int,
     cas_seed: int,
     cas_steps: int,
+    min_rows: int = 1,
 ) -> dict[str, Any]:
     """Pixel statistics, then what a classifier trained on the real images sees (``classifier``
     gives it, asked only when there are two labels or more): label consistency, Fréchet distance
     and precision/recall/density/coverage in its feature space, CAS on the real holdout;
     memorisation against the training images and repeats within the output. ``conditioned``: the
     run fixed the label, so its label distribution is not compared. Returns the images the report
-    shows."""
+    shows: synthetic ones, and of the real ones only each label's mean over at least ``min_rows``."""
     rows.add("images", None, "pixel_histogram", pixel_histogram(real.images, synthetic.images))
     if not conditioned:
         rows.add("images", None, "label_distribution", label_distribution(real.labels, synthetic.labels))
     rows.add("images", None, "memorised_share", memorisation_share(synthetic.images, real.images))
     rows.add("images", None, "duplicate_share", duplicate_share(synthetic.images))
     charts = {
-        "real_images": (real.images, real.labels),
+        "real_images": label_means(real.images, real.labels, min_rows),
         "synthetic_images": (synthetic.images, synthetic.labels),
     }
     if len(real.label_names) < 2:

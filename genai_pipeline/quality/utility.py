@@ -103,8 +103,9 @@ def utility_scores(
             if regression
             else HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=seed)
         )
+        usable = [name for name in x.columns if x[name].notna().any()]  # an all-null column breaks HGB
         with threadpool_limits(1):  # OpenMP threads beside torch's spin for minutes on a busy machine
-            predicted = model.fit(x, y).predict(test_x)
+            predicted = model.fit(x[usable], y).predict(test_x[usable])
         scores[side] = (
             max(float(r2_score(test_y, predicted)), 0.0)
             if regression
