@@ -15,8 +15,8 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,39 +110,18 @@ def ingest(run: Run) -> DatasetRef:
         check_label_folders(data.label_names)
     key = fingerprint(data)
     train_part, holdout = split_holdout(data, checks.holdout, checks.holdout_max_rows, key=key)
-    shown, fresh, protected = train_part, {}, {}
-    protect: Callable[[Dataset], Dataset] = lambda rows: rows  # noqa: E731  (images: nothing to protect)
     if isinstance(train_part, TabularData):
         roles = column_roles(train_part.table, job.dataset.columns, job.dataset.label)
         train_part = learnable(train_part, roles, job, holdout)
-        encoder = TableEncoder.fit(
-            train_part.table,
-            condition=train_part.label,
-            roles=roles,
-            protection=train_part.protection,
-            unseen=train_part.unseen,
-        )
-        shown = TabularData(encoder.public_view(train_part.table), train_part.label)
-        protected = {codec.name: codec.protected for codec in encoder.codecs if codec.protected}
-
-        def protect(rows: Dataset) -> Dataset:
-            assert isinstance(rows, TabularData)
-            return TabularData(encoder.public_view(rows.table, keep_fresh=True), rows.label)
-
-    labels = label_values(shown)
+    view = _PublicView.of(train_part)
+    labels = label_values(view.shown)
     schema = describe_schema(data, labels=labels)
     plan = sampling_plan(job, labels)
-    if isinstance(train_part, TabularData):
-        total = sum(count for _, count in plan)
-        fresh = {
-            name: FreshCheck(column.null_share, column.unique, column.pattern(total))
-            for name, column in encoder.fresh_columns.items()
-        }
     model_class(data.modality, job.model.family).check_plan(
         train_part, model_config_for(job), [conditions for conditions, _ in plan]
     )
     suite = run.staged(run.suite_file)
-    _stage_suite(run, data, shown, fresh, suite, protect=protect)
+    _stage_suite(run, data, view, sum(count for _, count in plan), suite)
     snapshot, holdout_snapshot = run.private("input/dataset.parquet"), run.private("input/holdout.parquet")
     write_snapshot(train_part, workspace, snapshot)
     if holdout is not None:
@@ -159,7 +138,7 @@ def ingest(run: Run) -> DatasetRef:
         holdout=None if holdout is None else holdout_snapshot,
         holdout_rows=0 if holdout is None else holdout.num_rows,
         roles={name: role.to_dict() for name, role in (getattr(train_part, "roles", None) or {}).items()},
-        protected=protected,
+        protected=view.protected,
     )
     log.info(
         "ingested %d %s from %s (fingerprint %s, %d held out%s) in %.1f s",
@@ -172,6 +151,44 @@ def ingest(run: Run) -> DatasetRef:
         time.monotonic() - started,
     )
     return ref
+
+
+@dataclass(frozen=True)
+class _PublicView:
+    """The training rows as far as what leaves the workspace may show them: a table through its
+    encoder's protected view (images: as they are, their labels being their folders)."""
+
+    shown: Dataset
+    encoder: TableEncoder | None = None
+
+    @classmethod
+    def of(cls, data: Dataset) -> _PublicView:
+        if not isinstance(data, TabularData):
+            return cls(data)
+        encoder = TableEncoder.fit(
+            data.table, condition=data.label, roles=data.roles, protection=data.protection, unseen=data.unseen
+        )
+        return cls(TabularData(encoder.public_view(data.table), data.label), encoder)
+
+    @property
+    def protected(self) -> dict[str, int]:
+        """Per column, how many values protection kept from the model (counts only)."""
+        codecs = self.encoder.codecs if self.encoder is not None else []
+        return {codec.name: codec.protected for codec in codecs if codec.protected}
+
+    def fresh(self, total: int) -> dict[str, FreshCheck]:
+        """What the suite checks of the columns made fresh, in a run of ``total`` rows."""
+        columns = self.encoder.fresh_columns if self.encoder is not None else {}
+        return {
+            name: FreshCheck(column.null_share, column.unique, column.pattern(total))
+            for name, column in columns.items()
+        }
+
+    def protect(self, rows: Dataset) -> Dataset:
+        """Other real rows (the whole input) with the same protection, fresh columns as they are."""
+        if self.encoder is None or not isinstance(rows, TabularData):
+            return rows
+        return TabularData(self.encoder.public_view(rows.table, keep_fresh=True), rows.label)
 
 
 def learnable(
@@ -217,34 +234,27 @@ def _check_schema(run: Run, schema: dict[str, Any], workspace: Storage) -> None:
     )
 
 
-def _stage_suite(
-    run: Run,
-    data: Dataset,
-    shown: Dataset,
-    fresh: Mapping[str, FreshCheck],
-    staged: str,
-    *,
-    protect: Callable[[Dataset], Dataset],
-) -> None:
-    """Stage the run's data suite at ``staged``: the job's saved one or one derived from ``shown``,
-    the protected view of the training rows (so it names no value fewer than ``min_rows`` rows
-    hold), with ``fresh`` columns checked for uniqueness and format rather than values.
+def _stage_suite(run: Run, data: Dataset, view: _PublicView, total: int, staged: str) -> None:
+    """Stage the run's data suite at ``staged``: the job's saved one or one derived from the
+    protected view of the training rows (so it names no value fewer than ``min_rows`` rows hold),
+    with the columns made fresh checked for uniqueness and format (in a run of ``total`` rows)
+    rather than values.
 
     The real input is checked first, so a broken upstream dataset fails here rather than after
     training: against a saved suite (reviewed, so there is something to learn from it) as far as
-    a model may learn it (``protect``: tonight's rows with the protection the suite was derived
-    under), and against the job's own expectations as it is. The results name real values and
-    stay in the workspace; the failure's message gives counts only (it reaches the manifest)."""
+    a model may learn it (tonight's rows with the protection the suite was derived under), and
+    against the job's own expectations as it is. The results name real values and stay in the
+    workspace; the failure's message gives counts only (it reaches the manifest)."""
     spec, storage, workspace = run.job.validate_, run.storage(), run.workspace()
     saved = spec.suite == "saved" and workspace.exists(SAVED_SUITE)
     if saved:
         base = load_suite(workspace.read_bytes(SAVED_SUITE), workspace.url_of(SAVED_SUITE))
     else:
         base = data_suite(
-            shown,
+            view.shown,
             spec,
             run.job.name,
-            fresh=fresh,
+            fresh=view.fresh(total),
             schema=_schema_of(data),
             private=run.job.train.privacy is not None,
             token=run.job.dataset.value_protection.rare_token,
@@ -260,7 +270,7 @@ def _stage_suite(
     checks = []
     if saved:
         reviewed = job_suite(base, spec.model_copy(update={"expectations": []}), {}, data.modality)
-        checks.append(check_data(reviewed, protect(data), observed=False))
+        checks.append(check_data(reviewed, view.protect(data), observed=False))
     if extras:
         own = job_suite(
             empty_suite(base), spec.model_copy(update={"expectations": extras}), {}, data.modality

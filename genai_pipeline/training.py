@@ -19,6 +19,7 @@ import math
 import random
 import secrets
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field
@@ -240,7 +241,33 @@ def private_step(
     ) -> torch.Tensor:
         return torch.func.functional_call(objective, (params, buffers), tuple(item[None] for item in row))
 
-    return torch.tensor(private.step(objective, per_row, batch, optimizer))
+    with warnings.catch_warnings():  # per-row gradients of embedding bags or attention: slower, not wrong
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
+        return torch.tensor(private.step(objective, per_row, batch, optimizer))
+
+
+def optimise(
+    loss: Callable[..., torch.Tensor],
+    batch: tuple[torch.Tensor, ...],
+    optimizer: torch.optim.Optimizer,
+    *,
+    networks: Mapping[str, nn.Module],
+    private: PrivateSGD | None,
+    max_norm: float,
+    name: str,
+) -> torch.Tensor:
+    """One optimisation step of ``networks`` on ``loss(*batch)`` (a mean over the batch): a DP-SGD
+    step with ``private`` (:func:`private_step`), else backward, the gradient check and clipping
+    at ``max_norm``, and the optimiser's step. Returns the loss, detached, for the log."""
+    if private is not None:
+        return private_step(private, networks, loss, batch, optimizer)
+    value = loss(*batch)
+    optimizer.zero_grad(set_to_none=True)
+    value.backward()
+    parameters = [parameter for network in networks.values() for parameter in network.parameters()]
+    check_gradients(parameters, max_norm=max_norm, name=name)
+    optimizer.step()
+    return value.detach()
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:

@@ -204,14 +204,13 @@ def _fit_categorical(
     With ``dp``, the categories and their frequencies are a DP release (noisy counts over a
     threshold that a value one row holds passes with probability δ at most), and the protected
     category is always there: whether any value was protected is not released."""
-    counts: dict[Any, int] = {}
+    counts: dict[Any, float] = {}
     for value in values:
         counts[value] = counts.get(value, 0) + 1
     if dp is not None:
         threshold = max(protection.min_rows, selection_threshold(dp.each_epsilon, dp.each_delta))
-        noisy = dp_category_counts(counts, epsilon=dp.each_epsilon, threshold=threshold, rng=dp.rng)
-        kept = KeptCategories(noisy, 1, 0)  # type: ignore[arg-type]  (noisy counts are floats)
-        counts = noisy  # type: ignore[assignment]
+        counts = dp_category_counts(counts, epsilon=dp.each_epsilon, threshold=threshold, rng=dp.rng)
+        kept = KeptCategories(counts, protected_values=1, protected_rows=0)  # protected or not: not told
     else:
         kept = keep_categories(counts, protection.threshold)
     if not kept.counts and not textual and values:

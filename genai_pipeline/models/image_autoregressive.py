@@ -44,11 +44,10 @@ from genai_pipeline.models.image import ImageSynthesizer
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
-    check_gradients,
     fit_loop,
     frozen_copy,
     maybe_compile,
-    private_step,
+    optimise,
     update_ema,
 )
 
@@ -297,16 +296,17 @@ class ImageAutoregressive(ImageSynthesizer):
             return nll(network, (patches, torch.where(dropped, len(self.labels), y)))
 
         def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-            if private is not None:
-                value = private_step(private, {"network": network}, loss, batch, optimizer)
-            else:
-                value = loss(*batch)
-                optimizer.zero_grad(set_to_none=True)
-                value.backward()
-                check_gradients(parameters, max_norm=1.0, name=NAME)
-                optimizer.step()
+            value = optimise(
+                loss,
+                batch,
+                optimizer,
+                networks={"network": network},
+                private=private,
+                max_norm=1.0,
+                name=NAME,
+            )
             update_ema(self.ema, self.network, optimizer, self.config.ema_decay)
-            return {"nll": value.detach()}
+            return {"nll": value}
 
         # uint8 levels: a quarter of the memory of the float images the other models hold
         patches = self.network.to_patches(quantise(data.images, self.config.levels))

@@ -33,11 +33,10 @@ from genai_pipeline.models.noise_schedule import BetaSchedule, NoiseSchedule, Pr
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
-    check_gradients,
     fit_loop,
     frozen_copy,
     maybe_compile,
-    private_step,
+    optimise,
     update_ema,
 )
 
@@ -159,8 +158,6 @@ class ImageDiffusion(ImageSynthesizer):
         optimizer = torch.optim.Adam(self.network.parameters(), lr=self.config.learning_rate)
         network = maybe_compile(self.network, train, self.device)
         schedule, no_label = self.schedule, len(self.labels)
-        parameters = list(self.network.parameters())
-
         private = self.plan.sgd(train) if self.plan is not None else None
         if private is not None:
             network = self.network
@@ -174,16 +171,17 @@ class ImageDiffusion(ImageSynthesizer):
             return F.mse_loss(output, schedule.target(x0, noise, t))
 
         def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-            if private is not None:
-                value = private_step(private, {"network": network}, loss, batch, optimizer)
-            else:
-                value = loss(*batch)
-                optimizer.zero_grad(set_to_none=True)
-                value.backward()
-                check_gradients(parameters, max_norm=1.0, name="image diffusion")
-                optimizer.step()
+            value = optimise(
+                loss,
+                batch,
+                optimizer,
+                networks={"network": network},
+                private=private,
+                max_norm=1.0,
+                name="image diffusion",
+            )
             update_ema(self.ema, self.network, optimizer, self.config.ema_decay)
-            return {"loss": value.detach()}
+            return {"loss": value}
 
         def evaluate(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
             """Denoising loss of the sampling (EMA) weights at fixed noise and evenly spread steps."""

@@ -29,7 +29,12 @@ from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset
 from genai_pipeline.models.base import ModelConfig, register_model
 from genai_pipeline.models.image import ImageSynthesizer, to_unit
-from genai_pipeline.training import CheckpointStore, FitReport, check_gradients, fit_loop, private_step
+from genai_pipeline.training import (
+    CheckpointStore,
+    FitReport,
+    fit_loop,
+    optimise,
+)
 
 NAME = "image VAE"
 
@@ -101,12 +106,6 @@ class Decoder(nn.Module):
         return self.body(h)[:, :, :height, :width]
 
 
-def sum_weighted(losses: tuple[torch.Tensor, torch.Tensor], beta: float) -> torch.Tensor:
-    """The training objective: reconstruction plus ``beta`` times the KL term."""
-    recon, kl = losses
-    return recon + beta * kl
-
-
 @register_model
 class ImageVAE(ImageSynthesizer):
     family = "vae"
@@ -137,18 +136,15 @@ class ImageVAE(ImageSynthesizer):
         private = self.plan.sgd(train) if self.plan is not None else None
         networks = {"encoder": encoder, "decoder": self.decoder}
 
+        def objective(*rows: torch.Tensor) -> torch.Tensor:
+            recon, kl = losses(rows)
+            return recon + beta * kl
+
         def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-            if private is not None:
-                loss = private_step(
-                    private, networks, lambda *rows: sum_weighted(losses(rows), beta), batch, optimizer
-                )
-                return {"loss": loss}
-            recon, kl = losses(batch)
-            optimizer.zero_grad(set_to_none=True)
-            (recon + beta * kl).backward()
-            check_gradients(parameters, max_norm=1e3, name=NAME)
-            optimizer.step()
-            return {"loss": (recon + kl).detach(), "recon": recon.detach(), "kl": kl.detach()}
+            loss = optimise(
+                objective, batch, optimizer, networks=networks, private=private, max_norm=1e3, name=NAME
+            )
+            return {"loss": loss}
 
         return fit_loop(
             name=NAME,

@@ -53,11 +53,10 @@ from genai_pipeline.models.tabular import (
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
-    check_gradients,
     fit_loop,
     frozen_copy,
     maybe_compile,
-    private_step,
+    optimise,
     update_ema,
 )
 
@@ -325,16 +324,11 @@ class TabularAutoregressive(TabularSynthesizer):
             return nll(rows, self.reveal.training_mask(len(rows), rate, rows.device))
 
         def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-            if private is not None:
-                value = private_step(private, {"net": trainee}, loss, batch, optimizer)
-            else:
-                value = loss(batch[0])
-                optimizer.zero_grad(set_to_none=True)
-                value.backward()
-                check_gradients(trainee.parameters(), max_norm=100.0, name=NAME)
-                optimizer.step()
+            value = optimise(
+                loss, batch, optimizer, networks={"net": trainee}, private=private, max_norm=100.0, name=NAME
+            )
             update_ema(average, trainee, optimizer, self.config.ema_decay)
-            return {"nll": value.detach()}
+            return {"nll": value}
 
         report = fit_loop(
             name=NAME,

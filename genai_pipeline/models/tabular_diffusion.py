@@ -50,11 +50,10 @@ from genai_pipeline.models.tabular import Known, TabularModelConfig, TabularSynt
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
-    check_gradients,
     fit_loop,
     frozen_copy,
     maybe_compile,
-    private_step,
+    optimise,
     update_ema,
 )
 
@@ -299,18 +298,17 @@ class TabularDiffusion(TabularSynthesizer):
         network = maybe_compile(self.network, train, self.device) if private is None else self.network
 
         def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-            if private is not None:
-                loss = private_step(
-                    private, {"network": network}, lambda *rows: self.loss(network, rows), batch, optimizer
-                )
-            else:
-                loss = self.loss(network, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                check_gradients(self.network.parameters(), max_norm=1.0, name=NAME)
-                optimizer.step()
+            loss = optimise(
+                lambda *rows: self.loss(network, rows),
+                batch,
+                optimizer,
+                networks={"network": network},
+                private=private,
+                max_norm=1.0,
+                name=NAME,
+            )
             update_ema(self.ema, self.network, optimizer, self.config.ema_decay)
-            return {"loss": loss.detach()}
+            return {"loss": loss}
 
         def evaluate(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
             """The sampling (EMA) weights' loss at fixed noise, masks and evenly spread steps."""

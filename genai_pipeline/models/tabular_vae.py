@@ -25,10 +25,9 @@ from genai_pipeline.models.tabular import Known, TabularModelConfig, TabularSynt
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
-    check_gradients,
     fit_loop,
     maybe_compile,
-    private_step,
+    optimise,
 )
 
 NAME = "tabular VAE"
@@ -112,20 +111,17 @@ class TabularVAE(TabularSynthesizer):
             return recon + beta * kl, kl
 
         def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-            if private is not None:
-                loss = private_step(
-                    private, {"net": self.net}, lambda *rows: losses(rows, rate)[0], batch, optimizer
-                )
-                logged = {"loss": loss}
-            else:
-                loss, kl = losses(batch, rate)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                check_gradients(self.net.parameters(), max_norm=100.0, name=NAME)
-                optimizer.step()
-                logged = {"loss": loss.detach(), "kl": kl.detach()}
+            loss = optimise(
+                lambda *rows: losses(rows, rate)[0],
+                batch,
+                optimizer,
+                networks={"net": self.net},
+                private=private,
+                max_norm=100.0,
+                name=NAME,
+            )
             self.net.log_sigma.data.clamp_(np.log(0.01), 0.0)
-            return logged
+            return {"loss": loss}
 
         tensors = (torch.from_numpy(x),) + ((torch.from_numpy(cond),) if cond is not None else ())
         return fit_loop(

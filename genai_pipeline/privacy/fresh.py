@@ -1363,42 +1363,50 @@ def _ids(column: FreshColumn, key: int, rows: np.ndarray, total: int) -> pa.Arra
     return patches.result(pa.int64() if fmt.integer else pa.string())
 
 
-def _patterned(column: FreshColumn, key: int, rows: np.ndarray, total: int) -> pa.Array:
-    """Phones, IBANs, card numbers, SSNs, IPs: a keyed bijection of the row index into the kind's
-    layouts, so values are unique whenever the layouts hold the run; filter hits move on to counter
-    ``row + j * total`` (at most :data:`PII_ATTEMPTS` times)."""
-    renderer = _renderer(column.kind or "", column.locale or DEFAULT_LOCALE, column.separator)
-    permutation = _Permutation(_subkey(key, "pii", column.name), renderer.capacity)
+def _avoiding(column: FreshColumn, rows: np.ndarray, draw: Callable[[int, np.ndarray], pa.Array]) -> pa.Array:
+    """Values for ``rows`` from ``draw(attempt, rows still pending)``, drawn again while the column's
+    filter holds them, at most :data:`PII_ATTEMPTS` times (the last draw is kept: a hit may be a
+    false positive, or a value common enough that the filter could not avoid it)."""
     patches = _Patches(len(rows))
     pending = np.arange(len(rows))
     for attempt in range(PII_ATTEMPTS):
-        values = renderer.render(permutation((rows[pending] + attempt * total) % renderer.capacity))
+        values = draw(attempt, rows[pending])
         hit = column.filter.contains(values) if attempt < PII_ATTEMPTS - 1 else np.zeros(len(pending), bool)
         patches.put(pending[~hit], values.filter(pa.array(~hit)))
         pending = pending[hit]
         if not pending.size:
             break
     return patches.result(pa.string())
+
+
+def _patterned(column: FreshColumn, key: int, rows: np.ndarray, total: int) -> pa.Array:
+    """Phones, IBANs, card numbers, SSNs, IPs: a keyed bijection of the row index into the kind's
+    layouts, so values are unique whenever the layouts hold the run; filter hits move on to counter
+    ``row + j * total``."""
+    renderer = _renderer(column.kind or "", column.locale or DEFAULT_LOCALE, column.separator)
+    permutation = _Permutation(_subkey(key, "pii", column.name), renderer.capacity)
+    return _avoiding(
+        column,
+        rows,
+        lambda attempt, pending: renderer.render(
+            permutation((pending + attempt * total) % renderer.capacity)
+        ),
+    )
 
 
 def _streets(column: FreshColumn, key: int, rows: np.ndarray) -> pa.Array:
     """Street addresses: a street from a seeded pool and a house number, both drawn per row."""
     locale = column.locale or DEFAULT_LOCALE
     before, after, numbered = _street_pool(locale, _subkey(key, "streets", locale) % (1 << 32))
-    patches = _Patches(len(rows))
-    pending = np.arange(len(rows))
-    for attempt in range(PII_ATTEMPTS):
+
+    def draw(attempt: int, pending: np.ndarray) -> pa.Array:
         draw_key = _subkey(key, "street", column.name, attempt)
-        entry = _below(draw_key, rows[pending], len(before))
-        house = np.exp(_uniform(draw_key + 1, rows[pending]) * np.log(400)).astype(np.int64)
+        entry = _below(draw_key, pending, len(before))
+        house = np.exp(_uniform(draw_key + 1, pending) * np.log(400)).astype(np.int64)
         number = pc.if_else(pa.array(numbered[entry]), pc.cast(pa.array(house), pa.string()), "")
-        values = pc.binary_join_element_wise(before.take(entry), number, after.take(entry), "")
-        hit = column.filter.contains(values) if attempt < PII_ATTEMPTS - 1 else np.zeros(len(pending), bool)
-        patches.put(pending[~hit], values.filter(pa.array(~hit)))
-        pending = pending[hit]
-        if not pending.size:
-            break
-    return patches.result(pa.string())
+        return pc.binary_join_element_wise(before.take(entry), number, after.take(entry), "")
+
+    return _avoiding(column, rows, draw)
 
 
 def _person_values(

@@ -57,14 +57,14 @@ class KeptCategories:
     """A column's categories after protection: those held by enough rows (with their counts), and
     how many distinct values and rows were protected (aggregates only)."""
 
-    counts: dict[Any, int]
+    counts: dict[Any, float]  # whole counts, or noisy ones (a DP release)
     protected_values: int
     protected_rows: int
 
 
-def keep_categories(counts: Mapping[Any, int], threshold: int) -> KeptCategories:
+def keep_categories(counts: Mapping[Any, float], threshold: int) -> KeptCategories:
     """The categories held by at least ``threshold`` rows."""
-    kept = {value: count for value, count in counts.items() if count >= threshold}
+    kept = {value: float(count) for value, count in counts.items() if count >= threshold}
     dropped = [count for value, count in counts.items() if value not in kept]
     return KeptCategories(kept, len(dropped), int(sum(dropped)))
 

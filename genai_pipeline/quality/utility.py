@@ -61,8 +61,11 @@ class _Features:
             name: pd.Series(to_float(dense(table.column(name)))) for name in self.numeric
         }
         for name, categories in self.categories.items():
-            values = pc.cast(dense(table.column(name)), pa.string()).to_pylist()
-            columns[name] = pd.Series(pd.Categorical(values, categories=categories))  # unknown → NaN
+            values = pc.cast(dense(table.column(name)), pa.string())
+            known = pc.if_else(pc.is_in(values, pa.array(categories, pa.string())), values, None)
+            columns[name] = pd.Series(
+                pd.Categorical(known.to_pylist(), categories=categories)
+            )  # unknown: NaN
         return pd.DataFrame(columns)
 
 
