@@ -41,4 +41,4 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check genai_pipeline flows tests benchmarks
 
 clean:
-	rm -rf $(VENV) output .pytest_cache
+	rm -rf $(VENV) output workspace .pytest_cache

@@ -60,6 +60,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epsilon", required=True, help="total max_epsilon, or 'none' for no DP")
     parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument(
+        "--value-protection-epsilon",
+        type=float,
+        default=None,
+        help="the engine's share for its statistics (its default, 1.0, leaves nothing to train at ε = 1)",
+    )
     parser.add_argument("--max-minutes", type=float, default=5.0, help="training time budget")
     parser.add_argument("--epochs", type=float, default=100.0, help="max_epochs (engine default 100)")
     parser.add_argument("--rows", type=int, default=100_000)
@@ -71,7 +77,10 @@ def main() -> None:
 
     dp = None  # a DifferentialPrivacyConfig, not a dict: analyze() reads its attributes
     if args.epsilon.lower() != "none":
-        dp = DifferentialPrivacyConfig(max_epsilon=float(args.epsilon), delta=args.delta)
+        options = {"max_epsilon": float(args.epsilon), "delta": args.delta}
+        if args.value_protection_epsilon is not None:
+            options["value_protection_epsilon"] = args.value_protection_epsilon
+        dp = DifferentialPrivacyConfig(**options)
     real = load_adult()
     with tempfile.TemporaryDirectory(prefix="peer_mostly_") as workspace:
         model = TabularARGN(

@@ -101,6 +101,7 @@ def _auc(train: pa.Table, test: pa.Table) -> tuple[float, float] | None:
 
     from genai_pipeline.quality.utility import _Features
 
+    train = train.filter(pc.is_valid(train.column("income")))  # a DP model may leave a label null
     features = _Features(train, "income")
     labels = np.asarray(train.column("income").to_pylist(), dtype=object)
     if len(set(labels.tolist())) < 2:
@@ -140,7 +141,7 @@ def score(args: argparse.Namespace) -> None:
             {
                 "folder": str(folder),
                 "synthesizer": run.get("synthesizer", folder.name),
-                "epsilon_target": run.get("epsilon_target", run.get("args", {}).get("epsilon")),
+                "epsilon_target": run.get("epsilon_target", run.get("arguments", {}).get("epsilon")),
                 "epsilon_spent": run.get("epsilon_spent", run.get("epsilon_spent_kept_model")),
                 "fit_seconds": run.get("fit_seconds"),
                 "shapes": shapes,

@@ -505,6 +505,7 @@ def validate(
                     protected=dataset.protected,
                     public=encoder.public_view,
                     sensitive=spec.sensitive,
+                    private=job.train.privacy is not None,
                 ),
             )
         else:

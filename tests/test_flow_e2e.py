@@ -127,6 +127,45 @@ def test_conditioned_image_job_to_s3(s3_env: dict[str, str]) -> None:
     assert s3_env["secret"] not in run_manifest and s3_env["key"] not in run_manifest
 
 
+def test_a_table_with_personal_data_publishes_nothing_real_to_s3(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Through Prefect, to S3, with the private workspace in a bucket prefix of its own: every
+    object under the published prefix is read back, and none holds a planted value, a real e-mail
+    or a real identifier; the models and snapshots are in the workspace only."""
+    from test_canary import CANARY_EMAIL, CANARY_ISLAND, CANARY_MASS, planted_penguins
+
+    real = planted_penguins(tmp_path / "zoo.parquet")
+    output, workspace = f"s3://{s3_env['bucket']}/published", f"s3://{s3_env['bucket']}/private"
+    job = tiny_job(
+        str(tmp_path / "zoo.parquet"),
+        "autoregressive",
+        output,
+        generate={"num_samples": 400},
+        export={"output": output, "workspace": workspace, "storage_options": S3_OPTIONS},
+    )
+    _run(job)
+    fs = s3fs.S3FileSystem(key=s3_env["key"], secret=s3_env["secret"], endpoint_url=s3_env["endpoint_url"])
+    fs.invalidate_cache()
+    published = fs.find(f"{s3_env['bucket']}/published/tiny")
+    assert published and all(
+        key.split("/")[3] in ("data", "quality", "_runs", "_locks") for key in published
+    ), published
+    real_values = {*real.column("keeper_email").to_pylist(), *real.column("penguin_id").to_pylist()}
+    for key in published:
+        blob = fs.cat_file(key)
+        text = (
+            json.dumps(pq.read_table(io.BytesIO(blob)).to_pylist(), default=str)
+            if key.endswith(".parquet")
+            else blob.decode("latin-1")
+        )
+        assert CANARY_EMAIL not in text and CANARY_ISLAND not in text and str(CANARY_MASS) not in text, key
+        assert not [value for value in real_values if value in text], key
+    private = fs.find(f"{s3_env['bucket']}/private/tiny")
+    assert any(key.endswith("model.json") for key in private)
+    assert not any("/runs/" in key for key in private)  # the run's real rows went when it ended
+
+
 def test_failed_gate_publishes_nothing(tmp_path: Path) -> None:
     impossible = {
         "expectations": [

@@ -120,6 +120,9 @@ class ColumnCodec:
     spikes: list[list[float]] | None = None  # continuous: [value, cdf below, cdf above] of point masses
     protected: int = 0  # categories: distinct values protected; numbers: values clipped (counts only)
     protected_as: Any = None  # what the protected category decodes to (None: null)
+    #: with differential privacy, the categories' noisy frequencies (a DP release: models start
+    #: from them, as they start from exact counts without DP)
+    frequencies: list[float] | None = None
     fresh: dict[str, Any] | None = None  # identifiers and personal data: how fresh values are made
 
     @property
@@ -232,6 +235,9 @@ def _fit_categorical(
         rare_probs=[counts[value] / total_rare for value in rare] or None,
         protected=kept.protected_values if dp is None else 0,
         protected_as=(token if token is not None else (ranked[0] if ranked else None)) if protected else None,
+        frequencies=None
+        if dp is None
+        else [float(counts.get(c, total_rare if c == _RARE else 0.0)) for c in categories],
     )
 
 

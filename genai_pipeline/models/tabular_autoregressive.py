@@ -124,6 +124,15 @@ class TokenColumn:
             return len(self.codec.categories or [])
         return len(self.lo) + self.codec.has_nulls
 
+    def released_counts(self, rows: int) -> torch.Tensor:
+        """Counts of each token that a DP encoder released: a category's noisy count, or (numbers,
+        whose bins split the DP distribution evenly) an even share; unknown ones (nulls) none."""
+        if self.lo is None:
+            frequencies = self.codec.frequencies or [0.0] * self.vocab
+            return torch.tensor(frequencies, dtype=torch.float64)
+        even = torch.full((len(self.lo),), rows / len(self.lo), dtype=torch.float64)
+        return torch.cat([even, torch.zeros(self.vocab - len(self.lo), dtype=torch.float64)])
+
     def tokens(self, x: np.ndarray) -> np.ndarray:
         """Each row's token: its category, or its numeric bin (the last token meaning null)."""
         if self.lo is None:
@@ -215,10 +224,19 @@ class ColumnwiseNet(nn.Module):
     def start_from_marginals(self, tokens: torch.Tensor) -> None:
         """Set each head's bias to its column's log-frequencies: training starts from the real
         marginals and spends its budget on the dependencies between columns."""
+        self.start_from(
+            [
+                torch.bincount(tokens[:, self.first + k], minlength=head.out_features)
+                for k, head in enumerate(self.heads)
+            ]
+        )
+
+    def start_from(self, counts: list[torch.Tensor]) -> None:
+        """Set each head's bias to the log-frequencies of ``counts`` (one per predicted column)."""
         with torch.no_grad():
-            for k, head in enumerate(self.heads):
-                counts = torch.bincount(tokens[:, self.first + k], minlength=head.out_features)
-                head.bias.copy_(torch.log(counts.float() + 1) - torch.log(counts.sum().float()))
+            for head, column in zip(self.heads, counts):
+                column = column.float().to(head.bias.device)
+                head.bias.copy_(torch.log(column + 1) - torch.log(column.sum() + len(column)))
 
     def hidden(self, context: torch.Tensor, columns: slice) -> torch.Tensor:
         """``(columns, rows, width)`` features of the given predicted columns from their contexts."""
@@ -304,8 +322,10 @@ class TabularAutoregressive(TabularSynthesizer):
             tokens = np.concatenate([cond[:, None], tokens], axis=1)
         data_tokens = torch.from_numpy(tokens.astype(np.int64))
         private = self.plan.sgd(train, rows=len(tokens)) if self.plan is not None else None
-        if private is None:  # the real marginals are no DP release: with privacy, learned like the rest
+        if private is None:
             self.net.start_from_marginals(data_tokens.to(self.device))
+        else:  # the real marginals are no DP release: start from the encoder's (DP) frequencies
+            self.net.start_from([column.released_counts(len(tokens)) for column in self.columns])
         trainee = self.net
         average = frozen_copy(trainee)
         nll = maybe_compile(trainee, train, self.device) if private is None else trainee

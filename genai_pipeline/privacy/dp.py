@@ -422,8 +422,20 @@ def dp_quantiles(
     bounds = dp_bounds(values, epsilon=epsilon * BOUNDS_SHARE, rng=rng)
     if bounds is None:
         return None
+    return _bounded_quantiles(values, probs, bounds, epsilon=epsilon * (1 - BOUNDS_SHARE), rng=rng)
+
+
+def _bounded_quantiles(
+    values: np.ndarray,
+    probs: Sequence[float],
+    bounds: tuple[float, float],
+    *,
+    epsilon: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The exponential-mechanism quantiles of :func:`dp_quantiles` inside known DP ``bounds``."""
     lower, upper = bounds
-    each = epsilon * (1 - BOUNDS_SHARE) / len(probs)
+    each = epsilon / len(probs)
     edges = np.concatenate([[lower], np.sort(np.clip(values, lower, upper)), [upper]])
     widths = np.diff(edges)
     below = np.arange(len(widths))
@@ -472,7 +484,7 @@ CDF_BINS = 128
 #: a whole-number column whose bounds hold at most this many values gets a bin for each of them
 MAX_EXACT_BINS = 1024
 #: the chance that noise alone lets a value the data does not have into a DP distribution (a bin)
-SPURIOUS = 0.01
+SPURIOUS = 0.05
 
 
 def dp_cdf(
@@ -488,8 +500,8 @@ def dp_cdf(
     for each, edges half-way between, so a value's mass decodes (rounded) to itself (an hours-per-
     week column's spike at 40 stays at 40); others get :data:`CDF_BINS` bins, equal in ``asinh``
     of the values when the bounds span orders of magnitude (incomes), else equal. Counts that
-    noise alone would reach (in any bin with probability :data:`SPURIOUS`) are taken as empty, so
-    the range beyond the data does not fill up with noise.
+    noise alone would reach in any empty bin with probability :data:`SPURIOUS` are taken as empty,
+    so the range beyond the data does not fill up with noise.
     """
     bounds = dp_bounds(values, epsilon=epsilon * BOUNDS_SHARE, rng=rng)
     if bounds is None:

@@ -66,6 +66,7 @@ class TablePrivacy:
     protected: Mapping[str, int] = field(default_factory=dict)
     public: Callable[[pa.Table], pa.Table] | None = None
     sensitive: str | None = None  # what an attribute-inference attacker guesses (default: the target)
+    private: bool = False  # the model trained with differential privacy
 
     def learned(self, names: list[str]) -> list[str]:
         """The columns a model learns value by value (not made fresh, not text)."""
@@ -218,7 +219,7 @@ def _privacy_by_construction(
             present = synthetic.column(name).drop_null()
             rows.add("column", name, "unique_share", len(present.unique()) / max(len(present), 1))
     found, share = rare_real_values(
-        real, holdout, synthetic, protection=privacy.protection, roles=privacy.roles
+        real, holdout, synthetic, protection=privacy.protection, roles=privacy.roles, private=privacy.private
     )
     for name, count in found.items():
         if count:  # a column's row only where construction failed: the table's share is always there
