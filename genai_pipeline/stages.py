@@ -112,6 +112,7 @@ def ingest(run: Run) -> DatasetRef:
     train_part, holdout = split_holdout(data, checks.holdout, checks.holdout_max_rows, key=key)
     if isinstance(train_part, TabularData):
         roles = column_roles(train_part.table, job.dataset.columns, job.dataset.label)
+        _check_sensitive(checks.sensitive, train_part.table.column_names, roles)
         train_part = learnable(train_part, roles, job, holdout)
     view = _PublicView.of(train_part)
     labels = label_values(view.shown)
@@ -151,6 +152,19 @@ def ingest(run: Run) -> DatasetRef:
         time.monotonic() - started,
     )
     return ref
+
+
+def _check_sensitive(sensitive: str | None, columns: list[str], roles: Mapping[str, ColumnRole]) -> None:
+    """``validate.sensitive`` must be a learned column: an attacker guesses values the model learned."""
+    if sensitive is None:
+        return
+    if sensitive not in columns:
+        raise DatasetError(f"validate.sensitive: no column {sensitive!r} (columns: {', '.join(columns)})")
+    if sensitive in roles and (roles[sensitive].fresh or roles[sensitive].role == "text"):
+        raise DatasetError(
+            f"validate.sensitive: {sensitive!r} is {roles[sensitive].role}, not learned: there is nothing "
+            "of it to infer from the output"
+        )
 
 
 @dataclass(frozen=True)

@@ -31,17 +31,21 @@ from genai_pipeline.runs import Run
 CANARY_EMAIL = "canary-7f3a9@leak.example"
 CANARY_ISLAND = "Canary Islet Zq"
 CANARY_MASS = 9_876_543
+CANARY_REMARK = "the canary sang a unique song on the seventeenth of never"
 TABLE_FAMILIES = ["gan", "vae", "diffusion", "autoregressive"]
 IMAGE_FAMILIES = TABLE_FAMILIES
 
 
 def planted_penguins(path: Path) -> pa.Table:
-    """The penguins with an e-mail and an identifier per row, and one row of canaries."""
+    """The penguins with an e-mail, an identifier and a keeper's free-text remark per row, and one
+    row of canaries."""
     table = BUILTINS["penguins"].load()
     n = table.num_rows
     emails = [f"keeper.{i:03d}@zoo.example" for i in range(n)]
     ids = [f"P{i:06d}" for i in range(n)]
+    remarks = [f"penguin number {i} was weighed on a windy morning by the keeper" for i in range(n)]
     emails[17] = CANARY_EMAIL
+    remarks[17] = CANARY_REMARK
     island = table.column("island").to_pylist()
     island[17] = CANARY_ISLAND
     mass = table.column("body_mass_g").to_pylist()
@@ -51,6 +55,7 @@ def planted_penguins(path: Path) -> pa.Table:
         .set_column(table.schema.get_field_index("body_mass_g"), "body_mass_g", pa.array(mass, pa.int64()))
         .append_column("keeper_email", pa.array(emails))
         .append_column("penguin_id", pa.array(ids))
+        .append_column("remark", pa.array(remarks))
     )
     pq.write_table(table, path)
     return table
@@ -117,16 +122,18 @@ def test_no_planted_value_leaves_a_table_run(tmp_path: Path, family: str) -> Non
         str(output),
         generate={"num_samples": 600, "batch_size": 128},
         train={"epochs": 3},
+        validate={"holdout": 0},  # the planted row is a training row, whatever the split would be
     )
     run = _run_whole(job)
     root, workspace = output / "tiny", Path(workspace_for(str(output))) / "tiny"
     _assert_nothing_real_published(root)
     texts = _texts(root)
-    for canary in (CANARY_EMAIL, CANARY_ISLAND, str(CANARY_MASS)):
+    for canary in (CANARY_EMAIL, CANARY_ISLAND, str(CANARY_MASS), CANARY_REMARK):
         assert not [rel for rel, text in texts.items() if canary in text], f"{canary} was published"
     assert not _numbers(root, CANARY_MASS)
     real_values = set(real.column("keeper_email").to_pylist()) | set(real.column("penguin_id").to_pylist())
     published_data = pq.read_table(root / run.data_file)
+    assert set(published_data.column("remark").to_pylist()) <= {"_RARE_"}  # text: each remark is one row's
     for column in ("keeper_email", "penguin_id"):
         values = published_data.column(column).to_pylist()
         assert not real_values & set(values), f"real {column} values were published"
@@ -135,7 +142,14 @@ def test_no_planted_value_leaves_a_table_run(tmp_path: Path, family: str) -> Non
     # the model file (private) holds none of them either
     (model_json,) = workspace.glob("models/*/model.json")
     model_text = model_json.read_text()
-    for canary in (CANARY_EMAIL, CANARY_ISLAND, str(CANARY_MASS), "keeper.017@zoo.example", "P000042"):
+    for canary in (
+        CANARY_EMAIL,
+        CANARY_ISLAND,
+        str(CANARY_MASS),
+        CANARY_REMARK,
+        "keeper.017@zoo.example",
+        "P000042",
+    ):
         assert canary not in model_text
     assert not _numbers(model_json.parent, CANARY_MASS)
     metrics = pq.read_table(root / run.quality / "metrics.parquet").to_pylist()

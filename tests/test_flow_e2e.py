@@ -166,6 +166,38 @@ def test_a_table_with_personal_data_publishes_nothing_real_to_s3(
     assert not any("/runs/" in key for key in private)  # the run's real rows went when it ended
 
 
+def test_a_differentially_private_run_publishes_and_gates_its_epsilon(tmp_path: Path) -> None:
+    """DP-SGD through the flow: the ε spent is in the manifest, metrics.parquet, the report and the
+    Prefect summary, and validate.max_epsilon passes it; a lower cap fails the run."""
+    from test_privacy import _adultish
+
+    pq.write_table(_adultish(), tmp_path / "people.parquet")
+    sections = {
+        "dataset": {"label": "income"},
+        "train": {"epochs": 1, "batch_size": 256, "privacy": {"epsilon": 2.0}},
+        "validate": {"max_epsilon": 2.0},
+    }
+    job = tiny_job(str(tmp_path / "people.parquet"), "vae", str(tmp_path / "out"), **sections)
+    result = _run(job)
+    manifest = json.loads((tmp_path / "out" / "tiny" / "_runs" / f"{result['run_id']}.json").read_text())
+    spent = manifest["model"]["fit"]["privacy"]["epsilon"]
+    assert 0 < spent <= 2.0
+    metrics = pq.read_table(
+        next((tmp_path / "out" / "tiny" / "quality").rglob("metrics.parquet"))
+    ).to_pylist()
+    assert [m["value"] for m in metrics if m["metric"] == "epsilon"] == [spent]
+    assert "differential privacy: ε" in _latest_artifact("tiny-summary")
+    assert f"{spent:.3f}" in Path(result["report_url"]).read_text()
+    capped = tiny_job(
+        str(tmp_path / "people.parquet"),
+        "vae",
+        str(tmp_path / "out"),
+        **{**sections, "validate": {"max_epsilon": 0.5}},
+    )
+    with pytest.raises(QualityGateFailed, match=r"epsilon=[0-9.]+ > 0\.5"):
+        _run(capped, run_date="2026-01-02")
+
+
 def test_failed_gate_publishes_nothing(tmp_path: Path) -> None:
     impossible = {
         "expectations": [

@@ -262,3 +262,15 @@ def test_the_spent_epsilon_is_published_and_gated(tmp_path: Path) -> None:
     assert re.search(r"differential privacy: ε [0-9.]+ of 2 spent", summary_markdown(run, manifest))
     metrics = pq.read_table(tmp_path / "out" / "tiny" / run.quality / "metrics.parquet").to_pylist()
     assert any(m["metric"] == "epsilon" and m["value"] == spent for m in metrics)
+
+
+def test_the_sensitive_column_must_be_one_the_model_learns(tmp_path: Path) -> None:
+    source = tmp_path / "people.parquet"
+    pq.write_table(_people(), source)
+    for sensitive, message in [
+        ("salary", "validate.sensitive: no column 'salary'"),
+        ("contact", "validate.sensitive: 'contact' is pii, not learned"),
+    ]:
+        job = tiny_job(str(source), "vae", str(tmp_path / "out"), validate={"sensitive": sensitive})
+        with pytest.raises(DatasetError, match=message):
+            stages.ingest(Run(job=job, run_date="2026-04-05"))

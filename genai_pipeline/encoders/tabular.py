@@ -360,11 +360,12 @@ class TableEncoder:
         """The real table as far as it may be shown: each learned column with only the values the
         model may emit (protected categories as the protected category decodes, numbers clipped to
         the knots' range, all-protected columns null); fresh columns (identifiers, personal data)
-        left out, or (``keep_fresh``, for a private check of the input's format) as they are. What
-        the suite derives its expectations from and the report charts."""
+        left out, or (``keep_fresh``, for a private check of the input's format) as they are; of
+        ``table``'s columns only (a chart's selection). What the suite derives its expectations
+        from and the report charts."""
         columns, names = [], []
         for codec in self.codecs:
-            if codec.kind == "fresh" and not keep_fresh:
+            if (codec.kind == "fresh" and not keep_fresh) or codec.name not in table.column_names:
                 continue
             column = dense(table.column(codec.name))
             mask = column.is_null().to_numpy(zero_copy_only=False)

@@ -366,7 +366,7 @@ def dp_counts(
 
 
 # Share of a quantile release's ε that finds the bounds; the rest goes to the quantiles.
-BOUNDS_SHARE = 0.25
+BOUNDS_SHARE = 0.5
 # Histogram bins for the bounds: |v| in [2^(k-1), 2^k) for k = MIN_EXP + 1 .. MAX_EXP on either side,
 # and one bin for |v| < 2^MIN_EXP around zero.
 MIN_EXP, MAX_EXP = -16, 64
@@ -375,12 +375,23 @@ MIN_EXP, MAX_EXP = -16, 64
 def dp_bounds(values: np.ndarray, *, epsilon: float, rng: np.random.Generator) -> tuple[float, float] | None:
     """ε-DP ``(lower, upper)`` bounds of ``values``, or None when no bin stands out from the noise.
 
-    The approach of OpenDP SmartNoise's ``approx_bounds``: a histogram over bins growing as powers
-    of two either side of zero (so it needs no prior range), Laplace noise on its counts (one row is
-    in one bin), and the outermost bins whose noisy count exceeds what noise alone reaches with
-    small probability. That failure probability starts at 1e-9 and is relaxed tenfold at a time up
-    to one over the number of bins, so a small table still gets bounds if any bin is clear.
-    """
+    The approach of OpenDP SmartNoise's ``approx_bounds`` (:func:`_power_histogram`): the edges of
+    the outermost power-of-two bins that noise alone is unlikely to have filled."""
+    found = _power_histogram(values, epsilon=epsilon, rng=rng)
+    return None if found is None else (found[0][0], found[0][-1])
+
+
+def _power_histogram(
+    values: np.ndarray, *, epsilon: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(edges, noisy counts)`` of the power-of-two bins from the lowest to the highest that clears
+    the noise, or None when none does. Bins grow as powers of two either side of zero (so no prior
+    range is needed); Laplace noise goes on their counts (one row is in one bin); a bin clears when
+    its noisy count exceeds what noise alone reaches with small probability: a tenth of
+    :data:`SPURIOUS`, relaxed to it when no bin clears that (OpenDP starts at 1e-9, whose
+    threshold, ``22.8/ε``, cut Adult's ages at 64 and its capital gains at 1 at the ε a column gets:
+    an empty bin that widens the range costs a little of it, a bin of real values cut off costs the
+    tail)."""
     side = MAX_EXP - MIN_EXP
     magnitude = np.floor(np.log2(np.maximum(np.abs(values), 2.0**MIN_EXP))).astype(np.int64)
     offset = np.clip(magnitude - MIN_EXP + 1, 0, side)
@@ -388,12 +399,14 @@ def dp_bounds(values: np.ndarray, *, epsilon: float, rng: np.random.Generator) -
     index = side + np.sign(values).astype(np.int64) * offset
     bins = 2 * side + 1
     noisy = np.bincount(index, minlength=bins) + rng.laplace(0, 1 / epsilon, bins)
-    failure = 1e-9
-    while failure <= 1 / bins:
+    failure = SPURIOUS / 10
+    while failure <= SPURIOUS:
         # bins · ½·exp(-ε·threshold) = failure: an empty bin clears it with probability below that
         above = np.flatnonzero(noisy > math.log(bins / (2 * failure)) / epsilon)
         if len(above):
-            return _bin_edges(above[0] - side)[0], _bin_edges(above[-1] - side)[1]
+            chosen = range(above[0], above[-1] + 1)
+            edges = [_bin_edges(i - side)[0] for i in chosen] + [_bin_edges(above[-1] - side)[1]]
+            return np.asarray(edges), np.maximum(noisy[above[0] : above[-1] + 1], 0.0)
         failure *= 10
     return None
 
@@ -478,11 +491,11 @@ class StatisticsBudget:
 
 
 #: bins of the noisy histogram a DP distribution is read from
-CDF_BINS = 128
+CDF_BINS = 64
+#: a power-of-two bin of at most this many whole numbers gets a bin for each of them
+EXACT_NUMBERS = 16
 
 
-#: a whole-number column whose bounds hold at most this many values gets a bin for each of them
-MAX_EXACT_BINS = 1024
 #: the chance that noise alone lets a value the data does not have into a DP distribution (a bin)
 SPURIOUS = 0.05
 
@@ -493,27 +506,36 @@ def dp_cdf(
     """``(knots, cumulative shares)``: an ε-DP distribution of finite ``values``, or None when no
     bounds stand out from the noise.
 
-    A quarter of ε finds bounds (:func:`dp_bounds`), the rest buys one noisy histogram between
-    them (one row is in one bin: Laplace noise of scale 1/ε'), from which every quantile is read at
-    once: cheaper than drawing quantiles one by one, whose ε would be split many ways. A column of
-    whole numbers (``quantum``) whose bounds hold at most :data:`MAX_EXACT_BINS` of them gets a bin
-    for each, edges half-way between, so a value's mass decodes (rounded) to itself (an hours-per-
-    week column's spike at 40 stays at 40); others get :data:`CDF_BINS` bins, equal in ``asinh``
-    of the values when the bounds span orders of magnitude (incomes), else equal. Counts that
-    noise alone would reach in any empty bin with probability :data:`SPURIOUS` are taken as empty,
-    so the range beyond the data does not fill up with noise.
+    Two releases. Half of ε buys the power-of-two histogram that gives the bounds
+    (:func:`_power_histogram`); its noisy counts then place :data:`CDF_BINS` finer bins where the
+    mass is (post-processing: free), equal in width inside each power-of-two bin, at least one in
+    each. The other half buys one noisy histogram over those (one row is in one bin: Laplace noise
+    of scale 1/ε'), from which every quantile is read at once. A column of whole numbers
+    (``quantum``) has its edges half-way between them, so dense stretches, and power-of-two bins of
+    at most :data:`EXACT_NUMBERS` values, get a bin per value and a value's mass decodes (rounded)
+    to itself (an hours-per-week column's spike at 40 stays at 40; Adult's 413 doctorates,
+    education 16 of 16, stay 16 rather than spread over [16, 32)), while sparse stretches (the
+    oldest ages) share wide bins and keep their mass. Counts that noise alone
+    would reach in any empty bin with probability :data:`SPURIOUS` are taken as empty, so the
+    range beyond the data does not fill up with noise.
     """
-    bounds = dp_bounds(values, epsilon=epsilon * BOUNDS_SHARE, rng=rng)
-    if bounds is None:
+    coarse = _power_histogram(values, epsilon=epsilon * BOUNDS_SHARE, rng=rng)
+    if coarse is None:
         return None
-    lower, upper = bounds
+    bounds, mass = coarse
+    shares = np.maximum(1, np.floor(CDF_BINS * mass / max(mass.sum(), 1e-9))).astype(int)
+    if quantum > 0:  # a power-of-two bin of a few whole numbers gets a bin each (a 16 in [16, 32) stays 16)
+        exact = np.round(np.diff(bounds) / quantum).astype(int)
+        shares = np.where(exact <= EXACT_NUMBERS, np.maximum(shares, exact), shares)
+    edges = np.unique(
+        np.concatenate(
+            [np.linspace(low, high, count + 1) for low, high, count in zip(bounds[:-1], bounds[1:], shares)]
+        )
+    )
+    if quantum > 0:
+        edges = np.unique(np.round(edges / quantum) * quantum) - quantum / 2
+        edges = np.r_[edges, edges[-1] + quantum] if len(edges) < 2 else edges
     each = epsilon * (1 - BOUNDS_SHARE)
-    if quantum > 0 and (upper - lower) / quantum <= MAX_EXACT_BINS:
-        edges = np.arange(np.floor(lower / quantum), np.ceil(upper / quantum) + 2) * quantum - quantum / 2
-    else:
-        wide = upper > 0 > lower or (lower > 0 and upper / lower > 100) or (upper < 0 and lower / upper > 100)
-        forward, back = (np.arcsinh, np.sinh) if wide else (lambda v: v, lambda v: v)
-        edges = back(np.linspace(forward(lower), forward(upper), CDF_BINS + 1))
     counts, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)
     noisy = counts + rng.laplace(0, 1 / each, len(counts))
     # P(one bin's noise > t) = exp(-ε't)/2, so t = ln(bins / (2·SPURIOUS)) / ε' over all bins

@@ -75,7 +75,8 @@ class ProtectedNumbers:
 
     ``values`` are the real values with their tails clipped to ``[low, high]``; ``knots`` and
     ``probs`` the means of consecutive blocks of at least ``min_rows`` of them and the mid-rank
-    cumulative share of each block (equal means merged), which is what a model may learn.
+    cumulative share of each block (equal means merged), from ``low`` to ``high``, which is what a
+    model may learn.
     """
 
     values: np.ndarray
@@ -118,4 +119,10 @@ def protect_numbers(
         if len(unique) < len(knots)
         else probs
     )
+    # the ends are the protected range's own: the clipped values (at least k rows hold each end)
+    # decode to them, and what the suite and the charts allow must be what decoding can emit
+    if unique[0] > low:
+        unique, merged = np.r_[low, unique], np.r_[0.0, merged]
+    if unique[-1] < high:
+        unique, merged = np.r_[unique, high], np.r_[merged, 1.0]
     return ProtectedNumbers(clipped, low, high, int(np.sum(clipped != ordered)), unique, merged)
