@@ -8,12 +8,15 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
+import torch
 from model_contract import CPU, TableContract
+from scipy.special import ndtr, ndtri
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets import TabularData
 from genai_pipeline.models import Synthesizer
-from genai_pipeline.models.tabular_autoregressive import TabularAutoregressive, fit_bins
+from genai_pipeline.models.tabular_autoregressive import TabularAutoregressive, fit_bins, released_bins
 
 SMALL = {"embedding_dim": 8, "hidden": [16], "max_bins": 16}
 
@@ -58,3 +61,39 @@ def test_null_rates_and_spikes_are_reproduced_without_a_label() -> None:
     amount = synthetic.column("amount").drop_null().to_numpy()
     # the spike at zero is a bin of its own (the encoder's float32 round trip leaves ~1e-9)
     assert abs(np.mean(np.abs(amount) < 1e-6) - 0.5) < 0.06
+
+
+def test_private_bins_follow_the_released_steps() -> None:
+    # the released CDF of whole numbers 1..16 (knots half-way between them): uneven steps
+    rng = np.random.default_rng(0)
+    probs = np.r_[0.0, np.cumsum(rng.dirichlet(np.ones(16)))]
+    lo, hi = released_bins(probs, max_bins=128)
+    assert len(lo) == 16
+    # each value's code (the middle of its step) falls in a bin of its own
+    middles = ndtri((probs[:-1] + probs[1:]) / 2)
+    assert np.searchsorted(hi, middles).tolist() == list(range(16))
+    assert np.all(lo <= middles) and np.all(middles <= hi)
+    # more steps than bins: grouped by mass, a heavy step alone, the whole range covered in order
+    probs = np.r_[0.0, np.cumsum(np.r_[np.full(200, 0.5 / 200), 0.5])]
+    lo, hi = released_bins(probs, max_bins=16)
+    assert len(lo) <= 17 and np.all(lo[1:] > hi[:-1]) and np.all(hi > lo)
+    assert ndtr(lo[-1]) == pytest.approx(0.5, abs=1e-9)
+
+
+def test_a_private_model_keeps_whole_numbers_one_token_each() -> None:
+    # bins of equal probability would straddle levels: a token would stand for two of them, and a
+    # column determined by the level (education → education_num) could not be learned exactly
+    rng = np.random.default_rng(1)
+    level = rng.choice(np.arange(1, 9), size=4000, p=[0.02, 0.08, 0.3, 0.1, 0.25, 0.05, 0.15, 0.05])
+    table = pa.table({"level": level.astype(np.int64), "grade": [f"L{v}" for v in level]})
+    model = TabularAutoregressive(TabularAutoregressive.Config(**SMALL), device=CPU)
+    train = TrainSpec(epochs=1, batch_size=500, device="cpu", seed=0, privacy={"epsilon": 50.0})
+    model.fit(TabularData(table), train, None)
+    column = next(column for column in model.columns if column.codec.name == "level")
+    knots, probs = np.asarray(column.codec.knots), np.asarray(column.codec.knot_probs)
+    codes = ndtri(np.interp(np.arange(1, 9), knots, probs)).astype(np.float32)
+    assert len(column.lo) == 8 and np.searchsorted(column.hi, codes).tolist() == list(range(8))
+    generator = torch.Generator().manual_seed(0)
+    for token in range(8):
+        z = column.render(torch.full((200,), token), generator).numpy()[:, 0]
+        assert set(np.rint(np.interp(ndtr(z), probs, knots)).tolist()) == {token + 1}

@@ -27,6 +27,7 @@ the last steps' noise from the heads (a few percent of error in each marginal wi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from scipy.special import ndtri
+from scipy.special import ndtr, ndtri
 from torch import nn
 
 from genai_pipeline.config import TrainSpec
@@ -125,13 +126,15 @@ class TokenColumn:
         return len(self.lo) + self.codec.has_nulls
 
     def released_counts(self, rows: int) -> torch.Tensor:
-        """Counts of each token that a DP encoder released: a category's noisy count, or (numbers,
-        whose bins split the DP distribution evenly) an even share; unknown ones (nulls) none."""
+        """Counts of each token that a DP encoder released: a category's noisy count, or a numeric
+        bin's share of the released distribution; unknown ones (nulls) none."""
         if self.lo is None:
             frequencies = self.codec.frequencies or [0.0] * self.vocab
             return torch.tensor(frequencies, dtype=torch.float64)
-        even = torch.full((len(self.lo),), rows / len(self.lo), dtype=torch.float64)
-        return torch.cat([even, torch.zeros(self.vocab - len(self.lo), dtype=torch.float64)])
+        assert self.hi is not None
+        share = ndtr(np.nextafter(self.hi.astype(np.float64), np.inf)) - ndtr(self.lo.astype(np.float64))
+        counts = torch.from_numpy(rows * share / share.sum())
+        return torch.cat([counts, torch.zeros(self.vocab - len(self.lo), dtype=torch.float64)])
 
     def tokens(self, x: np.ndarray) -> np.ndarray:
         """Each row's token: its category, or its numeric bin (the last token meaning null)."""
@@ -162,27 +165,38 @@ class TokenColumn:
         return torch.cat([z, F.one_hot(null.long(), 2).float()], dim=1)
 
 
-def uniform_bins(max_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(lo, hi)`` of ``max_bins`` bins of equal probability under the encoder's normal: what bins
-    are without looking at the rows (with differential privacy, the encoder's quantiles already
-    spread the values evenly in probability, and bins fitted to the rows would leak them)."""
-    edges = np.linspace(0.0, 1.0, max_bins + 1)
-    inside = np.clip(edges, 1e-6, 1 - 1e-6)
-    return ndtri(inside[:-1]), np.nextafter(ndtri(inside[1:]), -np.inf)
+def released_bins(knot_probs: Sequence[float], max_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)`` z bins along the steps of a DP encoder's released CDF (post-processing, free).
+
+    Each step is a bin of its own when there are at most ``max_bins`` (a whole number's step too:
+    Adult's 16 education levels stay 16 tokens, each one level, so ``education`` → ``education_num``
+    is one token to one token); otherwise steps are grouped into about ``1 / max_bins`` of the mass,
+    a step at least that heavy alone, as :func:`fit_bins` groups values. Bins of equal probability
+    instead would straddle steps, and a token would stand for two neighbouring values.
+    """
+    edges = np.unique(np.clip(np.asarray(knot_probs, dtype=np.float64), 1e-6, 1 - 1e-6))
+    mass = np.diff(edges)
+    first = np.arange(len(mass))
+    if len(mass) > max_bins:
+        group = np.floor((np.cumsum(mass) - mass) * max_bins)
+        spike = mass >= 1 / max_bins
+        first = np.flatnonzero(np.r_[True, (np.diff(group) > 0) | spike[1:] | spike[:-1]])
+    bounds = np.r_[edges[first], edges[-1]]
+    return ndtri(bounds[:-1]), np.nextafter(ndtri(bounds[1:]), -np.inf)
 
 
 def fit_token_bins(
     encoder: TableEncoder, x: np.ndarray, max_bins: int, *, private: bool = False
 ) -> dict[str, list[list[float]]]:
     """JSON-able ``{column: [lo, hi]}`` bins of every numeric column, from its non-null rows (or,
-    ``private``, :func:`uniform_bins`)."""
+    ``private``, from its released distribution alone: :func:`released_bins`)."""
     bins = {}
     for codec, offset in encoder.span_columns:
         if codec.kind == "continuous":
             z = x[:, offset]
             if codec.has_nulls:
                 z = z[x[:, offset + 1] >= x[:, offset + 2]]
-            edges = uniform_bins(max_bins) if private else fit_bins(z, max_bins)
+            edges = released_bins(codec.knot_probs, max_bins) if private else fit_bins(z, max_bins)
             bins[codec.name] = [edge.tolist() for edge in edges]
     return bins
 
