@@ -22,6 +22,8 @@ from genai_pipeline.config import ColumnSpec, TrainSpec
 from genai_pipeline.datasets import BUILTINS, ImageData, TabularData
 from genai_pipeline.errors import DatasetError
 from genai_pipeline.models import model_class
+from genai_pipeline.models.tabular import LabelPrior, fit_encoder
+from genai_pipeline.privacy.dp import StatisticsBudget
 from genai_pipeline.privacy.roles import column_roles
 from genai_pipeline.quality.tabular import new_row_share
 from genai_pipeline.runs import Run
@@ -155,6 +157,23 @@ def test_every_table_family_trains_within_its_budget_and_releases_no_rare_value(
     assert (
         batch.schema.equals(_adultish().schema) and "rare-group-zz" not in batch.column("group").to_pylist()
     )
+
+
+def test_dp_label_frequencies_take_the_noise_of_one_row_not_of_every_table() -> None:
+    # released with the co-occurrence tables, the label's counts took noise of their sensitivity
+    # (one count per column): the protected label and null, which no row holds, drew rows of their own
+    rng = np.random.default_rng(2)
+    table = _adultish()
+    for k in range(12):
+        table = table.append_column(f"x{k}", pa.array(rng.choice(["p", "q"], table.num_rows)))
+    data = TabularData(table, "income")
+    budget = StatisticsBudget(1.0, 1e-6, releases=4, rng=np.random.default_rng(0))
+    encoder, x, cond = fit_encoder(data, max_categories=50, model="test", dp=budget)
+    prior = LabelPrior.fit(encoder, x, cond, budget)
+    shares = dict(zip(map(str, encoder.condition_values), prior.probs))
+    assert sum(p for value, p in shares.items() if value not in ("high", "low")) < 1e-6
+    real = pc.mean(pc.equal(table.column("income"), "high")).as_py()
+    assert shares["high"] == pytest.approx(real, abs=0.02)
 
 
 @pytest.mark.parametrize("family", ["vae", "diffusion", "autoregressive"])

@@ -35,7 +35,7 @@ from genai_pipeline.datasets.base import Dataset, TabularData
 from genai_pipeline.encoders.tabular import ColumnCodec, RowStream, TableEncoder
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.models.base import Conditions, ModelConfig, Synthesizer, require_condition_values
-from genai_pipeline.privacy.dp import StatisticsBudget, dp_counts
+from genai_pipeline.privacy.dp import StatisticsBudget, dp_counts, noise_floor
 from genai_pipeline.privacy.roles import column_roles
 from genai_pipeline.training import PrivacyPlan, batched_indices, seed_everything
 
@@ -96,8 +96,12 @@ class LabelPrior:
     def fit(
         cls, encoder: TableEncoder, x: np.ndarray, cond: np.ndarray | None, dp: StatisticsBudget | None = None
     ) -> LabelPrior:
-        """From the encoded rows; with ``dp``, one DP release of all the counts (a row adds one to
-        the label's count and one to each column's table: that many is its L1 sensitivity)."""
+        """From the encoded rows; with ``dp``, one DP release of all the counts in two halves of its
+        ε: the label's frequencies (a row adds one to one count: L1 sensitivity 1), and the
+        co-occurrence tables (one to each column's table: sensitivity the number of columns).
+        Released together at the tables' sensitivity, the frequencies labels are drawn from took
+        noise of that many times the scale: at ε = 1 on Adult, 1.2% of the rows got the protected
+        label. A label count below the noise floor (:func:`noise_floor`) is taken as empty."""
         if cond is None:
             return cls([], {})
         labels = len(encoder.condition_values)
@@ -110,13 +114,13 @@ class LabelPrior:
             np.add.at(table, (cond, tokens), 1)
             tables[codec.name] = table
         if dp is not None:
-            sensitivity = 1 + len(tables)
-
-            def noisy(counts: np.ndarray) -> np.ndarray:
-                return dp_counts(counts, epsilon=dp.each_epsilon, sensitivity=sensitivity, rng=dp.rng)
-
-            frequencies = noisy(frequencies) + 1e-9
-            tables = {name: noisy(table) for name, table in tables.items()}
+            half = dp.each_epsilon / 2
+            frequencies = dp_counts(frequencies, epsilon=half, sensitivity=1, rng=dp.rng)
+            frequencies = np.where(frequencies < noise_floor(labels, half), 0.0, frequencies) + 1e-9
+            tables = {
+                name: dp_counts(table, epsilon=half, sensitivity=max(len(tables), 1), rng=dp.rng)
+                for name, table in tables.items()
+            }
         probs = frequencies / frequencies.sum()
         return cls(probs.tolist(), {name: table.tolist() for name, table in tables.items()})
 

@@ -401,8 +401,7 @@ def _power_histogram(
     noisy = np.bincount(index, minlength=bins) + rng.laplace(0, 1 / epsilon, bins)
     failure = SPURIOUS / 10
     while failure <= SPURIOUS:
-        # bins · ½·exp(-ε·threshold) = failure: an empty bin clears it with probability below that
-        above = np.flatnonzero(noisy > math.log(bins / (2 * failure)) / epsilon)
+        above = np.flatnonzero(noisy > noise_floor(bins, epsilon, failure))
         if len(above):
             chosen = range(above[0], above[-1] + 1)
             edges = [_bin_edges(i - side)[0] for i in chosen] + [_bin_edges(above[-1] - side)[1]]
@@ -500,6 +499,13 @@ EXACT_NUMBERS = 16
 SPURIOUS = 0.05
 
 
+def noise_floor(bins: int, epsilon: float, failure: float = SPURIOUS) -> float:
+    """The count that Laplace noise of scale ``1 / epsilon`` alone exceeds in any of ``bins``
+    empty bins with probability ``failure``: ``bins · ½·exp(−ε·t) = failure``. A noisy count
+    below it is taken as empty (post-processing), so noise does not invent values."""
+    return math.log(bins / (2 * failure)) / epsilon
+
+
 def dp_cdf(
     values: np.ndarray, *, epsilon: float, rng: np.random.Generator, quantum: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -538,7 +544,6 @@ def dp_cdf(
     each = epsilon * (1 - BOUNDS_SHARE)
     counts, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)
     noisy = counts + rng.laplace(0, 1 / each, len(counts))
-    # P(one bin's noise > t) = exp(-ε't)/2, so t = ln(bins / (2·SPURIOUS)) / ε' over all bins
-    noisy = np.where(noisy < math.log(len(counts) / (2 * SPURIOUS)) / each, 0.0, noisy) + 1e-9
+    noisy = np.where(noisy < noise_floor(len(counts), each), 0.0, noisy) + 1e-9
     cdf = np.concatenate([[0.0], np.cumsum(noisy)]) / noisy.sum()
     return edges, cdf
