@@ -118,7 +118,7 @@ class LabelPrior:
             frequencies = dp_counts(frequencies, epsilon=half, sensitivity=1, rng=dp.rng)
             frequencies = np.where(frequencies < noise_floor(labels, half), 0.0, frequencies) + 1e-9
             tables = {
-                name: dp_counts(table, epsilon=half, sensitivity=max(len(tables), 1), rng=dp.rng)
+                name: dp_counts(table, epsilon=half, sensitivity=len(tables), rng=dp.rng)
                 for name, table in tables.items()
             }
         probs = frequencies / frequencies.sum()

@@ -101,13 +101,17 @@ def fit_bins(z: np.ndarray, max_bins: int) -> tuple[np.ndarray, np.ndarray]:
     values, counts = np.unique(z, return_counts=True)
     if len(values) <= max_bins:
         return values, values
-    mass = counts / counts.sum()
-    group = np.floor((np.cumsum(mass) - mass) * max_bins)
-    spike = mass >= 1 / max_bins
-    starts = np.r_[True, (np.diff(group) > 0) | spike[1:] | spike[:-1]]
-    first = np.flatnonzero(starts)
+    first = _group_starts(counts / counts.sum(), max_bins)
     last = np.r_[first[1:] - 1, len(values) - 1]
     return values[first], values[last]
+
+
+def _group_starts(mass: np.ndarray, max_bins: int) -> np.ndarray:
+    """Where each bin starts when consecutive items of these masses are grouped into about
+    ``1 / max_bins`` of the total each, an item at least that heavy (a spike) in a bin of its own."""
+    group = np.floor((np.cumsum(mass) - mass) * max_bins)
+    spike = mass >= 1 / max_bins
+    return np.flatnonzero(np.r_[True, (np.diff(group) > 0) | spike[1:] | spike[:-1]])
 
 
 @dataclass(frozen=True)
@@ -176,11 +180,7 @@ def released_bins(knot_probs: Sequence[float], max_bins: int) -> tuple[np.ndarra
     """
     edges = np.unique(np.clip(np.asarray(knot_probs, dtype=np.float64), 1e-6, 1 - 1e-6))
     mass = np.diff(edges)
-    first = np.arange(len(mass))
-    if len(mass) > max_bins:
-        group = np.floor((np.cumsum(mass) - mass) * max_bins)
-        spike = mass >= 1 / max_bins
-        first = np.flatnonzero(np.r_[True, (np.diff(group) > 0) | spike[1:] | spike[:-1]])
+    first = _group_starts(mass, max_bins) if len(mass) > max_bins else np.arange(len(mass))
     bounds = np.r_[edges[first], edges[-1]]
     return ndtri(bounds[:-1]), np.nextafter(ndtri(bounds[1:]), -np.inf)
 

@@ -43,7 +43,7 @@ computed when asked for, never per step.
 
 **DP statistics.** When training is DP, the table encoder's fitted state (categories, quantile
 knots, label frequencies) must be DP too, or the model file leaks what the weights do not.
-:func:`dp_category_counts`, :func:`dp_quantiles` and :func:`dp_counts` release them with explicit
+:func:`dp_category_counts`, :func:`dp_cdf` and :func:`dp_counts` release them with explicit
 ε; :func:`split_budget` divides the job's (ε, δ) between them and DP-SGD. Under basic composition,
 the ε and δ of every release and of training add up, so the caller divides ``statistics_epsilon``
 over the columns (and, inside a column, over the statistics it releases).
@@ -423,7 +423,7 @@ def dp_quantiles(
 ) -> np.ndarray | None:
     """ε-DP quantiles of finite ``values`` at ``probs``, sorted; None when no bounds can be found.
 
-    A quarter of ε finds bounds (:func:`dp_bounds`); the rest is split evenly over the quantiles,
+    :data:`BOUNDS_SHARE` of ε finds bounds (:func:`dp_bounds`); the rest is split evenly over the quantiles,
     each drawn by the exponential mechanism of Smith (2011): the values, clipped to the bounds,
     cut the range into intervals; an interval with ``i`` values below it has utility
     ``-|i - p·n|`` (sensitivity 1), is chosen with probability proportional to its width times
@@ -434,20 +434,8 @@ def dp_quantiles(
     bounds = dp_bounds(values, epsilon=epsilon * BOUNDS_SHARE, rng=rng)
     if bounds is None:
         return None
-    return _bounded_quantiles(values, probs, bounds, epsilon=epsilon * (1 - BOUNDS_SHARE), rng=rng)
-
-
-def _bounded_quantiles(
-    values: np.ndarray,
-    probs: Sequence[float],
-    bounds: tuple[float, float],
-    *,
-    epsilon: float,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """The exponential-mechanism quantiles of :func:`dp_quantiles` inside known DP ``bounds``."""
     lower, upper = bounds
-    each = epsilon / len(probs)
+    each = epsilon * (1 - BOUNDS_SHARE) / len(probs)
     edges = np.concatenate([[lower], np.sort(np.clip(values, lower, upper)), [upper]])
     widths = np.diff(edges)
     below = np.arange(len(widths))
