@@ -55,7 +55,7 @@ import contextlib
 import math
 import secrets
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -365,27 +365,19 @@ def dp_counts(
     return np.maximum(counts + rng.laplace(0, sensitivity / epsilon, counts.shape), 0.0)
 
 
-# Share of a quantile release's ε that finds the bounds; the rest goes to the quantiles.
+# Share of a distribution's ε (dp_cdf) that finds its bounds; the rest buys its histogram.
 BOUNDS_SHARE = 0.5
 # Histogram bins for the bounds: |v| in [2^(k-1), 2^k) for k = MIN_EXP + 1 .. MAX_EXP on either side,
 # and one bin for |v| < 2^MIN_EXP around zero.
 MIN_EXP, MAX_EXP = -16, 64
 
 
-def dp_bounds(values: np.ndarray, *, epsilon: float, rng: np.random.Generator) -> tuple[float, float] | None:
-    """ε-DP ``(lower, upper)`` bounds of ``values``, or None when no bin stands out from the noise.
-
-    The approach of OpenDP SmartNoise's ``approx_bounds`` (:func:`_power_histogram`): the edges of
-    the outermost power-of-two bins that noise alone is unlikely to have filled."""
-    found = _power_histogram(values, epsilon=epsilon, rng=rng)
-    return None if found is None else (found[0][0], found[0][-1])
-
-
 def _power_histogram(
     values: np.ndarray, *, epsilon: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """``(edges, noisy counts)`` of the power-of-two bins from the lowest to the highest that clears
-    the noise, or None when none does. Bins grow as powers of two either side of zero (so no prior
+    the noise, or None when none does: ε-DP bounds in the manner of OpenDP SmartNoise's
+    ``approx_bounds``, and the mass between them. Bins grow as powers of two either side of zero (so no prior
     range is needed); Laplace noise goes on their counts (one row is in one bin); a bin clears when
     its noisy count exceeds what noise alone reaches with small probability: a tenth of
     :data:`SPURIOUS`, relaxed to it when no bin clears that (OpenDP starts at 1e-9, whose
@@ -416,37 +408,6 @@ def _bin_edges(signed: int) -> tuple[float, float]:
         return -(2.0**MIN_EXP), 2.0**MIN_EXP
     low, high = 2.0 ** (MIN_EXP + abs(signed) - 1), 2.0 ** (MIN_EXP + abs(signed))
     return (low, high) if signed > 0 else (-high, -low)
-
-
-def dp_quantiles(
-    values: np.ndarray, probs: Sequence[float], *, epsilon: float, rng: np.random.Generator
-) -> np.ndarray | None:
-    """ε-DP quantiles of finite ``values`` at ``probs``, sorted; None when no bounds can be found.
-
-    :data:`BOUNDS_SHARE` of ε finds bounds (:func:`dp_bounds`); the rest is split evenly over the quantiles,
-    each drawn by the exponential mechanism of Smith (2011): the values, clipped to the bounds,
-    cut the range into intervals; an interval with ``i`` values below it has utility
-    ``-|i - p·n|`` (sensitivity 1), is chosen with probability proportional to its width times
-    ``exp(ε·utility / 2)``, and the quantile is uniform inside it. The error is a few ``1/ε`` ranks
-    per quantile, so a handful of quantiles is cheap and a hundred costs a hundred times more.
-    Integer columns: the caller rounds.
-    """
-    bounds = dp_bounds(values, epsilon=epsilon * BOUNDS_SHARE, rng=rng)
-    if bounds is None:
-        return None
-    lower, upper = bounds
-    each = epsilon * (1 - BOUNDS_SHARE) / len(probs)
-    edges = np.concatenate([[lower], np.sort(np.clip(values, lower, upper)), [upper]])
-    widths = np.diff(edges)
-    below = np.arange(len(widths))
-    with np.errstate(divide="ignore"):
-        log_widths = np.log(widths)
-    quantiles = []
-    for p in probs:
-        scores = log_widths - each * np.abs(below - p * len(values)) / 2
-        chosen = int(np.argmax(scores + rng.gumbel(size=len(scores))))  # a draw ∝ exp(scores)
-        quantiles.append(rng.uniform(edges[chosen], edges[chosen + 1]))
-    return np.sort(np.asarray(quantiles))
 
 
 def default_delta(rows: int) -> float:
