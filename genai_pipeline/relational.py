@@ -1,0 +1,252 @@
+"""Several tables joined by keys: the schema of a relational dataset and the key checks at ingest.
+
+A relational dataset is a set of named tables, each with an optional primary key and foreign keys
+to other tables. The schema is checked when it is loaded, before any data is read (:class:`Relations`):
+every reference names a declared table that has a primary key, no table references itself, the
+references form no cycle, and each table has at most one *context* parent — the one whose rows a
+child is generated per row of (MOSTLY AI's context foreign key; the others are matched, as its
+engine matches non-context keys). The tables are then ordered parents first, the order in which
+they are checked, synthesized and published.
+
+The keys are checked against the data at ingest (:func:`check_keys`): the declared columns exist,
+a primary key is unique and never null, a foreign key has the type of the key it references, and
+a child row whose foreign key points at no parent row (an orphan) fails the job, or with
+``on_orphans: drop`` is left out together with the rows that depend on it. Errors name the table
+and column and count rows, never quote a value: a key is real data, and errors reach logs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, field_validator, model_validator
+
+from genai_pipeline.errors import ConfigError, DatasetError
+from genai_pipeline.masking import refuse_url_credentials
+from genai_pipeline.strict import StrictModel
+
+#: a table's name becomes a path (``data/<table>/…``) and a Prefect task name: a plain identifier
+TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+
+class ForeignKey(StrictModel):
+    """``column`` of this table holds the primary key of a row of table ``references``."""
+
+    column: str = Field(min_length=1)
+    references: str = Field(min_length=1)
+    context: bool | None = Field(
+        default=None,
+        description="generate this table's rows per row of the referenced table (default: the first "
+        "foreign key); at most one per table",
+    )
+
+
+class TableSpec(StrictModel):
+    """One table of a relational dataset: where it lives and how it joins the others."""
+
+    uri: str = Field(min_length=1, description="local path or s3://bucket/key")
+    primary_key: str | None = Field(default=None, min_length=1)
+    foreign_keys: list[ForeignKey] = Field(default_factory=list)
+    order_by: str | None = Field(
+        default=None, min_length=1, description="the order of a parent's children (a time or a counter)"
+    )
+    on_orphans: Literal["fail", "drop"] = Field(
+        default="fail",
+        description="a row whose foreign key points at no parent row: fail the job, or leave the row "
+        "(and the rows that depend on it) out",
+    )
+
+    _no_credentials = model_validator(mode="before")(refuse_url_credentials)
+
+    @field_validator("foreign_keys")
+    @classmethod
+    def _one_key_per_column(cls, keys: list[ForeignKey]) -> list[ForeignKey]:
+        columns = [key.column for key in keys]
+        if len(set(columns)) < len(columns):
+            raise ValueError("a column is declared as a foreign key twice")
+        if sum(key.context is True for key in keys) > 1:
+            raise ValueError("at most one foreign key is the context (context: true)")
+        return keys
+
+
+@dataclass(frozen=True)
+class Relations:
+    """The checked schema: the tables parents first, and each table's context foreign key."""
+
+    tables: dict[str, TableSpec]
+    #: table names, every parent before its children
+    order: list[str]
+    #: table → its context foreign key (None: generated on its own, as a single table is)
+    context: dict[str, ForeignKey | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, tables: Mapping[str, TableSpec], where: str = "dataset.tables") -> Relations:
+        """Check the schema; raise :class:`ConfigError` naming ``where.<table>…`` otherwise."""
+        if not tables:
+            raise ConfigError(f"{where}: no table declared")
+        for name in tables:
+            if not TABLE_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"{where}.{name!r}: a table name is a letter, then letters, digits or _ (64 at most)"
+                )
+        context: dict[str, ForeignKey | None] = {}
+        for name, spec in tables.items():
+            for index, key in enumerate(spec.foreign_keys):
+                field_name = f"{where}.{name}.foreign_keys[{index}]"
+                if key.references == name:
+                    raise ConfigError(
+                        f"{field_name}: {name}.{key.column} references its own table, which is not "
+                        "supported (a hierarchy within one table)"
+                    )
+                if key.references not in tables:
+                    raise ConfigError(
+                        f"{field_name}.references: no table {key.references!r} "
+                        f"(tables: {', '.join(sorted(tables))})"
+                    )
+                if tables[key.references].primary_key is None:
+                    raise ConfigError(
+                        f"{field_name}: {key.references} has no primary_key for "
+                        f"{name}.{key.column} to reference"
+                    )
+            chosen = [key for key in spec.foreign_keys if key.context is True]
+            fallback = [key for key in spec.foreign_keys if key.context is None]
+            context[name] = (chosen or fallback or [None])[0]
+        return cls(dict(tables), _parents_first(tables, where), context)
+
+    def parents(self, table: str) -> list[str]:
+        return [key.references for key in self.tables[table].foreign_keys]
+
+    def children(self, table: str) -> list[str]:
+        return [name for name in self.order if table in self.parents(name)]
+
+
+def _parents_first(tables: Mapping[str, TableSpec], where: str) -> list[str]:
+    """The tables in an order where every referenced table comes before the tables referencing
+    it (Kahn's algorithm, ties in declaration order); a cycle is refused, naming it."""
+    waiting = {name: {key.references for key in spec.foreign_keys} for name, spec in tables.items()}
+    order: list[str] = []
+    while waiting:
+        ready = [name for name, parents in waiting.items() if parents <= set(order)]
+        if not ready:
+            raise ConfigError(f"{where}: the foreign keys form a cycle ({_cycle(waiting)})")
+        order.extend(ready)
+        for name in ready:
+            del waiting[name]
+    return order
+
+
+def _cycle(waiting: Mapping[str, set[str]]) -> str:
+    """One cycle among tables that all wait on another, as ``a → b → a``."""
+    path = [next(iter(waiting))]
+    while True:
+        step = min(parent for parent in waiting[path[-1]] if parent in waiting)
+        if step in path:
+            loop = path[path.index(step) :] + [step]
+            return " → ".join(loop)
+        path.append(step)
+
+
+@dataclass
+class KeyReport:
+    """What the key checks left out: rows per table (orphans and the rows that depended on them)."""
+
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def check_keys(
+    data: Mapping[str, pa.Table], relations: Relations, where: str = "dataset.tables"
+) -> tuple[dict[str, pa.Table], KeyReport]:
+    """Check every table's keys against its data, parents first; ``(tables, report)`` with the
+    orphans of ``on_orphans: drop`` tables left out (a dropped parent row takes its children along,
+    since the children are checked after it). Raises :class:`DatasetError` naming the table and
+    column, with counts of rows and never a key's value."""
+    tables: dict[str, pa.Table] = {}
+    report = KeyReport()
+    for name in relations.order:
+        spec = relations.tables[name]
+        table = data[name]
+        _require_columns(table, spec, f"{where}.{name}")
+        if spec.primary_key is not None:
+            _check_primary_key(table, spec.primary_key, f"{where}.{name}.primary_key")
+        keep = pa.array([True] * table.num_rows, pa.bool_())
+        for index, key in enumerate(spec.foreign_keys):
+            field_name = f"{where}.{name}.foreign_keys[{index}]"
+            primary = relations.tables[key.references].primary_key or ""
+            column = table.column(key.column)
+            referenced = data[key.references].column(primary)
+            if not _comparable(column.type, referenced.type):
+                raise DatasetError(
+                    f"{field_name}: {name}.{key.column} is {column.type}, the key it references "
+                    f"({key.references}.{primary}) is {referenced.type}"
+                )
+            # a null key has no parent: allowed for a matched key, an orphan for the context one
+            optional = relations.context[name] is not key
+            orphans = table.num_rows - _count(_resolves(column, referenced, optional))
+            if orphans and spec.on_orphans == "fail":
+                raise DatasetError(
+                    f"{field_name}: {orphans} of {table.num_rows} rows of {name} reference no row of "
+                    f"{key.references} ({where}.{name}.on_orphans: drop leaves them out)"
+                )
+            # against the parent rows kept: the children of a dropped parent row go with it
+            keep = pc.and_(keep, _resolves(column, tables[key.references].column(primary), optional))
+        kept = table.filter(keep)
+        if kept.num_rows < table.num_rows:
+            report.dropped[name] = table.num_rows - kept.num_rows
+        tables[name] = kept
+    return tables, report
+
+
+def _resolves(column: pa.ChunkedArray, keys: pa.ChunkedArray, optional: bool) -> pa.ChunkedArray:
+    """Whether each value of ``column`` is one of ``keys`` (a null: ``optional``)."""
+    common = pa.int64() if _kind(column.type) == "integer" else pa.large_string()  # int8 vs int64 ids
+    found = pc.is_in(column.cast(common), value_set=keys.combine_chunks().cast(common))
+    return pc.if_else(pc.is_null(column), optional, found)
+
+
+def _count(mask: pa.ChunkedArray) -> int:
+    return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
+
+
+def _require_columns(table: pa.Table, spec: TableSpec, where: str) -> None:
+    declared = [("primary_key", spec.primary_key), ("order_by", spec.order_by)] + [
+        (f"foreign_keys[{index}].column", key.column) for index, key in enumerate(spec.foreign_keys)
+    ]
+    for field_name, column in declared:
+        if column is not None and column not in table.column_names:
+            raise DatasetError(
+                f"{where}.{field_name}: no column {column!r} (columns: {', '.join(table.column_names)})"
+            )
+
+
+def _check_primary_key(table: pa.Table, column: str, where: str) -> None:
+    values = table.column(column)
+    if _kind(values.type) is None:
+        raise DatasetError(f"{where}: {column} is {values.type}; a key is an integer or a string")
+    if values.null_count:
+        raise DatasetError(
+            f"{where}: {values.null_count} rows have no {column} (a primary key is never null)"
+        )
+    duplicates = table.num_rows - pc.count_distinct(values).as_py()
+    if duplicates:
+        raise DatasetError(f"{where}: {duplicates} rows repeat another row's {column} (a key is unique)")
+
+
+def _kind(type_: pa.DataType) -> str | None:
+    """What a key column holds: integers, strings, or (None) something a key cannot be."""
+    if pa.types.is_integer(type_):
+        return "integer"
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return "string"
+    return None
+
+
+def _comparable(child: pa.DataType, parent: pa.DataType) -> bool:
+    """Whether a foreign key's values can be matched with the primary key's: both integers or
+    both strings (a customer id read as text in one file and as a number in another is a schema
+    error to fix, not a match to guess)."""
+    return _kind(child) is not None and _kind(child) == _kind(parent)
