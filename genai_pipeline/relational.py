@@ -186,14 +186,14 @@ def check_keys(
                 )
             # a null key has no parent: allowed for a matched key, an orphan for the context one
             optional = relations.context[name] is not key
-            orphans = table.num_rows - _count(_resolves(column, referenced, optional))
+            orphans = table.num_rows - matched(column, referenced, optional)
             if orphans and spec.on_orphans == "fail":
                 raise DatasetError(
                     f"{field_name}: {orphans} of {table.num_rows} rows of {name} reference no row of "
                     f"{key.references} ({where}.{name}.on_orphans: drop leaves them out)"
                 )
             # against the parent rows kept: the children of a dropped parent row go with it
-            keep = pc.and_(keep, _resolves(column, tables[key.references].column(primary), optional))
+            keep = pc.and_(keep, resolves(column, tables[key.references].column(primary), optional))
         kept = table.filter(keep)
         if kept.num_rows < table.num_rows:
             report.dropped[name] = table.num_rows - kept.num_rows
@@ -201,15 +201,17 @@ def check_keys(
     return tables, report
 
 
-def _resolves(column: pa.ChunkedArray, keys: pa.ChunkedArray, optional: bool) -> pa.ChunkedArray:
-    """Whether each value of ``column`` is one of ``keys`` (a null: ``optional``)."""
-    common = pa.int64() if _kind(column.type) == "integer" else pa.large_string()  # int8 vs int64 ids
+def resolves(column: pa.ChunkedArray, keys: pa.ChunkedArray, optional: bool) -> pa.ChunkedArray:
+    """Whether each value of ``column`` is one of ``keys`` (a null: ``optional``); integers of any
+    width and strings of either size are compared as one type."""
+    common = pa.int64() if _kind(column.type) == "integer" else pa.large_string()
     found = pc.is_in(column.cast(common), value_set=keys.combine_chunks().cast(common))
     return pc.if_else(pc.is_null(column), optional, found)
 
 
-def _count(mask: pa.ChunkedArray) -> int:
-    return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
+def matched(column: pa.ChunkedArray, keys: pa.ChunkedArray, optional: bool) -> int:
+    """How many values of ``column`` :func:`resolves` to one of ``keys``."""
+    return int(pc.sum(pc.cast(resolves(column, keys, optional), pa.int64())).as_py() or 0)
 
 
 def _require_columns(table: pa.Table, spec: TableSpec, where: str) -> None:

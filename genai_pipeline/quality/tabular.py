@@ -184,10 +184,8 @@ def pair_trend_details(
     details = {}
     for first, second in pairs:
         if numeric[first] and numeric[second]:
-            real_corr = _correlation(
-                to_float(dense(real.column(first))), to_float(dense(real.column(second)))
-            )
-            synth_corr = _correlation(
+            real_corr = pearson(to_float(dense(real.column(first))), to_float(dense(real.column(second))))
+            synth_corr = pearson(
                 to_float(dense(synthetic.column(first))), to_float(dense(synthetic.column(second)))
             )
             if real_corr is not None and synth_corr is not None:
@@ -222,7 +220,9 @@ def pair_trends_score(real: pa.Table, synthetic: pa.Table) -> float:
     return overall_pair_trend(pair_trend_details(real, synthetic))
 
 
-def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson's correlation over the rows where neither is NaN; None with fewer than two such
+    rows or a constant side (no correlation to compare)."""
     keep = ~(np.isnan(a) | np.isnan(b))
     if keep.sum() < 2 or np.std(a[keep]) == 0 or np.std(b[keep]) == 0:
         return None
