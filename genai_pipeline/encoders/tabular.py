@@ -500,17 +500,26 @@ class TableEncoder:
     def encode_known(self, known: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """``(row, columns)``: a matrix row holding the known data columns' values (zeros elsewhere)
         and which of :attr:`span_columns` they are. Values are checked by :meth:`value_array`."""
+        one_row = pa.table({"": [None]})  # the row's columns are added to it, then it is dropped
+        for name, value in known.items():
+            one_row = one_row.append_column(name, self.value_array(name, value))
+        rows, columns = self.encode_given(one_row.drop_columns([""]))
+        return rows[0], columns
+
+    def encode_given(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, columns)``: for each row of ``table``, which holds some of the data columns, a
+        matrix row with their values (zeros elsewhere), and which of :attr:`span_columns` they are."""
+        n = table.num_rows
         blocks, columns = [], []
         for codec in self.data_codecs:
-            if codec.name in known:
-                encoded = self._encode_column(codec, self.value_array(codec.name, known[codec.name]))
+            if codec.name in table.column_names:
+                blocks += self._encode_column(codec, dense(table.column(codec.name)))
             else:
-                encoded = [np.zeros((1, span.size)) for span in codec.spans]
-            blocks += encoded
+                blocks += [np.zeros((n, span.size)) for span in codec.spans]
             if codec.spans:
-                columns.append(codec.name in known)
-        row = np.concatenate(blocks, axis=1)[0] if blocks else np.zeros(0)
-        return row.astype(np.float32), np.asarray(columns, dtype=bool)
+                columns.append(codec.name in table.column_names)
+        rows = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0))
+        return rows.astype(np.float32), np.asarray(columns, dtype=bool)
 
     # -- conditions -------------------------------------------------------------------------
 

@@ -63,8 +63,9 @@ class TabularModelConfig(ModelConfig):
 
 @dataclass(frozen=True)
 class Known:
-    """Data columns fixed by a request: a matrix row holding their values, and which columns they are
-    (a mask over :attr:`TableEncoder.span_columns`)."""
+    """Data columns fixed by a request: a matrix row holding their values (or a row for each row
+    sampled, :meth:`TabularSynthesizer.complete`), and which columns they are (a mask over
+    :attr:`TableEncoder.span_columns`)."""
 
     row: torch.Tensor
     columns: torch.Tensor
@@ -262,6 +263,9 @@ class TabularSynthesizer(Synthesizer):
     plan: PrivacyPlan | None = None
     #: statistics a family releases besides the encoder's and the label prior (with privacy)
     dp_releases: ClassVar[int] = 0
+    #: whether :meth:`complete` can give each row its own known columns (``render`` takes a
+    #: :class:`Known` with a row per sampled row)
+    completes_rows: ClassVar[bool] = False
 
     def prepare(
         self,
@@ -391,3 +395,40 @@ class TabularSynthesizer(Synthesizer):
                     index, table.schema.field(index), encoder.value_array(key, value, size)
                 )
             yield table
+
+    def complete(self, given: pa.Table, *, seed: int, rows: RowStream) -> pa.Table:
+        """A row for each row of ``given``, which holds some of the data columns (the same in every
+        row): those as given, the others drawn by the model given them. ``rows`` places the rows
+        in the run, for the columns made fresh. A family that can (:attr:`completes_rows`, exact
+        where the given columns come first in its order) and a model without a label column only:
+        what a child table's model does with its parent's columns (``models.relational``)."""
+        if not self.completes_rows:
+            raise ConfigError(f"the {self.name} cannot complete rows (the autoregressive family can)")
+        if self.labels:
+            raise ConfigError(f"the {self.name} has a label column: it completes no rows")
+        for module in self.networks().values():
+            module.eval()
+        matrix, columns = self.encoder.encode_given(given)
+        mask = torch.from_numpy(columns).to(self.device)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        chunk = CPU_CHUNK_ROWS if self.device.type == "cpu" else max(given.num_rows, 1)
+        with torch.no_grad():
+            parts = [
+                self.render(
+                    None,
+                    Known(torch.from_numpy(matrix[begin:end]).to(self.device), mask),
+                    end - begin,
+                    generator,
+                )
+                for begin, end in batched_indices(given.num_rows, chunk)
+            ]
+        drawn = (
+            torch.cat(parts).float().cpu().numpy() if parts else np.zeros((0, matrix.shape[1]), np.float32)
+        )
+        table = self.encoder.decode(drawn, None, seed=seed, rows=rows)
+        for name in given.column_names:  # exactly as given, in the column's type
+            index = table.schema.get_field_index(name)
+            table = table.set_column(
+                index, table.schema.field(index), given.column(name).cast(table.schema.field(index).type)
+            )
+        return table

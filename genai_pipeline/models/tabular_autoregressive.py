@@ -289,7 +289,8 @@ class ColumnwiseNet(nn.Module):
         generator: torch.Generator,
     ) -> list[torch.Tensor]:
         """Draw every predicted column in turn, each from its head at temperature 1; ``known`` is
-        ``(tokens, mask)`` over the predicted columns: those are given, not drawn."""
+        ``(tokens, mask)`` over the predicted columns: those are given, not drawn (``tokens``: one
+        per column, or a row of them per column)."""
         context = self.embed.weight.new_zeros((size, self.embed.embedding_dim))
         if label is not None:
             context = context + self.embed(label)
@@ -321,6 +322,7 @@ class TabularAutoregressive(TabularSynthesizer):
     columns: list[TokenColumn]
     bins: dict[str, list[list[float]]]
     net: ColumnwiseNet
+    completes_rows = True  # a row's known tokens are its own (render)
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
         max_bins = self.config.max_bins
@@ -390,10 +392,10 @@ class TabularAutoregressive(TabularSynthesizer):
         self, label: torch.Tensor | None, known: Known | None, size: int, generator: torch.Generator
     ) -> torch.Tensor:
         given = None
-        if known is not None:
-            row = known.row[None].cpu().numpy()
-            tokens = torch.tensor([int(column.tokens(row)[0]) for column in self.columns], device=self.device)
-            given = (tokens, known.columns)
+        if known is not None:  # one row for all, or a row each
+            rows = known.row.reshape(-1, known.row.shape[-1]).cpu().numpy()
+            tokens = torch.from_numpy(np.stack([column.tokens(rows) for column in self.columns]))
+            given = ((tokens[:, 0] if len(rows) == 1 else tokens).to(self.device), known.columns)
         drawn = self.net.sample(label, given, size, generator)
         return torch.cat(
             [column.render(tokens, generator) for column, tokens in zip(self.columns, drawn)], dim=1

@@ -1,0 +1,311 @@
+"""Whole databases: a model per table, each child table generated per row of its context parent,
+keys made fresh and every foreign key resolving.
+
+**How a table is learned** (:func:`training_table`). Its key columns are not learned: the primary
+key is declared an identifier, so the model makes it fresh (unique, in the real format, never a
+real value), and foreign keys are set to the synthetic parents' keys. A table that is the context
+parent of others learns with each row how many children it has (``__children__.<table>``), so the
+count follows the parent's columns (a premium customer's many orders). A child table learns each
+row given its parent row's learned columns (``__parent__.<column>``), its position among its
+siblings (``__position__``) and, when ordered (``order_by``), the previous sibling's columns
+(``__previous__.<column>``): these come first in the table, so the autoregressive family, which
+models columns in order, conditions on them exactly (MOSTLY AI's TabularARGN does the same with
+its context). The order column is learned as the first sibling's value (``__first__``) and each
+later sibling's gap to the one before (``__gap__``, never below the smallest real gap), so the
+events come out in order with gaps like the real ones.
+
+**How it is sampled** (:meth:`RelationalModel.sample`). Tables without a context parent are sampled
+as single tables (as many rows as the real one, times ``scale``). A child table is then made for
+all parents at once, one position at a time: position 0 of every parent that has a child, then
+position 1 of every parent that has two, each row given its parent's columns and its previous
+sibling's, so a table of any length takes as many model calls as its longest sequence. A matched
+(non-context) foreign key points at a synthetic parent row drawn at random.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from genai_pipeline.columns import dense, to_float
+from genai_pipeline.config import ColumnSpec, TrainSpec
+from genai_pipeline.datasets.base import TabularData
+from genai_pipeline.encoders.tabular import RowStream
+from genai_pipeline.errors import ConfigError
+from genai_pipeline.models import model_class
+from genai_pipeline.models.tabular import TabularSynthesizer
+from genai_pipeline.privacy.roles import column_roles
+from genai_pipeline.quality.relational import children_per_parent
+from genai_pipeline.relational import Relations, TableSpec
+from genai_pipeline.training import resolve_device
+
+PARENT, POSITION, PREVIOUS = "__parent__.", "__position__", "__previous__."
+FIRST, GAP, CHILDREN = "__first__", "__gap__", "__children__."
+_RESERVED = "__"
+
+
+@dataclass
+class TableLayout:
+    """What one table's model learns besides its own columns (see the module's doc)."""
+
+    name: str
+    schema: pa.Schema
+    #: the context parent's columns a row is given (empty: not a child)
+    parent_columns: list[str] = field(default_factory=list)
+    #: the table's own columns a row is given from its previous sibling (ordered children only)
+    previous_columns: list[str] = field(default_factory=list)
+    #: the tables whose context parent this is, in order: a count column each
+    children: list[str] = field(default_factory=list)
+    #: the columns the model learns (not made fresh): what a child may be given
+    learned: list[str] = field(default_factory=list)
+    #: per matched (non-context) foreign key, the share of real rows without a parent (null)
+    unmatched: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RelationalModel:
+    """A trained model per table and how their rows join."""
+
+    relations: Relations
+    #: None for a table without rows
+    models: dict[str, TabularSynthesizer | None]
+    layouts: dict[str, TableLayout]
+    rows: dict[str, int]
+
+    @classmethod
+    def fit(
+        cls,
+        real: Mapping[str, pa.Table],
+        relations: Relations,
+        *,
+        family: str,
+        params: Mapping[str, Any] | None = None,
+        train: TrainSpec,
+    ) -> RelationalModel:
+        """Fit a model of ``family`` to every table, parents first. ``real`` holds tables whose
+        keys passed :func:`~genai_pipeline.relational.check_keys`."""
+        if train.privacy is not None:
+            raise ConfigError(
+                "train.privacy: not for several tables yet: a parent's row reaches its children's "
+                "training too, so a per-table budget would not bound what one entity reveals"
+            )
+        cls_ = model_class("tabular", family)
+        models, layouts = {}, {}
+        for name in relations.order:
+            table, spec = real[name], relations.tables[name]
+            _refuse_reserved(name, table)
+            context = relations.context[name]
+            if context is not None and not cls_.completes_rows:
+                raise ConfigError(
+                    f"model.family: {family} cannot generate {name} per row of {context.references} "
+                    "(the autoregressive family can)"
+                )
+            layout = TableLayout(
+                name,
+                table.schema,
+                parent_columns=[] if context is None else layouts[context.references].learned,
+                previous_columns=_own_columns(spec, table.column_names) if spec.order_by else [],
+                children=[child for child in relations.order if _context_parent(relations, child) == name],
+                unmatched={
+                    key.column: table.column(key.column).null_count / max(table.num_rows, 1)
+                    for key in spec.foreign_keys
+                    if key is not context
+                },
+            )
+            training = training_table(real, relations, layout)
+            primary = relations.tables[name].primary_key
+            declared = {primary: ColumnSpec(type="id")} if primary is not None else {}
+            roles = column_roles(training, declared, None)
+            layout.learned = [
+                column
+                for column in _own_columns(spec, table.column_names)
+                if not (column in roles and roles[column].fresh)
+            ]
+            model = None  # a table without rows has nothing to learn: it comes out empty
+            if table.num_rows:
+                model = cls_(
+                    cls_.Config.model_validate(dict(params or {})), device=resolve_device(train.device)
+                )
+                model.fit(TabularData(training, None, roles=roles), train, None)
+            models[name], layouts[name] = model, layout
+        return cls(relations, models, layouts, {name: real[name].num_rows for name in relations.order})
+
+    def sample(self, *, seed: int, scale: float = 1.0, batch_size: int = 65_536) -> dict[str, pa.Table]:
+        """Every table, in the real tables' schemas; tables without a context parent get ``scale``
+        times their real rows, children as many as their synthetic parents ask for."""
+        rng = np.random.default_rng(seed)
+        made: dict[str, pa.Table] = {}  # with the internal columns: what children read
+        for number, name in enumerate(self.relations.order):
+            model = self.models[name]
+            context = self.relations.context[name]
+            key = seed * 1_000_003 + number
+            if model is None:
+                table = self.layouts[name].schema.empty_table()
+            elif context is None:
+                rows = max(1, round(self.rows[name] * scale))
+                table = pa.concat_tables(model.sample(rows, conditions=None, seed=key, batch_size=batch_size))
+            else:
+                table = self._children(name, made[context.references], key)
+            for column, share in self.layouts[name].unmatched.items():
+                table = table.append_column(
+                    column, self._matched(name, column, share, made, table.num_rows, rng)
+                )
+            made[name] = table
+        return {name: _published(made[name], self.layouts[name].schema) for name in self.relations.order}
+
+    def _matched(
+        self,
+        name: str,
+        column: str,
+        unmatched: float,
+        made: Mapping[str, pa.Table],
+        rows: int,
+        rng: np.random.Generator,
+    ) -> pa.Array:
+        """A matched foreign key: a synthetic parent row drawn at random for each row, none (null)
+        for the real share of rows without one, or when the parent table is empty."""
+        foreign = next(key for key in self.relations.tables[name].foreign_keys if key.column == column)
+        keys = dense(
+            made[foreign.references].column(self.relations.tables[foreign.references].primary_key or "")
+        )
+        if len(keys) == 0:
+            return pa.nulls(rows, keys.type)
+        picked = keys.take(rng.integers(0, len(keys), rows))
+        return pc.if_else(pa.array(rng.random(rows) < unmatched), pa.nulls(rows, keys.type), picked)
+
+    def _children(self, name: str, parents: pa.Table, key: int) -> pa.Table:
+        """The child table ``name`` for synthetic ``parents``, one position at a time."""
+        layout, model = self.layouts[name], self.models[name]
+        assert model is not None
+        counts = np.zeros(parents.num_rows, np.int64)  # an empty parent table has no counts
+        if CHILDREN + name in parents.column_names:
+            counts = np.maximum(pc.fill_null(parents.column(CHILDREN + name), 0).to_numpy(), 0).astype(
+                np.int64
+            )
+        total = int(counts.sum())
+        pieces, alive_before, previous, offset = [], np.zeros(0, np.int64), None, 0
+        for position in range(max(int(counts.max(initial=0)), 1)):  # position 0 even for none
+            alive = np.flatnonzero(counts > position)
+            given = {PARENT + column: parents.column(column).take(alive) for column in layout.parent_columns}
+            given[POSITION] = pa.array(np.full(len(alive), position, np.int64))
+            if previous is not None:
+                before = np.searchsorted(alive_before, alive)
+                for column in layout.previous_columns:
+                    given[PREVIOUS + column] = previous.column(column).take(before)
+            piece = model.complete(pa.table(given), seed=key + position, rows=RowStream(key, offset, total))
+            pieces.append(piece.append_column("__parent_row__", pa.array(alive)))
+            previous, alive_before, offset = piece, alive, offset + len(alive)
+        table = pa.concat_tables(pieces).sort_by([("__parent_row__", "ascending"), (POSITION, "ascending")])
+        context = self.relations.context[name]
+        assert context is not None
+        order_by = self.relations.tables[name].order_by
+        if order_by is not None:
+            table = _with_order(table, order_by, layout.schema.field(order_by).type)
+        primary = self.relations.tables[context.references].primary_key or ""
+        return table.append_column(
+            context.column, parents.column(primary).take(table.column("__parent_row__"))
+        )
+
+
+def training_table(real: Mapping[str, pa.Table], relations: Relations, layout: TableLayout) -> pa.Table:
+    """The table a model of ``layout.name`` learns (see the module's doc): the given columns first,
+    then its own (the primary key among them), then its children's counts."""
+    name = layout.name
+    spec = relations.tables[name]
+    table = real[name]
+    context = relations.context[name]
+    given: dict[str, pa.Array] = {}
+    if context is not None:
+        order = [(context.column, "ascending")] + ([(spec.order_by, "ascending")] if spec.order_by else [])
+        table = table.sort_by(order)  # a stable sort: ties keep the file's order
+        parent = real[context.references]
+        primary = relations.tables[context.references].primary_key or ""
+        keys = dense(parent.column(primary))
+        row = pc.index_in(dense(table.column(context.column)).cast(keys.type), value_set=keys)
+        for column in layout.parent_columns:
+            given[PARENT + column] = dense(parent.column(column)).take(row)
+        position = _positions(dense(table.column(context.column)))
+        given[POSITION] = pa.array(position)
+        for column in layout.previous_columns:
+            given[PREVIOUS + column] = _shifted(dense(table.column(column)), position)
+    own = {column: dense(table.column(column)) for column in _own_columns(spec, table.column_names)}
+    if context is not None and spec.order_by is not None:
+        values = dense(table.column(spec.order_by))
+        first = position == 0
+        own[FIRST] = pc.if_else(pa.array(first), values, pa.nulls(len(values), values.type))
+        gaps = np.diff(to_float(values), prepend=np.nan)
+        own[GAP] = pa.array(np.where(first, np.nan, gaps), mask=first)
+    if spec.primary_key is not None:
+        own = {spec.primary_key: dense(table.column(spec.primary_key)), **own}
+    for child in layout.children:
+        foreign = relations.context[child]
+        assert foreign is not None
+        own[CHILDREN + child] = pa.array(
+            children_per_parent(table.column(spec.primary_key or ""), real[child].column(foreign.column))
+        )
+    return pa.table({**given, **own})
+
+
+def _own_columns(spec: TableSpec, columns: list[str]) -> list[str]:
+    """A table's columns that its model learns as its own: not a key, not the order column."""
+    keys = {key.column for key in spec.foreign_keys} | {spec.primary_key, spec.order_by}
+    return [column for column in columns if column not in keys]
+
+
+def _context_parent(relations: Relations, name: str) -> str | None:
+    key = relations.context[name]
+    return None if key is None else key.references
+
+
+def _positions(keys: pa.Array) -> np.ndarray:
+    """Each row's position among the rows before it with the same key (rows grouped by key)."""
+    n = len(keys)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    starts = np.r_[True, ~pc.equal(keys[1:], keys[:-1]).fill_null(False).to_numpy(zero_copy_only=False)]
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+    return np.arange(n) - group_start
+
+
+def _shifted(values: pa.Array, position: np.ndarray) -> pa.Array:
+    """Each row's previous sibling's value (null for the first)."""
+    before = np.maximum(np.arange(len(values)) - 1, 0)
+    return pc.if_else(pa.array(position == 0), pa.nulls(len(values), values.type), values.take(before))
+
+
+def _with_order(table: pa.Table, order_by: str, type_: pa.DataType) -> pa.Table:
+    """The order column rebuilt from each parent's first value and the gaps after it (rows sorted
+    by parent, then position); a gap drawn null counts as none."""
+    first = table.column(POSITION).to_numpy() == 0
+    steps = np.where(
+        first, to_float(dense(table.column(FIRST))), np.nan_to_num(to_float(dense(table.column(GAP))))
+    )
+    total = np.cumsum(np.nan_to_num(steps))
+    start = np.maximum.accumulate(np.where(first, np.arange(len(first)), 0))
+    values = total - total[start] + steps[start]  # each group's running sum from its first value
+    unknown = np.isnan(steps[start])  # the first value drawn null: the whole sequence's is unknown
+    storage = pa.int64() if pa.types.is_temporal(type_) or pa.types.is_integer(type_) else pa.float64()
+    rounded = np.round(values) if storage == pa.int64() else values
+    column = pa.array(np.where(unknown, 0, rounded).astype(storage.to_pandas_dtype()), mask=unknown)
+    if pa.types.is_date32(type_):
+        column = column.cast(pa.int32())
+    return table.drop_columns([FIRST, GAP]).append_column(order_by, column.cast(type_))
+
+
+def _published(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The table in the real schema: its columns in order and types, the internal ones dropped."""
+    return pa.table({f.name: table.column(f.name).cast(f.type) for f in schema}, schema=schema)
+
+
+def _refuse_reserved(name: str, table: pa.Table) -> None:
+    for column in table.column_names:
+        if column.startswith(_RESERVED):
+            raise ConfigError(
+                f"dataset.tables.{name}: column {column!r} starts with {_RESERVED}, which the "
+                "relational models keep for their own columns"
+            )
