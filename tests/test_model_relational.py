@@ -3,12 +3,14 @@ the parent–child patterns and event order kept."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import torch
 from test_quality_relational import relations, shop
 
 from genai_pipeline.config import TrainSpec
@@ -16,6 +18,7 @@ from genai_pipeline.errors import ConfigError
 from genai_pipeline.models.relational import RelationalModel
 from genai_pipeline.quality.relational import relation_scores
 from genai_pipeline.relational import Relations, TableSpec, check_keys
+from genai_pipeline.storage import Storage
 
 # small networks, and little weight decay: the family's default decay, tuned against memorising a
 # single table, also flattens a child's dependence on its parent in tables this small
@@ -47,6 +50,20 @@ def test_keys_are_fresh_unique_and_every_order_has_a_customer(customers_orders: 
     assert 0.8 < synthetic["orders"].num_rows / real["orders"].num_rows < 1.2
     (score,) = relation_scores(real, synthetic, relations())
     assert score.integrity == 1.0
+
+
+def test_a_saved_model_loads_without_pickles_and_samples_the_same(tmp_path: Path) -> None:
+    real = shop(customers=80)
+    model = fitted(real, relations(), epochs=5)
+    model.save(Storage(str(tmp_path)), "model")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "customers",
+        "orders",
+        "relational.json",
+    ]
+    loaded = RelationalModel.load(Storage(str(tmp_path)), "model", torch.device("cpu"))
+    first, again = model.sample(seed=4), loaded.sample(seed=4)
+    assert all(first[name].equals(again[name]) for name in first)
 
 
 def test_a_premium_customer_s_orders_stay_premium_and_in_order(customers_orders: tuple) -> None:

@@ -24,13 +24,16 @@ sibling's, so a table of any length takes as many model calls as its longest seq
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
 from genai_pipeline.columns import dense, to_float
 from genai_pipeline.config import ColumnSpec, TrainSpec
@@ -38,10 +41,12 @@ from genai_pipeline.datasets.base import TabularData
 from genai_pipeline.encoders.tabular import RowStream
 from genai_pipeline.errors import ConfigError
 from genai_pipeline.models import model_class
+from genai_pipeline.models.base import load_model
 from genai_pipeline.models.tabular import TabularSynthesizer
 from genai_pipeline.privacy.roles import column_roles
 from genai_pipeline.quality.relational import children_per_parent
 from genai_pipeline.relational import Relations, TableSpec
+from genai_pipeline.storage import Storage
 from genai_pipeline.training import resolve_device
 
 PARENT, POSITION, PREVIOUS = "__parent__.", "__position__", "__previous__."
@@ -134,6 +139,46 @@ class RelationalModel:
                 model.fit(TabularData(training, None, roles=roles), train, None)
             models[name], layouts[name] = model, layout
         return cls(relations, models, layouts, {name: real[name].num_rows for name in relations.order})
+
+    def save(self, storage: Storage, rel: str) -> None:
+        """Each table's model in ``rel/<table>/`` (as any model is saved: JSON and safetensors), and
+        the schema, layouts and row counts in ``rel/relational.json``, written last: a folder
+        without it is no model. Schemas go as Arrow IPC bytes: nothing is pickled."""
+        for name, model in self.models.items():
+            if model is not None:
+                model.save(storage, f"{rel}/{name}")
+        layouts = {
+            name: {
+                **asdict(layout),
+                "schema": base64.b64encode(layout.schema.serialize().to_pybytes()).decode(),
+            }
+            for name, layout in self.layouts.items()
+        }
+        state = {
+            "tables": {name: spec.model_dump(mode="json") for name, spec in self.relations.tables.items()},
+            "layouts": layouts,
+            "rows": self.rows,
+            "trained": [name for name, model in self.models.items() if model is not None],
+        }
+        storage.write_bytes(f"{rel}/relational.json", json.dumps(state).encode())
+
+    @classmethod
+    def load(cls, storage: Storage, rel: str, device: torch.device) -> RelationalModel:
+        """A model :meth:`save` wrote."""
+        state = json.loads(storage.read_bytes(f"{rel}/relational.json"))
+        relations = Relations.of(
+            {name: TableSpec.model_validate(spec) for name, spec in state["tables"].items()}
+        )
+        layouts = {}
+        for name, layout in state["layouts"].items():
+            schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(layout["schema"])))
+            layouts[name] = TableLayout(**{**layout, "schema": schema})
+        models: dict[str, TabularSynthesizer | None] = {name: None for name in relations.order}
+        for name in state["trained"]:
+            model = load_model(storage, f"{rel}/{name}", device)
+            assert isinstance(model, TabularSynthesizer)
+            models[name] = model
+        return cls(relations, models, layouts, state["rows"])
 
     def sample(self, *, seed: int, scale: float = 1.0, batch_size: int = 65_536) -> dict[str, pa.Table]:
         """Every table, in the real tables' schemas; tables without a context parent get ``scale``
