@@ -55,6 +55,12 @@ class TableSpec(StrictModel):
     order_by: str | None = Field(
         default=None, min_length=1, description="the order of a parent's children (a time or a counter)"
     )
+    entity: str | None = Field(
+        default=None,
+        min_length=1,
+        description="for a table without a parent table: the column naming whose sequence each row is "
+        "(time series per entity); the entity is then a parent of its own, made fresh",
+    )
     on_orphans: Literal["fail", "drop"] = Field(
         default="fail",
         description="a row whose foreign key points at no parent row: fail the job, or leave the row "
@@ -114,15 +120,66 @@ class Relations:
                         f"{name}.{key.column} to reference"
                     )
             chosen = [key for key in spec.foreign_keys if key.context is True]
-            fallback = [key for key in spec.foreign_keys if key.context is None]
+            # with an entity column, the entity is the context: other keys are matched by default
+            fallback = [key for key in spec.foreign_keys if key.context is None and spec.entity is None]
             context[name] = (chosen or fallback or [None])[0]
+            if spec.entity is not None and context[name] is not None:
+                raise ConfigError(
+                    f"{where}.{name}.entity: {name} is generated per row of {context[name].references} "
+                    "already: a table's sequences follow either a parent table or an entity column"
+                )
+            if spec.entity is not None and entity_table(name) in tables:
+                raise ConfigError(f"{where}.{name}.entity: the table name {entity_table(name)} is taken")
         return cls(dict(tables), _parents_first(tables, where), context)
+
+    def with_entities(self, data: Mapping[str, pa.Table]) -> tuple[Relations, dict[str, pa.Table]]:
+        """The schema and tables with each ``entity`` made a parent table of its own
+        (:func:`entity_table`: the distinct entity keys, in order of first appearance) and the
+        table's context key: time series per entity become a child per parent row, as any
+        sequence is. Tables without ``entity`` are as they were."""
+        tables, data = dict(self.tables), dict(data)
+        for name, spec in self.tables.items():
+            if spec.entity is None:
+                continue
+            data[name] = _with_entity(data[name], spec, f"dataset.tables.{name}")
+            parent = entity_table(name)
+            key = ForeignKey(column=spec.entity, references=parent, context=True)
+            tables[name] = spec.model_copy(update={"entity": None, "foreign_keys": [*spec.foreign_keys, key]})
+            tables[parent] = TableSpec(uri=spec.uri, primary_key=spec.entity)
+            entities = pc.unique(data[name].column(spec.entity).drop_null())
+            data[parent] = pa.table({spec.entity: entities})
+        return Relations.of(tables), data
 
     def parents(self, table: str) -> list[str]:
         return [key.references for key in self.tables[table].foreign_keys]
 
     def children(self, table: str) -> list[str]:
         return [name for name in self.order if table in self.parents(name)]
+
+
+def _with_entity(table: pa.Table, spec: TableSpec, where: str) -> pa.Table:
+    """``table`` checked for its entity column: there, of a key's type, and (with ``on_orphans:
+    drop``) without the rows that name no entity, which otherwise fail."""
+    entity = spec.entity or ""
+    if entity not in table.column_names:
+        raise DatasetError(f"{where}.entity: no column {entity!r} (columns: {', '.join(table.column_names)})")
+    type_ = table.schema.field(entity).type
+    if _kind(type_) is None:
+        raise DatasetError(
+            f"{where}.entity: {entity} is {type_}; an entity is named by an integer or a string"
+        )
+    missing = table.column(entity).null_count
+    if missing and spec.on_orphans == "fail":
+        raise DatasetError(
+            f"{where}.entity: {missing} of {table.num_rows} rows name no {entity} "
+            f"({where}.on_orphans: drop leaves them out)"
+        )
+    return table.filter(pc.is_valid(table.column(entity))) if missing else table
+
+
+def entity_table(table: str) -> str:
+    """The name of the parent table :meth:`Relations.with_entities` makes of ``table``'s entities."""
+    return f"{table}_entities"
 
 
 def _parents_first(tables: Mapping[str, TableSpec], where: str) -> list[str]:

@@ -14,7 +14,7 @@ import torch
 from test_quality_relational import relations, shop
 
 from genai_pipeline.config import TrainSpec
-from genai_pipeline.errors import ConfigError
+from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.models.relational import RelationalModel
 from genai_pipeline.quality.relational import relation_scores
 from genai_pipeline.relational import Relations, TableSpec, check_keys
@@ -153,3 +153,71 @@ def test_a_family_that_cannot_complete_rows_dp_and_reserved_names_are_refused() 
     real["customers"] = real["customers"].append_column("__position__", pa.array(range(40)))
     with pytest.raises(ConfigError, match="dataset.tables.customers: column '__position__' starts with __"):
         fitted(real, schema)
+
+
+def test_time_series_per_entity_come_out_as_fresh_entities_with_ordered_readings() -> None:
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(3, 12, 150)
+    sensor = np.repeat([f"S-{i:04d}" for i in range(150)], lengths)
+    level = np.repeat(rng.choice([10.0, 50.0], 150), lengths)
+    walk = np.concatenate([np.cumsum(rng.normal(size=n)) * 0.3 for n in lengths])
+    minute = np.concatenate([np.cumsum(rng.integers(5, 16, n)) for n in lengths])
+    real = {"readings": pa.table({"sensor": sensor, "minute": minute, "value": level + walk})}
+    schema = Relations.of({"readings": TableSpec(uri="readings", entity="sensor", order_by="minute")})
+    synthetic = RelationalModel.fit(real, schema, family="autoregressive", params=PARAMS, train=TRAIN).sample(
+        seed=6
+    )
+    assert list(synthetic) == ["readings"] and synthetic["readings"].schema == real["readings"].schema
+    sensors = synthetic["readings"].column("sensor")
+    assert not pc.any(pc.is_in(sensors, value_set=real["readings"].column("sensor").combine_chunks())).as_py()
+    assert all(name.startswith("S-") and len(name) == 6 for name in pc.unique(sensors).to_pylist())
+    expanded, real_expanded = schema.with_entities(real)
+    _, synthetic_expanded = schema.with_entities(synthetic)
+    (score,) = relation_scores(real_expanded, synthetic_expanded, expanded)
+    assert score.name == "readings.sensor → readings_entities"
+    assert score.order == 1.0 and score.cardinality is not None and score.cardinality > 0.8
+    assert score.gaps is not None and score.gaps > 0.8
+
+
+def test_an_entity_column_is_checked_and_a_parent_table_excludes_it() -> None:
+    real = {"readings": pa.table({"sensor": ["a", None, "b"], "minute": [1, 2, 3]})}
+    schema = Relations.of({"readings": TableSpec(uri="readings", entity="sensor")})
+    with pytest.raises(DatasetError, match=r"dataset.tables.readings.entity: 1 of 3 rows name no sensor"):
+        schema.with_entities(real)
+    dropping = Relations.of({"readings": TableSpec(uri="r", entity="sensor", on_orphans="drop")})
+    _, expanded = dropping.with_entities(real)
+    assert expanded["readings"].num_rows == 2 and expanded["readings_entities"].column(
+        "sensor"
+    ).to_pylist() == ["a", "b"]
+    with pytest.raises(DatasetError, match="dataset.tables.readings.entity: no column 'device'"):
+        Relations.of({"readings": TableSpec(uri="r", entity="device")}).with_entities(real)
+    with pytest.raises(ConfigError, match="readings.entity: readings is generated per row of sites already"):
+        Relations.of(
+            {
+                "sites": TableSpec(uri="s", primary_key="site"),
+                "readings": TableSpec.model_validate(
+                    {
+                        "uri": "r",
+                        "entity": "sensor",
+                        "foreign_keys": [{"column": "site", "references": "sites", "context": True}],
+                    }
+                ),
+            }
+        )
+
+
+def test_with_an_entity_another_key_is_matched_unless_it_says_context() -> None:
+    schema = Relations.of(
+        {
+            "sites": TableSpec(uri="s", primary_key="site"),
+            "readings": TableSpec.model_validate(
+                {"uri": "r", "entity": "sensor", "foreign_keys": [{"column": "site", "references": "sites"}]}
+            ),
+        }
+    )
+    assert schema.context["readings"] is None
+    real = {"sites": pa.table({"site": [1, 2]}), "readings": pa.table({"sensor": ["a", "a"], "site": [1, 2]})}
+    expanded, _ = schema.with_entities(real)
+    context = expanded.context["readings"]
+    assert context is not None and context.references == "readings_entities"
+    assert expanded.order == ["sites", "readings_entities", "readings"]

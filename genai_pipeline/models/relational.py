@@ -76,11 +76,14 @@ class TableLayout:
 class RelationalModel:
     """A trained model per table and how their rows join."""
 
+    #: the schema with each entity a table of its own (:meth:`Relations.with_entities`)
     relations: Relations
     #: None for a table without rows
     models: dict[str, TabularSynthesizer | None]
     layouts: dict[str, TableLayout]
     rows: dict[str, int]
+    #: the tables sampled for the user, parents first (not the entity tables)
+    published: list[str]
 
     @classmethod
     def fit(
@@ -99,6 +102,8 @@ class RelationalModel:
                 "train.privacy: not for several tables yet: a parent's row reaches its children's "
                 "training too, so a per-table budget would not bound what one entity reveals"
             )
+        published = list(relations.order)
+        relations, real = relations.with_entities(real)
         cls_ = model_class("tabular", family)
         models, layouts = {}, {}
         for name in relations.order:
@@ -138,7 +143,8 @@ class RelationalModel:
                 )
                 model.fit(TabularData(training, None, roles=roles), train, None)
             models[name], layouts[name] = model, layout
-        return cls(relations, models, layouts, {name: real[name].num_rows for name in relations.order})
+        rows = {name: real[name].num_rows for name in relations.order}
+        return cls(relations, models, layouts, rows, published)
 
     def save(self, storage: Storage, rel: str) -> None:
         """Each table's model in ``rel/<table>/`` (as any model is saved: JSON and safetensors), and
@@ -158,6 +164,7 @@ class RelationalModel:
             "tables": {name: spec.model_dump(mode="json") for name, spec in self.relations.tables.items()},
             "layouts": layouts,
             "rows": self.rows,
+            "published": self.published,
             "trained": [name for name, model in self.models.items() if model is not None],
         }
         storage.write_bytes(f"{rel}/relational.json", json.dumps(state).encode())
@@ -178,7 +185,7 @@ class RelationalModel:
             model = load_model(storage, f"{rel}/{name}", device)
             assert isinstance(model, TabularSynthesizer)
             models[name] = model
-        return cls(relations, models, layouts, state["rows"])
+        return cls(relations, models, layouts, state["rows"], state["published"])
 
     def sample(self, *, seed: int, scale: float = 1.0, batch_size: int = 65_536) -> dict[str, pa.Table]:
         """Every table, in the real tables' schemas; tables without a context parent get ``scale``
@@ -201,7 +208,7 @@ class RelationalModel:
                     column, self._matched(name, column, share, made, table.num_rows, rng)
                 )
             made[name] = table
-        return {name: _published(made[name], self.layouts[name].schema) for name in self.relations.order}
+        return {name: _published(made[name], self.layouts[name].schema) for name in self.published}
 
     def _matched(
         self,
