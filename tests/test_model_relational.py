@@ -221,3 +221,26 @@ def test_with_an_entity_another_key_is_matched_unless_it_says_context() -> None:
     context = expanded.context["readings"]
     assert context is not None and context.references == "readings_entities"
     assert expanded.order == ["sites", "readings_entities", "readings"]
+
+
+def test_a_planted_value_in_any_table_never_comes_out(tmp_path: Path) -> None:
+    # canaries: an extreme amount in one order (also its next sibling's previous amount, as the
+    # model is given it), a unique e-mail and an extreme segment value in one customer
+    real = shop(customers=120)
+    customers, orders = real["customers"], real["orders"]
+    emails = [f"user{i}@example.com" for i in range(customers.num_rows)]
+    emails[7] = "canary.planted@secret-domain.org"
+    real["customers"] = customers.append_column("email", pa.array(emails))
+    amounts = orders.column("amount").to_numpy().copy()
+    amounts[3] = 98_765.4321
+    real["orders"] = orders.set_column(2, "amount", pa.array(amounts))
+    model = fitted(real, relations(), epochs=20)
+    model.save(Storage(str(tmp_path)), "model")  # nor in the model's files
+    saved = b"".join(path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
+    assert b"secret-domain" not in saved and b"98765" not in saved
+    synthetic = model.sample(seed=8)
+    assert "canary.planted@secret-domain.org" not in synthetic["customers"].column("email").to_pylist()
+    assert not any(
+        email.endswith("secret-domain.org") for email in synthetic["customers"].column("email").to_pylist()
+    )
+    assert pc.max(synthetic["orders"].column("amount")).as_py() < 1_000
