@@ -6,6 +6,7 @@ SDV's HMASynthesizer and PARSynthesizer and MOSTLY AI's engine with a context fo
     .venv-sdv/bin/python benchmarks/relational_flights.py sdv-par --out /tmp/rel/par
     .venv-peers/bin/python benchmarks/relational_flights.py mostly --out /tmp/rel/mostly
     python benchmarks/relational_flights.py score /tmp/rel/*
+    python benchmarks/relational_flights.py stream --epochs 10 --scale 100     # memory, streaming
 
 The data (``benchmark_data.load_flights``): 1,000 planes drawn among those that flew in January 2013,
 and their 8,608 flights of that month (1 to 66 per plane, 6 the median). Every runner writes
@@ -91,6 +92,35 @@ def ours(args: argparse.Namespace) -> None:
     sample = time.perf_counter() - started
     _finish(args.out, synthetic, real, synthesizer="genai_pipeline autoregressive", fit_seconds=round(fit, 2),
             sample_seconds=round(sample, 2), params=args.params, epochs=args.epochs)  # fmt: skip
+
+
+def stream(args: argparse.Namespace) -> None:
+    """Memory while streaming ``--scale`` times the planes and their flights (batches counted and
+    dropped, as a writer would): the peak RSS before and after, rows made, rows/s."""
+    import torch
+
+    from genai_pipeline.config import TrainSpec
+    from genai_pipeline.models.relational import RelationalModel
+    from genai_pipeline.relational import check_keys
+
+    torch.set_num_threads(2)
+    real = load_flights(args.planes)
+    relations = _schema()
+    checked, _ = check_keys(real, relations)
+    model = RelationalModel.fit(
+        checked, relations, family="autoregressive", params=json.loads(args.params),
+        train=TrainSpec(epochs=args.epochs, batch_size=args.batch_size, device="cpu", seed=args.seed),
+    )  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows = dict.fromkeys(real, 0)
+    started = time.perf_counter()
+    for name, batch in model.stream(seed=args.seed + 1, scale=args.scale, batch_size=args.stream_batch):
+        rows[name] += batch.num_rows
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"scale": args.scale, "rows": rows, "seconds": round(seconds, 1),
+                      "rows_per_second": round(sum(rows.values()) / seconds),
+                      "peak_rss_mb_before": round(before), "peak_rss_mb_after": round(after)}))  # fmt: skip
 
 
 def _sdv_metadata(real: dict[str, pa.Table]):  # noqa: ANN202
@@ -219,9 +249,11 @@ def score(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("ours", "sdv-hma", "sdv-par", "mostly"):
+    for name in ("ours", "sdv-hma", "sdv-par", "mostly", "stream"):
         command = commands.add_parser(name)
-        command.add_argument("--out", type=Path, required=True)
+        command.add_argument("--out", type=Path, required=name != "stream")
+        command.add_argument("--scale", type=float, default=1.0, help="stream: times the real planes")
+        command.add_argument("--stream-batch", type=int, default=65_536, help="stream: rows per batch")
         command.add_argument("--planes", type=int, default=1000)
         command.add_argument("--seed", type=int, default=0)
         command.add_argument("--epochs", type=int, default=100)
@@ -232,9 +264,15 @@ def main() -> None:
     scoring.add_argument("folders", type=Path, nargs="+")
     scoring.add_argument("--planes", type=int, default=1000)
     args = parser.parse_args()
-    {"ours": ours, "sdv-hma": sdv_hma, "sdv-par": sdv_par, "mostly": mostly, "score": score}[args.command](
-        args
-    )
+    run = {
+        "ours": ours,
+        "sdv-hma": sdv_hma,
+        "sdv-par": sdv_par,
+        "mostly": mostly,
+        "stream": stream,
+        "score": score,
+    }
+    run[args.command](args)
 
 
 if __name__ == "__main__":

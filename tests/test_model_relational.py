@@ -17,7 +17,7 @@ from genai_pipeline.config import TrainSpec
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.models.relational import RelationalModel
 from genai_pipeline.quality.relational import relation_scores
-from genai_pipeline.relational import Relations, TableSpec, check_keys
+from genai_pipeline.relational import ForeignKey, Relations, TableSpec, check_keys
 from genai_pipeline.storage import Storage
 
 # small networks, and little weight decay: the family's default decay, tuned against memorising a
@@ -244,3 +244,45 @@ def test_a_planted_value_in_any_table_never_comes_out(tmp_path: Path) -> None:
         email.endswith("secret-domain.org") for email in synthetic["customers"].column("email").to_pylist()
     )
     assert pc.max(synthetic["orders"].column("amount")).as_py() < 1_000
+
+
+def test_a_stream_holds_no_table_whole_and_its_batches_join() -> None:
+    real = shop(customers=200)
+    model = fitted(real, relations(), epochs=5)
+    seen: list[tuple[str, int]] = []
+    tables: dict[str, list[pa.Table]] = {"customers": [], "orders": []}
+    for name, batch in model.stream(seed=3, batch_size=50):
+        seen.append((name, batch.num_rows))
+        tables[name].append(batch)
+    assert all(rows <= 50 for _, rows in seen) and seen[0][0] == "customers"
+    assert sum(rows for name, rows in seen if name == "customers") == 200
+    assert len([name for name, _ in seen if name == "orders"]) > 4  # the orders came in many batches
+    synthetic = {name: pa.concat_tables(parts) for name, parts in tables.items()}
+    for name, key in (("customers", "customer_id"), ("orders", "order_id")):
+        assert pc.count_distinct(synthetic[name].column(key)).as_py() == synthetic[name].num_rows
+    (score,) = relation_scores(real, synthetic, relations())
+    assert score.integrity == 1.0 and score.order == 1.0
+
+
+def test_a_matched_key_into_its_own_tree_is_refused_another_tree_is_made_first() -> None:
+    real = shop(customers=60)
+    real["orders"] = real["orders"].append_column("referrer", real["orders"].column("customer_id"))
+    inside = Relations.of(
+        {
+            **relations().tables,
+            "orders": relations()
+            .tables["orders"]
+            .model_copy(
+                update={
+                    "foreign_keys": [
+                        *relations().tables["orders"].foreign_keys,
+                        ForeignKey(column="referrer", references="customers", context=False),
+                    ]
+                }
+            ),
+        }
+    )
+    with pytest.raises(
+        ConfigError, match="a matched key under customers points at a table generated with it"
+    ):
+        fitted(real, inside, epochs=2).sample(seed=0)

@@ -14,19 +14,21 @@ its context). The order column is learned as the first sibling's value (``__firs
 later sibling's gap to the one before (``__gap__``, never below the smallest real gap), so the
 events come out in order with gaps like the real ones.
 
-**How it is sampled** (:meth:`RelationalModel.sample`). Tables without a context parent are sampled
-as single tables (as many rows as the real one, times ``scale``). A child table is then made for
-all parents at once, one position at a time: position 0 of every parent that has a child, then
-position 1 of every parent that has two, each row given its parent's columns and its previous
-sibling's, so a table of any length takes as many model calls as its longest sequence. A matched
-(non-context) foreign key points at a synthetic parent row drawn at random.
+**How it is sampled** (:meth:`RelationalModel.stream`). Tables without a context parent are sampled
+as single tables (as many rows as the real one, times ``scale``), in batches. For each batch, its
+child rows are made for slices of it, one position at a time: position 0 of every parent in the
+slice that has a child, then position 1 of every parent that has two, each row given its parent's
+columns and its previous sibling's, so a slice takes as many model calls as its longest sequence;
+then their children, depth first. Memory stays flat however large a child table is (measured in
+BENCHMARKS.md). A matched (non-context) foreign key points at a synthetic parent row drawn at
+random, so the tables it points at are made first and their keys kept.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -188,59 +190,41 @@ class RelationalModel:
         return cls(relations, models, layouts, state["rows"], state["published"])
 
     def sample(self, *, seed: int, scale: float = 1.0, batch_size: int = 65_536) -> dict[str, pa.Table]:
-        """Every table, in the real tables' schemas; tables without a context parent get ``scale``
-        times their real rows, children as many as their synthetic parents ask for."""
-        rng = np.random.default_rng(seed)
-        made: dict[str, pa.Table] = {}  # with the internal columns: what children read
-        for number, name in enumerate(self.relations.order):
+        """Every table whole: :meth:`stream`'s batches put together."""
+        batches: dict[str, list[pa.Table]] = {name: [] for name in self.published}
+        for name, batch in self.stream(seed=seed, scale=scale, batch_size=batch_size):
+            batches[name].append(batch)
+        return {
+            name: pa.concat_tables(parts) if parts else self.layouts[name].schema.empty_table()
+            for name, parts in batches.items()
+        }
+
+    def stream(
+        self, *, seed: int, scale: float = 1.0, batch_size: int = 65_536
+    ) -> Iterator[tuple[str, pa.Table]]:
+        """Every table as ``(name, batch)`` pairs in the real schemas, each batch of a parent before
+        its children's. Tables without a context parent come in batches of ``batch_size`` rows
+        (``scale`` times their real rows in all); each batch's children are made for slices of it
+        small enough that a child batch stays near ``batch_size`` rows, and theirs in turn, depth
+        first: however large a child table, it is never held whole. Only the keys of tables that a
+        matched key points at are kept, whole, so those tables come first."""
+        walk = _Walk(self, seed, batch_size)
+        for name in walk.roots():
             model = self.models[name]
-            context = self.relations.context[name]
-            key = seed * 1_000_003 + number
             if model is None:
-                table = self.layouts[name].schema.empty_table()
-            elif context is None:
-                rows = max(1, round(self.rows[name] * scale))
-                table = pa.concat_tables(model.sample(rows, conditions=None, seed=key, batch_size=batch_size))
-            else:
-                table = self._children(name, made[context.references], key)
-            for column, share in self.layouts[name].unmatched.items():
-                table = table.append_column(
-                    column, self._matched(name, column, share, made, table.num_rows, rng)
-                )
-            made[name] = table
-        return {name: _published(made[name], self.layouts[name].schema) for name in self.published}
+                continue
+            rows = max(1, round(self.rows[name] * scale))
+            walk.totals[name] = rows
+            for batch in model.sample(rows, conditions=None, seed=walk.key(name), batch_size=batch_size):
+                yield from walk.descend(name, batch)
 
-    def _matched(
-        self,
-        name: str,
-        column: str,
-        unmatched: float,
-        made: Mapping[str, pa.Table],
-        rows: int,
-        rng: np.random.Generator,
-    ) -> pa.Array:
-        """A matched foreign key: a synthetic parent row drawn at random for each row, none (null)
-        for the real share of rows without one, or when the parent table is empty."""
-        foreign = next(key for key in self.relations.tables[name].foreign_keys if key.column == column)
-        keys = dense(
-            made[foreign.references].column(self.relations.tables[foreign.references].primary_key or "")
-        )
-        if len(keys) == 0:
-            return pa.nulls(rows, keys.type)
-        picked = keys.take(rng.integers(0, len(keys), rows))
-        return pc.if_else(pa.array(rng.random(rows) < unmatched), pa.nulls(rows, keys.type), picked)
-
-    def _children(self, name: str, parents: pa.Table, key: int) -> pa.Table:
-        """The child table ``name`` for synthetic ``parents``, one position at a time."""
+    def _children(self, name: str, parents: pa.Table, key: int, rows: RowStream) -> pa.Table:
+        """The child rows ``name`` of synthetic ``parents``, one position at a time, as rows
+        ``rows.first …`` of the run's ``rows.total`` (fresh keys)."""
         layout, model = self.layouts[name], self.models[name]
         assert model is not None
-        counts = np.zeros(parents.num_rows, np.int64)  # an empty parent table has no counts
-        if CHILDREN + name in parents.column_names:
-            counts = np.maximum(pc.fill_null(parents.column(CHILDREN + name), 0).to_numpy(), 0).astype(
-                np.int64
-            )
-        total = int(counts.sum())
-        pieces, alive_before, previous, offset = [], np.zeros(0, np.int64), None, 0
+        counts = _counts(parents, name)
+        pieces, alive_before, previous, offset = [], np.zeros(0, np.int64), None, rows.first
         for position in range(max(int(counts.max(initial=0)), 1)):  # position 0 even for none
             alive = np.flatnonzero(counts > position)
             given = {PARENT + column: parents.column(column).take(alive) for column in layout.parent_columns}
@@ -249,7 +233,8 @@ class RelationalModel:
                 before = np.searchsorted(alive_before, alive)
                 for column in layout.previous_columns:
                     given[PREVIOUS + column] = previous.column(column).take(before)
-            piece = model.complete(pa.table(given), seed=key + position, rows=RowStream(key, offset, total))
+            stream = RowStream(rows.key, offset, rows.total)
+            piece = model.complete(pa.table(given), seed=key * 1_000_003 + position, rows=stream)
             pieces.append(piece.append_column("__parent_row__", pa.array(alive)))
             previous, alive_before, offset = piece, alive, offset + len(alive)
         table = pa.concat_tables(pieces).sort_by([("__parent_row__", "ascending"), (POSITION, "ascending")])
@@ -262,6 +247,124 @@ class RelationalModel:
         return table.append_column(
             context.column, parents.column(primary).take(table.column("__parent_row__"))
         )
+
+    def most_children(self, parent: str, child: str) -> int:
+        """The most children of ``child`` a row of ``parent`` can have: the largest count its
+        model decodes (at least 1)."""
+        model = self.models[parent]
+        codecs = [] if model is None else [c for c in model.encoder.codecs if c.name == CHILDREN + child]
+        if not codecs:
+            return 1
+        codec = codecs[0]
+        if codec.kind == "continuous":
+            values = list(codec.knots or [])
+        else:
+            values = [v for v in codec.categories or [] if isinstance(v, int | float)]
+        return max(1, int(np.ceil(max(values or [1]))))
+
+
+class _Walk:
+    """One :meth:`RelationalModel.stream`: its random draws, and per table the rows made so far,
+    the rows it can have at most (the fresh keys' ``RowStream`` total) and, for a table a matched
+    key points at, its keys."""
+
+    def __init__(self, model: RelationalModel, seed: int, batch_size: int):
+        self.model, self.seed, self.batch_size = model, seed, batch_size
+        self.rng = np.random.default_rng(seed)
+        self.made: dict[str, int] = dict.fromkeys(model.relations.order, 0)
+        self.totals: dict[str, int] = {}
+        self.calls = 0
+        relations = model.relations
+        self.matched = {
+            key.references
+            for name in relations.order
+            for key in relations.tables[name].foreign_keys
+            if key is not relations.context[name]
+        }
+        self.keys: dict[str, list[pa.Array]] = {name: [] for name in self.matched}
+
+    def key(self, name: str) -> int:
+        return self.seed * 1_000_003 + self.model.relations.order.index(name)
+
+    def roots(self) -> list[str]:
+        """The tables without a context parent, each after the trees holding the tables its own
+        tree's matched keys point at; refused when a tree's matched key points into itself or two
+        trees need each other's (neither could be finished first)."""
+        relations = self.model.relations
+        roots = [name for name in relations.order if relations.context[name] is None]
+        tree = {name: self._root_of(name) for name in relations.order}
+        needs = {
+            root: {
+                tree[key.references]
+                for name in relations.order
+                if tree[name] == root
+                for key in relations.tables[name].foreign_keys
+                if key is not relations.context[name]
+            }
+            for root in roots
+        }
+        ordered: list[str] = []
+        while len(ordered) < len(roots):
+            waiting = [root for root in roots if root not in ordered]
+            ready = [root for root in waiting if root not in needs[root] and needs[root] <= set(ordered)]
+            if not ready:
+                stuck = next((root for root in waiting if root in needs[root]), waiting[0])
+                raise ConfigError(
+                    f"dataset.tables: a matched key under {stuck} points at a table generated with it, "
+                    "whose keys are not all known until it is done: make that key the context"
+                )
+            ordered.extend(ready)
+        return ordered
+
+    def _root_of(self, name: str) -> str:
+        context = self.model.relations.context[name]
+        return name if context is None else self._root_of(context.references)
+
+    def descend(self, name: str, batch: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+        """``batch`` of table ``name`` (its internal columns too), then its children, depth first."""
+        model, relations = self.model, self.model.relations
+        for column, share in model.layouts[name].unmatched.items():
+            batch = batch.append_column(column, self._matched(name, column, share, batch.num_rows))
+        primary = relations.tables[name].primary_key
+        if name in self.matched and primary is not None:
+            self.keys[name].append(dense(batch.column(primary)))
+        self.made[name] += batch.num_rows
+        if name in model.published:
+            yield name, _published(batch, model.layouts[name].schema)
+        for child in model.layouts[name].children:
+            if model.models[child] is None:
+                continue
+            most = model.most_children(name, child)
+            self.totals.setdefault(child, self.totals[name] * most)
+            step = max(1, self.batch_size // most)
+            for start in range(0, batch.num_rows, step):
+                self.calls += 1
+                rows = RowStream(self.key(child), self.made[child], self.totals[child])
+                children = model._children(
+                    child, batch.slice(start, step), self.key(child) + self.calls, rows
+                )
+                yield from self.descend(child, children)
+
+    def _matched(self, name: str, column: str, unmatched: float, rows: int) -> pa.Array:
+        """A matched foreign key: a synthetic parent row drawn at random for each row, none (null)
+        for the real share of rows without one, or when the parent table is empty."""
+        relations = self.model.relations
+        foreign = next(key for key in relations.tables[name].foreign_keys if key.column == column)
+        primary = relations.tables[foreign.references].primary_key or ""
+        type_ = self.model.layouts[foreign.references].schema.field(primary).type
+        parts = [part for part in self.keys[foreign.references] if len(part)]
+        if not parts:
+            return pa.nulls(rows, type_)
+        keys = pa.concat_arrays(parts)
+        picked = keys.take(self.rng.integers(0, len(keys), rows))
+        return pc.if_else(pa.array(self.rng.random(rows) < unmatched), pa.nulls(rows, keys.type), picked)
+
+
+def _counts(parents: pa.Table, child: str) -> np.ndarray:
+    """How many children of ``child`` each synthetic parent row asked for (0 without a count)."""
+    if CHILDREN + child not in parents.column_names:  # an empty parent table
+        return np.zeros(parents.num_rows, np.int64)
+    return np.maximum(pc.fill_null(parents.column(CHILDREN + child), 0).to_numpy(), 0).astype(np.int64)
 
 
 def training_table(real: Mapping[str, pa.Table], relations: Relations, layout: TableLayout) -> pa.Table:
