@@ -146,8 +146,8 @@ def test_a_parent_table_whose_rows_have_no_children_gives_an_empty_child_table()
 
 def test_a_family_that_cannot_complete_rows_dp_and_reserved_names_are_refused() -> None:
     real, schema = shop(customers=40), relations()
-    with pytest.raises(ConfigError, match="model.family: vae cannot generate orders per row of customers"):
-        RelationalModel.fit(real, schema, family="vae", train=TRAIN)
+    with pytest.raises(ConfigError, match="model.family: gan cannot generate orders per row of customers"):
+        RelationalModel.fit(real, schema, family="gan", train=TRAIN)
     with pytest.raises(ConfigError, match="train.privacy: not for several tables yet"):
         fitted(real, schema, privacy={"epsilon": 3.0})
     real["customers"] = real["customers"].append_column("__position__", pa.array(range(40)))
@@ -286,3 +286,18 @@ def test_a_matched_key_into_its_own_tree_is_refused_another_tree_is_made_first()
         ConfigError, match="a matched key under customers points at a table generated with it"
     ):
         fitted(real, inside, epochs=2).sample(seed=0)
+
+
+@pytest.mark.parametrize(("family", "trend"), [("vae", 0.6), ("diffusion", 0.8)])
+def test_the_vae_and_diffusion_families_generate_children_given_their_parent(
+    family: str, trend: float
+) -> None:
+    # they condition through revealed inputs: a child's given columns are revealed in every
+    # training row, so the network learns the rest given them
+    real, schema = shop(), relations()
+    checked, _ = check_keys(real, schema)
+    model = RelationalModel.fit(checked, schema, family=family, train=TRAIN.model_copy(update={"epochs": 60}))
+    synthetic = model.sample(seed=2)
+    (score,) = relation_scores(real, synthetic, schema)
+    assert score.integrity == 1.0 and score.order == 1.0
+    assert score.pair_trends[("customers.segment", "orders.amount")].score > trend

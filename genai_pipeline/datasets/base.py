@@ -39,6 +39,9 @@ class TabularData:
     roles: Mapping[str, ColumnRole] | None = None
     protection: Protection = field(default_factory=Protection)
     unseen: pa.Table | None = None
+    #: columns every sampled row will be given (a child table's context: its parent's columns, its
+    #: position): a model learns the others given them, revealing them in every training row
+    given: tuple[str, ...] = ()
 
     modality = "tabular"
 

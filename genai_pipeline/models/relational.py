@@ -115,7 +115,7 @@ class RelationalModel:
             if context is not None and not cls_.completes_rows:
                 raise ConfigError(
                     f"model.family: {family} cannot generate {name} per row of {context.references} "
-                    "(the autoregressive family can)"
+                    "(the autoregressive, VAE and diffusion families can)"
                 )
             layout = TableLayout(
                 name,
@@ -143,7 +143,10 @@ class RelationalModel:
                 model = cls_(
                     cls_.Config.model_validate(dict(params or {})), device=resolve_device(train.device)
                 )
-                model.fit(TabularData(training, None, roles=roles), train, None)
+                given = tuple(
+                    c for c in training.column_names if c.startswith((PARENT, PREVIOUS)) or c == POSITION
+                )
+                model.fit(TabularData(training, None, roles=roles, given=given), train, None)
             models[name], layouts[name] = model, layout
         rows = {name: real[name].num_rows for name in relations.order}
         return cls(relations, models, layouts, rows, published)

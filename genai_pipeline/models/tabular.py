@@ -152,17 +152,25 @@ class Reveal:
     ``rate`` of rows, a subset of columns of a random size, so every subset is seen in training.
     """
 
-    def __init__(self, encoder: TableEncoder):
+    def __init__(self, encoder: TableEncoder, given: Sequence[str] = ()):
         sizes = [sum(span.size for span in codec.spans) for codec, _ in encoder.span_columns]
         self.columns = len(sizes)
         self.size = encoder.width + self.columns
         self._feature_column = torch.repeat_interleave(
             torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long)
         )
+        #: columns revealed in every training row: what each sampled row is given (a child's context)
+        self.always = torch.tensor(
+            [codec.name in given for codec, _ in encoder.span_columns], dtype=torch.bool
+        )
 
-    def training_mask(self, rows: int, rate: float, device: torch.device) -> torch.Tensor:
+    def training_mask(
+        self, rows: int, rate: float, device: torch.device, *, given: bool = True
+    ) -> torch.Tensor:
+        """Random subsets for a share ``rate`` of rows, and (``given``) the given columns always."""
         share = torch.rand(rows, 1, device=device) * (torch.rand(rows, 1, device=device) < rate)
-        return torch.rand(rows, self.columns, device=device) < share
+        random = torch.rand(rows, self.columns, device=device) < share
+        return random | self.always.to(device) if given else random
 
     def features(self, mask: torch.Tensor) -> torch.Tensor:
         """A column mask spread over the matrix features of each column."""
@@ -266,6 +274,8 @@ class TabularSynthesizer(Synthesizer):
     #: whether :meth:`complete` can give each row its own known columns (``render`` takes a
     #: :class:`Known` with a row per sampled row)
     completes_rows: ClassVar[bool] = False
+    #: the columns every row is given at sampling (``TabularData.given``), revealed in all training
+    given: list[str]
 
     def prepare(
         self,
@@ -286,7 +296,14 @@ class TabularSynthesizer(Synthesizer):
         prior = LabelPrior.fit(encoder, x, cond, dp)
         state = family_state(encoder, x) if family_state else {}
         seed_everything(train.seed)  # networks are built here, before fit_loop: seed their initial weights
-        self.restore({"encoder": encoder.to_state(), "label_prior": prior.to_state(), **state})
+        self.restore(
+            {
+                "encoder": encoder.to_state(),
+                "label_prior": prior.to_state(),
+                "given": list(data.given),
+                **state,
+            }
+        )
         return x, cond
 
     @property
@@ -331,13 +348,15 @@ class TabularSynthesizer(Synthesizer):
         return {
             "encoder": self.encoder.to_state(),
             "label_prior": self.prior.to_state(),
+            "given": self.given,
             **self.family_state(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.encoder = TableEncoder.from_state(state["encoder"])
         self.prior = LabelPrior(**state["label_prior"])
-        self.reveal = Reveal(self.encoder)
+        self.given = list(state.get("given", []))  # models saved before it gave none
+        self.reveal = Reveal(self.encoder, self.given)
         self.build(state)
 
     def sample(
@@ -403,7 +422,9 @@ class TabularSynthesizer(Synthesizer):
         where the given columns come first in its order) and a model without a label column only:
         what a child table's model does with its parent's columns (``models.relational``)."""
         if not self.completes_rows:
-            raise ConfigError(f"the {self.name} cannot complete rows (the autoregressive family can)")
+            raise ConfigError(
+                f"the {self.name} cannot complete rows (the autoregressive, VAE and diffusion families can)"
+            )
         if self.labels:
             raise ConfigError(f"the {self.name} has a label column: it completes no rows")
         for module in self.networks().values():

@@ -242,6 +242,7 @@ class TabularDiffusion(TabularSynthesizer):
     Config = TabularDiffusionConfig
 
     config: TabularDiffusionConfig
+    completes_rows = True  # its revealed inputs take a row each (Reveal.known_inputs)
     layout: SpanLayout
     masks: MaskSchedule
     dequantiser: Dequantiser

@@ -89,6 +89,7 @@ class TabularVAE(TabularSynthesizer):
     Config = TabularVAEConfig
 
     config: TabularVAEConfig
+    completes_rows = True  # its revealed inputs take a row each (Reveal.known_inputs)
     net: VAENet
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
