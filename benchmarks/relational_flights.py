@@ -82,7 +82,7 @@ def ours(args: argparse.Namespace) -> None:
     model = RelationalModel.fit(
         checked,
         relations,
-        family="autoregressive",
+        family=args.family,
         params=json.loads(args.params),
         train=TrainSpec(epochs=args.epochs, batch_size=args.batch_size, device="cpu", seed=args.seed),
     )
@@ -90,7 +90,7 @@ def ours(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     synthetic = model.sample(seed=args.seed + 1)
     sample = time.perf_counter() - started
-    _finish(args.out, synthetic, real, synthesizer="genai_pipeline autoregressive", fit_seconds=round(fit, 2),
+    _finish(args.out, synthetic, real, synthesizer=f"genai_pipeline {args.family}", fit_seconds=round(fit, 2),
             sample_seconds=round(sample, 2), params=args.params, epochs=args.epochs)  # fmt: skip
 
 
@@ -260,6 +260,9 @@ def main() -> None:
         command.add_argument("--batch-size", type=int, default=256)
         command.add_argument("--max-minutes", type=float, default=10.0)
         command.add_argument("--params", default="{}", help="our family's config, as JSON")
+        command.add_argument(
+            "--family", default="autoregressive", help="ours: autoregressive, vae or diffusion"
+        )
     scoring = commands.add_parser("score")
     scoring.add_argument("folders", type=Path, nargs="+")
     scoring.add_argument("--planes", type=int, default=1000)
