@@ -221,7 +221,7 @@ class RelationalModel:
             for batch in model.sample(rows, conditions=None, seed=walk.key(name), batch_size=batch_size):
                 yield from walk.descend(name, batch)
 
-    def _children(self, name: str, parents: pa.Table, key: int, rows: RowStream) -> pa.Table:
+    def children_of(self, name: str, parents: pa.Table, key: int, rows: RowStream) -> pa.Table:
         """The child rows ``name`` of synthetic ``parents``, one position at a time, as rows
         ``rows.first …`` of the run's ``rows.total`` (fresh keys)."""
         layout, model = self.layouts[name], self.models[name]
@@ -343,7 +343,7 @@ class _Walk:
             for start in range(0, batch.num_rows, step):
                 self.calls += 1
                 rows = RowStream(self.key(child), self.made[child], self.totals[child])
-                children = model._children(
+                children = model.children_of(
                     child, batch.slice(start, step), self.key(child) + self.calls, rows
                 )
                 yield from self.descend(child, children)
