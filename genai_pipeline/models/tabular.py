@@ -394,14 +394,7 @@ class TabularSynthesizer(Synthesizer):
                     if fixed is not None
                     else torch.multinomial(probs, size, replacement=True, generator=generator)
                 )
-            chunk = CPU_CHUNK_ROWS if device.type == "cpu" else size
-            with torch.no_grad():
-                rows = torch.cat(
-                    [
-                        self.render(None if cond is None else cond[begin:end], known, end - begin, generator)
-                        for begin, end in batched_indices(size, chunk)
-                    ]
-                )
+            rows = self._render_chunks(size, generator, cond, known)
             table = encoder.decode(
                 rows.float().cpu().numpy(),
                 None if cond is None else cond.cpu().numpy(),
@@ -414,6 +407,23 @@ class TabularSynthesizer(Synthesizer):
                     index, table.schema.field(index), encoder.value_array(key, value, size)
                 )
             yield table
+
+    def _render_chunks(
+        self, size: int, generator: torch.Generator, cond: torch.Tensor | None, known: Known | None
+    ) -> torch.Tensor:
+        """``size`` encoded rows, rendered :data:`CPU_CHUNK_ROWS` at a time on a CPU (bounding the
+        networks' memory); ``cond``, and a ``known`` with a row per sampled row, go with them."""
+        chunk = CPU_CHUNK_ROWS if self.device.type == "cpu" else max(size, 1)
+        parts = []
+        with torch.no_grad():
+            for begin, end in batched_indices(size, chunk):
+                part = known
+                if known is not None and known.row.dim() == 2:
+                    part = Known(known.row[begin:end], known.columns)
+                parts.append(
+                    self.render(None if cond is None else cond[begin:end], part, end - begin, generator)
+                )
+        return torch.cat(parts) if parts else torch.zeros((0, self.encoder.width), device=self.device)
 
     def complete(self, given: pa.Table, *, seed: int, rows: RowStream) -> pa.Table:
         """A row for each row of ``given``, which holds some of the data columns (the same in every
@@ -430,23 +440,10 @@ class TabularSynthesizer(Synthesizer):
         for module in self.networks().values():
             module.eval()
         matrix, columns = self.encoder.encode_given(given)
-        mask = torch.from_numpy(columns).to(self.device)
+        known = Known(torch.from_numpy(matrix).to(self.device), torch.from_numpy(columns).to(self.device))
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        chunk = CPU_CHUNK_ROWS if self.device.type == "cpu" else max(given.num_rows, 1)
-        with torch.no_grad():
-            parts = [
-                self.render(
-                    None,
-                    Known(torch.from_numpy(matrix[begin:end]).to(self.device), mask),
-                    end - begin,
-                    generator,
-                )
-                for begin, end in batched_indices(given.num_rows, chunk)
-            ]
-        drawn = (
-            torch.cat(parts).float().cpu().numpy() if parts else np.zeros((0, matrix.shape[1]), np.float32)
-        )
-        table = self.encoder.decode(drawn, None, seed=seed, rows=rows)
+        drawn = self._render_chunks(given.num_rows, generator, None, known)
+        table = self.encoder.decode(drawn.float().cpu().numpy(), None, seed=seed, rows=rows)
         for name in given.column_names:  # exactly as given, in the column's type
             index = table.schema.get_field_index(name)
             table = table.set_column(
