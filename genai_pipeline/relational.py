@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
 
+from genai_pipeline.columns import dense
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.masking import refuse_url_credentials
 from genai_pipeline.strict import StrictModel
@@ -258,12 +259,16 @@ def check_keys(
     return tables, report
 
 
-def resolves(column: pa.ChunkedArray, keys: pa.ChunkedArray, optional: bool) -> pa.ChunkedArray:
-    """Whether each value of ``column`` is one of ``keys`` (a null: ``optional``); integers of any
+def parent_rows(column: pa.ChunkedArray | pa.Array, keys: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Each value's position in ``keys`` (null: none there, or a null value); integers of any
     width and strings of either size are compared as one type."""
     common = pa.int64() if _kind(column.type) == "integer" else pa.large_string()
-    found = pc.is_in(column.cast(common), value_set=keys.combine_chunks().cast(common))
-    return pc.if_else(pc.is_null(column), optional, found)
+    return pc.index_in(dense(column).cast(common), value_set=dense(keys).cast(common))
+
+
+def resolves(column: pa.ChunkedArray, keys: pa.ChunkedArray, optional: bool) -> pa.Array:
+    """Whether each value of ``column`` is one of ``keys`` (a null: ``optional``)."""
+    return pc.if_else(pc.is_null(dense(column)), optional, pc.is_valid(parent_rows(column, keys)))
 
 
 def matched(column: pa.ChunkedArray, keys: pa.ChunkedArray, optional: bool) -> int:

@@ -47,7 +47,7 @@ from genai_pipeline.models.base import load_model
 from genai_pipeline.models.tabular import TabularSynthesizer
 from genai_pipeline.privacy.roles import column_roles
 from genai_pipeline.quality.relational import children_per_parent
-from genai_pipeline.relational import Relations, TableSpec
+from genai_pipeline.relational import Relations, TableSpec, parent_rows
 from genai_pipeline.storage import Storage
 from genai_pipeline.training import resolve_device
 
@@ -383,8 +383,7 @@ def training_table(real: Mapping[str, pa.Table], relations: Relations, layout: T
         table = table.sort_by(order)  # a stable sort: ties keep the file's order
         parent = real[context.references]
         primary = relations.tables[context.references].primary_key or ""
-        keys = dense(parent.column(primary))
-        row = pc.index_in(dense(table.column(context.column)).cast(keys.type), value_set=keys)
+        row = parent_rows(table.column(context.column), parent.column(primary))
         for column in layout.parent_columns:
             given[PARENT + column] = dense(parent.column(column)).take(row)
         position = _positions(dense(table.column(context.column)))

@@ -33,7 +33,7 @@ from scipy.stats import ks_2samp
 
 from genai_pipeline.columns import dense, is_numeric, to_float
 from genai_pipeline.quality.tabular import PairTrend, pair_trend_details, pearson
-from genai_pipeline.relational import ForeignKey, Relations, matched
+from genai_pipeline.relational import ForeignKey, Relations, matched, parent_rows
 
 
 @dataclass
@@ -96,9 +96,8 @@ def referential_integrity(children: pa.ChunkedArray, parents: pa.ChunkedArray, *
 def children_per_parent(parents: pa.ChunkedArray, children: pa.ChunkedArray) -> np.ndarray:
     """How many of ``children`` reference each of ``parents`` (0 for a parent without any; a
     child whose key is no parent is not counted)."""
-    keys = dense(parents)
-    index = pc.index_in(dense(children).cast(keys.type), value_set=keys).drop_null().to_numpy()
-    return np.bincount(index.astype(np.int64), minlength=len(keys))
+    index = parent_rows(children, parents).drop_null().to_numpy()
+    return np.bincount(index.astype(np.int64), minlength=len(parents))
 
 
 def cardinality_shape(
