@@ -67,7 +67,8 @@ def _schema():  # noqa: ANN202 (the pipeline's types: imported only where the pi
     )
 
 
-def ours(args: argparse.Namespace) -> None:
+def _fit_ours(args: argparse.Namespace):  # noqa: ANN202 (the pipeline's types: imported here only)
+    """``(real tables, our fitted RelationalModel, fit seconds)`` for ``ours`` and ``stream``."""
     import torch
 
     from genai_pipeline.config import TrainSpec
@@ -86,7 +87,11 @@ def ours(args: argparse.Namespace) -> None:
         params=json.loads(args.params),
         train=TrainSpec(epochs=args.epochs, batch_size=args.batch_size, device="cpu", seed=args.seed),
     )
-    fit = time.perf_counter() - started
+    return real, model, time.perf_counter() - started
+
+
+def ours(args: argparse.Namespace) -> None:
+    real, model, fit = _fit_ours(args)
     started = time.perf_counter()
     synthetic = model.sample(seed=args.seed + 1)
     sample = time.perf_counter() - started
@@ -97,20 +102,7 @@ def ours(args: argparse.Namespace) -> None:
 def stream(args: argparse.Namespace) -> None:
     """Memory while streaming ``--scale`` times the planes and their flights (batches counted and
     dropped, as a writer would): the peak RSS before and after, rows made, rows/s."""
-    import torch
-
-    from genai_pipeline.config import TrainSpec
-    from genai_pipeline.models.relational import RelationalModel
-    from genai_pipeline.relational import check_keys
-
-    torch.set_num_threads(2)
-    real = load_flights(args.planes)
-    relations = _schema()
-    checked, _ = check_keys(real, relations)
-    model = RelationalModel.fit(
-        checked, relations, family="autoregressive", params=json.loads(args.params),
-        train=TrainSpec(epochs=args.epochs, batch_size=args.batch_size, device="cpu", seed=args.seed),
-    )  # fmt: skip
+    real, model, _ = _fit_ours(args)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows = dict.fromkeys(real, 0)
     started = time.perf_counter()
