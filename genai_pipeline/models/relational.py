@@ -110,6 +110,7 @@ class RelationalModel:
         models, layouts = {}, {}
         for name in relations.order:
             table, spec = real[name], relations.tables[name]
+            own = _own_columns(spec, table.column_names)
             _refuse_reserved(name, table)
             context = relations.context[name]
             if context is not None and not cls_.completes_rows:
@@ -121,7 +122,7 @@ class RelationalModel:
                 name,
                 table.schema,
                 parent_columns=[] if context is None else layouts[context.references].learned,
-                previous_columns=_own_columns(spec, table.column_names) if spec.order_by else [],
+                previous_columns=own if spec.order_by else [],
                 children=[child for child in relations.order if _context_parent(relations, child) == name],
                 unmatched={
                     key.column: table.column(key.column).null_count / max(table.num_rows, 1)
@@ -130,14 +131,9 @@ class RelationalModel:
                 },
             )
             training = training_table(real, relations, layout)
-            primary = relations.tables[name].primary_key
-            declared = {primary: ColumnSpec(type="id")} if primary is not None else {}
+            declared = {spec.primary_key: ColumnSpec(type="id")} if spec.primary_key is not None else {}
             roles = column_roles(training, declared, None)
-            layout.learned = [
-                column
-                for column in _own_columns(spec, table.column_names)
-                if not (column in roles and roles[column].fresh)
-            ]
+            layout.learned = [column for column in own if not (column in roles and roles[column].fresh)]
             model = None  # a table without rows has nothing to learn: it comes out empty
             if table.num_rows:
                 model = cls_(
