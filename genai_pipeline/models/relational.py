@@ -349,12 +349,14 @@ class _Walk:
         for the real share of rows without one, or when the parent table is empty."""
         relations = self.model.relations
         foreign = next(key for key in relations.tables[name].foreign_keys if key.column == column)
-        primary = relations.tables[foreign.references].primary_key or ""
-        type_ = self.model.layouts[foreign.references].schema.field(primary).type
-        parts = [part for part in self.keys[foreign.references] if len(part)]
-        if not parts:
-            return pa.nulls(rows, type_)
-        keys = pa.concat_arrays(parts)
+        parts = self.keys[foreign.references]
+        if len(parts) != 1:  # the table is done (roots()): its batches' keys joined once, kept so
+            primary = relations.tables[foreign.references].primary_key or ""
+            type_ = self.model.layouts[foreign.references].schema.field(primary).type
+            parts[:] = [pa.concat_arrays(parts) if parts else pa.array([], type_)]
+        keys = parts[0]
+        if len(keys) == 0:
+            return pa.nulls(rows, keys.type)
         picked = keys.take(self.rng.integers(0, len(keys), rows))
         return pc.if_else(pa.array(self.rng.random(rows) < unmatched), pa.nulls(rows, keys.type), picked)
 
