@@ -152,10 +152,14 @@ class Relations:
         return Relations.of(tables), data
 
     def parents(self, table: str) -> list[str]:
+        """The tables ``table``'s foreign keys reference, in declaration order."""
         return [key.references for key in self.tables[table].foreign_keys]
 
     def children(self, table: str) -> list[str]:
-        return [name for name in self.order if table in self.parents(name)]
+        """The tables generated per row of ``table`` (whose context key references it), in order."""
+        return [
+            name for name in self.order if (key := self.context[name]) is not None and key.references == table
+        ]
 
 
 def _with_entity(table: pa.Table, spec: TableSpec, where: str) -> pa.Table:
@@ -244,14 +248,18 @@ def check_keys(
                 )
             # a null key has no parent: allowed for a matched key, an orphan for the context one
             optional = relations.context[name] is not key
-            orphans = table.num_rows - matched(column, referenced, optional)
+            found = resolves(column, referenced, optional)
+            orphans = table.num_rows - _count(found)
             if orphans and spec.on_orphans == "fail":
                 raise DatasetError(
                     f"{field_name}: {orphans} of {table.num_rows} rows of {name} reference no row of "
                     f"{key.references} ({where}.{name}.on_orphans: drop leaves them out)"
                 )
             # against the parent rows kept: the children of a dropped parent row go with it
-            keep = pc.and_(keep, resolves(column, tables[key.references].column(primary), optional))
+            kept_parents = tables[key.references]
+            if kept_parents.num_rows < data[key.references].num_rows:
+                found = resolves(column, kept_parents.column(primary), optional)
+            keep = pc.and_(keep, found)
         kept = table.filter(keep)
         if kept.num_rows < table.num_rows:
             report.dropped[name] = table.num_rows - kept.num_rows
@@ -273,7 +281,11 @@ def resolves(column: pa.ChunkedArray, keys: pa.ChunkedArray, optional: bool) -> 
 
 def matched(column: pa.ChunkedArray, keys: pa.ChunkedArray, optional: bool) -> int:
     """How many values of ``column`` :func:`resolves` to one of ``keys``."""
-    return int(pc.sum(pc.cast(resolves(column, keys, optional), pa.int64())).as_py() or 0)
+    return _count(resolves(column, keys, optional))
+
+
+def _count(mask: pa.Array) -> int:
+    return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
 
 
 def _require_columns(table: pa.Table, spec: TableSpec, where: str) -> None:

@@ -123,7 +123,7 @@ class RelationalModel:
                 table.schema,
                 parent_columns=[] if context is None else layouts[context.references].learned,
                 previous_columns=own if spec.order_by else [],
-                children=[child for child in relations.order if _context_parent(relations, child) == name],
+                children=relations.children(name),
                 unmatched={
                     key.column: table.column(key.column).null_count / max(table.num_rows, 1)
                     for key in spec.foreign_keys
@@ -410,11 +410,6 @@ def _own_columns(spec: TableSpec, columns: list[str]) -> list[str]:
     """A table's columns that its model learns as its own: not a key, not the order column."""
     keys = {key.column for key in spec.foreign_keys} | {spec.primary_key, spec.order_by}
     return [column for column in columns if column not in keys]
-
-
-def _context_parent(relations: Relations, name: str) -> str | None:
-    key = relations.context[name]
-    return None if key is None else key.references
 
 
 def _positions(keys: pa.Array) -> np.ndarray:
