@@ -33,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
     run_date = parse_run_date(args.run_date)
     from flows.synthesize import synthesize  # Prefect's environment defaults first, then Prefect
 
-    route = f"{job.dataset.uri} → {job.model.family} → {job.export.output}"
+    route = f"{job.dataset.source} → {job.model.family} → {job.export.output}"
     print(f"running job {job.name!r} for {run_date}: {route}", flush=True)
     try:
         result = synthesize(job=job, run_date=run_date)
@@ -56,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     job = _load(args)
     print(
-        f"{args.job}: OK — {job.dataset.modality} {job.model.family} on {job.dataset.uri}, "
+        f"{args.job}: OK — {job.dataset.modality} {job.model.family} on {job.dataset.source}, "
         f"{job.generate.num_samples} samples to {job.export.output}/{job.name}"
     )
     return 0
@@ -67,7 +67,7 @@ def _datasets(args: argparse.Namespace) -> int:
 
     for dataset in BUILTINS.values():
         print(
-            f"builtin://{dataset.name:<10} {dataset.modality:<8} label={dataset.label:<8} "
+            f"builtin://{dataset.name:<21} {dataset.modality:<8} label={dataset.label or '-':<8} "
             f"{dataset.description} [{dataset.package}]"
         )
     return 0

@@ -24,7 +24,10 @@ from pydantic import (
 )
 
 from genai_pipeline.datasets.builtin import BUILTINS
+from genai_pipeline.errors import ConfigError
 from genai_pipeline.masking import literal_secret_in, mask_secrets, refuse_url_credentials
+from genai_pipeline.relational import ColumnSpec as ColumnSpec  # declared here first: re-exported
+from genai_pipeline.relational import Relations, TableSpec
 from genai_pipeline.storage import nested_locations, split_url
 from genai_pipeline.strict import StrictModel
 
@@ -41,37 +44,6 @@ def _one_value(value: Any) -> Any:
 
 
 ConditionValue = Annotated[str | int | float | bool, BeforeValidator(_one_value)]
-
-#: what a column is, as a job may declare it (``dataset.columns``): identifiers and personal data are
-#: generated fresh, text is protected like a category, the last two override how a column is encoded
-ColumnType = Literal["id", "pii", "text", "category", "numeric"]
-
-
-class ColumnSpec(StrictModel):
-    """How one column is treated, declared where detection would guess wrong or not at all."""
-
-    type: ColumnType = Field(
-        description="id: generated fresh, same format, never a real value; pii: fresh personal data of "
-        "its kind; text: protected like a category; category/numeric: how it is encoded"
-    )
-    kind: str | None = Field(
-        default=None, description="pii: email, phone, first_name, last_name, name, … (default: detected)"
-    )
-    locale: str | None = Field(
-        default=None, description="pii: the Faker locale of fresh values, e.g. de_DE (default: detected)"
-    )
-
-    @model_validator(mode="after")
-    def _kind_and_locale(self) -> ColumnSpec:
-        from genai_pipeline.privacy.roles import check_locale, check_pii_kind
-
-        if (self.kind is not None or self.locale is not None) and self.type != "pii":
-            raise ValueError("kind and locale are for type: pii")
-        if self.kind is not None:
-            check_pii_kind(self.kind)
-        if self.locale is not None:
-            check_locale(self.locale)
-        return self
 
 
 class ValueProtectionSpec(StrictModel):
@@ -98,10 +70,30 @@ class ValueProtectionSpec(StrictModel):
     )
 
 
+def readable_uri(uri: str) -> str:
+    """A dataset URI the pipeline can read: a known built-in, a path or object storage."""
+    name = uri.removeprefix("builtin://")
+    if uri.startswith("builtin://") and name not in BUILTINS:
+        raise ValueError(f"unknown built-in dataset {name!r} (available: {', '.join(sorted(BUILTINS))})")
+    if uri.lower().startswith(("http://", "https://", "ftp://")):
+        raise ValueError(
+            "web URLs are not read (no folder listing, no change stamp for the cache): copy the data "
+            "to a local path or object storage (s3://…)"
+        )
+    return uri
+
+
 class DatasetSpec(StrictModel):
     """Where the real data lives and how to read it."""
 
-    uri: str = Field(min_length=1, description="local path, s3://bucket/key, or builtin://NAME")
+    uri: str | None = Field(
+        default=None, min_length=1, description="local path, s3://bucket/key, or builtin://NAME"
+    )
+    tables: dict[str, TableSpec] | None = Field(
+        default=None,
+        description="instead of uri: several tables joined by keys, {name: {uri, primary_key, "
+        "foreign_keys, order_by, entity, on_orphans}} (see the README's Whole databases)",
+    )
     format: DatasetFormat | None = Field(
         default=None,
         description="inferred from the URI: .csv → csv, builtins → theirs, anything else parquet",
@@ -145,16 +137,8 @@ class DatasetSpec(StrictModel):
 
     @field_validator("uri")
     @classmethod
-    def _readable_uri(cls, uri: str) -> str:
-        name = uri.removeprefix("builtin://")
-        if uri.startswith("builtin://") and name not in BUILTINS:
-            raise ValueError(f"unknown built-in dataset {name!r} (available: {', '.join(sorted(BUILTINS))})")
-        if uri.lower().startswith(("http://", "https://", "ftp://")):
-            raise ValueError(
-                "web URLs are not read (no folder listing, no change stamp for the cache): copy the data "
-                "to a local path or object storage (s3://…)"
-            )
-        return uri
+    def _readable_uri(cls, uri: str | None) -> str | None:
+        return None if uri is None else readable_uri(uri)
 
     @field_validator("image_size")
     @classmethod
@@ -165,6 +149,10 @@ class DatasetSpec(StrictModel):
 
     @model_validator(mode="after")
     def _resolve_format(self) -> DatasetSpec:
+        if (self.uri is None) == (self.tables is None):
+            raise ValueError("give uri (one table or images) or tables (several tables), one of them")
+        if self.tables is not None:
+            return self._check_tables()
         if self.is_builtin:
             name = self.builtin_name
             builtin = BUILTINS[name]
@@ -174,7 +162,7 @@ class DatasetSpec(StrictModel):
             if self.label is None:
                 object.__setattr__(self, "label", builtin.label)
         elif self.format is None:
-            lowered = self.uri.lower()
+            lowered = (self.uri or "").lower()
             inferred = "csv" if lowered.endswith((".csv", ".csv.gz")) else "parquet"
             object.__setattr__(self, "format", inferred)
         if self.format == "image_parquet" and self.label is None:
@@ -188,13 +176,57 @@ class DatasetSpec(StrictModel):
             )
         return self
 
+    def _check_tables(self) -> DatasetSpec:
+        """Several tables: the schema checked (:meth:`Relations.of`), and the options that are a
+        single table's refused rather than ignored."""
+        single = [name for name in ("format", "label", "image_size", "channels") if getattr(self, name)]
+        if self.columns:
+            single.append("columns")
+        if single:
+            raise ValueError(f"{', '.join(single)}: for a single table (uri), not with tables")
+        try:
+            Relations.of(self.tables or {})
+        except ConfigError as error:
+            raise ValueError(str(error).removeprefix("dataset.")) from None
+        for name, table in (self.tables or {}).items():
+            try:
+                readable_uri(table.uri)
+            except ValueError as error:
+                raise ValueError(f"tables.{name}.uri: {error}") from None
+            builtin = BUILTINS.get(table.uri.removeprefix("builtin://"))
+            if table.uri.startswith("builtin://") and builtin is not None and builtin.modality != "tabular":
+                raise ValueError(f"tables.{name}.uri: {table.uri} holds images, not a table")
+        return self
+
+    @property
+    def relations(self) -> Relations | None:
+        """The checked schema of a dataset of several tables (None: one table or images)."""
+        return None if self.tables is None else Relations.of(self.tables)
+
+    @property
+    def source(self) -> str:
+        """What the dataset is, for messages: its URI, or its tables."""
+        return self.uri if self.uri is not None else f"tables {', '.join(self.tables or {})}"
+
+    def table(self, name: str) -> DatasetSpec:
+        """How to read table ``name`` of a dataset of several tables: as a dataset of its own, with
+        this one's storage options, cache and size limit."""
+        spec = (self.tables or {})[name]
+        return DatasetSpec(
+            uri=spec.uri,
+            storage_options=self.storage_options,
+            cache=self.cache,
+            max_mb=self.max_mb,
+            value_protection=self.value_protection,
+        )
+
     @property
     def is_builtin(self) -> bool:
-        return self.uri.startswith("builtin://")
+        return self.uri is not None and self.uri.startswith("builtin://")
 
     @property
     def builtin_name(self) -> str:
-        return self.uri.removeprefix("builtin://")
+        return (self.uri or "").removeprefix("builtin://")
 
     @property
     def modality(self) -> Modality:
@@ -323,6 +355,13 @@ class GenerateSpec(StrictModel):
     """How many samples to generate, in which batches, under which conditions."""
 
     num_samples: int = Field(default=1000, ge=1, le=MAX_SAMPLES)
+    scale: float = Field(
+        default=1.0,
+        gt=0,
+        le=1_000_000,
+        description="tables (dataset.tables): rows of each table without a parent table, as a multiple "
+        "of its real rows; child tables follow their parents (num_samples is for a single table)",
+    )
     batch_size: int = Field(default=4096, ge=1, le=1_000_000)
     shards: int = Field(
         default=1,
@@ -398,6 +437,7 @@ GatedMetric = Literal[
     "membership_auc",
     "attribute_gain",
     "epsilon",
+    "referential_integrity",
 ]
 
 
@@ -458,6 +498,13 @@ class ValidateSpec(StrictModel):
         description="the most differential-privacy ε the model may have spent (train.privacy); a model "
         "trained without it fails this gate",
     )
+    min_referential_integrity: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="tables: share of synthetic foreign keys that point at a row of the synthetic parent "
+        "table (keys are made, so anything less is a defect)",
+    )
     warn_on: list[GatedMetric] = Field(
         default_factory=lambda: ["dcr_share"],
         description="metrics whose miss publishes the run with a warning instead of failing it",
@@ -514,6 +561,7 @@ GATES: dict[str, str] = {
     "membership_auc": "max_membership_auc",
     "attribute_gain": "max_attribute_gain",
     "epsilon": "max_epsilon",
+    "referential_integrity": "min_referential_integrity",
 }
 
 
@@ -618,6 +666,38 @@ class JobSpec(StrictModel):
                 "generate.runner.address: the cluster's workers read the model from export.workspace, "
                 f"which is a local path ({self.export.workspace}): give shared storage (s3://…)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _several_tables(self) -> JobSpec:
+        """What a dataset of several tables cannot do yet, refused by the field that asks for it."""
+        if self.dataset.tables is None:
+            return self
+        refused = {
+            "train.privacy": (
+                self.train.privacy is not None,
+                "a parent's row reaches its children's training too, so a per-table budget would not "
+                "bound what one entity reveals",
+            ),
+            "generate.num_samples": (
+                "num_samples" in self.generate.model_fields_set,
+                "tables are sized by generate.scale",
+            ),
+            "generate.per_label": (self.generate.per_label is not None, "tables have no label"),
+            "generate.conditions": (bool(self.generate.conditions), "not for several tables yet"),
+            "generate.shards": (
+                self.generate.shards > 1,
+                "several tables are generated in one stream, parents before their children",
+            ),
+            "validate.sensitive": (self.validate_.sensitive is not None, "not for several tables yet"),
+            "validate.min_utility_ratio": (
+                self.validate_.min_utility_ratio is not None,
+                "tables have no label to predict",
+            ),
+        }
+        for field_name, (asked, why) in refused.items():
+            if asked:
+                raise ValueError(f"{field_name}: not with dataset.tables ({why})")
         return self
 
     @property

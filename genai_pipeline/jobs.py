@@ -85,7 +85,7 @@ def build_job(data: Any, *, overrides: dict[str, Any] | None = None, source: str
         raise ConfigError(f"{source}: the job is empty (expected name, dataset, model, …)")
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a job must be a mapping of sections, got {type(data).__name__}")
-    data = yaml.safe_load(yaml.safe_dump(data))  # a deep copy that keeps only plain data
+    data = yaml.safe_load(yaml.safe_dump(data, sort_keys=False))  # a deep copy of plain data, in order
     for key, value in (overrides or {}).items():
         _set_path(data, key, value)
     try:

@@ -9,6 +9,8 @@ is the caller's to give.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import ExitStack
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,6 +21,42 @@ ROW_GROUP_ROWS = 128 * 1024
 #: Small tables waiting for a row group are merged into one every this many: hundreds of them held
 #: at once (an image manifest's 500-row batches) fragmented the heap, RSS growing ~4 MB per batch.
 COMPACT_TABLES = 16
+
+
+class _RowGroups:
+    """One file's writer, buffering tables up to a row group."""
+
+    def __init__(self, handle: IO[bytes], metadata: Mapping[bytes, bytes] | None):
+        self.handle, self.metadata = handle, metadata
+        self.writer: pq.ParquetWriter | None = None
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.rows = 0
+
+    def open(self, schema: pa.Schema) -> None:
+        if self.metadata:
+            schema = schema.with_metadata({**(schema.metadata or {}), **self.metadata})
+        self.writer = pq.ParquetWriter(self.handle, schema, compression="zstd")
+
+    def add(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self.open(table.schema)
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        if self.pending_rows >= ROW_GROUP_ROWS:
+            self.flush()
+        elif len(self.pending) >= COMPACT_TABLES:
+            self.pending = [pa.concat_tables(self.pending).combine_chunks()]
+
+    def flush(self) -> None:
+        if self.pending and self.writer is not None:
+            self.writer.write_table(pa.concat_tables(self.pending), row_group_size=ROW_GROUP_ROWS)
+            self.rows += self.pending_rows
+            self.pending, self.pending_rows = [], 0
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def write_parquet(
@@ -32,40 +70,43 @@ def write_parquet(
     """Stream tables into one Parquet file at ``rel``; the rows written. ``schema`` is the file's
     when no table comes (otherwise the first table's); ``metadata`` is added to the footer, so any
     copy of the file still says where it came from."""
-    rows = 0
-    pending: list[pa.Table] = []
-    pending_rows = 0
-
-    def writer_for(schema: pa.Schema) -> pq.ParquetWriter:
-        if metadata:
-            schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
-        return pq.ParquetWriter(handle, schema, compression="zstd")
-
     with storage.open_atomic(rel) as handle:
-        writer: pq.ParquetWriter | None = None
+        sink = _RowGroups(handle, metadata)
         try:
             for table in batches:
-                if writer is None:
-                    writer = writer_for(schema or table.schema)
-                pending.append(table)
-                pending_rows += table.num_rows
-                if pending_rows >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
-                    rows += pending_rows
-                    pending, pending_rows = [], 0
-                elif len(pending) >= COMPACT_TABLES:
-                    pending = [pa.concat_tables(pending).combine_chunks()]
-            if writer is None:
+                sink.add(table)
+            if sink.writer is None:
                 if schema is None:
                     raise ValueError(f"{rel}: nothing to write and no schema given")
-                writer = writer_for(schema)
-            if pending:
-                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
-                rows += pending_rows
+                sink.open(schema)
+            sink.flush()
         finally:
-            if writer is not None:
-                writer.close()
-    return rows
+            sink.close()
+    return sink.rows
+
+
+def write_parquet_files(
+    batches: Iterable[tuple[str, pa.Table]],
+    storage: Storage,
+    files: Mapping[str, tuple[str, pa.Schema]],
+    *,
+    metadata: Mapping[bytes, bytes] | None = None,
+) -> dict[str, int]:
+    """Stream ``(name, table)`` pairs into one Parquet file per name (``files``: name → (rel,
+    schema)), each written atomically as :func:`write_parquet` writes one; the rows per name. The
+    files are committed in reverse order of ``files``: the first one named is whole only when every
+    other one is."""
+    with ExitStack() as stack:
+        sinks: dict[str, _RowGroups] = {}
+        for name, (rel, schema) in files.items():
+            sinks[name] = _RowGroups(stack.enter_context(storage.open_atomic(rel)), metadata)
+            sinks[name].open(schema)
+            stack.callback(sinks[name].close)
+        for name, table in batches:
+            sinks[name].add(table)
+        for sink in sinks.values():
+            sink.flush()
+    return {name: sink.rows for name, sink in sinks.items()}
 
 
 def write_table(table: pa.Table, storage: Storage, rel: str) -> int:

@@ -121,11 +121,11 @@ def publish(
             manifest = _promote(run, storage, lease, dataset, model, generated, verdict)
         _remove_real_data_published_before(storage)
     _drop_run(run, storage)
-    log.info("published %d samples to %s", generated.num_samples, storage.url_of(run.partition("data")))
+    log.info("published %d samples to %s", generated.num_samples, storage.url_of(run.data_location))
     return PublishedRun(
         run_id=run.run_id,
         run_date=run.run_date,
-        data_url=storage.url_of(run.partition("data")),
+        data_url=storage.url_of(run.data_location),
         manifest_url=storage.url_of(run.manifest),
         num_samples=generated.num_samples,
         files={entry["path"]: entry["size"] for entry in manifest["files"]},
@@ -199,16 +199,24 @@ def _promote(
         "published",
         dataset=asdict(dataset),
         model=asdict(model),
-        generated={"num_samples": generated.num_samples, "seconds": generated.seconds},
+        generated={
+            "num_samples": generated.num_samples,
+            "seconds": generated.seconds,
+            **({"tables": generated.tables} if generated.tables else {}),
+        },
         quality=verdict.record(),
         warnings=verdict.warnings,
         files=[{"path": rel, "size": size} for rel, size in sorted(promoted.items())],
-        location=storage.url_of(run.partition("data")),
+        location=storage.url_of(run.data_location),
         report=storage.url_of(run.unstaged(verdict.report_file)),
     )
     storage.write_bytes(run.staged(PENDING_MANIFEST), json.dumps(manifest, default=str).encode())
     lease.check()  # the data switch is the publish: only while this run holds the lock
-    storage.move((run.staged(rel), rel) for rel in moves if rel.startswith("data/"))
+    # the run's data file on its own, last: of several tables, its footer marks them all switched
+    # (live_run_id; S3 copies a batch of files concurrently, in no order)
+    tables = [rel for rel in moves if rel.startswith("data/") and rel != run.data_file]
+    storage.move((run.staged(rel), rel) for rel in tables)
+    storage.move((run.staged(rel), rel) for rel in moves if rel == run.data_file)
     return _finish(run, storage, promoted, manifest)
 
 
@@ -217,8 +225,8 @@ def _finish(run: Run, storage: Storage, promoted: dict[str, int], manifest: dict
     model, write the manifest last."""
     stale = [
         rel
-        for prefix in PUBLISHED_PREFIXES
-        for rel in storage.list_files(run.partition(prefix))
+        for partition in run.published_partitions
+        for rel in storage.list_files(partition)
         if rel not in promoted
     ]
     storage.delete(stale)

@@ -30,6 +30,8 @@ class DatasetRef:
     holdout_rows: int = 0
     roles: dict[str, dict[str, Any]] = field(default_factory=dict)  # columns made fresh, text (roles.py)
     protected: dict[str, int] = field(default_factory=dict)  # per column: values protected or clipped
+    #: several tables (``dataset.tables``): each table's own reference, parents first
+    tables: dict[str, DatasetRef] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class GeneratedRef:
     seconds: float
     shards: int = 1
     image_root: str | None = None
+    #: several tables: rows per table (their files: ``Run.table_file``; ``data_file`` is the last's)
+    tables: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

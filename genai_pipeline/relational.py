@@ -13,6 +13,9 @@ a primary key is unique and never null, a foreign key has the type of the key it
 a child row whose foreign key points at no parent row (an orphan) fails the job, or with
 ``on_orphans: drop`` is left out together with the rows that depend on it. Errors name the table
 and column and count rows, never quote a value: a key is real data, and errors reach logs.
+
+How a column is treated, where detection would guess wrong (:class:`ColumnSpec`), is declared here
+too: in a table's ``columns``, or for a single table in ``dataset.columns``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,39 @@ from genai_pipeline.strict import StrictModel
 
 #: a table's name becomes a path (``data/<table>/…``) and a Prefect task name: a plain identifier
 TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+
+#: what a column is, as a job may declare it (``dataset.columns``, or a table's ``columns``):
+#: identifiers and personal data are generated fresh, text is protected like a category, the last
+#: two override how a column is encoded
+ColumnType = Literal["id", "pii", "text", "category", "numeric"]
+
+
+class ColumnSpec(StrictModel):
+    """How one column is treated, declared where detection would guess wrong or not at all."""
+
+    type: ColumnType = Field(
+        description="id: generated fresh, same format, never a real value; pii: fresh personal data of "
+        "its kind; text: protected like a category; category/numeric: how it is encoded"
+    )
+    kind: str | None = Field(
+        default=None, description="pii: email, phone, first_name, last_name, name, … (default: detected)"
+    )
+    locale: str | None = Field(
+        default=None, description="pii: the Faker locale of fresh values, e.g. de_DE (default: detected)"
+    )
+
+    @model_validator(mode="after")
+    def _kind_and_locale(self) -> ColumnSpec:
+        from genai_pipeline.privacy.roles import check_locale, check_pii_kind
+
+        if (self.kind is not None or self.locale is not None) and self.type != "pii":
+            raise ValueError("kind and locale are for type: pii")
+        if self.kind is not None:
+            check_pii_kind(self.kind)
+        if self.locale is not None:
+            check_locale(self.locale)
+        return self
 
 
 class ForeignKey(StrictModel):
@@ -62,6 +98,11 @@ class TableSpec(StrictModel):
         description="for a table without a parent table: the column naming whose sequence each row is "
         "(time series per entity); the entity is then a parent of its own, made fresh",
     )
+    columns: dict[str, ColumnSpec] = Field(
+        default_factory=dict,
+        description="per column, its type (id, pii, text, category, numeric), as dataset.columns for "
+        "one table; the primary key is an id",
+    )
     on_orphans: Literal["fail", "drop"] = Field(
         default="fail",
         description="a row whose foreign key points at no parent row: fail the job, or leave the row "
@@ -69,6 +110,14 @@ class TableSpec(StrictModel):
     )
 
     _no_credentials = model_validator(mode="before")(refuse_url_credentials)
+
+    @model_validator(mode="after")
+    def _keys_are_not_declared(self) -> TableSpec:
+        """A key's values are made from the keys (fresh, or the parent's): not a column to declare."""
+        keys = [key.column for key in self.foreign_keys] + [self.primary_key]
+        if declared := [column for column in self.columns if column in keys]:
+            raise ValueError(f"columns.{declared[0]}: a key column; keys are always made fresh")
+        return self
 
     @field_validator("foreign_keys")
     @classmethod

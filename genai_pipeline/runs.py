@@ -4,6 +4,7 @@ Output contract (what analysts and CI rely on), under ``{output}/{job}/``: synth
 aggregate quality results and manifests, nothing real::
 
     data/run_date=YYYY-MM-DD/part-00000.parquet     rows, or the image manifest (one file a run)
+    data/<table>/run_date=…/part-00000.parquet      several tables (dataset.tables): one file each
     images/run_date=…/label=…/<sample_id>.png       images (labels percent-encoded; sample ids name the run)
     quality/run_date=…/run=<run_id>/{metrics.parquet, report.html, expectations.json, suite.json, data_docs/}
     _runs/<run_id>.json                             manifest, written last
@@ -29,6 +30,7 @@ it ends, published or failed.
 from __future__ import annotations
 
 import datetime as dt
+import posixpath
 import re
 import secrets
 import urllib.parse
@@ -156,10 +158,37 @@ class Run:
         return f"shards/part-{shard:05d}.parquet"
 
     @property
+    def tables(self) -> list[str]:
+        """The tables a run of several tables publishes, parents first (empty: one table or images)."""
+        relations = self.job.dataset.relations
+        return [] if relations is None else relations.order
+
+    def table_file(self, table: str) -> str:
+        """The data file of one table of several: ``data/<table>/run_date=…/part-00000.parquet``."""
+        return f"data/{table}/{PARTITION_KEY}={self.run_date}/part-00000.parquet"
+
+    @property
     def data_file(self) -> str:
         """The run's one data file: replaced in a single atomic step, so a reader of ``data/`` never
-        sees parts of two runs (a partition of several files cannot be swapped at once on S3)."""
+        sees parts of two runs (a partition of several files cannot be swapped at once on S3). Of
+        several tables, the last one's: it is switched in last, so its footer names the run whose
+        tables are all live (the publish's mark, see :mod:`genai_pipeline.publishing`)."""
+        if self.tables:
+            return self.table_file(self.tables[-1])
         return f"{self.partition('data')}/part-00000.parquet"
+
+    @property
+    def data_location(self) -> str:
+        """Where readers find the run's data: its date's partition, or (several tables) ``data/``,
+        with a folder per table."""
+        return "data" if self.tables else self.partition("data")
+
+    @property
+    def published_partitions(self) -> list[str]:
+        """Every folder of this run's date that publishing fills: the data (one per table), the
+        images and the quality results."""
+        data = [posixpath.dirname(self.table_file(t)) for t in self.tables] or [self.partition("data")]
+        return [*data, self.partition("images"), self.partition("quality")]
 
     @property
     def quality(self) -> str:

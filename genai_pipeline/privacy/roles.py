@@ -122,41 +122,43 @@ def _detected(name: str, column: pa.Array) -> ColumnRole | None:
     return None
 
 
-def column_roles(table: pa.Table, declared: Mapping[str, Any], label: str | None) -> dict[str, ColumnRole]:
+def column_roles(
+    table: pa.Table, declared: Mapping[str, Any], label: str | None, *, where: str = "dataset.columns"
+) -> dict[str, ColumnRole]:
     """The roles of a table's columns that are not simply learned: declared ones (``dataset.columns``,
-    each a :class:`~genai_pipeline.config.ColumnSpec`), then detected ones. Columns declared but not in
-    the table fail naming them; a PII column declared without kind or locale gets detected ones."""
+    or ``where``, each a :class:`~genai_pipeline.config.ColumnSpec`), then detected ones. Columns
+    declared but not in the table fail naming them; a PII column declared without kind or locale
+    gets detected ones."""
     missing = sorted(set(declared) - set(table.column_names))
     if missing:
-        raise DatasetError(
-            f"dataset.columns.{missing[0]}: no such column (columns: {', '.join(table.column_names)})"
-        )
+        raise DatasetError(f"{where}.{missing[0]}: no such column (columns: {', '.join(table.column_names)})")
     roles: dict[str, ColumnRole] = {}
     for name in table.column_names:
         column = dense(table.column(name))
         spec = declared.get(name)
         if spec is not None:
-            roles[name] = _declared(name, column, spec)
+            roles[name] = _declared(name, column, spec, f"{where}.{name}")
         elif name != label and (role := _detected(name, column)) is not None:
             roles[name] = role
     return roles
 
 
-def _declared(name: str, column: pa.Array, spec: Any) -> ColumnRole:
-    """A declared column's role, checked against its values where the role needs a type."""
+def _declared(name: str, column: pa.Array, spec: Any, field: str) -> ColumnRole:
+    """A declared column's role (``field``: where it is declared), checked against its values
+    where the role needs a type."""
     type_ = column.type
     if spec.type == "numeric" and not is_numeric(type_):
-        raise DatasetError(f"dataset.columns.{name}: type numeric, but the column holds {type_}")
+        raise DatasetError(f"{field}: type numeric, but the column holds {type_}")
     if spec.type == "pii":
         if not is_categorical(type_) or pa.types.is_boolean(type_):
-            raise DatasetError(f"dataset.columns.{name}: type pii takes a text column, not {type_}")
+            raise DatasetError(f"{field}: type pii takes a text column, not {type_}")
         kind = spec.kind or detect_pii(name, column)
         if kind is None:
             raise DatasetError(
-                f"dataset.columns.{name}: its kind of personal data could not be told from its name or "
+                f"{field}: its kind of personal data could not be told from its name or "
                 "values: declare it (kind: email, phone, name, …)"
             )
         return ColumnRole("pii", kind, spec.locale or infer_locale(kind, column), declared=True)
     if spec.type == "id" and not (pa.types.is_integer(type_) or is_categorical(type_)):
-        raise DatasetError(f"dataset.columns.{name}: type id takes a text or integer column, not {type_}")
+        raise DatasetError(f"{field}: type id takes a text or integer column, not {type_}")
     return ColumnRole(spec.type, declared=True)

@@ -19,6 +19,7 @@ from genai_pipeline.refs import QualityVerdict
 METRICS_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
+        ("table", pa.string()),  # several tables: which one (null: the run's only table, or relations)
         ("scope", pa.string()),
         ("column", pa.string()),
         ("metric", pa.string()),
@@ -34,19 +35,27 @@ METRICS_SCHEMA = pa.schema(
 class MetricRows:
     """Collects a run's metric rows, applying the job's thresholds to the gated ones."""
 
-    def __init__(self, run_id: str, spec: ValidateSpec):
+    def __init__(self, run_id: str, spec: ValidateSpec, table: str | None = None):
         self.run_id = run_id
         self.spec = spec
+        self.table_name = table
         self.rows: list[dict[str, Any]] = []
 
+    def of_table(self, table: str) -> MetricRows:
+        """The rows of one table of several: added to these, each naming ``table``."""
+        rows = MetricRows(self.run_id, self.spec, table)
+        rows.rows = self.rows
+        return rows
+
     def add(self, scope: str, column: str | None, metric: str, value: float) -> None:
-        field = GATES.get(metric) if scope in ("table", "images") else None
+        field = GATES.get(metric) if scope in ("table", "images", "relation") else None
         threshold = getattr(self.spec, field) if field else None
         bound = None if threshold is None else field.split("_", 1)[0]  # type: ignore[union-attr]
         passed = threshold is None or (value >= threshold if bound == "min" else value <= threshold)
         self.rows.append(
             {
                 "run_id": self.run_id,
+                "table": self.table_name,
                 "scope": scope,
                 "column": column,
                 "metric": metric,
@@ -63,7 +72,8 @@ class MetricRows:
     def misses(self, severity: str) -> list[str]:
         """``column_shapes=0.512 < 0.75``: the rows that missed their threshold, named for people."""
         return [
-            f"{row['metric']}{'(' + row['column'] + ')' if row['column'] else ''}={row['value']:.3f} "
+            f"{row['table'] + '.' if row.get('table') else ''}{row['metric']}"
+            f"{'(' + row['column'] + ')' if row['column'] else ''}={row['value']:.3f} "
             f"{'<' if row['bound'] == 'min' else '>'} {row['threshold']}"
             for row in self.rows
             if not row["passed"] and row["severity"] == severity

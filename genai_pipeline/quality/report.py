@@ -58,6 +58,16 @@ _STATUS_CLASS = {"passed": "pass", "passed with warnings": "warn", "failed": "fa
 
 
 @dataclass(frozen=True)
+class TableSection:
+    """One table of several: samples of its real (as they may be shown) and synthetic columns, and
+    its suite's results."""
+
+    real: pa.Table
+    synthetic: pa.Table | None
+    expectations: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class ReportInput:
     """What one run's page shows; the tabular and image parts are drawn only when given."""
 
@@ -74,28 +84,37 @@ class ReportInput:
     #: (uint8 NHWC, str labels, counts): each label's mean real image, never one real image
     real_images: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     synthetic_images: tuple[np.ndarray, np.ndarray] | None = None
+    #: several tables: a section each (their metrics are the rows naming them), after the relations'
+    tables: dict[str, TableSection] | None = None
 
 
 def render_report(content: ReportInput) -> str:
     """The report as one HTML document with everything inline (no external URL of any kind)."""
-    columns = content.real.column_names if content.real is not None else []
-    results = _gx_results(content.expectations)
-    sections = [
-        ("checks", "Failed checks and warnings", _checks_section(content.metrics, results)),
-        ("metrics", "Metrics", _metrics_section(content.metrics, columns)),
+    tables = content.tables or {}
+    results = _gx_results(content.expectations) + [
+        result for table in tables.values() for result in _gx_results(table.expectations)
     ]
-    if content.real is not None:
-        charts = _columns_section(content.real, content.synthetic, content.metrics)
-        sections.append(("columns", "Columns: real vs synthetic", charts))
-    if any(is_pair(metric) for metric in content.metrics):
-        sections.append(
-            ("pairs", "Column pairs: association difference", _pairs_section(content.metrics, columns))
-        )
+    shared = [metric for metric in content.metrics if not metric.get("table")]
+    sections = [("checks", "Failed checks and warnings", _checks_section(content.metrics, results))]
+    if tables:
+        sections.append(("relations", "Relations between the tables", _metrics_section(shared, [])))
+        for index, (name, table) in enumerate(tables.items()):
+            metrics = [metric for metric in content.metrics if metric.get("table") == name]
+            sections.append((f"table-{index}", f"Table {_e(name)}", _table_parts(table, metrics)))
+    else:
+        columns = content.real.column_names if content.real is not None else []
+        sections.append(("metrics", "Metrics", _metrics_section(content.metrics, columns)))
+        if content.real is not None:
+            charts = _columns_section(content.real, content.synthetic, content.metrics)
+            sections.append(("columns", "Columns: real vs synthetic", charts))
+        if any(is_pair(metric) for metric in content.metrics):
+            pairs = _pairs_section(content.metrics, columns)
+            sections.append(("pairs", "Column pairs: association difference", pairs))
     if content.real_images is not None or content.synthetic_images is not None:
         grids = _images_section(content.real_images, content.synthetic_images)
         sections.append(("images", "Images by label: real vs synthetic", grids))
     if content.expectations is not None:
-        gx = _expectations_section(content.expectations, results)
+        gx = _expectations_section(content.expectations, _gx_results(content.expectations))
         sections.append(("expectations", "Great Expectations", gx))
     nav = " · ".join(f'<a href="#{key}">{heading}</a>' for key, heading, _ in sections)
     body = "\n".join(
@@ -124,6 +143,22 @@ def render_report(content: ReportInput) -> str:
 </body>
 </html>
 """
+
+
+def _table_parts(table: TableSection, metrics: list[dict[str, Any]]) -> str:
+    """One table of several: its metrics, its columns' charts, its pairs' heatmap and its suite's
+    results, under sub-headings."""
+    columns = table.real.column_names
+    parts = [_metrics_section(metrics, columns)]
+    parts.append(
+        f"<h3>Columns: real vs synthetic</h3>{_columns_section(table.real, table.synthetic, metrics)}"
+    )
+    if any(is_pair(metric) for metric in metrics):
+        parts.append(f"<h3>Column pairs: association difference</h3>{_pairs_section(metrics, columns)}")
+    if table.expectations is not None:
+        gx = _expectations_section(table.expectations, _gx_results(table.expectations))
+        parts.append(f"<h3>Great Expectations</h3>{gx}")
+    return "".join(parts)
 
 
 def harden_page(page: str) -> str:
@@ -172,8 +207,9 @@ def _limit(metric: dict[str, Any]) -> str:
 
 
 def _metric_name(metric: dict[str, Any]) -> str:
-    column = metric.get("column")
-    return f"{metric.get('metric')} ({column})" if column else str(metric.get("metric"))
+    column, table = metric.get("column"), metric.get("table")
+    name = f"{table}: {metric.get('metric')}" if table else str(metric.get("metric"))
+    return f"{name} ({column})" if column else name
 
 
 def _checks_section(metrics: list[dict[str, Any]], results: list[dict[str, Any]]) -> str:

@@ -140,7 +140,8 @@ def score_tables(
     shapes = column_shapes(reference.select(compared), synthetic)
     for name, score in shapes.items():
         rows.add("column", name, "column_shape", score)
-    rows.add("table", None, "column_shapes", float(np.mean(list(shapes.values()))) if shapes else 0.0)
+    if shapes:  # none: every column made fresh, no shape to compare
+        rows.add("table", None, "column_shapes", float(np.mean(list(shapes.values()))))
     for name in compared:
         for metric, value in column_coverage(reference.column(name), synthetic.column(name)).items():
             rows.add("column", name, metric, value)
@@ -155,6 +156,8 @@ def score_tables(
     charts = {"real": privacy.shown(reference).select(compared), "synthetic": synthetic.select(compared)}
     if holdout is None:
         log.info("validate.holdout is 0: no privacy or utility metrics against held-out rows")
+        return charts
+    if not learned:  # keys and personal data only, all made fresh: no row is near a real one
         return charts
     holdout = holdout.select(learned)
     scores = privacy_scores(real, holdout, synthetic, seed=seed)

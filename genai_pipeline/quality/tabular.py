@@ -76,10 +76,11 @@ def column_coverage(real: pa.ChunkedArray, synthetic: pa.ChunkedArray) -> dict[s
 
 def new_row_share(real: pa.Table, synthetic: pa.Table) -> float:
     """SDMetrics' NewRowSynthesis: the share of synthetic rows that are not a copy of a real row
-    (all columns equal, nulls included). A model that memorises its training rows scores near 0."""
-    if synthetic.num_rows == 0:
-        return 1.0
+    (all columns equal, nulls included). A model that memorises its training rows scores near 0;
+    rows without a compared column (every column made fresh) copy nothing."""
     columns = [name for name in real.column_names if name in synthetic.column_names]
+    if synthetic.num_rows == 0 or not columns:
+        return 1.0
 
     def hashes(table: pa.Table) -> np.ndarray:
         """Row hashes of the columns as text (null as its own marker): through pandas, an integer

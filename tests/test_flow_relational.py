@@ -1,0 +1,176 @@
+"""A job of several related tables end to end through Prefect: to a local folder and to S3, read
+back and joined as an analyst would, and what a failed gate, a schema change and a failed data
+switch leave behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+from conftest import S3_OPTIONS
+from relational_data import TABLES, shop_job, shop_tables, write_tables
+
+from genai_pipeline import stages
+from genai_pipeline.errors import DatasetError, QualityGateFailed, StorageError
+from genai_pipeline.runs import RUN_ID_KEY, Run
+from genai_pipeline.storage import Storage
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
+RUN_DATE = "2026-01-02"
+KEYS = {"customers": "customer_id", "orders": "order_id", "items": "item_id"}
+
+
+def _run(job: Any, run_date: str = RUN_DATE) -> dict[str, Any]:
+    from flows.synthesize import synthesize
+
+    return synthesize(job=job, run_date=run_date)
+
+
+def _check_output(read: Any, real: dict[str, pa.Table], manifest: dict[str, Any], run_id: str) -> None:
+    """What an analyst relies on: one file per table, named by the manifest and by its footer;
+    fresh unique keys; every foreign key a row of the synthetic parent (the joins of the input
+    work on the output); children in order within their parent."""
+    files = {entry["path"] for entry in manifest["files"]}
+    tables = {}
+    for name in TABLES:
+        path = f"data/{name}/run_date={RUN_DATE}/part-00000.parquet"
+        assert path in files
+        parquet = read(path)
+        assert parquet.schema_arrow.metadata[RUN_ID_KEY].decode() == run_id
+        tables[name] = parquet.read()
+        assert tables[name].schema.equals(real[name].schema), name
+        key = tables[name].column(KEYS[name])
+        assert pc.count_distinct(key).as_py() == len(key) and key.null_count == 0
+        assert not set(key.to_pylist()) & set(real[name].column(KEYS[name]).to_pylist()), "a real key"
+    assert manifest["generated"]["tables"] == {name: tables[name].num_rows for name in TABLES}
+    assert tables["items"].num_rows > tables["orders"].num_rows > tables["customers"].num_rows > 0
+    for child, parent in (("orders", "customers"), ("items", "orders")):
+        joined = tables[child].join(tables[parent], KEYS[parent], join_type="left anti")
+        assert joined.num_rows == 0, f"{child} rows whose {KEYS[parent]} is no {parent} row"
+    orders = tables["orders"].to_pandas()
+    assert (
+        orders.groupby("customer_id", sort=False)["order_ts"].apply(lambda s: s.is_monotonic_increasing).all()
+    )
+    metrics = {(m["scope"], m["column"], m["metric"]): m for m in manifest["quality"]["metrics"]}
+    integrity = metrics[("relation", "orders.customer_id → customers", "referential_integrity")]
+    assert integrity["value"] == 1.0 and integrity["threshold"] == 1.0
+    assert metrics[("relation", "orders.customer_id → customers", "sequence_order")]["value"] == 1.0
+    assert {m["table"] for m in manifest["quality"]["metrics"] if m["scope"] == "table"} == set(TABLES)
+
+
+def test_three_tables_publish_to_a_local_folder_and_join_as_the_input_does(tmp_path: Path) -> None:
+    uris = write_tables(shop_tables(), tmp_path / "input")
+    real = {name: pq.read_table(uri) for name, uri in uris.items()}
+    result = _run(shop_job(uris, str(tmp_path / "out")))
+    root = tmp_path / "out" / "shop"
+    manifest = json.loads((root / "_runs" / f"{result['run_id']}.json").read_text())
+    assert manifest["status"] == "published" and result["data_url"] == str(root / "data")
+    _check_output(lambda rel: pq.ParquetFile(root / rel), real, manifest, result["run_id"])
+    report = Path(result["report_url"]).read_text()
+    assert all(f"Table {name}" in report for name in TABLES) and "Relations between the tables" in report
+    assert not [p for p in (root / "_staging").rglob("*") if p.is_file()]
+    published = b"".join(p.read_bytes() for p in root.rglob("*") if p.is_file())
+    for name in TABLES:  # no real key reaches anything published: data, suites, report, manifest
+        for value in real[name].column(KEYS[name]).to_pylist()[:50]:
+            assert f'"{value}"'.encode() not in published or isinstance(value, int)
+
+
+def test_three_tables_publish_to_s3(s3_env: dict[str, str], tmp_path: Path) -> None:
+    fs = s3fs.S3FileSystem(key=s3_env["key"], secret=s3_env["secret"], endpoint_url=s3_env["endpoint_url"])
+    local = write_tables(shop_tables(seed=1), tmp_path / "input")
+    real = {name: pq.read_table(path) for name, path in local.items()}
+    uris = {}
+    for name, path in local.items():
+        uris[name] = f"s3://{s3_env['bucket']}/input/{name}.parquet"
+        fs.put(path, uris[name])
+    output = f"s3://{s3_env['bucket']}/nightly"
+    job = shop_job(
+        uris,
+        output,
+        dataset={"storage_options": S3_OPTIONS},
+        export={
+            "output": output,
+            "workspace": f"s3://{s3_env['bucket']}/private",
+            "storage_options": S3_OPTIONS,
+        },
+    )
+    result = _run(job)
+    root = f"{s3_env['bucket']}/nightly/shop"
+    manifest = json.loads(fs.cat(f"{root}/_runs/{result['run_id']}.json"))
+    assert manifest["status"] == "published"
+    _check_output(lambda rel: pq.ParquetFile(fs.open(f"{root}/{rel}")), real, manifest, result["run_id"])
+    assert s3_env["secret"] not in json.dumps(manifest)
+
+
+def test_a_failed_gate_on_one_table_publishes_no_table(tmp_path: Path) -> None:
+    real = shop_tables()
+    job = shop_job(
+        write_tables(real, tmp_path / "input"),
+        str(tmp_path / "out"),
+        validate={"expectations": []},
+        train={"epochs": 1},
+    )
+    job = job.model_copy(update={"validate_": job.validate_.model_copy(update={"min_column_shapes": 0.999})})
+    with pytest.raises(QualityGateFailed, match=r"items\.column_shapes"):
+        _run(job)
+    root = tmp_path / "out" / "shop"
+    assert not (root / "data").exists()
+    (manifest,) = [json.loads(p.read_text()) for p in (root / "_runs").glob("*.json")]
+    assert manifest["status"] == "failed"
+
+
+def test_a_changed_table_fails_the_next_run_naming_it(tmp_path: Path) -> None:
+    real = shop_tables()
+    uris = write_tables(real, tmp_path / "input")
+    job = shop_job(uris, str(tmp_path / "out"))
+    _run(job)
+    pq.write_table(real["orders"].drop_columns(["channel"]), uris["orders"])
+    with pytest.raises(DatasetError, match=r"orders: column 'channel' \(string\) removed"):
+        _run(job, run_date="2026-01-03")
+
+
+def test_a_data_switch_that_fails_midway_keeps_the_last_run_live_and_a_retry_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several tables cannot be swapped in one atomic step: the run's mark (the last table's file)
+    goes last, alone, so while some tables are switched and it is not, the live run is still the
+    one before (a reader who follows the manifest or the footers never mixes runs), and a retried
+    export finishes the switch."""
+    real = shop_tables()
+    job = shop_job(write_tables(real, tmp_path / "input"), str(tmp_path / "out"))
+    first = _run(job)
+    run = Run(job=job, run_date=RUN_DATE)
+    dataset = stages.ingest(run)
+    model = stages.train(run, dataset=dataset)
+    generated = stages.generate(run, model=model, dataset=dataset)
+    verdict = stages.validate(run, dataset=dataset, generated=generated, model=model)
+    moves: list[list[str]] = []
+    original = Storage.move
+
+    def failing_move(self: Storage, pairs: Any) -> None:
+        pairs = list(pairs)
+        moves.append([destination for _, destination in pairs])
+        if any(destination == run.data_file for _, destination in pairs) and len(moves) < 10:
+            raise StorageError("the endpoint went away")
+        original(self, pairs)
+
+    monkeypatch.setattr(Storage, "move", failing_move)
+    with pytest.raises(StorageError):
+        stages.export(run, dataset=dataset, model=model, generated=generated, verdict=verdict)
+    assert [run.data_file] in moves and all(len(m) == 1 for m in moves if run.data_file in m)
+    from genai_pipeline.publishing import live_run_id
+
+    storage = run.storage()
+    assert live_run_id(storage, run) == first["run_id"]
+    moves.extend([[]] * 10)  # the endpoint is back
+    published = stages.export(run, dataset=dataset, model=model, generated=generated, verdict=verdict)
+    assert live_run_id(storage, run) == run.run_id == published.run_id
+    for name in TABLES:
+        footer = pq.ParquetFile(tmp_path / "out" / "shop" / run.table_file(name)).schema_arrow.metadata
+        assert footer[RUN_ID_KEY].decode() == run.run_id
