@@ -690,6 +690,11 @@ class JobSpec(StrictModel):
                 "several tables are generated in one stream, parents before their children",
             ),
             "validate.sensitive": (self.validate_.sensitive is not None, "not for several tables yet"),
+            "validate.suite": (self.validate_.suite == "saved", "not for several tables yet"),
+            "validate.expectations": (
+                bool(self.validate_.expectations),
+                "not for several tables yet (an expectation names no table)",
+            ),
             "validate.min_utility_ratio": (
                 self.validate_.min_utility_ratio is not None,
                 "tables have no label to predict",

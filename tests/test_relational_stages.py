@@ -59,6 +59,11 @@ def test_a_job_of_several_tables_loads_with_its_tables_parents_first() -> None:
         (_with(generate={"shards": 2}), "generate.shards: not with dataset.tables"),
         (_with(generate={"per_label": 3}), "generate.per_label: not with dataset.tables"),
         (_with(train={"privacy": {"epsilon": 3}}), "train.privacy: not with dataset.tables"),
+        (_with(validate={"suite": "saved"}), "validate.suite: not with dataset.tables"),
+        (
+            _with(validate={"expectations": [{"type": "expect_table_row_count_to_be_between"}]}),
+            "validate.expectations: not with dataset.tables",
+        ),
         (_with(validate={"min_utility_ratio": 0.5}), "validate.min_utility_ratio: not with dataset.tables"),
         (
             {**JOB, "model": {"family": "gan"}},
