@@ -369,3 +369,26 @@ def test_a_table_of_keys_and_personal_data_only_is_made_fresh_and_matched() -> N
     )
     (score,) = relation_scores({"airlines": airlines, "flights": flights}, synthetic, schema)
     assert score.integrity == 1.0
+
+
+def test_a_matched_key_keeps_how_unevenly_its_rows_are_shared() -> None:
+    """A few airlines fly most flights: a matched key drawn uniformly spread the flights evenly
+    (cardinality shape 0.20 here, 0.37 on the built-in flights); drawn by the count each airline's
+    row learns, 0.55–0.63 over three seeds (the largest counts are clipped by value protection)."""
+    rng = np.random.default_rng(2)
+    airlines = pa.table({"code": [f"AL{i:03d}" for i in range(40)], "hub": rng.choice(["EWR", "JFK"], 40)})
+    share = 1.0 / np.arange(1, 41) ** 1.5
+    codes = rng.choice(airlines.column("code").to_numpy(zero_copy_only=False), 2000, p=share / share.sum())
+    flights = pa.table({"code": codes, "delay": rng.normal(size=2000)})
+    schema = Relations.of(
+        {
+            "airlines": TableSpec(uri="a", primary_key="code"),
+            "flights": TableSpec(
+                uri="f", foreign_keys=[ForeignKey(column="code", references="airlines", context=False)]
+            ),
+        }
+    )
+    real = {"airlines": airlines, "flights": flights}
+    synthetic = fitted(real, schema, epochs=60).sample(seed=0)
+    (score,) = relation_scores(real, synthetic, schema)
+    assert score.integrity == 1.0 and score.cardinality is not None and score.cardinality >= 0.5

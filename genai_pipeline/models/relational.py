@@ -21,7 +21,9 @@ slice that has a child, then position 1 of every parent that has two, each row g
 columns and its previous sibling's, so a slice takes as many model calls as its longest sequence;
 then their children, depth first. Memory stays flat however large a child table is (measured in
 BENCHMARKS.md). A matched (non-context) foreign key points at a synthetic parent row drawn at
-random, so the tables it points at are made first and their keys kept.
+random, in proportion to a count the parent's model learns with each row (how many rows of the
+child point at it: ``__matched__.<table>.<column>``), so the tables it points at are made first
+and their keys and counts kept.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from genai_pipeline.training import resolve_device
 
 PARENT, POSITION, PREVIOUS = "__parent__.", "__position__", "__previous__."
 FIRST, GAP, CHILDREN, CONSTANT = "__first__", "__gap__", "__children__.", "__constant__"
+MATCHED = "__matched__."
 _RESERVED = "__"
 
 
@@ -73,6 +76,9 @@ class TableLayout:
     learned: list[str] = field(default_factory=list)
     #: per matched (non-context) foreign key, the share of real rows without a parent (null)
     unmatched: dict[str, float] = field(default_factory=dict)
+    #: the matched keys into this table (``child.column``): a count column each, how many rows of
+    #: the child point at the row, by which the synthetic rows are drawn for that key
+    matched: list[str] = field(default_factory=list)
     #: an ordered child's order values lie within these (protected: means of the ``min_rows``
     #: smallest and largest real values); gaps summed past the real window are clipped to it
     order_range: tuple[float, float] | None = None
@@ -135,6 +141,12 @@ class RelationalModel:
                 parent_columns=[] if context is None else layouts[context.references].learned,
                 previous_columns=own if spec.order_by else [],
                 children=relations.children(name),
+                matched=[
+                    f"{child}.{key.column}"
+                    for child in relations.order
+                    for key in relations.tables[child].foreign_keys
+                    if key.references == name and key is not relations.context[child]
+                ],
                 unmatched={
                     key.column: table.column(key.column).null_count / max(table.num_rows, 1)
                     for key in spec.foreign_keys
@@ -320,6 +332,8 @@ class _Walk:
             if key is not relations.context[name]
         }
         self.keys: dict[str, list[pa.Array]] = {name: [] for name in self.matched}
+        #: per matched key (``child.column``), the synthetic rows' drawn counts: their weights
+        self.weights: dict[str, list[np.ndarray]] = {}
 
     def key(self, name: str) -> int:
         return self.seed * 1_000_003 + self.model.relations.order.index(name)
@@ -366,6 +380,10 @@ class _Walk:
         primary = relations.tables[name].primary_key
         if name in self.matched and primary is not None:
             self.keys[name].append(dense(batch.column(primary)))
+            for entry in model.layouts[name].matched:
+                counts = batch.column(MATCHED + entry) if MATCHED + entry in batch.column_names else None
+                weight = np.ones(batch.num_rows) if counts is None else to_float(dense(counts))
+                self.weights.setdefault(entry, []).append(np.clip(np.nan_to_num(weight), 0, None))
         self.made[name] += batch.num_rows
         if name in model.published:
             yield name, _published(batch, model.layouts[name].schema)
@@ -384,8 +402,10 @@ class _Walk:
                 yield from self.descend(child, children)
 
     def _matched(self, name: str, column: str, unmatched: float, rows: int) -> pa.Array:
-        """A matched foreign key: a synthetic parent row drawn at random for each row, none (null)
-        for the real share of rows without one, or when the parent table is empty."""
+        """A matched foreign key: a synthetic parent row drawn for each row in proportion to how
+        many rows of this table its model gave it (so the children per parent keep their real
+        shape: a few airlines fly most flights), none (null) for the real share of rows without
+        one, or when the parent table is empty."""
         relations = self.model.relations
         foreign = next(key for key in relations.tables[name].foreign_keys if key.column == column)
         parts = self.keys[foreign.references]
@@ -396,7 +416,14 @@ class _Walk:
         keys = parts[0]
         if len(keys) == 0:
             return pa.nulls(rows, keys.type)
-        picked = keys.take(self.rng.integers(0, len(keys), rows))
+        weights = self.weights.setdefault(f"{name}.{column}", [])
+        if len(weights) != 1:  # joined once too
+            weights[:] = [np.concatenate(weights) if weights else np.zeros(0)]
+        weight = weights[0]
+        if weight.sum() > 0:
+            picked = keys.take(self.rng.choice(len(keys), rows, p=weight / weight.sum()))
+        else:  # every count drawn 0
+            picked = keys.take(self.rng.integers(0, len(keys), rows))
         return pc.if_else(pa.array(self.rng.random(rows) < unmatched), pa.nulls(rows, keys.type), picked)
 
 
@@ -443,6 +470,11 @@ def training_table(real: Mapping[str, pa.Table], relations: Relations, layout: T
         assert foreign is not None
         own[CHILDREN + child] = pa.array(
             children_per_parent(table.column(spec.primary_key or ""), real[child].column(foreign.column))
+        )
+    for entry in layout.matched:
+        child, column = entry.split(".", 1)
+        own[MATCHED + entry] = pa.array(
+            children_per_parent(table.column(spec.primary_key or ""), real[child].column(column))
         )
     return pa.table({**given, **own})
 
