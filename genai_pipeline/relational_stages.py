@@ -8,32 +8,35 @@ single-table stage does, table by table, plus what only related tables have:
   entities (a held-out parent row takes its children along, so no training row's parent is held
   out) and stages a suite per table. The suite leaves the key columns out: keys are made fresh and
   point at the synthetic parents, which the relations' integrity gate checks instead.
-- **train** fits a :class:`~genai_pipeline.models.relational.RelationalModel`.
+- **train** fits a :class:`~genai_pipeline.models.relational.RelationalModel`, each table's model
+  checkpointed on its own.
 - **generate** streams every table into its own file in one pass (parents before their
   children, depth first: memory does not grow with the child tables), committing the last table's
   file last, so that file marks the run's output whole.
 - **validate** runs each table's suite and metrics (with a ``table`` in every metric row) on a
   sample of whole entities (sampled parent rows and all their descendants), and the relations'
   metrics (:mod:`genai_pipeline.quality.relational`): integrity and children per parent over every
-  key of the output, trends and sequences on the sample. Integrity below
-  ``validate.min_referential_integrity`` (1.0) fails the run.
+  key of the output, trends and sequences on the sample, and the privacy metrics on each
+  child's rows joined with their parent's. Integrity below ``validate.min_referential_integrity``
+  (1.0) fails the run.
 
 Export is the single-table one: it publishes whatever the run staged below ``data/``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from genai_pipeline.columns import dense
 from genai_pipeline.datasets.base import (
     TabularData,
     content_key,
@@ -46,29 +49,36 @@ from genai_pipeline.datasets.base import (
 from genai_pipeline.datasets.sources import read_source
 from genai_pipeline.encoders.tabular import TableEncoder
 from genai_pipeline.errors import DatasetError
+from genai_pipeline.generation import sample_rows
 from genai_pipeline.models.relational import RelationalModel, declared_columns
-from genai_pipeline.parquet import write_parquet_files, write_table
+from genai_pipeline.parquet import write_parquet_files
 from genai_pipeline.privacy.protection import Protection
 from genai_pipeline.privacy.roles import ColumnRole, column_roles
 from genai_pipeline.quality.expectations import SuiteResult, check_data, job_suite, load_suite
-from genai_pipeline.quality.gate import MetricRows, judge
+from genai_pipeline.quality.gate import MetricRows
+from genai_pipeline.quality.privacy import privacy_scores
 from genai_pipeline.quality.relational import (
     RelationScores,
-    cardinality_shape,
-    referential_integrity,
+    children_per_parent,
+    count_shape,
+    joined_rows,
     relation_scores,
 )
-from genai_pipeline.quality.report import ReportInput, TableSection, harden_pages, render_report
+from genai_pipeline.quality.report import TableSection, harden_pages
 from genai_pipeline.quality.scoring import TablePrivacy, score_tables
 from genai_pipeline.quality.tabular import overall_pair_trend
 from genai_pipeline.refs import DatasetRef, GeneratedRef, ModelRef, QualityVerdict
 from genai_pipeline.relational import Relations, TableSpec, check_keys, resolves
 from genai_pipeline.runs import RUN_ID_KEY, SOURCE_CACHE, Run
+from genai_pipeline.stages import _check_schema, _PublicView, _stage_suite, add_spent_budget, stage_verdict
 from genai_pipeline.storage import Storage
-from genai_pipeline.summary import report_facts
-from genai_pipeline.training import resolve_device
+from genai_pipeline.training import CheckpointStore, resolve_device
 
 log = logging.getLogger(__name__)
+
+
+#: what of a table's spec says how the tables join (a change trains a new model)
+KEY_FIELDS = {"primary_key", "foreign_keys", "order_by", "entity"}
 
 
 def _relations(run: Run) -> Relations:
@@ -82,8 +92,6 @@ def _relations(run: Run) -> Relations:
 
 def ingest_tables(run: Run) -> DatasetRef:
     """Read, check, split and snapshot every table; stage a suite per table (see the module doc)."""
-    from genai_pipeline.stages import _check_schema, _PublicView, _stage_suite
-
     job, checks = run.job, run.job.validate_
     relations = _relations(run)
     resolve_device(job.train.device)
@@ -94,7 +102,8 @@ def ingest_tables(run: Run) -> DatasetRef:
     for name, dropped in report.dropped.items():
         log.warning("dataset.tables.%s: %d rows left out (on_orphans: drop)", name, dropped)
     schemas = {name: describe_schema(TabularData(table, None), labels=[]) for name, table in tables.items()}
-    _check_schema(run, {"tables": schemas}, workspace)
+    keys = {name: spec.model_dump(mode="json", include=KEY_FIELDS) for name, spec in relations.tables.items()}
+    _check_schema(run, {"tables": schemas, "keys": keys}, workspace)
     key = content_key({name: fingerprint(TabularData(tables[name], None)) for name in relations.order})
     train, holdout = split_tables(tables, relations, checks.holdout, checks.holdout_max_rows, key=key)
     protection = Protection.from_spec(job.dataset.value_protection)
@@ -115,7 +124,11 @@ def ingest_tables(run: Run) -> DatasetRef:
         )
         suite = run.staged(f"{run.quality}/{name}/suite.json")
         _stage_suite(
-            run, TabularData(own.select(keyless), None), view, round(own.num_rows * job.generate.scale), suite
+            run,
+            TabularData(own.select(keyless), None),
+            view,
+            round(tables[name].num_rows * job.generate.scale),
+            suite,
         )
         snapshot = run.private(f"input/{name}/dataset.parquet")
         held_snapshot = run.private(f"input/{name}/holdout.parquet")
@@ -141,7 +154,7 @@ def ingest_tables(run: Run) -> DatasetRef:
         modality="tabular",
         fingerprint=key,
         num_rows=sum(table.num_rows for table in tables.values()),
-        schema={"tables": schemas},
+        schema={"tables": schemas, "keys": keys},
         label=None,
         suite=run.staged(run.quality),
         holdout_rows=sum(table.num_rows for table in holdout.values()),
@@ -215,9 +228,10 @@ def read_tables(workspace: Storage, dataset: DatasetRef, *, held: bool = False) 
 # -- train ----------------------------------------------------------------------------------------
 
 
-def fit_tables(run: Run, dataset: DatasetRef) -> tuple[RelationalModel, dict[str, object]]:
-    """A model per table on the training snapshots; the model and its fit report (the tables'
-    steps and seconds added up, and each table's own report)."""
+def fit_tables(run: Run, dataset: DatasetRef, checkpoints: str) -> tuple[RelationalModel, dict[str, object]]:
+    """A model per table on the training snapshots, each checkpointed below ``checkpoints/<table>``
+    in the workspace; the model and its fit report (the tables' steps and seconds added up, and
+    each table's own report)."""
     job, workspace = run.job, run.workspace()
     model = RelationalModel.fit(
         read_tables(workspace, dataset),
@@ -227,6 +241,7 @@ def fit_tables(run: Run, dataset: DatasetRef) -> tuple[RelationalModel, dict[str
         train=job.train,
         protection=Protection.from_spec(job.dataset.value_protection),
         unseen=read_tables(workspace, dataset, held=True),
+        checkpoints=lambda name: CheckpointStore(workspace, f"{checkpoints}/{name}"),
     )
     model.rows.update({name: ref.num_rows for name, ref in dataset.tables.items()})  # scale: of all
     reports = model.reports
@@ -329,10 +344,15 @@ def validate_tables(
         {name: table.select(learned[name]) for name, table in synthetic.items()},
         relations,
     )
-    _whole_keys(scores, real, _key_columns(storage, files, relations), relations)
+    _whole_keys(scores, real, storage, files, relations)
     _add_relation_rows(rows, scores)
-    if spec.max_epsilon is not None:  # no model of several tables trains privately: no guarantee
-        rows.add("table", None, "epsilon", float("inf"))
+    _joined_privacy(
+        rows,
+        [{n: t.select(learned[n]) for n, t in side.items()} for side in (real, held, synthetic)],
+        relations,
+        job.generate_seed,
+    )
+    add_spent_budget(rows, model, spec, "table")
     combined = SuiteResult(
         failures=[failure for result in results for failure in result.failures],
         warnings=[warning for result in results for warning in result.warnings],
@@ -340,29 +360,17 @@ def validate_tables(
             "results": {"expectations": [e for r in results for e in r.payload["results"]["expectations"]]}
         },
     )
-    verdict = judge(rows, combined, report_file=run.staged(run.report_file))
-    storage.write_bytes(
-        f"{quality}/expectations.json",
-        _json({name: section.expectations for name, section in sections.items()}),
-    )
-    write_table(rows.table(), storage, f"{quality}/metrics.parquet")
-    content = ReportInput(
-        title=f"{job.name} — {run.run_date}",
-        status=verdict.status,
-        summary=report_facts(run, dataset, generated, model),
-        metrics=rows.rows,
+    return stage_verdict(
+        run,
+        rows,
+        combined,
+        {name: section.expectations for name, section in sections.items()},
+        dataset=dataset,
+        generated=generated,
+        model=model,
+        what=f" over {len(sections)} tables",
         tables=sections,
     )
-    storage.write_bytes(verdict.report_file, render_report(content).encode())
-    log.info(
-        "validation %s: %d expectations over %d tables, %d failed; %s",
-        verdict.status,
-        verdict.expectations_evaluated,
-        len(sections),
-        verdict.expectations_failed,
-        "; ".join(verdict.failures + verdict.warnings) or "all metrics within thresholds",
-    )
-    return verdict
 
 
 def _learned(ref: DatasetRef, spec: TableSpec) -> list[str]:
@@ -371,10 +379,6 @@ def _learned(ref: DatasetRef, spec: TableSpec) -> list[str]:
     fresh = {column for column, role in ref.roles.items() if role["role"] in ("id", "pii")}
     columns = [field["name"] for field in ref.schema["columns"]]
     return [c for c in columns if c not in fresh or c == spec.primary_key]
-
-
-def _json(value: object) -> bytes:
-    return json.dumps(value, indent=1, default=str).encode()
 
 
 def _named(result: SuiteResult, table: str) -> SuiteResult:
@@ -390,18 +394,16 @@ def sample_entities(
     storage: Storage, files: dict[str, str], relations: Relations, limit: int, *, seed: int
 ) -> dict[str, pa.Table]:
     """A sample of whole entities of the output: at most ``limit`` rows drawn (seeded) from each
-    table without a context parent, and every descendant of those rows, read in row groups (only
-    the sampled parents' keys are held)."""
-    rng = np.random.default_rng(seed)
+    table without a context parent (:func:`~genai_pipeline.generation.sample_rows`: from row groups
+    spread over the file, at a cost bounded by ``limit``), and every descendant of those rows,
+    read in batches (only the sampled rows' keys are held)."""
     sample: dict[str, pa.Table] = {}
     for name in relations.order:
         with storage.open_read(files[name]) as handle:
             reader = pq.ParquetFile(handle)
             context = relations.context[name]
             if context is None:
-                table = reader.read()
-                if table.num_rows > limit:
-                    table = table.take(pa.array(np.sort(rng.choice(table.num_rows, limit, replace=False))))
+                table = sample_rows(storage, [files[name]], limit, seed=seed)
             else:
                 primary = relations.tables[context.references].primary_key or ""
                 keys = sample[context.references].column(primary)
@@ -414,32 +416,58 @@ def sample_entities(
     return sample
 
 
-def _key_columns(storage: Storage, files: dict[str, str], relations: Relations) -> dict[str, pa.Table]:
-    """Every table's key columns, whole (integrity and children per parent count every key)."""
-    keys = {}
-    for name in relations.order:
-        spec = relations.tables[name]
-        columns = [key.column for key in spec.foreign_keys] + ([spec.primary_key] if spec.primary_key else [])
-        with storage.open_read(files[name]) as handle:
-            keys[name] = pq.ParquetFile(handle).read(columns=columns)
-    return keys
-
-
 def _whole_keys(
-    scores: list[RelationScores], real: dict[str, pa.Table], keys: dict[str, pa.Table], relations: Relations
+    scores: list[RelationScores],
+    real: dict[str, pa.Table],
+    storage: Storage,
+    files: dict[str, str],
+    relations: Relations,
 ) -> None:
-    """Integrity and children per parent over the whole output's keys, in place of the sample's
-    (a matched key points at any parent row, sampled or not)."""
+    """Integrity and children per parent over every key of the output, in place of the sample's
+    (a matched key points at any parent row, sampled or not). The parent's keys are held, the
+    child's are read in batches: a child table of any size is counted in bounded memory."""
     for score in scores:
         primary = relations.tables[score.parent].primary_key or ""
-        optional = (
-            relations.context[score.child] is None or relations.context[score.child].column != score.column
+        context = relations.context[score.child]
+        optional = context is None or context.column != score.column
+        with storage.open_read(files[score.parent]) as handle:
+            parents = dense(pq.ParquetFile(handle).read(columns=[primary]).column(0))
+        common = pa.int64() if pa.types.is_integer(parents.type) else pa.large_string()
+        index = pd.Index(parents.cast(common).to_pandas())  # hashed once, looked up per batch
+        counts = np.zeros(len(index), np.int64)
+        resolved = total = 0
+        with storage.open_read(files[score.child]) as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=1 << 20, columns=[score.column]):
+                keys = batch.column(0).cast(common)
+                position = index.get_indexer(keys.to_pandas())
+                found = position >= 0
+                counts += np.bincount(position[found], minlength=len(index))
+                resolved += int(found.sum()) + (keys.null_count if optional else 0)
+                total += len(keys)
+        score.integrity = resolved / total if total else 1.0
+        real_counts = children_per_parent(
+            real[score.parent].column(primary), real[score.child].column(score.column)
         )
-        children, parents = keys[score.child].column(score.column), keys[score.parent].column(primary)
-        score.integrity = referential_integrity(children, parents, optional=optional)
-        score.cardinality = cardinality_shape(
-            (real[score.parent].column(primary), real[score.child].column(score.column)), (parents, children)
-        )
+        score.cardinality = count_shape(real_counts, counts)
+
+
+def _joined_privacy(
+    rows: MetricRows, sides: list[dict[str, pa.Table]], relations: Relations, seed: int
+) -> None:
+    """DCR share and memorisation on each child's rows joined with their parent's (``sides``:
+    training, holdout and synthetic tables), gated as a single table's are: a child row may be
+    new on its own and still copy a real one together with its parent's columns."""
+    for child in relations.order:
+        key = relations.context[child]
+        if key is None:
+            continue
+        train, holdout, synthetic = (joined_rows(tables, relations, child) for tables in sides)
+        if not train.num_columns or min(train.num_rows, holdout.num_rows, synthetic.num_rows) == 0:
+            continue
+        scores = privacy_scores(train, holdout, synthetic, seed=seed)
+        name = f"{child}.{key.column} → {key.references}"
+        rows.add("relation", name, "dcr_share", scores.dcr_share)
+        rows.add("relation", name, "memorised_share", scores.memorised_share)
 
 
 def _add_relation_rows(rows: MetricRows, scores: list[RelationScores]) -> None:

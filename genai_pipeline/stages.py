@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import genai_pipeline
-from genai_pipeline.config import JobSpec
+from genai_pipeline.config import JobSpec, ValidateSpec
 from genai_pipeline.datasets.base import (
     Dataset,
     ImageData,
@@ -60,6 +60,7 @@ from genai_pipeline.privacy.roles import ColumnRole, column_roles
 from genai_pipeline.publishing import publish, record_failure
 from genai_pipeline.quality.expectations import (
     FreshCheck,
+    SuiteResult,
     check_data,
     data_suite,
     empty_suite,
@@ -330,7 +331,7 @@ def train(run: Run, *, dataset: DatasetRef) -> ModelRef:
         fit = {**json.loads(workspace.read_bytes(f"{uri}/fit.json")), "cached": True}
         return ModelRef(uri=uri, family=cls.family, modality=cls.modality, key=key, fit=fit)
     if run.tables:
-        model, fit = _relational().fit_tables(run, dataset)
+        model, fit = _relational().fit_tables(run, dataset, f"{uri}/checkpoints")
     else:
         data = _read_training_rows(run, dataset, workspace)
         model = cls(model_config_for(job), device=resolve_device(job.train.device))
@@ -342,7 +343,7 @@ def train(run: Run, *, dataset: DatasetRef) -> ModelRef:
 
 
 def _relational() -> Any:
-    """The stages of several tables (imported here: they build on this module's helpers)."""
+    """The stages of several tables (imported when needed: they import this module's helpers)."""
     from genai_pipeline import relational_stages
 
     return relational_stages
@@ -359,6 +360,8 @@ def model_key(run: Run, dataset: DatasetRef) -> str:
         "privacy": [dataset.roles, job.dataset.value_protection.model_dump(mode="json")],
         "version": genai_pipeline.__version__,
     }
+    if "keys" in dataset.schema:  # several tables: how they join is part of what is learned
+        identity["keys"] = dataset.schema["keys"]
     return content_key(identity)
 
 
@@ -367,7 +370,8 @@ def _signature(dataset: dict[str, Any]) -> Any:
     roles, or image shape and labels."""
     schema = dataset["schema"]
     if "tables" in schema:
-        return {name: _signature(table) for name, table in (dataset.get("tables") or {}).items()}
+        tables = {name: _signature(table) for name, table in (dataset.get("tables") or {}).items()}
+        return tables, schema.get("keys")
     if "columns" in schema:
         return [(column["name"], column["type"]) for column in schema["columns"]], dataset.get("roles", {})
     return [schema["height"], schema["width"], schema["channels"], schema["labels"]]
@@ -558,25 +562,62 @@ def validate(
             )
         harden_pages(Path(docs))  # GX renders names from the data raw: no script may run there
         storage.put_folder(Path(docs), f"{quality}/data_docs")
-    if model is not None and (model.fit.get("privacy") or spec.max_epsilon is not None):
-        spent = (model.fit.get("privacy") or {}).get("epsilon", float("inf"))  # none: no guarantee
-        rows.add("table" if real.modality == "tabular" else "images", None, "epsilon", spent)
-    verdict = judge(rows, gx_result, report_file=run.staged(run.report_file))
-    storage.write_bytes(f"{quality}/expectations.json", json.dumps(gx_result.payload, indent=1).encode())
-    write_table(rows.table(), storage, f"{quality}/metrics.parquet")
-    content = ReportInput(
-        title=f"{job.name} — {run.run_date}",
-        status=verdict.status,
-        summary=report_facts(run, dataset, generated, model),
-        metrics=rows.rows,
+    add_spent_budget(rows, model, spec, "table" if real.modality == "tabular" else "images")
+    return stage_verdict(
+        run,
+        rows,
+        gx_result,
+        gx_result.payload,
+        dataset=dataset,
+        generated=generated,
+        model=model,
         expectations=gx_result.payload,
         **charts,
     )
+
+
+def add_spent_budget(rows: MetricRows, model: ModelRef | None, spec: ValidateSpec, scope: str) -> None:
+    """The privacy budget training spent, as a metric row (gated by ``validate.max_epsilon``):
+    infinite for a model trained without one, which no guarantee covers."""
+    if model is not None and (model.fit.get("privacy") or spec.max_epsilon is not None):
+        rows.add(scope, None, "epsilon", (model.fit.get("privacy") or {}).get("epsilon", float("inf")))
+
+
+def stage_verdict(
+    run: Run,
+    rows: MetricRows,
+    checks: SuiteResult,
+    results: Any,
+    *,
+    dataset: DatasetRef,
+    generated: GeneratedRef,
+    model: ModelRef | None,
+    what: str = "",
+    **report: Any,
+) -> QualityVerdict:
+    """The run's verdict from its metric rows and suite results, staged with them beside the
+    data: ``expectations.json`` (``results``), ``metrics.parquet`` and the HTML report
+    (``report``: the parts of :class:`ReportInput` the run has); logged, ``what`` saying over
+    what the expectations ran."""
+    storage, quality = run.storage(), run.staged(run.quality)
+    verdict = judge(rows, checks, report_file=run.staged(run.report_file))
+    storage.write_bytes(
+        f"{quality}/expectations.json", json.dumps(results, indent=1, default=str).encode()
+    )
+    write_table(rows.table(), storage, f"{quality}/metrics.parquet")
+    content = ReportInput(
+        title=f"{run.job.name} — {run.run_date}",
+        status=verdict.status,
+        summary=report_facts(run, dataset, generated, model),
+        metrics=rows.rows,
+        **report,
+    )
     storage.write_bytes(verdict.report_file, render_report(content).encode())
     log.info(
-        "validation %s: %d expectations, %d failed; %s",
+        "validation %s: %d expectations%s, %d failed; %s",
         verdict.status,
         verdict.expectations_evaluated,
+        what,
         verdict.expectations_failed,
         "; ".join(verdict.failures + verdict.warnings) or "all metrics within thresholds",
     )

@@ -29,7 +29,8 @@ def report_facts(
         "run id": run.run_id,
         "model": f"{run.job.model.family} ({dataset.modality})",
         "dataset": f"{dataset.source}: {dataset.num_rows} rows, {dataset.holdout_rows} held out",
-        "generated": f"{generated.num_samples} samples in {generated.seconds:.1f} s",
+        "generated": f"{generated.num_samples} samples in {generated.seconds:.1f} s"
+        + ("".join(f", {name}: {rows}" for name, rows in generated.tables.items())),
         "seed": str(run.job.generate_seed),
     }
     protection = run.job.dataset.value_protection

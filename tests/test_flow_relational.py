@@ -62,6 +62,9 @@ def _check_output(read: Any, real: dict[str, pa.Table], manifest: dict[str, Any]
     assert integrity["value"] == 1.0 and integrity["threshold"] == 1.0
     assert metrics[("relation", "orders.customer_id → customers", "sequence_order")]["value"] == 1.0
     assert {m["table"] for m in manifest["quality"]["metrics"] if m["scope"] == "table"} == set(TABLES)
+    for child in ("orders.customer_id → customers", "items.order_id → orders"):  # privacy on joined rows
+        assert metrics[("relation", child, "memorised_share")]["threshold"] is not None
+        assert ("relation", child, "dcr_share") in metrics
 
 
 def test_three_tables_publish_to_a_local_folder_and_join_as_the_input_does(tmp_path: Path) -> None:

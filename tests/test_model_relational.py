@@ -19,6 +19,7 @@ from genai_pipeline.models.relational import FIRST, GAP, POSITION, RelationalMod
 from genai_pipeline.quality.relational import relation_scores
 from genai_pipeline.relational import ForeignKey, Relations, TableSpec, check_keys
 from genai_pipeline.storage import Storage
+from genai_pipeline.training import CheckpointStore
 
 # small networks, and little weight decay: the family's default decay, tuned against memorising a
 # single table, also flattens a child's dependence on its parent in tables this small
@@ -327,18 +328,21 @@ def test_a_child_is_given_its_parents_columns_as_the_parent_model_protects_them(
     assert b"rotor" not in b"".join(path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
 
 
-def test_a_sequence_summed_past_the_real_window_ends_on_its_edge_in_order() -> None:
-    """Gaps drawn one after another can sum past the last real time: the values are clipped to the
-    protected range (what the data's suite expects), and stay in order."""
+def test_a_sequence_summed_past_the_real_window_starts_earlier_with_its_gaps() -> None:
+    """Gaps drawn one after another can sum past the last real time: the sequence starts earlier,
+    its gaps kept, within the protected range (what the data's suite expects); one longer than
+    the window has its gaps shrunk to fit, a first time before it is raised to its start, and no
+    gap becomes 0. (Clipping alone piled sequence ends on the edge with gaps of 0: the gaps' shape
+    fell from 0.975 to 0.793 on the flights benchmark.)"""
     table = pa.table(
         {
-            POSITION: [0, 1, 2, 0, 1],
-            FIRST: [5.0, 5.0, 5.0, 1.0, 1.0],
-            GAP: [None, 4.0, 4.0, None, 2.0],
+            POSITION: [0, 1, 2, 0, 1, 0, 1, 2, 3],
+            FIRST: [5.0] * 3 + [1.0] * 2 + [5.0] * 4,
+            GAP: [None, 4.0, 4.0, None, 2.0, None, 4.0, 4.0, 4.0],
         }
     )
     values = _with_order(table, "t", pa.int64(), (2.0, 10.0)).column("t").to_pylist()
-    assert values == [5, 9, 10, 2, 3]
+    assert values == [2, 6, 10, 2, 4, 2, 5, 7, 10]
 
 
 def test_a_table_of_keys_and_personal_data_only_is_made_fresh_and_matched() -> None:
@@ -392,3 +396,36 @@ def test_a_matched_key_keeps_how_unevenly_its_rows_are_shared() -> None:
     synthetic = fitted(real, schema, epochs=60).sample(seed=0)
     (score,) = relation_scores(real, synthetic, schema)
     assert score.integrity == 1.0 and score.cardinality is not None and score.cardinality >= 0.5
+
+
+def test_a_killed_fit_resumes_each_table_from_its_checkpoint(tmp_path: Path) -> None:
+    """Every table's model is checkpointed in its own store: a fit run again (a retried train
+    task, a new run after the process was killed) resumes each table where it stopped."""
+    real = shop(customers=60)
+    schema = relations()
+    storage = Storage(str(tmp_path))
+    stores = lambda name: CheckpointStore(storage, f"checkpoints/{name}")  # noqa: E731
+    real, _ = check_keys(real, schema)
+    train = TRAIN.model_copy(update={"epochs": 4, "checkpoint_every": 1})
+    first = RelationalModel.fit(
+        real, schema, family="autoregressive", params=PARAMS, train=train, checkpoints=stores
+    )
+    again = RelationalModel.fit(
+        real, schema, family="autoregressive", params=PARAMS, train=train, checkpoints=stores
+    )
+    for name, report in first.reports.items():
+        assert report["resumed_from_step"] == 0 and report["steps"] > 0
+        assert again.reports[name]["resumed_from_step"] == report["steps"], name
+
+
+def test_a_first_time_drawn_null_is_redrawn_where_the_real_times_have_none() -> None:
+    """A model rarely draws no first time at position 0 (10% of a shop's orders after a short
+    training, failing the suite's null share): where the real column has no nulls, such a
+    sequence takes one of the first times drawn for the others, its gaps kept."""
+    table = pa.table(
+        {POSITION: [0, 1, 0, 1, 0], FIRST: [3.0, None, None, None, 3.0], GAP: [None, 1.0, None, 2.0, None]}
+    )
+    values = _with_order(table, "t", pa.int64(), None, np.random.default_rng(0)).column("t").to_pylist()
+    assert values == [3, 4, 3, 5, 3]
+    unknown = _with_order(table, "t", pa.int64()).column("t").to_pylist()
+    assert unknown == [3, 4, None, None, 3]  # the real column has nulls: the sequence's time is unknown

@@ -180,6 +180,9 @@ def test_the_schema_of_several_tables_changes_table_by_table() -> None:
         "t: column 'a' changed type int64 → string",
     ]
     assert schema_diff(one, {"tables": {"t": one}}) == ["one dataset became several tables"]
+    keyed = {"tables": {"t": one}, "keys": {"t": {"primary_key": "a", "order_by": None}}}
+    reordered = {"tables": {"t": one}, "keys": {"t": {"primary_key": "a", "order_by": "a"}}}
+    assert schema_diff(keyed, reordered) == ["t: its keys changed"]
 
 
 def test_metric_rows_of_a_table_name_it_and_relations_are_gated() -> None:

@@ -169,6 +169,12 @@ def schema_diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             return ["one dataset became several tables" if new is not None else "several tables became one"]
         changes = [f"table {name!r} added" for name in new if name not in old]
         changes += [f"table {name!r} removed" for name in old if name not in new]
+        keys = before.get("keys", {}), after.get("keys", {})
+        changes += [
+            f"{name}: its keys changed"
+            for name in new
+            if name in old and keys[0].get(name) != keys[1].get(name)
+        ]
         return changes + [
             f"{name}: {change}" for name in new if name in old for change in schema_diff(old[name], new[name])
         ]

@@ -7,7 +7,8 @@ real value), and foreign keys are set to the synthetic parents' keys. A table th
 parent of others learns with each row how many children it has (``__children__.<table>``), so the
 count follows the parent's columns (a premium customer's many orders). A child table learns each
 row given its parent row's learned columns (``__parent__.<column>``), its position among its
-siblings (``__position__``) and, when ordered (``order_by``), the previous sibling's columns
+siblings (``__position__``), how many they are (``__siblings__``: a busy plane's flights are
+closer together) and, when ordered (``order_by``), the previous sibling's columns
 (``__previous__.<column>``): these come first in the table, so the autoregressive family, which
 models columns in order, conditions on them exactly (MOSTLY AI's TabularARGN does the same with
 its context). The order column is learned as the first sibling's value (``__first__``) and each
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,11 +53,11 @@ from genai_pipeline.privacy.roles import column_roles
 from genai_pipeline.quality.relational import children_per_parent
 from genai_pipeline.relational import ColumnSpec, Relations, TableSpec, parent_rows
 from genai_pipeline.storage import Storage
-from genai_pipeline.training import resolve_device
+from genai_pipeline.training import CheckpointStore, resolve_device
 
 PARENT, POSITION, PREVIOUS = "__parent__.", "__position__", "__previous__."
 FIRST, GAP, CHILDREN, CONSTANT = "__first__", "__gap__", "__children__.", "__constant__"
-MATCHED = "__matched__."
+MATCHED, SIBLINGS = "__matched__.", "__siblings__"
 _RESERVED = "__"
 
 
@@ -82,6 +83,8 @@ class TableLayout:
     #: an ordered child's order values lie within these (protected: means of the ``min_rows``
     #: smallest and largest real values); gaps summed past the real window are clipped to it
     order_range: tuple[float, float] | None = None
+    #: whether the real order column holds nulls (else a first value drawn null is redrawn)
+    order_nulls: bool = True
 
 
 @dataclass
@@ -110,11 +113,13 @@ class RelationalModel:
         train: TrainSpec,
         protection: Protection | None = None,
         unseen: Mapping[str, pa.Table] | None = None,
+        checkpoints: Callable[[str], CheckpointStore] | None = None,
     ) -> RelationalModel:
         """Fit a model of ``family`` to every table, parents first. ``real`` holds tables whose
         keys passed :func:`~genai_pipeline.relational.check_keys`; ``protection`` is the job's value
         protection, ``unseen`` real rows kept from training (a holdout) whose values the columns
-        made fresh avoid too."""
+        made fresh avoid too; ``checkpoints`` gives each table's model its checkpoint store, so a
+        killed fit resumes (a table already trained finishes at once)."""
         if train.privacy is not None:
             raise ConfigError(
                 "train.privacy: not for several tables yet: a parent's row reaches its children's "
@@ -155,6 +160,7 @@ class RelationalModel:
             )
             if spec.order_by is not None and context is not None:
                 layout.order_range = _protected_range(table.column(spec.order_by), protection or Protection())
+                layout.order_nulls = table.column(spec.order_by).null_count > 0
             training = training_table(shown, relations, layout)
             roles = column_roles(
                 training, declared_columns(spec), None, where=f"dataset.tables.{name}.columns"
@@ -170,7 +176,9 @@ class RelationalModel:
                     cls_.Config.model_validate(dict(params or {})), device=resolve_device(train.device)
                 )
                 given = tuple(
-                    c for c in training.column_names if c.startswith((PARENT, PREVIOUS)) or c == POSITION
+                    c
+                    for c in training.column_names
+                    if c.startswith((PARENT, PREVIOUS)) or c in (POSITION, SIBLINGS)
                 )
                 held = (unseen or {}).get(name)
                 data = TabularData(
@@ -183,7 +191,7 @@ class RelationalModel:
                     if held is None
                     else held.select([c for c in held.column_names if c in training.column_names]),
                 )
-                report = model.fit(data, train, None)
+                report = model.fit(data, train, checkpoints(name) if checkpoints else None)
                 reports[name] = report.to_dict()
                 # a child is given its parent's columns as the parent's model makes them: a type
                 # that few planes have is protected in the planes, however many flights it has
@@ -279,6 +287,7 @@ class RelationalModel:
             alive = np.flatnonzero(counts > position)
             given = {PARENT + column: parents.column(column).take(alive) for column in layout.parent_columns}
             given[POSITION] = pa.array(np.full(len(alive), position, np.int64))
+            given[SIBLINGS] = pa.array(counts[alive])
             if previous is not None:
                 before = np.searchsorted(alive_before, alive)
                 for column in layout.previous_columns:
@@ -292,7 +301,10 @@ class RelationalModel:
         assert context is not None
         order_by = self.relations.tables[name].order_by
         if order_by is not None:
-            table = _with_order(table, order_by, layout.schema.field(order_by).type, layout.order_range)
+            redraw = None if layout.order_nulls else np.random.default_rng(key)
+            table = _with_order(
+                table, order_by, layout.schema.field(order_by).type, layout.order_range, redraw
+            )
         primary = self.relations.tables[context.references].primary_key or ""
         return table.append_column(
             context.column, parents.column(primary).take(table.column("__parent_row__"))
@@ -452,15 +464,16 @@ def training_table(real: Mapping[str, pa.Table], relations: Relations, layout: T
             given[PARENT + column] = dense(parent.column(column)).take(row)
         position = _positions(dense(table.column(context.column)))
         given[POSITION] = pa.array(position)
+        given[SIBLINGS] = pa.array(
+            np.bincount(row.to_numpy(zero_copy_only=False), minlength=parent.num_rows)[row]
+        )
         for column in layout.previous_columns:
             given[PREVIOUS + column] = _shifted(dense(table.column(column)), position)
     own = {column: dense(table.column(column)) for column in _own_columns(spec, table.column_names)}
     if context is not None and spec.order_by is not None:
         values = dense(table.column(spec.order_by))
         first = position == 0
-        # every sibling carries the first one's value: a null is then as rare as in the real
-        # first values, where a model that learned "null unless position 0" drew it at times
-        own[FIRST] = values.take(np.maximum.accumulate(np.where(first, np.arange(len(first)), 0)))
+        own[FIRST] = pc.if_else(pa.array(first), values, pa.nulls(len(values), values.type))
         gaps = np.diff(to_float(values), prepend=np.nan)
         own[GAP] = pa.array(np.where(first, np.nan, gaps), mask=first)
     if spec.primary_key is not None:
@@ -518,20 +531,29 @@ def _protected_range(values: pa.ChunkedArray, protection: Protection) -> tuple[f
 
 
 def _with_order(
-    table: pa.Table, order_by: str, type_: pa.DataType, limits: tuple[float, float] | None = None
+    table: pa.Table,
+    order_by: str,
+    type_: pa.DataType,
+    limits: tuple[float, float] | None = None,
+    redraw: np.random.Generator | None = None,
 ) -> pa.Table:
     """The order column rebuilt from each parent's first value and the gaps after it (rows sorted
-    by parent, then position); a gap drawn null counts as none. ``limits`` clip the values (in
-    order: a sequence that runs past the real window ends on its edge, still in order)."""
+    by parent, then position); a gap drawn null counts as none. Within ``limits`` (the real
+    window, protected): a sequence that runs past its end starts earlier (:func:`_within`). With
+    ``redraw`` (the real column has no nulls), a first value drawn null is one of the others drawn."""
     first = table.column(POSITION).to_numpy() == 0
     steps = np.where(
         first, to_float(dense(table.column(FIRST))), np.nan_to_num(to_float(dense(table.column(GAP))))
     )
+    starts = np.flatnonzero(first)
+    missing = starts[np.isnan(steps[starts])]
+    if redraw is not None and len(missing) and len(missing) < len(starts):
+        steps[missing] = redraw.choice(steps[np.setdiff1d(starts, missing)], len(missing))
     total = np.cumsum(np.nan_to_num(steps))
     start = np.maximum.accumulate(np.where(first, np.arange(len(first)), 0))
     values = total - total[start] + steps[start]  # each group's running sum from its first value
-    if limits is not None:
-        values = np.clip(values, *limits)
+    if limits is not None and len(values):
+        values = _within(values, starts, *limits)
     unknown = np.isnan(steps[start])  # the first value drawn null: the whole sequence's is unknown
     storage = pa.int64() if pa.types.is_temporal(type_) or pa.types.is_integer(type_) else pa.float64()
     rounded = np.round(values) if storage == pa.int64() else values
@@ -539,6 +561,22 @@ def _with_order(
     if pa.types.is_date32(type_):
         column = column.cast(pa.int32())
     return table.drop_columns([FIRST, GAP]).append_column(order_by, column.cast(type_))
+
+
+def _within(values: np.ndarray, starts: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Sequences (each from its index in ``starts`` to the next) moved earlier as far as they run
+    past ``high`` and their first value allows; one still too long has its gaps shrunk to end on
+    ``high``, and a first value below ``low`` is raised to it: every sequence keeps its order and
+    no gap becomes 0 (clipping alone piled the ends of long sequences on ``high``)."""
+    lengths = np.diff(np.append(starts, len(values)))
+    first = np.maximum(values[starts], low)
+    latest = np.maximum.reduceat(values, starts) - values[starts] + first
+    shift = np.clip(latest - high, 0, first - low)
+    first, latest = first - shift, latest - shift
+    span = latest - first
+    scale = np.where(latest > high, (high - first) / np.where(span > 0, span, 1), 1.0)
+    offsets = values - np.repeat(values[starts], lengths)
+    return np.repeat(first, lengths) + offsets * np.repeat(scale, lengths)
 
 
 def _published(table: pa.Table, schema: pa.Schema) -> pa.Table:

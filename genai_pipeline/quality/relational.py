@@ -105,7 +105,11 @@ def cardinality_shape(
 ) -> float | None:
     """1 − KS between the real and synthetic children per parent; None when a side has no parents.
     Each side is ``(parent keys, children's foreign keys)``."""
-    real_counts, synthetic_counts = children_per_parent(*real), children_per_parent(*synthetic)
+    return count_shape(children_per_parent(*real), children_per_parent(*synthetic))
+
+
+def count_shape(real_counts: np.ndarray, synthetic_counts: np.ndarray) -> float | None:
+    """1 − KS between the real and synthetic children per parent row (None: a side has no parents)."""
     if len(real_counts) == 0 or len(synthetic_counts) == 0:
         return None
     return float(1 - ks_2samp(real_counts, synthetic_counts).statistic)
@@ -140,6 +144,19 @@ def _parent_child_trends(
         if f"{key.references}.{p}" in joined[1].column_names and f"{child}.{c}" in joined[1].column_names
     ]
     return pair_trend_details(joined[0], joined[1], bins, pairs) if pairs else {}
+
+
+def joined_rows(tables: dict[str, pa.Table], relations: Relations, child: str) -> pa.Table:
+    """``child``'s rows with their context parent's columns (``parent.column``, ``child.column``),
+    the keys left out: what the privacy metrics compare on the joined rows (a child row that is
+    new on its own may copy a real row together with its parent's)."""
+    key = relations.context[child]
+    assert key is not None, f"{child} has a context parent"
+    primary = relations.tables[key.references].primary_key or ""
+    keys = {f"{child}.{c}" for c in _key_columns(relations, child)}
+    keys |= {f"{key.references}.{c}" for c in _key_columns(relations, key.references)}
+    joined = _joined(tables, child, key, primary)
+    return joined.drop_columns([c for c in joined.column_names if c in keys])
 
 
 def _joined(tables: dict[str, pa.Table], child: str, key: ForeignKey, primary: str) -> pa.Table:
