@@ -601,9 +601,7 @@ def stage_verdict(
     what the expectations ran."""
     storage, quality = run.storage(), run.staged(run.quality)
     verdict = judge(rows, checks, report_file=run.staged(run.report_file))
-    storage.write_bytes(
-        f"{quality}/expectations.json", json.dumps(results, indent=1, default=str).encode()
-    )
+    storage.write_bytes(f"{quality}/expectations.json", json.dumps(results, indent=1, default=str).encode())
     write_table(rows.table(), storage, f"{quality}/metrics.parquet")
     content = ReportInput(
         title=f"{run.job.name} — {run.run_date}",
