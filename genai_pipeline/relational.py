@@ -319,8 +319,14 @@ def check_keys(
 def parent_rows(column: pa.ChunkedArray | pa.Array, keys: pa.ChunkedArray | pa.Array) -> pa.Array:
     """Each value's position in ``keys`` (null: none there, or a null value); integers of any
     width and strings of either size are compared as one type."""
-    common = pa.int64() if _kind(column.type) == "integer" else pa.large_string()
+    common = key_type(column.type)
     return pc.index_in(dense(column).cast(common), value_set=dense(keys).cast(common))
+
+
+def key_type(type_: pa.DataType) -> pa.DataType:
+    """The one type keys of ``type_`` are compared in: integers of any width as int64, strings of
+    either size as large strings."""
+    return pa.int64() if _kind(type_) == "integer" else pa.large_string()
 
 
 def resolves(column: pa.ChunkedArray, keys: pa.ChunkedArray, optional: bool) -> pa.Array:

@@ -68,7 +68,7 @@ from genai_pipeline.quality.report import TableSection, harden_pages
 from genai_pipeline.quality.scoring import TablePrivacy, score_tables
 from genai_pipeline.quality.tabular import overall_pair_trend
 from genai_pipeline.refs import DatasetRef, GeneratedRef, ModelRef, QualityVerdict
-from genai_pipeline.relational import Relations, TableSpec, check_keys, resolves
+from genai_pipeline.relational import Relations, TableSpec, check_keys, key_type, resolves
 from genai_pipeline.runs import RUN_ID_KEY, SOURCE_CACHE, Run
 from genai_pipeline.stages import _check_schema, _PublicView, _stage_suite, add_spent_budget, stage_verdict
 from genai_pipeline.storage import Storage
@@ -104,7 +104,8 @@ def ingest_tables(run: Run) -> DatasetRef:
     schemas = {name: describe_schema(TabularData(table, None), labels=[]) for name, table in tables.items()}
     keys = {name: spec.model_dump(mode="json", include=KEY_FIELDS) for name, spec in relations.tables.items()}
     _check_schema(run, {"tables": schemas, "keys": keys}, workspace)
-    key = content_key({name: fingerprint(TabularData(tables[name], None)) for name in relations.order})
+    prints = {name: fingerprint(TabularData(tables[name], None)) for name in relations.order}
+    key = content_key(prints)
     train, holdout = split_tables(tables, relations, checks.holdout, checks.holdout_max_rows, key=key)
     protection = Protection.from_spec(job.dataset.value_protection)
     refs = {}
@@ -138,7 +139,7 @@ def ingest_tables(run: Run) -> DatasetRef:
             source=spec.uri,
             snapshot=snapshot,
             modality="tabular",
-            fingerprint=fingerprint(TabularData(tables[name], None)),
+            fingerprint=prints[name],
             num_rows=tables[name].num_rows,
             schema=schemas[name],
             label=None,
@@ -243,7 +244,6 @@ def fit_tables(run: Run, dataset: DatasetRef, checkpoints: str) -> tuple[Relatio
         unseen=read_tables(workspace, dataset, held=True),
         checkpoints=lambda name: CheckpointStore(workspace, f"{checkpoints}/{name}"),
     )
-    model.rows.update({name: ref.num_rows for name, ref in dataset.tables.items()})  # scale: of all
     reports = model.reports
     fit = {
         "steps": sum(report["steps"] for report in reports.values()),
@@ -432,7 +432,7 @@ def _whole_keys(
         optional = context is None or context.column != score.column
         with storage.open_read(files[score.parent]) as handle:
             parents = dense(pq.ParquetFile(handle).read(columns=[primary]).column(0))
-        common = pa.int64() if pa.types.is_integer(parents.type) else pa.large_string()
+        common = key_type(parents.type)
         index = pd.Index(parents.cast(common).to_pandas())  # hashed once, looked up per batch
         counts = np.zeros(len(index), np.int64)
         resolved = total = 0

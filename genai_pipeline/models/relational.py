@@ -96,6 +96,7 @@ class RelationalModel:
     #: None for a table without rows
     models: dict[str, TabularSynthesizer | None]
     layouts: dict[str, TableLayout]
+    #: real rows per table, held-out ones included: what ``stream``'s ``scale`` multiplies
     rows: dict[str, int]
     #: the tables sampled for the user, parents first (not the entity tables)
     published: list[str]
@@ -203,7 +204,8 @@ class RelationalModel:
                     }
                 )
             models[name], layouts[name] = model, layout
-        rows = {name: real[name].num_rows for name in relations.order}
+        # as many rows as the real table, the rows held out of training included
+        rows = {name: real[name].num_rows + len((unseen or {}).get(name, [])) for name in relations.order}
         return cls(relations, models, layouts, rows, published, reports)
 
     def save(self, storage: Storage, rel: str) -> None:

@@ -102,14 +102,7 @@ def render_report(content: ReportInput) -> str:
             metrics = [metric for metric in content.metrics if metric.get("table") == name]
             sections.append((f"table-{index}", f"Table {_e(name)}", _table_parts(table, metrics)))
     else:
-        columns = content.real.column_names if content.real is not None else []
-        sections.append(("metrics", "Metrics", _metrics_section(content.metrics, columns)))
-        if content.real is not None:
-            charts = _columns_section(content.real, content.synthetic, content.metrics)
-            sections.append(("columns", "Columns: real vs synthetic", charts))
-        if any(is_pair(metric) for metric in content.metrics):
-            pairs = _pairs_section(content.metrics, columns)
-            sections.append(("pairs", "Column pairs: association difference", pairs))
+        sections += _table_sections(content.metrics, content.real, content.synthetic)
     if content.real_images is not None or content.synthetic_images is not None:
         grids = _images_section(content.real_images, content.synthetic_images)
         sections.append(("images", "Images by label: real vs synthetic", grids))
@@ -145,20 +138,28 @@ def render_report(content: ReportInput) -> str:
 """
 
 
-def _table_parts(table: TableSection, metrics: list[dict[str, Any]]) -> str:
-    """One table of several: its metrics, its columns' charts, its pairs' heatmap and its suite's
-    results, under sub-headings."""
-    columns = table.real.column_names
-    parts = [_metrics_section(metrics, columns)]
-    parts.append(
-        f"<h3>Columns: real vs synthetic</h3>{_columns_section(table.real, table.synthetic, metrics)}"
-    )
+def _table_sections(
+    metrics: list[dict[str, Any]], real: pa.Table | None, synthetic: pa.Table | None
+) -> list[tuple[str, str, str]]:
+    """A table's parts as ``(anchor, heading, HTML)``: its metrics, its columns' charts (with a
+    sample of it) and its pairs' heatmap (with pair metrics)."""
+    columns = real.column_names if real is not None else []
+    sections = [("metrics", "Metrics", _metrics_section(metrics, columns))]
+    if real is not None:
+        sections.append(("columns", "Columns: real vs synthetic", _columns_section(real, synthetic, metrics)))
     if any(is_pair(metric) for metric in metrics):
-        parts.append(f"<h3>Column pairs: association difference</h3>{_pairs_section(metrics, columns)}")
+        sections.append(("pairs", "Column pairs: association difference", _pairs_section(metrics, columns)))
+    return sections
+
+
+def _table_parts(table: TableSection, metrics: list[dict[str, Any]]) -> str:
+    """One table of several: its parts (:func:`_table_sections`) and its suite's results, its
+    metrics first and the others under sub-headings."""
+    (_, _, first), *others = _table_sections(metrics, table.real, table.synthetic)
     if table.expectations is not None:
         gx = _expectations_section(table.expectations, _gx_results(table.expectations))
-        parts.append(f"<h3>Great Expectations</h3>{gx}")
-    return "".join(parts)
+        others.append(("expectations", "Great Expectations", gx))
+    return first + "".join(f"<h3>{heading}</h3>{part}" for _, heading, part in others)
 
 
 def harden_page(page: str) -> str:
