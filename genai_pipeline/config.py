@@ -273,8 +273,9 @@ class PrivacySpec(StrictModel):
         default=0.25,
         ge=0.01,
         le=0.9,
-        description="the share of epsilon spent on the encoder's statistics (MOSTLY AI's engine spends "
-        "1 of every ε on its own)",
+        description="the share of epsilon DP-SGD leaves to the encoder's statistics: its noise is "
+        "calibrated to (1 - share) x epsilon alone, and the statistics get the least noise that brings "
+        "the two, composed by the accountant, to epsilon",
     )
     accountant: Literal["prv", "rdp"] = Field(
         default="prv", description="opacus's accountant: prv (tighter) or rdp (faster)"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
 import random
@@ -31,7 +32,7 @@ from torch import nn
 
 from genai_pipeline.config import PrivacySpec, TrainSpec
 from genai_pipeline.errors import ConfigError, TrainingDiverged
-from genai_pipeline.privacy.dp import Budget, PrivateSGD, StatisticsBudget, default_delta, split_budget
+from genai_pipeline.privacy.dp import Calibration, PrivateSGD, StatisticsBudget, calibrate, default_delta
 from genai_pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -160,48 +161,75 @@ class FitReport:
 
 @dataclass
 class PrivacyPlan:
-    """One model's differential-privacy budget (``train.privacy``) for a table of ``rows`` rows:
-    the encoder's statistics' share, spread over the ``releases`` they make, and DP-SGD's."""
+    """One model's differential-privacy budget (``train.privacy``) for a table of ``rows`` rows: the
+    noise of its statistics (``histograms`` of them, :class:`StatisticsBudget`) and of DP-SGD,
+    calibrated together (:func:`calibrate`) so that both composed spend the job's ε."""
 
     spec: PrivacySpec
     rows: int
+    delta: float
+    calibration: Calibration
     statistics: StatisticsBudget
-    budget: Budget
+    #: what the statistics released (the model's fitted state, JSON-able), saved with every
+    #: checkpoint so that a resumed training reuses it: released again with fresh noise, it would
+    #: be a second release of the same rows that the accountant never counted, and the weights
+    #: would go on training on an encoding they were not started on
+    released: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, train: TrainSpec, *, rows: int, releases: int) -> PrivacyPlan | None:
+    def of(cls, train: TrainSpec, *, rows: int, histograms: float, selections: int) -> PrivacyPlan | None:
+        """The plan for ``train.epochs`` of batches of ``train.batch_size`` from ``rows`` rows;
+        ``selections``: how many of the histograms are category sets (thresholded)."""
         spec = train.privacy
         if spec is None:
             return None
         delta = spec.delta or default_delta(rows)
-        budget = split_budget(spec.epsilon, delta, spec.statistics_share)
-        statistics = StatisticsBudget(budget.statistics_epsilon, budget.statistics_delta, releases)
-        return cls(spec, rows, statistics, budget)
+        sample_rate = min(train.batch_size / rows, 1.0)
+        calibration = calibrate(
+            epsilon=spec.epsilon,
+            delta=delta,
+            sample_rate=sample_rate,
+            steps=max(1, round(train.epochs / sample_rate)),
+            statistics_share=spec.statistics_share,
+            accountant=spec.accountant,
+        )
+        statistics = StatisticsBudget.of(
+            calibration, histograms=histograms, delta=delta, selections=selections
+        )
+        return cls(spec, rows, delta, calibration, statistics)
+
+    @staticmethod
+    def resumed(checkpoints: CheckpointStore | None) -> dict[str, Any] | None:
+        """What a killed private training had released, from its checkpoint (None: none to resume)."""
+        saved = checkpoints.load() if checkpoints is not None else None
+        return json.loads(saved["statistics"]) if saved is not None and "statistics" in saved else None
 
     def sgd(self, train: TrainSpec, *, rows: int | None = None) -> PrivateSGD:
-        """DP-SGD over ``rows`` (default: the table's) with the rest of the budget; its noise is
-        seeded from the operating system, never from the job (see :class:`StatisticsBudget`)."""
+        """DP-SGD over ``rows`` (default: the table's), its noise calibrated with the statistics' (or
+        as given) and its ε counted on top of theirs; its noise is seeded from the operating
+        system, never from the job (see :class:`StatisticsBudget`)."""
         return PrivateSGD(
-            epsilon=self.budget.sgd_epsilon,
-            delta=self.budget.sgd_delta,
+            epsilon=self.spec.epsilon,
+            delta=self.calibration.accounted_delta,
             max_grad_norm=self.spec.max_grad_norm,
-            noise_multiplier=self.spec.noise_multiplier,
+            noise_multiplier=self.spec.noise_multiplier or self.calibration.sgd_noise,
             rows=rows or self.rows,
             batch_size=train.batch_size,
             epochs=train.epochs,
             accountant=self.spec.accountant,
             seed=secrets.randbits(63),
+            released=self.calibration.released(),
         )
 
     def report(self, private: PrivateSGD) -> dict[str, Any]:
-        """What was spent: the statistics' share in full, DP-SGD's by its accountant."""
-        spent = private.epsilon_spent()
+        """What was spent, statistics and DP-SGD composed, and the noise that bought it."""
         return {
-            "epsilon": self.budget.statistics_epsilon + spent,
-            "delta": self.budget.statistics_delta + self.budget.sgd_delta,
+            "epsilon": private.epsilon_spent(),
+            "delta": self.delta,
             "target_epsilon": self.spec.epsilon,
-            "statistics_epsilon": self.budget.statistics_epsilon,
-            "sgd_epsilon": spent,
+            "statistics_noise_multiplier": self.calibration.statistics_noise,
+            "statistics_sigma": self.statistics.sigma,
+            "statistics_histograms": self.statistics.used,
             "noise_multiplier": private.noise_multiplier,
             "max_grad_norm": private.max_grad_norm,
             "sample_rate": private.sample_rate,
@@ -357,6 +385,7 @@ def fit_loop(
                 "best_loss": best_loss,
                 "stale": stale_epochs,
                 **({"privacy": private.state_dict()} if private is not None else {}),
+                **({"statistics": json.dumps(plan.released)} if plan is not None and plan.released else {}),
             }
         )
 

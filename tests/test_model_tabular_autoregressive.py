@@ -16,7 +16,12 @@ from scipy.special import ndtr, ndtri
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets import TabularData
 from genai_pipeline.models import Synthesizer
-from genai_pipeline.models.tabular_autoregressive import TabularAutoregressive, fit_bins, released_bins
+from genai_pipeline.models.tabular_autoregressive import (
+    ColumnwiseNet,
+    TabularAutoregressive,
+    fit_bins,
+    released_bins,
+)
 
 SMALL = {"embedding_dim": 8, "hidden": [16], "max_bins": 16}
 
@@ -78,6 +83,26 @@ def test_private_bins_follow_the_released_steps() -> None:
     lo, hi = released_bins(probs, max_bins=16)
     assert len(lo) <= 17 and np.all(lo[1:] > hi[:-1]) and np.all(hi > lo)
     assert ndtr(lo[-1]) == pytest.approx(0.5, abs=1e-9)
+
+
+def test_matching_marginals_brings_back_tokens_the_heads_had_starved() -> None:
+    """DP-SGD clips a rare value's rows hardest and its head drifts from the released frequency;
+    the biases are shifted until the sampled shares match the released ones (a target of 0, such
+    as null's, keeps its sampled share)."""
+    config = TabularAutoregressive.Config(**SMALL)
+    net = ColumnwiseNet([2, 4, 3], 1, config)
+    targets = [torch.tensor([50.0, 300.0, 450.0, 200.0]), torch.tensor([600.0, 400.0, 0.0])]
+    with torch.no_grad():
+        net.heads[0].bias.copy_(torch.tensor([-9.0, 0.0, 0.0, 0.0]))  # token 0 drawn once in 8,000
+        net.heads[1].bias.copy_(torch.tensor([0.0, 0.0, 0.0]))  # null (token 2) a third
+    net.match_marginals(targets, [0.5, 0.5], seed=0)
+    label = torch.multinomial(torch.tensor([0.5, 0.5]), 40_000, replacement=True)
+    drawn = net.sample(label, None, 40_000, torch.Generator().manual_seed(1))
+    first = torch.bincount(drawn[0], minlength=4) / 40_000
+    np.testing.assert_allclose(first.numpy(), [0.05, 0.3, 0.45, 0.2], atol=0.02)
+    second = torch.bincount(drawn[1], minlength=3) / 40_000
+    assert second[2] == pytest.approx(1 / 3, abs=0.03)  # null kept its share
+    assert second[0] / second[1] == pytest.approx(1.5, rel=0.1)
 
 
 def test_a_private_model_keeps_whole_numbers_one_token_each() -> None:

@@ -37,7 +37,13 @@ import torch
 from scipy.special import ndtr, ndtri
 
 from genai_pipeline.columns import dense, is_categorical, is_numeric, quantum, to_float, value_type
-from genai_pipeline.privacy.dp import StatisticsBudget, dp_category_counts, dp_cdf, selection_threshold
+from genai_pipeline.privacy.dp import (
+    CDF_HISTOGRAMS,
+    StatisticsBudget,
+    dp_category_counts,
+    dp_cdf,
+    selection_threshold,
+)
 from genai_pipeline.privacy.fresh import FreshColumn, generate_fresh
 from genai_pipeline.privacy.protection import KeptCategories, Protection, keep_categories, protect_numbers
 from genai_pipeline.privacy.roles import ColumnRole, Roles, column_roles
@@ -163,7 +169,7 @@ def _fit_continuous(
     (:func:`protect_numbers`; ``step``: what decoding rounds to); without, a grid of its distinct
     values."""
     if dp is not None:
-        released = dp_cdf(values, epsilon=dp.each_epsilon, rng=dp.rng, quantum=step)
+        released = dp_cdf(values, dp, quantum=step)
         if released is None:  # too little budget for this many values: nothing may be learned
             return ColumnCodec(name, "null", True)
         knots, probs = released
@@ -211,8 +217,8 @@ def _fit_categorical(
     for value in values:
         counts[value] = counts.get(value, 0) + 1
     if dp is not None:
-        threshold = max(protection.min_rows, selection_threshold(dp.each_epsilon, dp.each_delta))
-        counts = dp_category_counts(counts, epsilon=dp.each_epsilon, threshold=threshold, rng=dp.rng)
+        threshold = max(protection.min_rows, selection_threshold(dp.sigma, dp.selection_delta))
+        counts = dp_category_counts(counts, dp, threshold=threshold)
         kept = KeptCategories(counts, protected_values=1, protected_rows=0)  # protected or not: not told
     else:
         kept = keep_categories(counts, protection.threshold)
@@ -239,6 +245,23 @@ def _fit_categorical(
         if dp is None
         else [float(counts.get(c, total_rare if c == _RARE else 0.0)) for c in categories],
     )
+
+
+def dp_histograms(schema: pa.Schema, roles: Roles) -> tuple[int, int]:
+    """``(histograms, category sets)`` that fitting a table of ``schema`` with ``dp`` releases at
+    most (:func:`_fit_column`): a distribution's :data:`CDF_HISTOGRAMS` for a number, one
+    thresholded category set for any other column, both for a number declared a category (its
+    codec falls back to a distribution when no category clears the threshold); none for a column
+    made fresh or of nulls. The privacy plan's noise is calibrated for these many."""
+    histograms = selections = 0
+    for field in schema:
+        role = roles.get(field.name)
+        if (role is not None and role.fresh) or pa.types.is_null(field.type):
+            continue
+        categorical = not is_numeric(field.type) or (role is not None and role.role == "category")
+        histograms += int(categorical) + CDF_HISTOGRAMS * int(is_numeric(field.type))
+        selections += int(categorical)
+    return histograms, selections
 
 
 def _with_unseen(table: pa.Table, unseen: pa.Table | None, name: str, role: ColumnRole | None) -> pa.Array:

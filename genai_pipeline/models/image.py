@@ -29,7 +29,7 @@ from genai_pipeline.models.base import (
     require_condition_values,
 )
 from genai_pipeline.privacy.dp import StatisticsBudget, dp_counts
-from genai_pipeline.training import PrivacyPlan, batched_indices, seed_everything
+from genai_pipeline.training import CheckpointStore, PrivacyPlan, batched_indices, seed_everything
 
 Render = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -60,7 +60,7 @@ class LabelCodec:
         indices = np.array([index[label] for label in data.labels], dtype=np.int64)
         counts = np.bincount(indices, minlength=len(index)).astype(np.float64)
         if dp is not None:
-            counts = dp_counts(counts, epsilon=dp.each_epsilon, sensitivity=1, rng=dp.rng) + 1e-9
+            counts = dp_counts(counts, dp) + 1e-9
         return cls(tuple(data.label_names), tuple((counts / counts.sum()).tolist())), indices
 
     @classmethod
@@ -141,16 +141,23 @@ class ImageSynthesizer(Synthesizer):
     def render(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Images (NCHW in [-1, 1]) for these label indices."""
 
-    def prepare(self, data: Dataset, train: TrainSpec) -> np.ndarray:
+    def prepare(
+        self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None = None
+    ) -> np.ndarray:
         """Fit the labels and build the networks (seeded, so initial weights are reproducible);
         each image's label index, to train on. With ``train.privacy``, the label frequencies are a
-        DP release from the model's budget (:attr:`plan`), which the family trains within."""
+        DP release from the model's budget (:attr:`plan`), which the family trains within; a
+        resumed private training takes them from its checkpoint instead."""
         if not isinstance(data, ImageData):
             raise DatasetError(f"the {self.name} needs images")
-        self.plan = PrivacyPlan.of(train, rows=data.num_rows, releases=1)  # the label frequencies
-        labels, indices = LabelCodec.fit(data, self.plan.statistics if self.plan is not None else None)
+        # the label frequencies: one histogram, no category set (the labels are the folders' names)
+        self.plan = PrivacyPlan.of(train, rows=data.num_rows, histograms=1, selections=0)
+        saved = self.plan.resumed(checkpoints) if self.plan is not None else None
+        labels, indices = LabelCodec.fit(data, self.plan.statistics if self.plan and saved is None else None)
         seed_everything(train.seed)  # networks are built here, before fit_loop seeds
-        self.restore({"shape": list(data.shape), "labels": labels.to_state()})
+        self.restore(saved or {"shape": list(data.shape), "labels": labels.to_state()})
+        if self.plan is not None:
+            self.plan.released = self.fitted_state()
         return indices
 
     def check_conditions(self, conditions: Conditions) -> None:

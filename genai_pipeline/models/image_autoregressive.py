@@ -276,7 +276,7 @@ class ImageAutoregressive(ImageSynthesizer):
     ema: PatchTransformer  # its moving average, which samples and is saved
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
-        indices = self.prepare(data, train)
+        indices = self.prepare(data, train, checkpoints)
         parameters = list(self.network.parameters())
         optimizer = torch.optim.Adam(parameters, lr=self.config.learning_rate)
         network = maybe_compile(self.network, train, self.device)

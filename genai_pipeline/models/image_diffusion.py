@@ -154,7 +154,7 @@ class ImageDiffusion(ImageSynthesizer):
         )
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
-        indices = self.prepare(data, train)
+        indices = self.prepare(data, train, checkpoints)
         optimizer = torch.optim.Adam(self.network.parameters(), lr=self.config.learning_rate)
         network = maybe_compile(self.network, train, self.device)
         schedule, no_label = self.schedule, len(self.labels)

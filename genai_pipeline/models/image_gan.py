@@ -124,7 +124,7 @@ class ImageGAN(ImageSynthesizer):
     config: ImageGANConfig
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
-        indices = self.prepare(data, train)
+        indices = self.prepare(data, train, checkpoints)
         discriminator = Discriminator(self.shape, len(self.labels), self.config).to(self.device)
         opt_g = torch.optim.Adam(
             self.generator.parameters(), lr=self.config.learning_rate, betas=self.config.betas

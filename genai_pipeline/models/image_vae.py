@@ -116,7 +116,7 @@ class ImageVAE(ImageSynthesizer):
     decoder: Decoder
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
-        indices = self.prepare(data, train)
+        indices = self.prepare(data, train, checkpoints)
         encoder = Encoder(self.shape, len(self.labels), self.config).to(self.device)
         parameters = [*encoder.parameters(), *self.decoder.parameters()]
         optimizer = torch.optim.Adam(parameters, lr=self.config.learning_rate)

@@ -32,18 +32,22 @@ from scipy.special import ndtri
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset, TabularData
-from genai_pipeline.encoders.tabular import ColumnCodec, RowStream, TableEncoder
+from genai_pipeline.encoders.tabular import ColumnCodec, RowStream, TableEncoder, dp_histograms
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.models.base import Conditions, ModelConfig, Synthesizer, require_condition_values
 from genai_pipeline.privacy.dp import StatisticsBudget, dp_counts, noise_floor
 from genai_pipeline.privacy.roles import column_roles
-from genai_pipeline.training import PrivacyPlan, batched_indices, seed_everything
+from genai_pipeline.training import CheckpointStore, PrivacyPlan, batched_indices, seed_everything
 
 #: On a CPU, rows are rendered in chunks whose activations stay in cache: about twice as fast as one
 #: pass over 50,000 rows, and peak memory no longer grows with the batch. A GPU takes the whole batch.
 CPU_CHUNK_ROWS = 4096
 #: A numeric column's evidence about the label is counted in this many equal-probability bins.
 PRIOR_BINS = 16
+#: with DP, the co-occurrence tables take this many times the statistics' noise: they only weigh
+#: a label drawn for known columns (:meth:`LabelPrior.given`), and at a ninth of a histogram each
+#: in the budget they leave the distributions the model is decoded with less noise
+COOCCURRENCE_NOISE = 3.0
 #: The width of one hidden layer: a zero or negative width would build a network that learns nothing.
 Width = Annotated[int, Field(ge=1, le=4096)]
 
@@ -115,13 +119,9 @@ class LabelPrior:
             np.add.at(table, (cond, tokens), 1)
             tables[codec.name] = table
         if dp is not None:
-            half = dp.each_epsilon / 2
-            frequencies = dp_counts(frequencies, epsilon=half, sensitivity=1, rng=dp.rng)
-            frequencies = np.where(frequencies < noise_floor(labels, half), 0.0, frequencies) + 1e-9
-            tables = {
-                name: dp_counts(table, epsilon=half, sensitivity=len(tables), rng=dp.rng)
-                for name, table in tables.items()
-            }
+            frequencies = dp_counts(frequencies, dp)
+            frequencies = np.where(frequencies < noise_floor(labels, dp.sigma), 0.0, frequencies) + 1e-9
+            tables = {name: dp_counts(table, dp, scale=COOCCURRENCE_NOISE) for name, table in tables.items()}
         probs = frequencies / frequencies.sum()
         return cls(probs.tolist(), {name: table.tolist() for name, table in tables.items()})
 
@@ -206,10 +206,16 @@ def _fit_codecs(
         raise DatasetError(f"dataset: {exc}") from None
 
 
-def _releases(data: TabularData) -> int:
-    """The DP releases a model makes of a table: each learned column's codec, and the label prior."""
+def _histograms(data: TabularData, per_column: int) -> tuple[float, int]:
+    """``(histograms, category sets)`` a model of a table releases with DP at most: the encoder's
+    (:func:`dp_histograms`), the label prior's (the label's frequencies and a co-occurrence table
+    per learned column, each at :data:`COOCCURRENCE_NOISE` times the noise) and ``per_column``
+    more for each learned column (the family's)."""
     roles = data.roles if data.roles is not None else column_roles(data.table, {}, data.label)
-    return 1 + sum(not (name in roles and roles[name].fresh) for name in data.table.column_names)
+    histograms, selections = dp_histograms(data.table.schema, roles)
+    learned = sum(not (name in roles and roles[name].fresh) for name in data.table.column_names)
+    prior = 1 + (learned - 1) / COOCCURRENCE_NOISE**2 if data.label is not None else 0
+    return histograms + prior + per_column * learned, selections
 
 
 def fit_encoder(
@@ -269,8 +275,9 @@ class TabularSynthesizer(Synthesizer):
     reveal: Reveal
     #: the differential-privacy budget of the training under way (None: no ``train.privacy``)
     plan: PrivacyPlan | None = None
-    #: statistics a family releases besides the encoder's and the label prior (with privacy)
-    dp_releases: ClassVar[int] = 0
+    #: histograms a family releases per learned column besides the encoder's and the label prior's
+    #: (with privacy)
+    dp_histograms_per_column: ClassVar[int] = 0
     #: whether :meth:`complete` can give each row its own known columns (``render`` takes a
     #: :class:`Known` with a row per sampled row)
     completes_rows: ClassVar[bool] = False
@@ -282,13 +289,23 @@ class TabularSynthesizer(Synthesizer):
         data: Dataset,
         train: TrainSpec,
         family_state: Callable[[TableEncoder, np.ndarray], dict[str, Any]] | None = None,
+        checkpoints: CheckpointStore | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Fit the encoder and label prior (and the family's state, from the encoded matrix), build
         the networks; ``(x, cond)`` to train on. With ``train.privacy`` the encoder and the prior
-        are DP releases from the model's budget (:attr:`plan`), which the family trains within."""
+        are DP releases from the model's budget (:attr:`plan`), which the family trains within;
+        a resumed private training takes them from its checkpoint instead."""
         if not isinstance(data, TabularData):
             raise DatasetError(f"the {self.name} needs a table")
-        self.plan = PrivacyPlan.of(train, rows=data.num_rows, releases=_releases(data) + self.dp_releases)
+        histograms, selections = _histograms(data, self.dp_histograms_per_column)
+        self.plan = PrivacyPlan.of(train, rows=data.num_rows, histograms=histograms, selections=selections)
+        saved = self.plan.resumed(checkpoints) if self.plan is not None else None
+        if self.plan is not None and saved is not None:
+            seed_everything(train.seed)
+            self.restore(saved)
+            self.plan.released = saved  # and into the checkpoints to come: a second kill resumes alike
+            x, cond = self.encoder.encode(data.table)
+            return x, cond
         dp = self.plan.statistics if self.plan is not None else None
         encoder, x, cond = fit_encoder(
             data, max_categories=self.config.max_categories, model=self.name, key=train.seed, dp=dp
@@ -304,6 +321,8 @@ class TabularSynthesizer(Synthesizer):
                 **state,
             }
         )
+        if self.plan is not None:
+            self.plan.released = self.fitted_state()
         return x, cond
 
     @property

@@ -284,7 +284,7 @@ class TabularDiffusion(TabularSynthesizer):
         return total.mean() / max(numeric.shape[1] + tokens.shape[1], 1)
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
-        x, cond = self.prepare(data, train)
+        x, cond = self.prepare(data, train, checkpoints=checkpoints)
         numeric, tokens = self.layout.split(x)
         entries = self.dequantiser.entries(numeric, self.layout.missing(x))
         numeric, entries, tokens = (torch.from_numpy(array) for array in (numeric, entries, tokens))

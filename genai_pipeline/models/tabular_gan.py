@@ -272,7 +272,7 @@ class TabularGAN(TabularSynthesizer):
     family = "gan"
     name = NAME
     Config = TabularGANConfig
-    dp_releases = 1  # the category counts of training-by-sampling
+    dp_histograms_per_column = 1  # the category counts of training-by-sampling: one per discrete span
 
     config: TabularGANConfig
     sampler: CategorySampler
@@ -285,7 +285,7 @@ class TabularGAN(TabularSynthesizer):
         a generator that sees no real row (DP by post-processing), so it learns the label as a
         condition but no revealed columns."""
         config = self.config
-        x_np, cond_np = self.prepare(data, train)
+        x_np, cond_np = self.prepare(data, train, checkpoints=checkpoints)
         private = self.plan.sgd(train, rows=len(x_np)) if self.plan is not None else None
         pac = config.pac if private is None else 1
         if min(train.batch_size, len(x_np)) < pac:
@@ -298,14 +298,8 @@ class TabularGAN(TabularSynthesizer):
         sampler, spans, reveal = self.sampler, self.encoder.spans, self.reveal
         categories = sampler.categories(x)
         sampler.fit(categories, labels)
-        if self.plan is not None:  # the category counts are a release of their own
-            dp = self.plan.statistics
-            counts = dp_counts(
-                sampler.counts.cpu().numpy(),
-                epsilon=dp.each_epsilon,
-                sensitivity=len(sampler.choices),
-                rng=dp.rng,
-            )
+        if self.plan is not None:  # the category counts are a release: a row adds one in each span
+            counts = dp_counts(sampler.counts.cpu().numpy(), self.plan.statistics, len(sampler.choices))
             sampler.counts.copy_(torch.from_numpy(counts))
         rows = RowIndex(categories, sampler.width)
         critic = Critic(self.encoder.width + self.cond_width, config, pac).to(self.device)
@@ -415,7 +409,14 @@ class TabularGAN(TabularSynthesizer):
             tensors += (torch.from_numpy(cond_np),)
         return fit_loop(
             name=NAME,
-            modules={"generator": self.generator, "ema": self.ema, "critic": critic},
+            # with privacy the released category counts go into the checkpoint: a resumed fit
+            # goes on with them instead of releasing them again
+            modules={
+                "generator": self.generator,
+                "ema": self.ema,
+                "critic": critic,
+                **({"conditions": sampler} if private is not None else {}),
+            },
             optimizers={"generator": opt_g, "critic": opt_d},
             step=step,
             data=tensors,

@@ -93,7 +93,7 @@ class TabularVAE(TabularSynthesizer):
     net: VAENet
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
-        x, cond = self.prepare(data, train)
+        x, cond = self.prepare(data, train, checkpoints=checkpoints)
         optimizer = torch.optim.Adam(
             self.net.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay
         )
