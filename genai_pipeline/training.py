@@ -175,6 +175,9 @@ class PrivacyPlan:
     #: be a second release of the same rows that the accountant never counted, and the weights
     #: would go on training on an encoding they were not started on
     released: dict[str, Any] | None = None
+    #: the checkpoint :meth:`resumed` read, handed to the training loop (:meth:`checkpoint`) so that
+    #: a resumed training reads it once (on S3, one GET of what may be a large file)
+    _read: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, train: TrainSpec, *, rows: int, histograms: float, selections: int) -> PrivacyPlan | None:
@@ -198,11 +201,19 @@ class PrivacyPlan:
         )
         return cls(spec, rows, delta, calibration, statistics)
 
-    @staticmethod
-    def resumed(checkpoints: CheckpointStore | None) -> dict[str, Any] | None:
+    def resumed(self, checkpoints: CheckpointStore | None) -> dict[str, Any] | None:
         """What a killed private training had released, from its checkpoint (None: none to resume)."""
-        saved = checkpoints.load() if checkpoints is not None else None
+        self._read = checkpoints.load() if checkpoints is not None else None
+        saved = self._read
         return json.loads(saved["statistics"]) if saved is not None and "statistics" in saved else None
+
+    def checkpoint(self, checkpoints: CheckpointStore | None) -> dict[str, Any] | None:
+        """The checkpoint to resume from: the one :meth:`resumed` read (handed over once), else the
+        store's."""
+        saved, self._read = self._read, None
+        if saved is None and checkpoints is not None:
+            saved = checkpoints.load()
+        return saved
 
     def sgd(self, train: TrainSpec, *, rows: int | None = None) -> PrivateSGD:
         """DP-SGD over ``rows`` (default: the table's), its noise calibrated with the statistics' (or
@@ -347,7 +358,7 @@ def fit_loop(
     start_epoch = start_batch = global_step = stale_epochs = 0
     elapsed_before = 0.0
     best_loss, best_state = math.inf, None
-    saved = checkpoints.load() if checkpoints else None
+    saved = plan.checkpoint(checkpoints) if plan is not None else checkpoints.load() if checkpoints else None
     if saved is not None:
         for key, module in modules.items():
             module.load_state_dict(saved["modules"][key])

@@ -232,8 +232,12 @@ def test_a_resumed_private_training_goes_on_counting(
     with pytest.raises(RuntimeError, match="killed"):
         cls(cls.Config.model_validate(_small(family)), device=CPU).fit(data, train, store)
     monkeypatch.setattr(CheckpointStore, "save", real_save)
+    reads = []
+    real_read = Storage.read_bytes
+    monkeypatch.setattr(Storage, "read_bytes", lambda self, rel: reads.append(rel) or real_read(self, rel))
     resumed = cls(cls.Config.model_validate(_small(family)), device=CPU)
     report = resumed.fit(data, train, store)
+    assert reads == [store.rel]  # the statistics and the weights from one read of the checkpoint
     assert saves == [5, 10, 15, 20] and report.resumed_from_step == 20
     assert report.privacy["steps"] == whole["steps"]
     assert report.privacy["epsilon"] == pytest.approx(whole["epsilon"], rel=1e-6)
