@@ -32,7 +32,7 @@ from genai_pipeline.storage import nested_locations, split_url
 from genai_pipeline.strict import StrictModel
 
 Modality = Literal["tabular", "image"]
-DatasetFormat = Literal["parquet", "csv", "imagefolder", "image_parquet"]
+DatasetFormat = Literal["parquet", "csv", "jsonl", "text", "imagefolder", "image_parquet"]
 
 
 def _one_value(value: Any) -> Any:
@@ -96,7 +96,12 @@ class DatasetSpec(StrictModel):
     )
     format: DatasetFormat | None = Field(
         default=None,
-        description="inferred from the URI: .csv → csv, builtins → theirs, anything else parquet",
+        description="inferred from the URI: .csv → csv, .jsonl → jsonl, builtins → theirs, anything else "
+        "parquet; text: a text dataset (documents in dataset.text_column of a Parquet/CSV/JSONL table, "
+        "with an optional label, or a folder ROOT/<label>/*.txt)",
+    )
+    text_column: str = Field(
+        default="text", min_length=1, description="format text: the column of documents (a folder's: text)"
     )
     label: str | None = Field(default=None, description="label/target column")
     image_column: str = "image"
@@ -156,15 +161,21 @@ class DatasetSpec(StrictModel):
         if self.is_builtin:
             name = self.builtin_name
             builtin = BUILTINS[name]
-            if self.format not in (None, builtin.format):
+            if self.format not in (None, builtin.format) and not (
+                self.format == "text" and builtin.format == "parquet"
+            ):
                 raise ValueError(f"builtin://{name} has format {builtin.format!r}")
-            object.__setattr__(self, "format", builtin.format)
+            object.__setattr__(self, "format", self.format or builtin.format)
             if self.label is None:
                 object.__setattr__(self, "label", builtin.label)
         elif self.format is None:
             lowered = (self.uri or "").lower()
             inferred = "csv" if lowered.endswith((".csv", ".csv.gz")) else "parquet"
+            if lowered.endswith((".jsonl", ".ndjson", ".jsonl.gz")):
+                inferred = "jsonl"
             object.__setattr__(self, "format", inferred)
+        if self.format == "text":
+            self._declare_text()
         if self.format == "image_parquet" and self.label is None:
             raise ValueError("image_parquet datasets need a label column (dataset.label)")
         if self.columns and self.modality == "image":
@@ -175,6 +186,15 @@ class DatasetSpec(StrictModel):
                 f"columns.{self.label}: the label column is learned, it cannot be {declared.type}"
             )
         return self
+
+    def _declare_text(self) -> None:
+        """A text dataset: its documents column is text (declared so, or by the format)."""
+        if self.label == self.text_column:
+            raise ValueError(f"label: {self.label!r} is the documents column (text_column), not a label")
+        declared = self.columns.get(self.text_column)
+        if declared is not None and declared.type != "text":
+            raise ValueError(f"columns.{self.text_column}: the documents of a text dataset are type text")
+        self.columns[self.text_column] = ColumnSpec(type="text")
 
     def _check_tables(self) -> DatasetSpec:
         """Several tables: the schema checked (:meth:`Relations.of`), and the options that are a
@@ -439,6 +459,8 @@ GatedMetric = Literal[
     "attribute_gain",
     "epsilon",
     "referential_integrity",
+    "text_memorised",
+    "text_consistency",
 ]
 
 
@@ -506,6 +528,16 @@ class ValidateSpec(StrictModel):
         description="tables: share of synthetic foreign keys that point at a row of the synthetic parent "
         "table (keys are made, so anything less is a defect)",
     )
+    max_text_memorised: OptionalShare = Field(
+        default=0.01,
+        description="text columns: share of synthetic texts sharing a run of 8 words (or the whole, when "
+        "shorter) with fewer than dataset.value_protection.min_rows training texts",
+    )
+    min_text_consistency: OptionalShare = Field(
+        default=None,
+        description="text columns: how well a classifier trained on the real texts recovers each row's "
+        "label (or category) from its synthetic text, over how well it does on held-out real texts",
+    )
     warn_on: list[GatedMetric] = Field(
         default_factory=lambda: ["dcr_share"],
         description="metrics whose miss publishes the run with a warning instead of failing it",
@@ -563,6 +595,8 @@ GATES: dict[str, str] = {
     "attribute_gain": "max_attribute_gain",
     "epsilon": "max_epsilon",
     "referential_integrity": "min_referential_integrity",
+    "text_memorised": "max_text_memorised",
+    "text_consistency": "min_text_consistency",
 }
 
 

@@ -16,7 +16,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,8 @@ class _PublicView:
 
     shown: Dataset
     encoder: TableEncoder | None = None
+    #: per text column, its share of nulls in the training rows (what the suite expects of it)
+    text_nulls: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, data: Dataset) -> _PublicView:
@@ -185,7 +187,9 @@ class _PublicView:
         encoder = TableEncoder.fit(
             data.table, condition=data.label, roles=data.roles, protection=data.protection, unseen=data.unseen
         )
-        return cls(TabularData(encoder.public_view(data.table), data.label), encoder)
+        text = [codec.name for codec in encoder.codecs if codec.kind == "text"]
+        nulls = {name: data.table.column(name).null_count / max(data.num_rows, 1) for name in text}
+        return cls(TabularData(encoder.public_view(data.table), data.label), encoder, nulls)
 
     @property
     def protected(self) -> dict[str, int]:
@@ -194,12 +198,14 @@ class _PublicView:
         return {codec.name: codec.protected for codec in codecs if codec.protected}
 
     def fresh(self, total: int) -> dict[str, FreshCheck]:
-        """What the suite checks of the columns made fresh, in a run of ``total`` rows."""
+        """What the suite checks of the columns not learned value by value, in a run of ``total``
+        rows: those made fresh, and text (its share of nulls and its type only)."""
         columns = self.encoder.fresh_columns if self.encoder is not None else {}
-        return {
+        checks = {
             name: FreshCheck(column.null_share, column.unique, column.pattern(total))
             for name, column in columns.items()
         }
+        return checks | {name: FreshCheck(share, False, None) for name, share in self.text_nulls.items()}
 
     def protect(self, rows: Dataset) -> Dataset:
         """Other real rows (the whole input) with the same protection, fresh columns as they are."""

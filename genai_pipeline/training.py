@@ -113,7 +113,12 @@ class CheckpointStore:
 
     def __init__(self, storage: Storage, prefix: str):
         self.storage = storage
-        self.rel = f"{prefix.rstrip('/')}/latest.pt"
+        self.prefix = prefix.rstrip("/")
+        self.rel = f"{self.prefix}/latest.pt"
+
+    def child(self, name: str) -> CheckpointStore:
+        """The store of a part trained on its own (a text column's model) within the same run."""
+        return CheckpointStore(self.storage, f"{self.prefix}/{name}")
 
     def save(self, state: dict[str, Any]) -> None:
         buffer = io.BytesIO()
@@ -154,6 +159,8 @@ class FitReport:
     validation_loss: float | None = None
     #: with ``train.privacy``: the ε and δ spent (statistics and DP-SGD together) and how
     privacy: dict[str, Any] | None = None
+    #: per text column, how its language model trained (``models.text``)
+    text: dict[str, dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,6 +26,7 @@ from PIL import Image
 
 from genai_pipeline import stages
 from genai_pipeline.datasets import BUILTINS
+from genai_pipeline.privacy.memorisation import memorised_share
 from genai_pipeline.runs import Run
 
 CANARY_EMAIL = "canary-7f3a9@leak.example"
@@ -133,7 +134,9 @@ def test_no_planted_value_leaves_a_table_run(tmp_path: Path, family: str) -> Non
     assert not _numbers(root, CANARY_MASS)
     real_values = set(real.column("keeper_email").to_pylist()) | set(real.column("penguin_id").to_pylist())
     published_data = pq.read_table(root / run.data_file)
-    assert set(published_data.column("remark").to_pylist()) <= {"_RARE_"}  # text: each remark is one row's
+    # text, written by the table's language model: no run of 8 words fewer than 5 real remarks hold
+    written = [text for text in published_data.column("remark").to_pylist() if text is not None]
+    assert written and memorised_share(real.column("remark").to_pylist(), written, 5) == 0
     for column in ("keeper_email", "penguin_id"):
         values = published_data.column(column).to_pylist()
         assert not real_values & set(values), f"real {column} values were published"

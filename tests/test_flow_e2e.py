@@ -133,7 +133,7 @@ def test_a_table_with_personal_data_publishes_nothing_real_to_s3(
     """Through Prefect, to S3, with the private workspace in a bucket prefix of its own: every
     object under the published prefix is read back, and none holds a planted value, a real e-mail
     or a real identifier; the models and snapshots are in the workspace only."""
-    from test_canary import CANARY_EMAIL, CANARY_ISLAND, CANARY_MASS, planted_penguins
+    from test_canary import CANARY_EMAIL, CANARY_ISLAND, CANARY_MASS, CANARY_REMARK, planted_penguins
 
     real = planted_penguins(tmp_path / "zoo.parquet")
     output, workspace = f"s3://{s3_env['bucket']}/published", f"s3://{s3_env['bucket']}/private"
@@ -160,6 +160,7 @@ def test_a_table_with_personal_data_publishes_nothing_real_to_s3(
             else blob.decode("latin-1")
         )
         assert CANARY_EMAIL not in text and CANARY_ISLAND not in text and str(CANARY_MASS) not in text, key
+        assert CANARY_REMARK not in text, key  # the remarks are written by the table's text model
         assert not [value for value in real_values if value in text], key
     private = fs.find(f"{s3_env['bucket']}/private/tiny")
     assert any(key.endswith("model.json") for key in private)

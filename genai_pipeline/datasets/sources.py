@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
@@ -50,7 +51,11 @@ IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 MAX_SOURCE_PIXELS = 4096 * 4096
 #: the largest side an inferred image size may have (``dataset.image_size`` has the same bound)
 MAX_SIDE = 1024
-_TABLE_SUFFIXES = {"parquet": (".parquet", ".pq", ".parq"), "csv": (".csv", ".csv.gz")}
+_TABLE_SUFFIXES = {
+    "parquet": (".parquet", ".pq", ".parq"),
+    "csv": (".csv", ".csv.gz"),
+    "jsonl": (".jsonl", ".ndjson", ".jsonl.gz"),
+}
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 #: files that tools leave in image folders (Windows thumbnails, folder settings): skipped silently
 _JUNK_FILES = {"thumbs.db", "desktop.ini"}
@@ -81,13 +86,19 @@ def read_dataset(spec: DatasetSpec) -> Dataset:
     if spec.is_builtin:
         loaded = BUILTINS[spec.builtin_name].load()
         if isinstance(loaded, pa.Table):
-            return TabularData(table=loaded, label=spec.label)
+            return TabularData(
+                table=_documents(loaded, spec) if spec.format == "text" else loaded, label=spec.label
+            )
         images, labels = loaded
         return ImageData(images=images, labels=labels)
     fs, path = open_filesystem(spec.uri, spec.storage_options)
     if spec.format == "imagefolder":
         return _read_image_folder(fs, path, spec)
+    if spec.format == "text" and _is_text_folder(fs, path):
+        return TabularData(table=_read_text_folder(fs, path, spec), label=spec.label)
     table = _read_table(fs, path, spec)
+    if spec.format == "text":
+        table = _documents(table, spec)
     _check_column_names(table, spec.uri)
     if spec.format == "image_parquet":
         return _images_from_table(fs, path, table, spec)
@@ -206,7 +217,10 @@ def _list_files(fs: fsspec.AbstractFileSystem, path: str, suffixes: Sequence[str
 def _read_table(fs: fsspec.AbstractFileSystem, path: str, spec: DatasetSpec) -> pa.Table:
     """Every file of the table, read within ``dataset.max_mb``: a Parquet file's footer says how
     large it is before it is read, a CSV file is counted once read (one file past the limit)."""
-    kind = "csv" if spec.format == "csv" else "parquet"
+    kind = spec.format if spec.format in ("csv", "jsonl") else "parquet"
+    if spec.format == "text":  # a table of documents, in whichever format its name says
+        lowered = path.lower()
+        kind = next((k for k, suffixes in _TABLE_SUFFIXES.items() if lowered.endswith(suffixes)), "parquet")
     tables, used = [], 0
 
     def within(size: int, name: str) -> None:
@@ -218,9 +232,11 @@ def _read_table(fs: fsspec.AbstractFileSystem, path: str, spec: DatasetSpec) -> 
 
     for name in _list_files(fs, path, _TABLE_SUFFIXES[kind], spec.uri):
         try:
-            with fs.open(name, "rb", compression="infer" if kind == "csv" else None) as handle:
+            with fs.open(name, "rb", compression="infer" if kind != "parquet" else None) as handle:
                 if kind == "csv":
                     table = pacsv.read_csv(handle)
+                elif kind == "jsonl":
+                    table = pajson.read_json(handle)
                 else:
                     reader = pq.ParquetFile(handle)
                     groups = range(reader.metadata.num_row_groups)
@@ -321,6 +337,59 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     turns every pixel brighter than 0.4% into white."""
     pixels = np.asarray(image, dtype=np.float64)
     return Image.fromarray(np.clip(np.rint(pixels / 257), 0, 255).astype(np.uint8), mode="L")
+
+
+def _documents(table: pa.Table, spec: DatasetSpec) -> pa.Table:
+    """A text dataset's columns: the label (if any) and the documents, as strings."""
+    if spec.text_column not in table.column_names:
+        raise DatasetError(
+            f"{spec.uri}: no column {spec.text_column!r} of documents (dataset.text_column; columns: "
+            f"{', '.join(table.column_names)})"
+        )
+    if spec.label is not None and spec.label not in table.column_names:
+        raise DatasetError(f"{spec.uri}: label column {spec.label!r} not found (dataset.label)")
+    keep = [name for name in (spec.label, spec.text_column) if name is not None]
+    text = table.column(spec.text_column)
+    if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+        raise DatasetError(
+            f"{spec.uri}: column {spec.text_column!r} holds {text.type}, not text (dataset.text_column)"
+        )
+    return table.select(keep)
+
+
+def _is_text_folder(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    return fs.isdir(path) and any(name.lower().endswith(".txt") for name in fs.find(path))
+
+
+def _read_text_folder(fs: fsspec.AbstractFileSystem, root: str, spec: DatasetSpec) -> pa.Table:
+    """``root/<label>/**/*.txt``: one document per file, its first folder its label (``label``, or
+    the job's ``dataset.label`` name); ``root/*.txt`` documents without a label."""
+    files = [
+        name
+        for name in sorted(fs.find(root))
+        if name.lower().endswith(".txt") and not any(p.startswith(".") for p in name[len(root) :].split("/"))
+    ]
+    parts = [name[len(root) :].strip("/").split("/") for name in files]
+    blobs = fs.cat(files)
+    texts = []
+    for name in files:
+        try:
+            texts.append(blobs[name].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise DatasetError(f"{name}: not UTF-8 text (dataset.uri)") from None
+    used = sum(len(blob) for blob in blobs.values())
+    if used > spec.max_mb * 2**20:
+        raise DatasetError(
+            f"{spec.uri}: the documents take {used // 2**20:,} MiB, over dataset.max_mb ({spec.max_mb:,})"
+        )
+    columns = {spec.text_column: pa.array(texts, pa.string())}
+    if all(len(p) >= 2 for p in parts):
+        columns = {spec.label or "label": pa.array([p[0] for p in parts], pa.string()), **columns}
+    elif spec.label is not None:
+        raise DatasetError(
+            f"{spec.uri}: documents at the folder's root have no label (expected ROOT/<label>/*.txt)"
+        )
+    return pa.table(columns)
 
 
 def _read_image_folder(fs: fsspec.AbstractFileSystem, root: str, spec: DatasetSpec) -> ImageData:

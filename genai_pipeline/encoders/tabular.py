@@ -19,6 +19,8 @@ output heads from the spans and never see column types.
 - **Identifiers and personal data** (:mod:`genai_pipeline.privacy.roles`) are not learned: they have
   no spans, and decoding fills them with fresh values (:mod:`genai_pipeline.privacy.fresh`) that
   depend only on the run's key and each row's number in the run (:class:`RowStream`).
+- **Text columns** (role ``text``) have no spans either: the table's language model
+  (:mod:`genai_pipeline.models.text`) writes them given the decoded row.
 
 Decoding restores the input's exact Arrow schema (types, dictionary encoding, null pattern).
 The fitted state is plain JSON (plus the serialised Arrow schema), never a pickle.
@@ -116,7 +118,7 @@ class ColumnCodec:
     """How one column is encoded; all fields are JSON-able."""
 
     name: str
-    kind: Literal["continuous", "categorical", "null", "fresh"]
+    kind: Literal["continuous", "categorical", "null", "fresh", "text"]
     has_nulls: bool = False
     knots: list[float] | None = None  # continuous: sorted values (protected: block means) …
     knot_probs: list[float] | None = None  # … and their (mid-rank) CDF
@@ -302,6 +304,10 @@ def _fit_column(
             key=key,
         )
         return ColumnCodec(name, "fresh", has_nulls, fresh=fresh.to_state())
+    if role is not None and role.role == "text" and is_categorical(type_) and not pa.types.is_boolean(type_):
+        # written by the table model's language model (models.text), not a matrix column: decoding
+        # leaves it null for that model to fill
+        return ColumnCodec(name, "text", has_nulls)
     if pa.types.is_null(type_) or (column.null_count == len(column) and dp is None):
         return ColumnCodec(name, "null", True)
     if is_numeric(type_):
@@ -383,12 +389,13 @@ class TableEncoder:
         """The real table as far as it may be shown: each learned column with only the values the
         model may emit (protected categories as the protected category decodes, numbers clipped to
         the knots' range, all-protected columns null); fresh columns (identifiers, personal data)
-        left out, or (``keep_fresh``, for a private check of the input's format) as they are; of
+        and text left out, or (``keep_fresh``, for a private check of the input) as they are; of
         ``table``'s columns only (a chart's selection). What the suite derives its expectations
         from and the report charts."""
         columns, names = [], []
         for codec in self.codecs:
-            if (codec.kind == "fresh" and not keep_fresh) or codec.name not in table.column_names:
+            hidden = codec.kind in ("fresh", "text") and not keep_fresh  # never a real value shown
+            if hidden or codec.name not in table.column_names:
                 continue
             column = dense(table.column(codec.name))
             mask = column.is_null().to_numpy(zero_copy_only=False)
@@ -406,7 +413,7 @@ class TableEncoder:
                 low, high = (codec.knots or [0.0])[0], (codec.knots or [0.0])[-1]
                 values = np.clip(np.nan_to_num(to_float(column), nan=low), low, high)
                 array = self._build_column(codec, values, mask, encode=False)
-            elif codec.kind == "fresh":
+            elif codec.kind in ("fresh", "text"):
                 array = column
             else:
                 array = pa.nulls(len(column), type=column.type)
@@ -570,7 +577,7 @@ class TableEncoder:
         """An Arrow array of the column's original type from decoded values and a null mask
         (``encode=False``: of its value type, for a dictionary column)."""
         type_ = value_type(self.schema.field(codec.name).type)
-        if codec.kind == "null":
+        if codec.kind in ("null", "text"):
             array = pa.nulls(len(mask), type=type_)
         elif is_numeric(type_):
             array = _from_float(np.where(mask, 0.0, values).astype(np.float64), type_, mask)
@@ -626,7 +633,7 @@ class TableEncoder:
                 width = len(codec.categories or [])
                 index = matrix[:, offset : offset + width].argmax(dim=1).numpy()
                 columns[codec.name] = self._decode_categorical(codec, index, rng)
-            elif codec.kind == "null":
+            elif codec.kind in ("null", "text"):
                 columns[codec.name] = self._build_column(codec, np.zeros(n), np.ones(n, dtype=bool))
             offset += sum(span.size for span in codec.spans)
         if self.fresh_columns:

@@ -56,7 +56,7 @@ from genai_pipeline.storage import Storage
 from genai_pipeline.training import CheckpointStore, resolve_device
 
 PARENT, POSITION, PREVIOUS = "__parent__.", "__position__", "__previous__."
-FIRST, GAP, CHILDREN, CONSTANT = "__first__", "__gap__", "__children__.", "__constant__"
+FIRST, GAP, CHILDREN = "__first__", "__gap__", "__children__."
 MATCHED, SIBLINGS = "__matched__.", "__siblings__"
 _RESERVED = "__"
 
@@ -166,11 +166,17 @@ class RelationalModel:
             roles = column_roles(
                 training, declared_columns(spec), None, where=f"dataset.tables.{name}.columns"
             )
-            layout.learned = [column for column in own if not (column in roles and roles[column].fresh)]
-            if all(column in roles and roles[column].fresh for column in training.column_names):
-                # keys and personal data only (a lookup table: airlines, carrier and name): the
-                # model learns a constant, its rows' fresh values are made as any table's are
-                training = training.append_column(CONSTANT, pa.array(np.zeros(table.num_rows, np.int8)))
+            text = {column for column in own if column in roles and roles[column].role == "text"}
+            if text & set(layout.previous_columns):  # a row is not given its previous sibling's text
+                layout.previous_columns = [c for c in layout.previous_columns if c not in text]
+                training = training_table(shown, relations, layout)
+                roles = column_roles(
+                    training, declared_columns(spec), None, where=f"dataset.tables.{name}.columns"
+                )
+            # not learned value by value: fresh columns and text (written last), which a child is
+            # not given of its parent either
+            unlearned = {c for c in training.column_names if c in roles and (roles[c].fresh or c in text)}
+            layout.learned = [column for column in own if column not in unlearned]
             model = None  # a table without rows has nothing to learn: it comes out empty
             if table.num_rows:
                 model = cls_(

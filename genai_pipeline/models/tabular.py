@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
@@ -29,15 +29,23 @@ import pyarrow as pa
 import torch
 from pydantic import Field
 from scipy.special import ndtri
+from torch import nn
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset, TabularData
 from genai_pipeline.encoders.tabular import ColumnCodec, RowStream, TableEncoder, dp_histograms
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.models.base import Conditions, ModelConfig, Synthesizer, require_condition_values
+from genai_pipeline.models.text import TextColumns, TextModelConfig
 from genai_pipeline.privacy.dp import StatisticsBudget, dp_counts, noise_floor
 from genai_pipeline.privacy.roles import column_roles
-from genai_pipeline.training import CheckpointStore, PrivacyPlan, batched_indices, seed_everything
+from genai_pipeline.training import (
+    CheckpointStore,
+    FitReport,
+    PrivacyPlan,
+    batched_indices,
+    seed_everything,
+)
 
 #: On a CPU, rows are rendered in chunks whose activations stay in cache: about twice as fast as one
 #: pass over 50,000 rows, and peak memory no longer grows with the batch. A GPU takes the whole batch.
@@ -48,6 +56,8 @@ PRIOR_BINS = 16
 #: a label drawn for known columns (:meth:`LabelPrior.given`), and at a ninth of a histogram each
 #: in the budget they leave the distributions the model is decoded with less noise
 COOCCURRENCE_NOISE = 3.0
+#: the constant column a table that has nothing else to learn is given (:func:`_padded`)
+PADDING = "__constant__"
 #: The width of one hidden layer: a zero or negative width would build a network that learns nothing.
 Width = Annotated[int, Field(ge=1, le=4096)]
 
@@ -62,6 +72,10 @@ class TabularModelConfig(ModelConfig):
         lt=1,
         description="share of training rows that show the model some of their columns, so that any "
         "columns can be conditioned on (0: the label column only)",
+    )
+    text: TextModelConfig = Field(
+        default_factory=TextModelConfig,
+        description="the language model of the text columns (dataset.columns type text, or detected)",
     )
 
 
@@ -264,6 +278,28 @@ def check_conditions(encoder: TableEncoder, conditions: Conditions, model: str, 
             raise ConfigError(f"generate.conditions.{key}: {exc}") from None
 
 
+def _padded(data: Dataset) -> Dataset:
+    """``data`` with a constant column (:data:`PADDING`) when nothing but the label is learned value
+    by value (a text dataset: label and documents; a lookup table: its key and a name): a family
+    needs a column to learn, and this one costs nothing. Sampling leaves it out."""
+    if not isinstance(data, TabularData):
+        return data
+    roles = data.roles if data.roles is not None else column_roles(data.table, {}, data.label)
+    learned = [
+        name
+        for name in data.table.column_names
+        if name != data.label and not (name in roles and (roles[name].fresh or roles[name].role == "text"))
+    ]
+    if learned:
+        return data
+    constant = pa.array(np.zeros(data.num_rows, np.int8))
+    return replace(data, table=data.table.append_column(PADDING, constant), roles=roles)
+
+
+def _unpadded(table: pa.Table) -> pa.Table:
+    return table.drop_columns([PADDING]) if PADDING in table.column_names else table
+
+
 class TabularSynthesizer(Synthesizer):
     """Encoder, label prior, conditions and the sampling stream; a family adds its networks."""
 
@@ -283,6 +319,29 @@ class TabularSynthesizer(Synthesizer):
     completes_rows: ClassVar[bool] = False
     #: the columns every row is given at sampling (``TabularData.given``), revealed in all training
     given: list[str]
+    #: the text columns' language models, which write them given the rest of each row
+    text: TextColumns
+    #: how each text column's model trained (FitReport dicts, with held-out perplexity)
+    text_reports: dict[str, dict[str, Any]]
+
+    def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
+        """The family's training (:meth:`fit_family`); the text columns' models are trained in
+        :meth:`prepare` and reported with it."""
+        self.text_reports = {}
+        report = self.fit_family(_padded(data), train, checkpoints)
+        report.text = self.text_reports or None
+        return report
+
+    @abstractmethod
+    def fit_family(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
+        """Learn the table (its text columns aside) with the shared training loop."""
+
+    @abstractmethod
+    def family_networks(self) -> dict[str, nn.Module]:
+        """The family's modules (the text columns' are added by :meth:`networks`)."""
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {**self.family_networks(), **self.text.networks()}
 
     def prepare(
         self,
@@ -323,7 +382,38 @@ class TabularSynthesizer(Synthesizer):
         )
         if self.plan is not None:
             self.plan.released = self.fitted_state()
+        self._fit_text(data, x, cond, train, checkpoints)
         return x, cond
+
+    def _fit_text(
+        self,
+        data: TabularData,
+        x: np.ndarray,
+        cond: np.ndarray | None,
+        train: TrainSpec,
+        checkpoints: CheckpointStore | None,
+    ) -> None:
+        """Train the text columns' language models on the rows' texts given their encoded rows."""
+        names = [codec.name for codec in self.encoder.codecs if codec.kind == "text"]
+        if not names:
+            return
+        if self.plan is not None:
+            raise ConfigError(
+                f"train.privacy: text columns ({', '.join(names)}) are not trained with differential "
+                "privacy yet; declare them dataset.columns: {type: category} or drop them"
+            )
+        self.text, self.text_reports = TextColumns.fit(
+            data.table,
+            names,
+            x,
+            cond,
+            self.labels,
+            self.config.text,
+            train,
+            self.device,
+            data.protection.threshold,
+            checkpoints,
+        )
 
     @property
     def labels(self) -> int:
@@ -368,6 +458,7 @@ class TabularSynthesizer(Synthesizer):
             "encoder": self.encoder.to_state(),
             "label_prior": self.prior.to_state(),
             "given": self.given,
+            "text": self.text.to_state(),
             **self.family_state(),
         }
 
@@ -376,6 +467,7 @@ class TabularSynthesizer(Synthesizer):
         self.prior = LabelPrior(**state["label_prior"])
         self.given = list(state.get("given", []))  # models saved before it gave none
         self.reveal = Reveal(self.encoder, self.given)
+        self.text = TextColumns.from_state(state.get("text"), self.device)  # none before text columns
         self.build(state)
 
     def sample(
@@ -414,18 +506,20 @@ class TabularSynthesizer(Synthesizer):
                     else torch.multinomial(probs, size, replacement=True, generator=generator)
                 )
             rows = self._render_chunks(size, generator, cond, known)
+            matrix, labels = rows.float().cpu().numpy(), None if cond is None else cond.cpu().numpy()
             table = encoder.decode(
-                rows.float().cpu().numpy(),
-                None if cond is None else cond.cpu().numpy(),
+                matrix,
+                labels,
                 seed=seed * 1_000_003 + batch_number,
                 rows=RowStream(stream.key, stream.first + start, stream.total),
             )
+            table = self.text.fill(table, matrix, labels, seed * 1_000_003 + batch_number)
             for key, value in conditions.items():  # exactly the requested value, in the column's type
                 index = table.schema.get_field_index(key)
                 table = table.set_column(
                     index, table.schema.field(index), encoder.value_array(key, value, size)
                 )
-            yield table
+            yield _unpadded(table)
 
     def _render_chunks(
         self, size: int, generator: torch.Generator, cond: torch.Tensor | None, known: Known | None
@@ -461,11 +555,11 @@ class TabularSynthesizer(Synthesizer):
         matrix, columns = self.encoder.encode_given(given)
         known = Known(torch.from_numpy(matrix).to(self.device), torch.from_numpy(columns).to(self.device))
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        drawn = self._render_chunks(given.num_rows, generator, None, known)
-        table = self.encoder.decode(drawn.float().cpu().numpy(), None, seed=seed, rows=rows)
+        drawn = self._render_chunks(given.num_rows, generator, None, known).float().cpu().numpy()
+        table = self.text.fill(self.encoder.decode(drawn, None, seed=seed, rows=rows), drawn, None, seed)
         for name in given.column_names:  # exactly as given, in the column's type
             index = table.schema.get_field_index(name)
             table = table.set_column(
                 index, table.schema.field(index), given.column(name).cast(table.schema.field(index).type)
             )
-        return table
+        return _unpadded(table)

@@ -357,7 +357,7 @@ class TabularAutoregressive(TabularSynthesizer):
     net: ColumnwiseNet
     completes_rows = True  # a row's known tokens are its own (render)
 
-    def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
+    def fit_family(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
         max_bins = self.config.max_bins
 
         def token_bins(encoder: TableEncoder, x: np.ndarray) -> dict[str, Any]:
@@ -441,7 +441,7 @@ class TabularAutoregressive(TabularSynthesizer):
             [column.render(tokens, generator) for column, tokens in zip(self.columns, drawn)], dim=1
         )
 
-    def networks(self) -> dict[str, nn.Module]:
+    def family_networks(self) -> dict[str, nn.Module]:
         return {"net": self.net}
 
     def family_state(self) -> dict[str, Any]:

@@ -283,7 +283,7 @@ class TabularDiffusion(TabularSynthesizer):
             total = total + F.cross_entropy(span, tokens[:, k], reduction="none") * masked[:, k]
         return total.mean() / max(numeric.shape[1] + tokens.shape[1], 1)
 
-    def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
+    def fit_family(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
         x, cond = self.prepare(data, train, checkpoints=checkpoints)
         numeric, tokens = self.layout.split(x)
         entries = self.dequantiser.entries(numeric, self.layout.missing(x))
@@ -347,7 +347,7 @@ class TabularDiffusion(TabularSynthesizer):
             tokens = self.masks.step(logits, t_prev, tokens, levels, generator)
         return self.layout.join(x, tokens)
 
-    def networks(self) -> dict[str, nn.Module]:
+    def family_networks(self) -> dict[str, nn.Module]:
         return {"ema": self.ema}
 
     def build(self, state: dict[str, Any]) -> None:

@@ -279,7 +279,7 @@ class TabularGAN(TabularSynthesizer):
     generator: Generator
     ema: Generator
 
-    def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
+    def fit_family(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
         """CTGAN's training; with ``train.privacy``, a DP critic (one row judged at a time, on its
         own Poisson-sampled rows with a condition taken from each row, one critic step a step) and
         a generator that sees no real row (DP by post-processing), so it learns the label as a
@@ -443,7 +443,7 @@ class TabularGAN(TabularSynthesizer):
     def cond_width(self) -> int:
         return self.sampler.width + self.labels + self.reveal.size
 
-    def networks(self) -> dict[str, nn.Module]:
+    def family_networks(self) -> dict[str, nn.Module]:
         return {"generator": self.ema, "conditions": self.sampler}
 
     def build(self, state: dict[str, Any]) -> None:

@@ -92,7 +92,7 @@ class TabularVAE(TabularSynthesizer):
     completes_rows = True  # its revealed inputs take a row each (Reveal.known_inputs)
     net: VAENet
 
-    def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
+    def fit_family(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
         x, cond = self.prepare(data, train, checkpoints=checkpoints)
         optimizer = torch.optim.Adam(
             self.net.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay
@@ -146,7 +146,7 @@ class TabularVAE(TabularSynthesizer):
         cond = self.net.condition(label, self.reveal.known_inputs(known, size, z))
         return sample_spans(self.net.decode(z, cond), self.encoder.spans, self.net.log_sigma, generator)
 
-    def networks(self) -> dict[str, nn.Module]:
+    def family_networks(self) -> dict[str, nn.Module]:
         return {"net": self.net}
 
     def build(self, state: dict[str, Any]) -> None:

@@ -86,6 +86,8 @@ class ReportInput:
     synthetic_images: tuple[np.ndarray, np.ndarray] | None = None
     #: several tables: a section each (their metrics are the rows naming them), after the relations'
     tables: dict[str, TableSection] | None = None
+    #: per text column, synthetic examples and the real texts' common words (``TextSample``)
+    texts: dict[str, Any] | None = None
 
 
 def render_report(content: ReportInput) -> str:
@@ -103,6 +105,8 @@ def render_report(content: ReportInput) -> str:
             sections.append((f"table-{index}", f"Table {_e(name)}", _table_parts(table, metrics)))
     else:
         sections += _table_sections(content.metrics, content.real, content.synthetic)
+    if content.texts:
+        sections.append(("texts", "Text columns: synthetic examples", _texts_section(content.texts)))
     if content.real_images is not None or content.synthetic_images is not None:
         grids = _images_section(content.real_images, content.synthetic_images)
         sections.append(("images", "Images by label: real vs synthetic", grids))
@@ -388,6 +392,36 @@ def _images_section(
     return f'<table class="images"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>{more}'
 
 
+def _texts_section(texts: dict[str, Any]) -> str:
+    """Per text column: synthetic texts with their row's label (escaped, every one: texts are data),
+    the real texts' common words (those at least ``min_rows`` texts use), and real texts beside the
+    synthetic ones only for data that may be shown (value protection off)."""
+    parts = []
+    for name, sample in texts.items():
+        group = _e(sample.by) if sample.by is not None else ""
+        sides = [("synthetic", sample.synthetic)] + ([("real", sample.real)] if sample.real else [])
+        columns = []
+        for side, examples in sides:
+            rows = "".join(
+                f"<tr><td>{_e(label) if label is not None else ''}</td><td>{_text_cell(text)}</td></tr>"
+                for label, text in examples
+            )
+            columns.append(
+                f'<div><h4>{side}</h4><table class="metrics texts"><thead><tr><th>{group}</th><th>text</th>'
+                f"</tr></thead><tbody>{rows}</tbody></table></div>"
+            )
+        words = ", ".join(_e(word) for word in sample.common_words)
+        parts.append(
+            f"<h3>{_e(name)}</h3><p>Words most real texts use: {words or '(none as common as min_rows)'}</p>"
+            f'<div class="sides">{"".join(columns)}</div>'
+        )
+    return "".join(parts)
+
+
+def _text_cell(text: str | None) -> str:
+    return "<i>null</i>" if text is None else _e(text)
+
+
 def _strip_cell(label: str, images: Any, caption: str) -> str:
     strip = (
         f'<img src="{image_strip(images)}" alt="{_e(label)}">'
@@ -561,6 +595,8 @@ details summary { cursor: pointer; color: #0a58ca; margin: 8px 0; }
 figure.chart { margin: 0; padding: 8px; border: 1px solid #e3e6ea; border-radius: 6px; }
 figure.chart img { display: block; max-width: 100%; }
 figcaption { margin-top: 4px; overflow-wrap: anywhere; }
+.sides { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 14px; }
+table.texts td { overflow-wrap: anywhere; }
 .muted { color: #6e7781; font-size: 12px; } .note { color: #8a5300; font-size: 12px; }
 .legend span { display: inline-block; width: 12px; height: 12px; border-radius: 2px;
   margin: 0 4px 0 12px; vertical-align: -1px; }

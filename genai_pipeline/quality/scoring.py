@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from genai_pipeline.columns import is_categorical
 from genai_pipeline.datasets.base import ImageData
 from genai_pipeline.privacy.protection import Protection
 from genai_pipeline.privacy.roles import ColumnRole
@@ -42,12 +44,15 @@ from genai_pipeline.quality.tabular import (
     pair_trend_details,
     rows_meeting,
 )
+from genai_pipeline.quality.text import CONSISTENCY_CATEGORIES, score_text
 from genai_pipeline.quality.utility import utility_scores
 
 log = logging.getLogger(__name__)
 
 #: Pair trends are scored on at most this many synthetic rows: a contingency table needs no more.
 PAIR_TREND_ROWS = 20_000
+#: synthetic texts the report shows per text column
+TEXT_EXAMPLES = 12
 #: Fewer real rows than this meeting a run's conditions are too few to compare shapes with.
 MIN_REFERENCE_ROWS = 30
 #: images compared at most per side in feature space (k-NN and Fréchet statistics settle by then)
@@ -78,6 +83,18 @@ class TablePrivacy:
 
     def shown(self, real: pa.Table) -> pa.Table:
         return self.public(real) if self.public is not None else real
+
+
+@dataclass(frozen=True)
+class TextSample:
+    """What the report shows of a text column: ``(group, text)`` pairs of synthetic rows (and of
+    real ones only when value protection is off: data that may be shown), the words at least
+    ``min_rows`` real texts use, and which column ``group`` is."""
+
+    synthetic: list[tuple[str | None, str | None]]
+    real: list[tuple[str | None, str | None]]
+    common_words: list[str]
+    by: str | None
 
 
 def shape_reference(
@@ -153,7 +170,13 @@ def score_tables(
     if trends:
         rows.add("table", None, "pair_trends", overall_pair_trend(trends))
     _privacy_by_construction(rows, privacy, real_all, holdout, synthetic_all)
-    charts = {"real": privacy.shown(reference).select(compared), "synthetic": synthetic.select(compared)}
+    charts: dict[str, Any] = {
+        "real": privacy.shown(reference).select(compared),
+        "synthetic": synthetic.select(compared),
+    }
+    texts = _score_texts(rows, privacy, real_all, holdout, synthetic_all, target, seed)
+    if texts:
+        charts["texts"] = texts
     if holdout is None:
         log.info("validate.holdout is 0: no privacy or utility metrics against held-out rows")
         return charts
@@ -167,7 +190,7 @@ def score_tables(
     rows.add("table", None, "holdout_nndr", scores.holdout_nndr)
     fixed = set(conditions) | ({target} if per_label and target else set())
     _attacks(rows, real, holdout, synthetic, privacy.sensitive or target, fixed=fixed, seed=seed)
-    if target is None or target in conditions:
+    if target is None or target in conditions or len(learned) < 2:  # no feature to predict it from
         return charts
     test = rows_meeting(holdout, conditions) if conditions else holdout
     too_few = test.num_rows < MIN_REFERENCE_ROWS
@@ -179,6 +202,75 @@ def score_tables(
     rows.add("table", target, "trtr", utility.trtr)
     rows.add("table", target, "utility_ratio", utility.ratio)
     return charts
+
+
+def _score_texts(
+    rows: MetricRows,
+    privacy: TablePrivacy,
+    real: pa.Table,
+    holdout: pa.Table | None,
+    synthetic: pa.Table,
+    target: str | None,
+    seed: int,
+) -> dict[str, TextSample]:
+    """Each text column's metrics (:mod:`genai_pipeline.quality.text`) as rows, and what the report
+    shows of it: synthetic examples with the row's label (or first categorical column), and the
+    words at least ``min_rows`` real texts use (real texts themselves only without protection)."""
+    names = [
+        n
+        for n in real.column_names
+        if n in privacy.roles and privacy.roles[n].role == "text" and n in synthetic.column_names
+    ]
+    held = holdout if holdout is not None else real.slice(0, 0)
+    categorical = [
+        n
+        for n in ([target] if target else []) + privacy.learned(real.column_names)
+        if n in synthetic.column_names
+        and is_categorical(real.schema.field(n).type)
+        and 1 < pc.count_distinct(real.column(n)).as_py() <= CONSISTENCY_CATEGORIES
+    ]
+    samples = {}
+    for name in names:
+
+        def values(table: pa.Table, column: str) -> list[str]:
+            return [str(v) for v in table.column(column).to_pylist()]
+
+        columns = {
+            other: (values(real, other), values(held, other), values(synthetic, other))
+            for other in dict.fromkeys(categorical)
+        }
+        scores = score_text(
+            real.column(name).to_pylist(),
+            held.column(name).to_pylist() if name in held.column_names else [],
+            synthetic.column(name).to_pylist(),
+            columns=columns,
+            min_rows=privacy.protection.threshold,
+            seed=seed,
+        )
+        rows.add("text", name, "text_length", scores.length)
+        rows.add("text", name, "text_vocabulary", scores.vocabulary)
+        for metric, value in scores.distinct.items():
+            rows.add("text", name, metric, value)
+        if scores.perplexity_ratio is not None:
+            rows.add("text", name, "text_perplexity_ratio", scores.perplexity_ratio)
+        rows.add("text", name, "text_memorised", scores.memorised_share)
+        rows.add("text", name, "text_copied", scores.copied_share)
+        for other, value in scores.consistency.items():
+            rows.add("text", f"{name} ~ {other}", "text_consistency", value)
+        by = categorical[0] if categorical else None
+        shown = synthetic.slice(0, TEXT_EXAMPLES)
+        samples[name] = TextSample(
+            synthetic=[(None if by is None else str(row[by]), row[name]) for row in shown.to_pylist()],
+            real=[]
+            if privacy.protection.threshold > 1
+            else [
+                (None if by is None else str(row[by]), row[name])
+                for row in real.slice(0, TEXT_EXAMPLES).to_pylist()
+            ],
+            common_words=scores.common_words,
+            by=by,
+        )
+    return samples
 
 
 def _attacks(
