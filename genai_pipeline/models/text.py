@@ -53,6 +53,8 @@ PREFIX = 2
 REDRAWS = 3
 #: a training batch is run in this many groups of similar length (see ``_train``)
 LENGTH_GROUPS = 4
+#: each redraw divides the logits by this much more (a higher temperature)
+REDRAW_HEAT = 0.5
 #: nucleus sampling looks among this many likeliest tokens
 TOP_K = 200
 #: rows sampled at once (each step runs every row of the chunk through the network)
@@ -206,7 +208,7 @@ class TextColumn:
         return self.tokenizer.decode([t for t in body if t not in special.values()])
 
     @torch.no_grad()
-    def draw(self, context: torch.Tensor, generator: torch.Generator) -> list[list[int]]:
+    def draw(self, context: torch.Tensor, generator: torch.Generator, heat: float = 1.0) -> list[list[int]]:
         """A ``[bos, …, eos]`` token sequence per row of ``context``. The rows still writing are
         kept together: once a quarter of them has ended, the finished ones leave the batch (and
         their keys and values the cache), so a few long texts do not carry the short ones along."""
@@ -218,7 +220,7 @@ class TextColumn:
         logits, caches = net(context, tokens)
         banned = torch.tensor([special[PAD], special[BOS]], device=context.device)
         for step in range(config.max_tokens + 1):
-            scores = logits[:, -1].float() / config.temperature
+            scores = logits[:, -1].float() / (config.temperature * heat)
             scores[:, banned] = -math.inf
             if step > 0 or not self.nullable:
                 scores[:, special[NULL]] = -math.inf  # null only as the whole text, where the real had one
@@ -445,15 +447,23 @@ def _safe_draw(
     how many were drawn again or replaced."""
     texts = [column.decode(s) for s in column.draw(context, generator)]
     leaking = [i for i, text in enumerate(texts) if column.leaks(text)]
-    touched = len(leaking)
+    touched, heat = len(leaking), 1.0
     for _ in range(REDRAWS):
         if not leaking:
             break
-        for i, sequence in zip(leaking, column.draw(context[leaking], generator)):
+        heat += REDRAW_HEAT  # a model sure of a real sentence is drawn from less surely
+        for i, sequence in zip(leaking, column.draw(context[leaking], generator, heat)):
             texts[i] = column.decode(sequence)
         leaking = [i for i in leaking if column.leaks(texts[i])]
     refused = set(leaking)
     safe = [i for i in range(len(texts)) if i not in refused]
     for i in leaking:  # still leaking: another row's text that passed (or null, when none did)
         texts[i] = texts[safe[i % len(safe)]] if safe else None
+    if leaking and not safe:
+        log.warning(
+            "text %s: every text drawn for %d rows held a sentence fewer than min_rows real texts hold "
+            "(the column's texts may all be unique: ids, numbers); written as null",
+            column.name,
+            len(leaking),
+        )
     return texts, touched

@@ -172,7 +172,11 @@ def score_text(
     }
     real_words = [words(t) for t in texts["training"]]
     synthetic_words = [words(t) for t in texts["synthetic"]]
-    lengths = ks_2samp([len(w) for w in real_words], [len(w) for w in synthetic_words]).statistic
+    lengths = (  # no text on a side (all null): nothing alike
+        ks_2samp([len(w) for w in real_words], [len(w) for w in synthetic_words]).statistic
+        if real_words and synthetic_words
+        else 1.0
+    )
     documents = Counter(word for w in real_words for word in set(w))
     common = [word for word, count in documents.most_common() if count >= min_rows]
     vocabulary = _vocabulary(real_words, synthetic_words, set(common))
@@ -182,7 +186,7 @@ def score_text(
         for n in (1, 2)
     }
     ratio = None
-    if texts["holdout"]:
+    if texts["holdout"] and texts["synthetic"]:
         model = CharNgram(texts["training"])
         ratio = model.perplexity(texts["synthetic"]) / model.perplexity(texts["holdout"])
     memorised, copied = memorisation(texts["training"], texts["synthetic"], min_rows)
