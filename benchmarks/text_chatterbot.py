@@ -32,15 +32,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_data import load_chatterbot  # noqa: E402
+
 SEED = 0
 
 
 def _split() -> tuple[pa.Table, pa.Table]:
     """``(training, holdout)``: a seeded 80/20 split of the English statements."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from genai_pipeline.datasets.builtin import chatterbot
-
-    table = chatterbot("english")
+    table = load_chatterbot("english")
     order = np.random.default_rng(SEED).permutation(table.num_rows)
     cut = int(table.num_rows * 0.8)
     return table.take(order[:cut]), table.take(order[cut:])
@@ -84,7 +84,7 @@ def ours(args: argparse.Namespace) -> None:
     column = model.text.columns[0]
     tokens = sum(len(column.tokenizer.encode(t).ids) + 1 for t in synthetic.column("text").to_pylist() if t)
     text = (report.text or {})["text"]
-    _finish(args.out, synthetic, synthesizer="genai_pipeline autoregressive + text model", fit_seconds=round(fit, 1),
+    _finish(args.out, synthetic, synthesizer="ours: autoregressive + text", fit_seconds=round(fit, 1),
             text_fit_seconds=round(text["seconds"], 1), epochs=text["epochs"],
             heldout_perplexity=round(text["validation_perplexity"], 2), sample_seconds=round(sample, 2),
             tokens_per_second=round(tokens / sample), redrawn=model.text.redrawn.get("text", 0),
@@ -174,7 +174,8 @@ def score(args: argparse.Namespace) -> None:
             seed=SEED,
         )
         print(json.dumps({
-            "folder": str(folder), **run, "length": round(scores.length, 3), "vocabulary": round(scores.vocabulary, 3),
+            "folder": str(folder), **run, "length": round(scores.length, 3),
+            "vocabulary": round(scores.vocabulary, 3),
             **{k: round(v, 3) for k, v in scores.distinct.items()},
             "perplexity_ratio": round(scores.perplexity_ratio or float("nan"), 3),
             "memorised": round(scores.memorised_share, 4), "copied": round(scores.copied_share, 3),

@@ -39,8 +39,8 @@ TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
 #: what a column is, as a job may declare it (``dataset.columns``, or a table's ``columns``):
-#: identifiers and personal data are generated fresh, text is protected like a category, the last
-#: two override how a column is encoded
+#: identifiers and personal data are generated fresh, text is written by a language model trained
+#: on it (``models.text``), the last two override how a column is encoded
 ColumnType = Literal["id", "pii", "text", "category", "numeric"]
 
 
@@ -49,7 +49,7 @@ class ColumnSpec(StrictModel):
 
     type: ColumnType = Field(
         description="id: generated fresh, same format, never a real value; pii: fresh personal data of "
-        "its kind; text: protected like a category; category/numeric: how it is encoded"
+        "its kind; text: written by a language model trained on it; category/numeric: how it is encoded"
     )
     kind: str | None = Field(
         default=None, description="pii: email, phone, first_name, last_name, name, … (default: detected)"

@@ -234,3 +234,26 @@ def test_a_folder_of_text_files_per_label_is_a_text_dataset(tmp_path) -> None:  
         source = tmp_path / "docs.jsonl"
         _write_jsonl(source, pa.table({"text": ["a b c"]}))
         read_dataset(DatasetSpec(uri=str(source), format="text", text_column="body"))
+
+
+def test_a_killed_text_training_resumes_from_its_own_checkpoint(tmp_path) -> None:  # noqa: ANN001
+    from genai_pipeline.training import CheckpointStore
+
+    store = CheckpointStore(Storage(str(tmp_path)), "ckpt")
+    table = reviews(500)
+    roles = column_roles(table, {"review": ColumnSpec(type="text")}, None)
+    cls = model_class("tabular", "vae")
+
+    def fit(text_epochs: int) -> dict:
+        model = cls(
+            cls.Config.model_validate({"text": {"epochs": text_epochs, "width": 32}}),
+            device=torch.device("cpu"),
+        )
+        train = TrainSpec(epochs=1, batch_size=64, device="cpu", seed=1, checkpoint_every=2)
+        return model.fit(TabularData(table, None, roles=roles), train, store).text["review"]
+
+    first = fit(1)
+    resumed = fit(2)
+    assert first["steps"] > 2 and resumed["resumed_from_step"] == first["steps"] - first["steps"] % 2
+    assert resumed["steps"] == 2 * first["steps"]
+    assert Storage(str(tmp_path)).exists("ckpt/text-0/latest.pt")  # named by position, never by column name

