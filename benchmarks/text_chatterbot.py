@@ -131,6 +131,7 @@ def faker(args: argparse.Namespace) -> None:
 def mostly(args: argparse.Namespace) -> None:
     """MOSTLY AI's engine: its language model (an LSTM trained from scratch, its default) on the
     three columns, topic and turn as categories in the prompt, the statement as text."""
+    import pandas as pd
     import torch
     from mostlyai.engine import LanguageModel
 
@@ -147,7 +148,7 @@ def mostly(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     sampled = model.sample(n_samples=holdout.num_rows)
     sample = time.perf_counter() - started
-    sampled["turn"] = sampled["turn"].astype("Int64")
+    sampled["turn"] = pd.to_numeric(sampled["turn"], errors="coerce").astype("Int64")  # "_RARE_" → null
     synthetic = pa.Table.from_pandas(sampled[["topic", "turn", "text"]], preserve_index=False)
     _finish(args.out, synthetic, synthesizer="MOSTLY AI engine LanguageModel (LSTMFromScratch-3m)",
             fit_seconds=round(fit, 1), sample_seconds=round(sample, 2))  # fmt: skip
