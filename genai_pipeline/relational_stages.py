@@ -374,9 +374,9 @@ def validate_tables(
 
 
 def _learned(ref: DatasetRef, spec: TableSpec) -> list[str]:
-    """A table's keys and the columns its model learns: what the relations' metrics compare
-    (fresh personal data has no trend to keep)."""
-    fresh = {column for column, role in ref.roles.items() if role["role"] in ("id", "pii")}
+    """A table's keys and the columns its model learns value by value: what the relations'
+    metrics compare (fresh personal data has no trend to keep; text is scored per table)."""
+    fresh = {column for column, role in ref.roles.items() if role["role"] in ("id", "pii", "text")}
     columns = [field["name"] for field in ref.schema["columns"]]
     return [c for c in columns if c not in fresh or c == spec.primary_key]
 

@@ -229,16 +229,22 @@ def _score_texts(
         and is_categorical(real.schema.field(n).type)
         and 1 < pc.count_distinct(real.column(n)).as_py() <= CONSISTENCY_CATEGORIES
     ]
+
+    def values(table: pa.Table, column: str) -> list[str]:
+        return [str(v) for v in table.column(column).to_pylist()]
+
+    columns = {
+        other: (values(real, other), values(held, other), values(synthetic, other))
+        for other in dict.fromkeys(categorical)
+    }
+    by = categorical[0] if categorical else None
+
+    def examples(table: pa.Table, name: str) -> list[tuple[str | None, str | None]]:
+        shown = table.slice(0, TEXT_EXAMPLES).to_pylist()
+        return [(None if by is None else str(row[by]), row[name]) for row in shown]
+
     samples = {}
     for name in names:
-
-        def values(table: pa.Table, column: str) -> list[str]:
-            return [str(v) for v in table.column(column).to_pylist()]
-
-        columns = {
-            other: (values(real, other), values(held, other), values(synthetic, other))
-            for other in dict.fromkeys(categorical)
-        }
         scores = score_text(
             real.column(name).to_pylist(),
             held.column(name).to_pylist() if name in held.column_names else [],
@@ -257,16 +263,9 @@ def _score_texts(
         rows.add("text", name, "text_copied", scores.copied_share)
         for other, value in scores.consistency.items():
             rows.add("text", f"{name} ~ {other}", "text_consistency", value)
-        by = categorical[0] if categorical else None
-        shown = synthetic.slice(0, TEXT_EXAMPLES)
         samples[name] = TextSample(
-            synthetic=[(None if by is None else str(row[by]), row[name]) for row in shown.to_pylist()],
-            real=[]
-            if privacy.protection.threshold > 1
-            else [
-                (None if by is None else str(row[by]), row[name])
-                for row in real.slice(0, TEXT_EXAMPLES).to_pylist()
-            ],
+            synthetic=examples(synthetic, name),
+            real=[] if privacy.protection.threshold > 1 else examples(real, name),
             common_words=scores.common_words,
             by=by,
         )
