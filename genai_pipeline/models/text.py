@@ -25,6 +25,7 @@ one customer wrote cannot come out; phrases many texts share can.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -196,9 +197,14 @@ class TextColumn:
             out.append([special[BOS], *body, special[EOS]])
         return out
 
+    @functools.cached_property
+    def rare(self) -> np.ndarray:
+        """The rare runs' hashes, once on the host (read when sampling: the weights are loaded)."""
+        return self.net.rare.cpu().numpy()
+
     def leaks(self, text: str | None) -> bool:
         """Whether a sampled text holds a run of words fewer than ``min_rows`` training texts held."""
-        return text is not None and holds_rare(text, self.net.rare.cpu().numpy())
+        return text is not None and holds_rare(text, self.rare)
 
     def decode(self, sequence: list[int]) -> str | None:
         special = self.special
