@@ -163,7 +163,7 @@ def _check_sensitive(sensitive: str | None, columns: list[str], roles: Mapping[s
         return
     if sensitive not in columns:
         raise DatasetError(f"validate.sensitive: no column {sensitive!r} (columns: {', '.join(columns)})")
-    if sensitive in roles and (roles[sensitive].fresh or roles[sensitive].role == "text"):
+    if sensitive in roles and roles[sensitive].unlearned:
         raise DatasetError(
             f"validate.sensitive: {sensitive!r} is {roles[sensitive].role}, not learned: there is nothing "
             "of it to infer from the output"

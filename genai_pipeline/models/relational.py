@@ -175,8 +175,7 @@ class RelationalModel:
                 )
             # not learned value by value: fresh columns and text (written last), which a child is
             # not given of its parent either
-            unlearned = {c for c in training.column_names if c in roles and (roles[c].fresh or c in text)}
-            layout.learned = [column for column in own if column not in unlearned]
+            layout.learned = [column for column in own if not (column in roles and roles[column].unlearned)]
             model = None  # a table without rows has nothing to learn: it comes out empty
             if table.num_rows:
                 model = cls_(

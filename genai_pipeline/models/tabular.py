@@ -288,7 +288,7 @@ def _padded(data: Dataset) -> Dataset:
     learned = [
         name
         for name in data.table.column_names
-        if name != data.label and not (name in roles and (roles[name].fresh or roles[name].role == "text"))
+        if name != data.label and not (name in roles and roles[name].unlearned)
     ]
     if learned:
         return data
@@ -507,13 +507,14 @@ class TabularSynthesizer(Synthesizer):
                 )
             rows = self._render_chunks(size, generator, cond, known)
             matrix, labels = rows.float().cpu().numpy(), None if cond is None else cond.cpu().numpy()
+            batch_seed = seed * 1_000_003 + batch_number
             table = encoder.decode(
                 matrix,
                 labels,
-                seed=seed * 1_000_003 + batch_number,
+                seed=batch_seed,
                 rows=RowStream(stream.key, stream.first + start, stream.total),
             )
-            table = self.text.fill(table, matrix, labels, seed * 1_000_003 + batch_number)
+            table = self.text.fill(table, matrix, labels, batch_seed)
             for key, value in conditions.items():  # exactly the requested value, in the column's type
                 index = table.schema.get_field_index(key)
                 table = table.set_column(

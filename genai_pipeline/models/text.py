@@ -181,7 +181,7 @@ class TextColumn:
     net: TextNet
     nullable: bool
 
-    @property
+    @functools.cached_property
     def special(self) -> dict[str, int]:
         return {token: self.tokenizer.token_to_id(token) for token in SPECIALS}
 
@@ -295,13 +295,11 @@ class TextColumns:
             values = [None if v is None else str(v) for v in table.column(name).to_pylist()]
             present = [v for v in values if v is not None]
             tokenizer = train_tokenizer(present, config.vocab_size, min_rows)
-            column = TextColumn(
-                name, config, tokenizer, TextNet(0, 1, config, 0), any(v is None for v in values)
-            )
-            sequences = column.encode(values)
             rare = rare_runs(present, min_rows)
-            column.net = TextNet(context.shape[1], tokenizer.get_vocab_size(), config, len(rare)).to(device)
-            column.net.rare.copy_(torch.from_numpy(rare))
+            net = TextNet(context.shape[1], tokenizer.get_vocab_size(), config, len(rare)).to(device)
+            net.rare.copy_(torch.from_numpy(rare))
+            column = TextColumn(name, config, tokenizer, net, any(v is None for v in values))
+            sequences = column.encode(values)
             store = checkpoints.child(f"text-{number}") if checkpoints is not None else None
             reports[name] = _train(column, sequences, context, train, device, store)
             columns.append(column)

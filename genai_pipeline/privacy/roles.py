@@ -65,6 +65,11 @@ class ColumnRole:
         """Generated fresh at sampling time rather than learned."""
         return self.role in ("id", "pii")
 
+    @property
+    def unlearned(self) -> bool:
+        """Not learned value by value: made fresh, or text (written by the table's text model)."""
+        return self.fresh or self.role == "text"
+
     def to_dict(self) -> dict[str, Any]:
         return {"role": self.role, "kind": self.kind, "locale": self.locale, "declared": self.declared}
 

@@ -75,11 +75,7 @@ class TablePrivacy:
 
     def learned(self, names: list[str]) -> list[str]:
         """The columns a model learns value by value (not made fresh, not text)."""
-        return [
-            name
-            for name in names
-            if name not in self.roles or not (self.roles[name].fresh or self.roles[name].role == "text")
-        ]
+        return [name for name in names if name not in self.roles or not self.roles[name].unlearned]
 
     def shown(self, real: pa.Table) -> pa.Table:
         return self.public(real) if self.public is not None else real
