@@ -3,6 +3,7 @@ numerics inside the real range, real values of spiky columns, null rates."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import ClassVar
 
 import numpy as np
@@ -22,6 +23,7 @@ from genai_pipeline.models.tabular_autoregressive import (
     fit_bins,
     released_bins,
 )
+from genai_pipeline.privacy import dp
 
 SMALL = {"embedding_dim": 8, "hidden": [16], "max_bins": 16}
 
@@ -105,9 +107,12 @@ def test_matching_marginals_brings_back_tokens_the_heads_had_starved() -> None:
     assert second[0] / second[1] == pytest.approx(1.5, rel=0.1)
 
 
-def test_a_private_model_keeps_whole_numbers_one_token_each() -> None:
+def test_a_private_model_keeps_whole_numbers_one_token_each(monkeypatch: pytest.MonkeyPatch) -> None:
     # bins of equal probability would straddle levels: a token would stand for two of them, and a
-    # column determined by the level (education → education_num) could not be learned exactly
+    # column determined by the level (education → education_num) could not be learned exactly.
+    # The statistics' noise is pinned: in 4% of draws it lets an empty bin past the top level in, as
+    # dp.SPURIOUS allows, and the top token then also stands for values the data does not have
+    monkeypatch.setattr(dp, "secrets", SimpleNamespace(randbits=lambda bits: 20261206))
     rng = np.random.default_rng(1)
     level = rng.choice(np.arange(1, 9), size=4000, p=[0.02, 0.08, 0.3, 0.1, 0.25, 0.05, 0.15, 0.05])
     table = pa.table({"level": level.astype(np.int64), "grade": [f"L{v}" for v in level]})
