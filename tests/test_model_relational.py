@@ -145,6 +145,75 @@ def test_a_parent_table_whose_rows_have_no_children_gives_an_empty_child_table()
     assert synthetic["orders"].num_rows == 0 and synthetic["orders"].schema == real["orders"].schema
 
 
+def test_siblings_share_a_level_no_parent_column_shows() -> None:
+    # each shop has a level of its own that none of its columns shows, and its sales vary around it:
+    # the shop's model learns which fifth of the shops its sales' mean is in, and its sales are
+    # drawn given it (without, a sale knew only its shop's region, and shops' sales came out alike)
+    rng = np.random.default_rng(3)
+    level, counts = rng.normal(0, 3, 300), rng.integers(2, 9, 300)
+    owner = np.repeat(np.arange(300), counts)
+    real = {
+        "shops": pa.table({"shop_id": np.arange(300), "region": rng.choice(["n", "s"], 300)}),
+        "sales": pa.table(
+            {
+                "sale_id": np.arange(len(owner)),
+                "shop_id": owner,
+                "amount": level[owner] + rng.normal(0, 1, len(owner)),
+            }
+        ),
+    }
+    schema = Relations.of(
+        {
+            "shops": TableSpec(uri="shops", primary_key="shop_id"),
+            "sales": TableSpec.model_validate(
+                {
+                    "uri": "sales",
+                    "primary_key": "sale_id",
+                    "foreign_keys": [{"column": "shop_id", "references": "shops"}],
+                }
+            ),
+        }
+    )
+    model = fitted(real, schema, epochs=60)
+    assert model.layouts["shops"].levels == ["sales.amount"]
+    sales = model.sample(seed=0)["sales"]
+
+    def between(table: pa.Table) -> float:
+        """The share of the amounts' variance between shops."""
+        amount, shop = table.column("amount").to_numpy(), table.column("shop_id").to_numpy()
+        _, index = np.unique(shop, return_inverse=True)
+        means = np.bincount(index, weights=amount) / np.bincount(index)
+        return float(np.var(means[index]) / np.var(amount))
+
+    assert between(real["sales"]) > 0.85 and between(sales) > 0.6
+
+
+def test_a_customer_drawn_as_no_customer_with_orders_was_gets_none() -> None:
+    # only customers without orders are inactive, or have no region: their orders' model never saw
+    # either, and a parent's model that draws one with orders failed the night's job
+    real = shop(customers=200)
+    ordered = pc.is_in(
+        real["customers"].column("customer_id"), value_set=real["orders"].column("customer_id")
+    )
+    active = ordered.to_numpy(zero_copy_only=False)
+    real["customers"] = (
+        real["customers"]
+        .append_column("status", pa.array(np.where(active, "active", "inactive")))
+        .append_column("region", pa.array(np.where(active, "north", None)))
+    )
+    model = fitted(real, relations(), epochs=2)
+    for seed in range(3):
+        synthetic = model.sample(seed=seed)
+        (score,) = relation_scores(real, synthetic, relations())
+        assert score.integrity == 1.0
+        customers = synthetic["customers"]
+        unseen = pc.or_(
+            pc.equal(customers.column("status"), "inactive"), pc.is_null(customers.column("region"))
+        )
+        lonely = customers.filter(unseen).column("customer_id").combine_chunks()
+        assert not pc.any(pc.is_in(synthetic["orders"].column("customer_id"), value_set=lonely)).as_py()
+
+
 def test_a_family_that_cannot_complete_rows_dp_and_reserved_names_are_refused() -> None:
     real, schema = shop(customers=40), relations()
     with pytest.raises(ConfigError, match="model.family: gan cannot generate orders per row of customers"):

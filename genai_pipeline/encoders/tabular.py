@@ -423,10 +423,18 @@ class TableEncoder:
 
     # -- encoding -------------------------------------------------------------------------
 
+    @classmethod
+    def _category_index(cls, codec: ColumnCodec, column: pa.Array) -> np.ndarray:
+        """Each value's category (:meth:`_category_positions`); a value with none fails."""
+        out = cls._category_positions(codec, column)
+        if (out < 0).any():
+            raise ValueError(f"column {codec.name!r}: values the model was not fitted on")
+        return out
+
     @staticmethod
-    def _category_index(codec: ColumnCodec, column: pa.Array) -> np.ndarray:
+    def _category_positions(codec: ColumnCodec, column: pa.Array) -> np.ndarray:
         """Vectorised lookup of each value's category: its own, or a marker's (null; a frequent value
-        beyond ``max_categories``, rare; any other value, protected)."""
+        beyond ``max_categories``, rare; any other value, protected); -1 for none of them."""
         categories = codec.categories or []
         plain = [value for value in categories if value not in (_NULL, _RARE, _PROTECTED)]
         if is_numeric(column.type):
@@ -450,9 +458,22 @@ class TableEncoder:
             out[rare] = categories.index(_RARE)
             unknown &= ~rare
         out[unknown] = categories.index(_PROTECTED) if _PROTECTED in categories else -1
-        if (out < 0).any():
-            raise ValueError(f"column {codec.name!r}: values the model was not fitted on")
         return out
+
+    def known(self, table: pa.Table) -> np.ndarray:
+        """Per row of ``table`` (some of the data columns), whether the model was fitted on each of
+        its values: no category it never saw, no null where it saw none. A row given to
+        :meth:`encode_given` otherwise fails, or stands for something the model never learned."""
+        known = np.ones(table.num_rows, dtype=bool)
+        for codec in self.data_codecs:
+            if codec.name not in table.column_names:
+                continue
+            column = dense(table.column(codec.name))
+            if codec.kind == "categorical":
+                known &= self._category_positions(codec, column) >= 0
+            elif codec.kind == "continuous" and not codec.has_nulls:
+                known &= column.is_valid().to_numpy(zero_copy_only=False)
+        return known
 
     def _encode_column(self, codec: ColumnCodec, column: pa.Array) -> list[np.ndarray]:
         """The blocks of one data column's spans."""
