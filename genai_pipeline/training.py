@@ -157,6 +157,9 @@ class FitReport:
     resumed_from_step: int = 0
     device: str = "cpu"
     validation_loss: float | None = None
+    #: ``[seconds, validation loss]`` after each epoch trained in this call (seconds counting a
+    #: resumed run's earlier ones): how fast a loss is reached, for benchmarks and tuning
+    curve: list[list[float]] = field(default_factory=list)
     #: with ``train.privacy``: the ε and δ spent (statistics and DP-SGD together) and how
     privacy: dict[str, Any] | None = None
     #: per text column, how its language model trained (``models.text``)
@@ -462,6 +465,7 @@ def fit_loop(
         if holdout and evaluate is not None:
             loss = _mean_loss(evaluate, holdout, train.batch_size, modules)
             report.validation_loss = loss
+            report.curve.append([round(elapsed_before + time.monotonic() - started, 3), loss])
             if loss < best_loss - 1e-6:
                 best_loss, stale_epochs = loss, 0
                 best_state = {key: _cpu_copy(module.state_dict()) for key, module in modules.items()}

@@ -60,7 +60,10 @@ def trained():  # noqa: ANN201
 
 def test_the_text_follows_the_rows_other_columns(trained) -> None:  # noqa: ANN001
     model, report, _ = trained
-    assert report.text["review"]["validation_perplexity"] < 10
+    record = report.text["review"]
+    assert record["validation_perplexity"] < 10
+    assert len(record["curve"]) == record["epochs"]  # a perplexity per epoch, the reported one among them
+    assert any(p == pytest.approx(record["validation_perplexity"]) for _, p in record["curve"])
     table = pa.concat_tables(model.sample(400, conditions=None, seed=5, batch_size=200))
     rows = table.to_pylist()
     good_words, bad_words = {"great", "love", "excellent"}, {"broke", "terrible", "arrived"}

@@ -166,6 +166,10 @@ def test_early_stopping_restores_the_best_weights() -> None:
     epoch_means = [sum(evaluated[i : i + 2]) / 2 for i in range(0, len(evaluated), 2)]  # 2 batches of 20
     assert report.validation_loss == pytest.approx(min(epoch_means), rel=1e-5)  # the best is restored
     assert min(epoch_means) < epoch_means[-1]
+    # the curve: each epoch's validation loss, at the training seconds it was reached
+    assert [loss for _, loss in report.curve] == pytest.approx(epoch_means, rel=1e-5)
+    seconds = [point[0] for point in report.curve]
+    assert len(seconds) == report.epochs and seconds == sorted(seconds) and seconds[-1] <= report.seconds
 
 
 def test_moving_average_warms_up_from_the_optimiser_step() -> None:
