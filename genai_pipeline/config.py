@@ -181,9 +181,10 @@ class DatasetSpec(StrictModel):
         if self.columns and self.modality == "image":
             raise ValueError("columns: only tables have columns to declare")
         declared = self.columns.get(self.label) if self.label is not None else None
-        if declared is not None and declared.type in ("id", "pii", "text"):
+        if declared is not None and (declared.skip or declared.type in ("id", "pii", "text")):
             raise ValueError(
-                f"columns.{self.label}: the label column is learned, it cannot be {declared.type}"
+                f"columns.{self.label}: the label column is learned, it cannot be "
+                f"{'skipped' if declared.skip else declared.type}"
             )
         return self
 
@@ -618,9 +619,25 @@ class ExportSpec(StrictModel):
         description="how long a run waits for another run of the same job and date to finish "
         "publishing before it fails (the two are never interleaved)",
     )
+    partition_key: str = Field(
+        default="run_date",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+        description="the Hive-style partition of the published folders (data/<key>=YYYY-MM-DD/); a "
+        "dataset column of that name is refused, so a table with a run_date column of its own "
+        "names another one here and keeps its column as data",
+    )
 
     _protect = field_validator("storage_options")(mask_secrets)
     _no_credentials = model_validator(mode="before")(refuse_url_credentials)
+
+    @field_validator("partition_key")
+    @classmethod
+    def _not_a_subfolder(cls, key: str) -> str:
+        """Below the date come ``label=…`` (images) and ``run=…`` (quality): one partition name twice
+        in a path is one column twice for a reader of Hive partitions."""
+        if key in ("label", "run"):
+            raise ValueError(f"{key!r} names a partition below the date (label=…, run=…): choose another")
+        return key
 
     @model_validator(mode="after")
     def _workspace_apart(self) -> ExportSpec:

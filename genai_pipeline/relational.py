@@ -47,9 +47,10 @@ ColumnType = Literal["id", "pii", "text", "category", "numeric"]
 class ColumnSpec(StrictModel):
     """How one column is treated, declared where detection would guess wrong or not at all."""
 
-    type: ColumnType = Field(
+    type: ColumnType | None = Field(
+        default=None,
         description="id: generated fresh, same format, never a real value; pii: fresh personal data of "
-        "its kind; text: written by a language model trained on it; category/numeric: how it is encoded"
+        "its kind; text: written by a language model trained on it; category/numeric: how it is encoded",
     )
     kind: str | None = Field(
         default=None, description="pii: email, phone, first_name, last_name, name, … (default: detected)"
@@ -57,11 +58,20 @@ class ColumnSpec(StrictModel):
     locale: str | None = Field(
         default=None, description="pii: the Faker locale of fresh values, e.g. de_DE (default: detected)"
     )
+    skip: bool = Field(
+        default=False,
+        description="left out of the job: not learned, not checked, not published (a column the "
+        "warehouse has and the synthetic data should not)",
+    )
 
     @model_validator(mode="after")
     def _kind_and_locale(self) -> ColumnSpec:
         from genai_pipeline.privacy.roles import check_locale, check_pii_kind
 
+        if self.skip and (self.type, self.kind, self.locale) != (None, None, None):
+            raise ValueError("skip: true takes no type, kind or locale: the column is left out")
+        if not self.skip and self.type is None:
+            raise ValueError("type: id, pii, text, category or numeric (or skip: true to leave it out)")
         if (self.kind is not None or self.locale is not None) and self.type != "pii":
             raise ValueError("kind and locale are for type: pii")
         if self.kind is not None:
@@ -115,8 +125,11 @@ class TableSpec(StrictModel):
     def _keys_are_not_declared(self) -> TableSpec:
         """A key's values are made from the keys (fresh, or the parent's): not a column to declare."""
         keys = [key.column for key in self.foreign_keys] + [self.primary_key]
-        if declared := [column for column in self.columns if column in keys]:
-            raise ValueError(f"columns.{declared[0]}: a key column; keys are always made fresh")
+        if found := [column for column in self.columns if column in keys]:
+            raise ValueError(f"columns.{found[0]}: a key column; keys are always made fresh")
+        ordering = (self.order_by, self.entity)
+        if skipped := [c for c, spec in self.columns.items() if spec.skip and c in ordering]:
+            raise ValueError(f"columns.{skipped[0]}: order_by and entity cannot be skipped")
         return self
 
     @field_validator("foreign_keys")
@@ -128,6 +141,22 @@ class TableSpec(StrictModel):
         if sum(key.context is True for key in keys) > 1:
             raise ValueError("at most one foreign key is the context (context: true)")
         return keys
+
+
+def declared(columns: Mapping[str, ColumnSpec]) -> dict[str, ColumnSpec]:
+    """The columns declared a type: those left out (``skip``) are not read at all."""
+    return {name: spec for name, spec in columns.items() if not spec.skip}
+
+
+def without_skipped(table: pa.Table, columns: Mapping[str, ColumnSpec], where: str) -> pa.Table:
+    """``table`` without the columns ``columns`` (declared at ``where``) leaves out; one that is not
+    there fails naming it, as a declared column that is not there does."""
+    skipped = [name for name, spec in columns.items() if spec.skip]
+    if missing := [name for name in skipped if name not in table.column_names]:
+        raise DatasetError(
+            f"{where}.{missing[0]}: no such column to skip (columns: {', '.join(table.column_names)})"
+        )
+    return table.drop_columns(skipped)
 
 
 @dataclass(frozen=True)

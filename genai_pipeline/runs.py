@@ -10,6 +10,9 @@ aggregate quality results and manifests, nothing real::
     _runs/<run_id>.json                             manifest, written last
     _staging/<run_id>/…                             invisible to readers ('_' prefix): synthetic only
 
+``run_date`` is the default of ``export.partition_key``: a table with a column of that name keeps
+it as data when the job names another key.
+
 Everything derived from real rows lives in the private workspace, ``{workspace}/{job}/``, which
 readers of the output are never granted::
 
@@ -34,13 +37,15 @@ import posixpath
 import re
 import secrets
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from genai_pipeline.config import JobSpec
-from genai_pipeline.errors import ConfigError
+from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.storage import Storage
 
-#: the Hive-style partition of every published folder (data/run_date=…/): no column may be named so
+#: what a run's date is called in messages and lock files, and the default partition key of the
+#: published folders (``export.partition_key``: data/run_date=…/)
 PARTITION_KEY = "run_date"
 #: the model of the last published run, for ``train.reuse: latest`` (in the workspace)
 LATEST_MODEL = "models/latest.json"
@@ -150,8 +155,8 @@ class Run:
         return staged.removeprefix(f"{self.staging}/")
 
     def partition(self, kind: str) -> str:
-        """``data``, ``images`` or ``quality`` folder of this run's date."""
-        return f"{kind}/{PARTITION_KEY}={self.run_date}"
+        """``data``, ``images`` or ``quality`` folder of this run's date (``export.partition_key``)."""
+        return f"{kind}/{self.job.export.partition_key}={self.run_date}"
 
     def shard_part(self, shard: int) -> str:
         """The staged file one generation shard writes (combined into :attr:`data_file` afterwards)."""
@@ -165,7 +170,17 @@ class Run:
 
     def table_file(self, table: str) -> str:
         """The data file of one table of several: ``data/<table>/run_date=…/part-00000.parquet``."""
-        return f"data/{table}/{PARTITION_KEY}={self.run_date}/part-00000.parquet"
+        return f"data/{table}/{self.job.export.partition_key}={self.run_date}/part-00000.parquet"
+
+    def check_columns(self, columns: Sequence[str], where: str) -> None:
+        """A real column named like the output's partition key would be shadowed by it: a reader of
+        ``data/<key>=…/`` sees the run's date in its place. Refused naming the way out."""
+        key = self.job.export.partition_key
+        if key in columns:
+            raise DatasetError(
+                f"{where}: column {key!r} has the name of the output's partition key (data/{key}=…/), "
+                "which readers would see in its place: set export.partition_key to another name"
+            )
 
     @property
     def data_file(self) -> str:

@@ -16,7 +16,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ from genai_pipeline.quality.images import LabelClassifier, cached_classifier
 from genai_pipeline.quality.report import ReportInput, harden_pages, render_report
 from genai_pipeline.quality.scoring import TablePrivacy, score_images, score_tables
 from genai_pipeline.refs import DatasetRef, GeneratedRef, ModelRef, PublishedRun, QualityVerdict
+from genai_pipeline.relational import declared, without_skipped
 from genai_pipeline.runs import LATEST_MODEL, PARTITION_KEY, RUN_ID_KEY, SAVED_SUITE, SOURCE_CACHE, Run
 from genai_pipeline.storage import Storage
 from genai_pipeline.summary import report_facts
@@ -108,13 +109,16 @@ def ingest(run: Run) -> DatasetRef:
     started = time.monotonic()
     workspace = run.workspace()
     data = read_source(job.dataset, workspace, SOURCE_CACHE)
+    if isinstance(data, TabularData):
+        data = replace(data, table=without_skipped(data.table, job.dataset.columns, "dataset.columns"))
+        run.check_columns(data.table.column_names, job.dataset.source)
     _check_schema(run, describe_schema(data), workspace)
     if isinstance(data, ImageData):
         check_label_folders(data.label_names)
     key = fingerprint(data)
     train_part, holdout = split_holdout(data, checks.holdout, checks.holdout_max_rows, key=key)
     if isinstance(train_part, TabularData):
-        roles = column_roles(train_part.table, job.dataset.columns, job.dataset.label)
+        roles = column_roles(train_part.table, declared(job.dataset.columns), job.dataset.label)
         _check_sensitive(checks.sensitive, train_part.table.column_names, roles)
         train_part = learnable(train_part, roles, job, holdout)
     view = _PublicView.of(train_part)

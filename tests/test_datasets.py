@@ -79,12 +79,6 @@ def test_missing_corrupt_and_empty_inputs_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "nothing").mkdir()
     with pytest.raises(DatasetError, match="no .parquet"):
         read_dataset(DatasetSpec(uri=str(tmp_path / "nothing")))
-    clash = tmp_path / "clash.parquet"  # a reader of data/run_date=…/ would see the partition's value
-    pq.write_table(TABLE.append_column("run_date", pa.array(["1999-01-01"] * TABLE.num_rows)), clash)
-    with pytest.raises(
-        DatasetError, match=r"clash.parquet: column 'run_date' has the name of the output's partition"
-    ):
-        read_dataset(DatasetSpec(uri=str(clash)))
 
 
 def test_image_folder_keeps_labels_and_normalises_sizes(tmp_path: Path) -> None:

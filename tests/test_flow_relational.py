@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 from conftest import S3_OPTIONS
-from relational_data import TABLES, shop_job, shop_tables, write_tables
+from relational_data import TABLES, shop_job, shop_schema, shop_tables, write_tables
 
 from genai_pipeline import stages
 from genai_pipeline.errors import DatasetError, QualityGateFailed, StorageError
@@ -126,6 +126,33 @@ def test_a_failed_gate_on_one_table_publishes_no_table(tmp_path: Path) -> None:
     assert not (root / "data").exists()
     (manifest,) = [json.loads(p.read_text()) for p in (root / "_runs").glob("*.json")]
     assert manifest["status"] == "failed"
+
+
+def test_tables_as_the_warehouse_has_them_a_column_left_out_and_one_named_like_the_partition(
+    tmp_path: Path,
+) -> None:
+    real = shop_tables()
+    real["customers"] = real["customers"].append_column("run_date", pa.array(["2025-01-01"] * 150))
+    real["orders"] = real["orders"].append_column("memo", pa.array(["call first"] * real["orders"].num_rows))
+    uris = write_tables(real, tmp_path / "input")
+    tables = shop_schema(uris)
+    tables["orders"]["columns"] = {"memo": {"skip": True}}
+    with pytest.raises(
+        DatasetError, match=r"dataset.tables.customers: column 'run_date' .*export.partition_key"
+    ):
+        stages.ingest(
+            Run(job=shop_job(uris, str(tmp_path / "out"), dataset={"tables": tables}), run_date=RUN_DATE)
+        )
+    job = shop_job(uris, str(tmp_path / "out"), dataset={"tables": tables}, export={"partition_key": "day"})
+    ref = stages.ingest(Run(job=job, run_date=RUN_DATE))
+    columns = {
+        name: [c["name"] for c in table.schema["columns"]] for name, table in (ref.tables or {}).items()
+    }
+    assert "run_date" in columns["customers"] and "memo" not in columns["orders"]
+    tables["items"]["columns"] = {"gift_wrap": {"skip": True}}  # not a column of items
+    job = shop_job(uris, str(tmp_path / "out"), dataset={"tables": tables}, export={"partition_key": "day"})
+    with pytest.raises(DatasetError, match=r"dataset.tables.items.columns.gift_wrap: no such column to skip"):
+        stages.ingest(Run(job=job, run_date=RUN_DATE))
 
 
 def test_a_changed_table_fails_the_next_run_naming_it(tmp_path: Path) -> None:

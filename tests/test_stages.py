@@ -28,6 +28,51 @@ def _png(value: int) -> bytes:
     return buffer.getvalue()
 
 
+def test_a_warehouse_table_as_it_is_its_run_date_kept_as_data_and_a_column_left_out(tmp_path: Path) -> None:
+    # a table with a run_date of its own: refused under the default key, which readers of
+    # data/run_date=…/ would see in its place, and published as data when the job names another key
+    source = tmp_path / "orders.parquet"
+    days = [f"2025-01-{1 + i % 10:02d}" for i in range(200)]
+    memo = [f"call {i}" for i in range(200)]
+    amounts = [round(10 + (i * 7919 % 1000) / 37, 2) for i in range(200)]
+    pq.write_table(pa.table({"run_date": days, "amount": amounts, "memo": memo}), source)
+    refused = tiny_job(str(source), "autoregressive", str(tmp_path / "out"))
+    with pytest.raises(DatasetError, match=r"orders.parquet: column 'run_date' .* set export.partition_key"):
+        stages.ingest(Run(job=refused, run_date="2026-02-03"))
+    job = tiny_job(
+        str(source),
+        "autoregressive",
+        str(tmp_path / "out"),
+        export={"partition_key": "day"},
+        dataset={"columns": {"memo": {"skip": True}}},
+        validate={"max_memorised_share": 1.0},  # a table this small, two epochs: not what is tested
+    )
+    run = Run(job=job, run_date="2026-02-03")
+    dataset = stages.ingest(run)
+    model = stages.train(run, dataset=dataset)
+    generated = stages.generate(run, model=model, dataset=dataset)
+    verdict = stages.validate(run, dataset=dataset, generated=generated)
+    stages.export(run, dataset=dataset, model=model, generated=generated, verdict=verdict)
+    root = tmp_path / "out" / "tiny"
+    assert [p.relative_to(root).as_posix() for p in (root / "data").rglob("*.parquet")] == [
+        "data/day=2026-02-03/part-00000.parquet"
+    ]
+    read = pq.read_table(root / "data", partitioning="hive")  # as a reader of the folder sees it
+    assert read.column("day").unique().to_pylist() == ["2026-02-03"]
+    assert set(read.column("run_date").to_pylist()) <= set(days)  # the table's own column, as data
+    assert "memo" not in read.column_names  # left out: not learned, not published
+    assert (root / "quality" / "day=2026-02-03").is_dir()
+    with pytest.raises(ConfigError, match="names a partition below the date"):
+        tiny_job(str(source), "autoregressive", str(tmp_path / "out"), export={"partition_key": "label"})
+    for columns, message in (
+        ({"memo": {"skip": True, "type": "text"}}, "skip: true takes no type"),
+        ({"memo": {}}, "type: id, pii, text, category or numeric"),
+        ({"amount": {"skip": True}}, "the label column is learned, it cannot be skipped"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            tiny_job(str(source), "autoregressive", "out", dataset={"columns": columns, "label": "amount"})
+
+
 def test_odd_labels_survive_in_the_manifest_and_cannot_escape_in_paths(tmp_path: Path) -> None:
     rows = [
         {"image": {"bytes": _png(40 * i + j), "path": None}, "label": LABELS[i]}

@@ -38,7 +38,6 @@ from genai_pipeline.datasets.base import (
 )
 from genai_pipeline.datasets.builtin import BUILTINS
 from genai_pipeline.errors import DatasetError
-from genai_pipeline.runs import PARTITION_KEY
 from genai_pipeline.storage import Storage, open_filesystem
 
 log = logging.getLogger(__name__)
@@ -105,11 +104,6 @@ def read_dataset(spec: DatasetSpec) -> Dataset:
     if spec.label is not None and spec.label not in table.column_names:
         raise DatasetError(f"{spec.uri}: label column {spec.label!r} not found (dataset.label)")
     _check_column_types(table, spec)
-    if PARTITION_KEY in table.column_names:
-        raise DatasetError(
-            f"{spec.uri}: column {PARTITION_KEY!r} has the name of the output's partition key "
-            f"(data/{PARTITION_KEY}=…/): readers would see the run's date in its place; rename the column"
-        )
     return TabularData(table=_nan_as_null(table, spec.uri), label=spec.label)
 
 

@@ -54,7 +54,7 @@ from genai_pipeline.models.tabular import TabularSynthesizer
 from genai_pipeline.privacy.protection import Protection, protect_numbers
 from genai_pipeline.privacy.roles import column_roles
 from genai_pipeline.quality.relational import children_per_parent
-from genai_pipeline.relational import ColumnSpec, Relations, TableSpec, parent_rows
+from genai_pipeline.relational import ColumnSpec, Relations, TableSpec, declared, parent_rows
 from genai_pipeline.storage import Storage
 from genai_pipeline.training import CheckpointStore, resolve_device
 
@@ -558,15 +558,15 @@ def _leveled(spec: TableSpec, table: pa.Table, name: str) -> list[str]:
     numeric = [c for c in _own_columns(spec, table.column_names) if is_numeric(table.schema.field(c).type)]
     if not table.num_rows or not numeric:
         return []
-    declared = {column: spec.columns[column] for column in numeric if column in spec.columns}
-    roles = column_roles(table.select(numeric), declared, None, where=f"dataset.tables.{name}.columns")
+    types = {column: value for column, value in declared(spec.columns).items() if column in numeric}
+    roles = column_roles(table.select(numeric), types, None, where=f"dataset.tables.{name}.columns")
     return [column for column in numeric if column not in roles or roles[column].role == "numeric"]
 
 
 def declared_columns(spec: TableSpec) -> dict[str, ColumnSpec]:
     """A table's declared columns: its ``columns``, and its primary key an identifier (made fresh)."""
     key = {spec.primary_key: ColumnSpec(type="id")} if spec.primary_key is not None else {}
-    return {**spec.columns, **key}
+    return {**declared(spec.columns), **key}
 
 
 def _own_columns(spec: TableSpec, columns: list[str]) -> list[str]:

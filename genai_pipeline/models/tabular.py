@@ -400,7 +400,7 @@ class TabularSynthesizer(Synthesizer):
         if self.plan is not None:
             raise ConfigError(
                 f"train.privacy: text columns ({', '.join(names)}) are not trained with differential "
-                "privacy yet; declare them dataset.columns: {type: category} or drop them"
+                "privacy yet; declare them dataset.columns: {type: category}, or {skip: true} to leave out"
             )
         self.text, self.text_reports = TextColumns.fit(
             data.table,
