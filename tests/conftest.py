@@ -99,6 +99,18 @@ def workspace_for(output: str) -> str:
     return f"{str(output).rstrip('/')}-workspace"
 
 
+def run_stages(run: Any) -> Any:
+    """The five stages one after another, as the flow calls them (without Prefect); the model."""
+    from genai_pipeline import stages
+
+    dataset = stages.ingest(run)
+    model = stages.train(run, dataset=dataset)
+    generated = stages.generate(run, model=model, dataset=dataset)
+    verdict = stages.validate(run, dataset=dataset, generated=generated)
+    stages.export(run, dataset=dataset, model=model, generated=generated, verdict=verdict)
+    return model
+
+
 def tiny_job(uri: str, family: str, output: str, **sections: Any) -> JobSpec:
     """A job small enough to train in seconds on one CPU core."""
     image = uri in ("builtin://digits", "builtin://mnist") or sections.get("dataset", {}).get("format") in (

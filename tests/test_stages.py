@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import tiny_job, workspace_for
+from conftest import run_stages, tiny_job, workspace_for
 from PIL import Image
 
 from genai_pipeline import stages
@@ -47,12 +47,7 @@ def test_a_warehouse_table_as_it_is_its_run_date_kept_as_data_and_a_column_left_
         dataset={"columns": {"memo": {"skip": True}}},
         validate={"max_memorised_share": 1.0},  # a table this small, two epochs: not what is tested
     )
-    run = Run(job=job, run_date="2026-02-03")
-    dataset = stages.ingest(run)
-    model = stages.train(run, dataset=dataset)
-    generated = stages.generate(run, model=model, dataset=dataset)
-    verdict = stages.validate(run, dataset=dataset, generated=generated)
-    stages.export(run, dataset=dataset, model=model, generated=generated, verdict=verdict)
+    run_stages(Run(job=job, run_date="2026-02-03"))
     root = tmp_path / "out" / "tiny"
     assert [p.relative_to(root).as_posix() for p in (root / "data").rglob("*.parquet")] == [
         "data/day=2026-02-03/part-00000.parquet"
@@ -245,12 +240,7 @@ def test_reuse_latest_generates_from_the_last_published_model(tmp_path: Path) ->
     def run_once(**train) -> tuple[Run, object]:
         job = tiny_job("builtin://penguins", "vae", str(tmp_path), train=train)
         run = Run(job=job, run_date="2026-02-03")
-        dataset = stages.ingest(run)
-        model = stages.train(run, dataset=dataset)
-        generated = stages.generate(run, model=model, dataset=dataset)
-        report = stages.validate(run, dataset=dataset, generated=generated)
-        stages.export(run, dataset=dataset, model=model, generated=generated, verdict=report)
-        return run, model
+        return run, run_stages(run)
 
     _, first = run_once(reuse="latest")  # nothing published yet: trains
     assert "reused_from" not in first.fit
@@ -447,14 +437,6 @@ def test_an_unchanged_source_is_read_once_and_a_changed_one_again(
     assert len(reads) == 3
 
 
-def _publish(run: Run) -> None:
-    dataset = stages.ingest(run)
-    model = stages.train(run, dataset=dataset)
-    generated = stages.generate(run, model=model, dataset=dataset)
-    report = stages.validate(run, dataset=dataset, generated=generated)
-    stages.export(run, dataset=dataset, model=model, generated=generated, verdict=report)
-
-
 def test_a_changed_schema_fails_naming_the_change_unless_the_job_adapts(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -465,7 +447,7 @@ def test_a_changed_schema_fails_naming_the_change_unless_the_job_adapts(
         {"a": rng.integers(0, 10**6, rows), "b": rng.choice(["x", "y"], rows), "c": rng.random(rows)}
     )
     pq.write_table(daily, source)
-    _publish(Run(job=tiny_job(str(source), "vae", str(tmp_path / "out")), run_date="2026-03-01"))
+    run_stages(Run(job=tiny_job(str(source), "vae", str(tmp_path / "out")), run_date="2026-03-01"))
     same_schema = daily.set_column(1, "b", pa.array(["y", None] * (rows // 2)))
     pq.write_table(same_schema, source)  # new values and nulls, the same columns and types
     stages.ingest(Run(job=tiny_job(str(source), "vae", str(tmp_path / "out")), run_date="2026-03-02"))
