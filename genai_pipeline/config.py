@@ -231,7 +231,7 @@ class DatasetSpec(StrictModel):
 
     def table(self, name: str) -> DatasetSpec:
         """How to read table ``name`` of a dataset of several tables: as a dataset of its own, with
-        this one's storage options, cache and size limit."""
+        this one's storage options, cache and size limit, and the columns it leaves out."""
         spec = (self.tables or {})[name]
         return DatasetSpec(
             uri=spec.uri,
@@ -239,6 +239,7 @@ class DatasetSpec(StrictModel):
             cache=self.cache,
             max_mb=self.max_mb,
             value_protection=self.value_protection,
+            columns={column: value for column, value in spec.columns.items() if value.skip},
         )
 
     @property

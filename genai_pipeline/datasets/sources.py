@@ -135,9 +135,10 @@ def _check_column_names(table: pa.Table, uri: str) -> None:
 
 def _check_column_types(table: pa.Table, spec: DatasetSpec) -> None:
     """Every column must be of a type the tabular models learn, so a table that cannot be trained
-    on fails at ingest naming the column, not in the middle of training."""
+    on fails at ingest naming the column, not in the middle of training; one the job leaves out
+    (``skip``, dropped at ingest) may be of any type."""
     for field in table.schema:
-        if is_supported(field.type):
+        if is_supported(field.type) or (field.name in spec.columns and spec.columns[field.name].skip):
             continue
         hint = (
             " (text that is not UTF-8? re-save the file as UTF-8)"
