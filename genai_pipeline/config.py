@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from genai_pipeline.constraints import ConstraintSpec
 from genai_pipeline.datasets.builtin import BUILTINS
 from genai_pipeline.errors import ConfigError
 from genai_pipeline.masking import literal_secret_in, mask_secrets, refuse_url_credentials
@@ -411,6 +412,12 @@ class GenerateSpec(StrictModel):
     per_label: int | dict[ConditionValue, int] | None = Field(
         default=None, description="samples per label: N for every label, or {label: N}; replaces num_samples"
     )
+    constraints: list[ConstraintSpec] = Field(
+        default_factory=list,
+        max_length=100,
+        description="rules every generated row follows, enforced by construction: inequality, range, "
+        "positive, fixed_combinations, formula, one_of, unique, custom (see README)",
+    )
 
     @field_validator("per_label")
     @classmethod
@@ -463,6 +470,7 @@ GatedMetric = Literal[
     "referential_integrity",
     "text_memorised",
     "text_consistency",
+    "constraint_adherence",
 ]
 
 
@@ -540,6 +548,13 @@ class ValidateSpec(StrictModel):
         description="text columns: how well a classifier trained on the real texts recovers each row's "
         "label (or category) from its synthetic text, over how well it does on held-out real texts",
     )
+    min_constraint_adherence: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="generate.constraints: the share of all generated rows that must follow each rule "
+        "(they do by construction: a miss means something is broken)",
+    )
     warn_on: list[GatedMetric] = Field(
         default_factory=lambda: ["dcr_share"],
         description="metrics whose miss publishes the run with a warning instead of failing it",
@@ -599,6 +614,7 @@ GATES: dict[str, str] = {
     "referential_integrity": "min_referential_integrity",
     "text_memorised": "max_text_memorised",
     "text_consistency": "min_text_consistency",
+    "constraint_adherence": "min_constraint_adherence",
 }
 
 
@@ -722,6 +738,12 @@ class JobSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _constraints_on_a_table(self) -> JobSpec:
+        if self.generate.constraints and self.dataset.modality == "image":
+            raise ValueError("generate.constraints: rules are about a table's columns, not images")
+        return self
+
+    @model_validator(mode="after")
     def _several_tables(self) -> JobSpec:
         """What a dataset of several tables cannot do yet, refused by the field that asks for it."""
         if self.dataset.tables is None:
@@ -738,6 +760,7 @@ class JobSpec(StrictModel):
             ),
             "generate.per_label": (self.generate.per_label is not None, "tables have no label"),
             "generate.conditions": (bool(self.generate.conditions), "not for several tables yet"),
+            "generate.constraints": (bool(self.generate.constraints), "not for several tables yet"),
             "generate.shards": (
                 self.generate.shards > 1,
                 "several tables are generated in one stream, parents before their children",

@@ -60,6 +60,10 @@ class GeneratedRef:
     image_root: str | None = None
     #: several tables: rows per table (their files: ``Run.table_file``; ``data_file`` is the last's)
     tables: dict[str, int] = field(default_factory=dict)
+    #: per constraint (its label), how many generated rows break it: every row is checked as written
+    violations: dict[str, int] = field(default_factory=dict)
+    #: rows drawn for the rows kept, where a constraint refuses rows and they are drawn again
+    drawn: int = 0
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 import genai_pipeline
 from genai_pipeline.config import JobSpec, ValidateSpec
+from genai_pipeline.constraints import Constraints, identifiers
 from genai_pipeline.datasets.base import (
     Dataset,
     ImageData,
@@ -73,7 +74,7 @@ from genai_pipeline.quality.images import LabelClassifier, cached_classifier
 from genai_pipeline.quality.report import ReportInput, harden_pages, render_report
 from genai_pipeline.quality.scoring import TablePrivacy, score_images, score_tables
 from genai_pipeline.refs import DatasetRef, GeneratedRef, ModelRef, PublishedRun, QualityVerdict
-from genai_pipeline.relational import declared, without_skipped
+from genai_pipeline.relational import ColumnSpec, declared, without_skipped
 from genai_pipeline.runs import LATEST_MODEL, PARTITION_KEY, RUN_ID_KEY, SAVED_SUITE, SOURCE_CACHE, Run
 from genai_pipeline.storage import Storage
 from genai_pipeline.summary import report_facts
@@ -117,10 +118,13 @@ def ingest(run: Run) -> DatasetRef:
         check_label_folders(data.label_names)
     key = fingerprint(data)
     train_part, holdout = split_holdout(data, checks.holdout, checks.holdout_max_rows, key=key)
+    computed: set[str] = set()
     if isinstance(train_part, TabularData):
-        roles = column_roles(train_part.table, declared(job.dataset.columns), job.dataset.label)
+        unique = {name: ColumnSpec(type="id") for name in identifiers(job.generate.constraints)}
+        roles = column_roles(train_part.table, unique | declared(job.dataset.columns), job.dataset.label)
         _check_sensitive(checks.sensitive, train_part.table.column_names, roles)
         train_part = learnable(train_part, roles, job, holdout)
+        computed = fitted_constraints(train_part, job).computed  # a rule the rows break fails here
     view = _PublicView.of(train_part)
     labels = label_values(view.shown)
     schema = describe_schema(data, labels=labels)
@@ -129,7 +133,7 @@ def ingest(run: Run) -> DatasetRef:
         train_part, model_config_for(job), [conditions for conditions, _ in plan]
     )
     suite = run.staged(run.suite_file)
-    _stage_suite(run, data, view, sum(count for _, count in plan), suite)
+    _stage_suite(run, data, view, sum(count for _, count in plan), suite, computed)
     snapshot, holdout_snapshot = run.private("input/dataset.parquet"), run.private("input/holdout.parquet")
     write_snapshot(train_part, workspace, snapshot)
     if holdout is not None:
@@ -225,7 +229,29 @@ def learnable(
     the holdout's rows, whose values the columns made fresh avoid too."""
     protection = Protection.from_spec(job.dataset.value_protection)
     unseen = holdout.table if isinstance(holdout, TabularData) else None
-    return TabularData(data.table, data.label, roles=roles, protection=protection, unseen=unseen)
+    return TabularData(
+        data.table,
+        data.label,
+        roles=roles,
+        protection=protection,
+        unseen=unseen,
+        constraints=tuple(job.generate.constraints),
+    )
+
+
+def fitted_constraints(data: TabularData, job: JobSpec) -> Constraints:
+    """The job's constraints fitted on the training rows as its model fits them: what the output
+    is checked against."""
+    constraints = Constraints(data.constraints)
+    if constraints:
+        constraints.fit(
+            data.table,
+            data.roles or {},
+            data.protection.threshold,
+            data.label,
+            private=job.train.privacy is not None,
+        )
+    return constraints
 
 
 def _roles(dataset: DatasetRef) -> dict[str, ColumnRole]:
@@ -261,11 +287,18 @@ def _check_schema(run: Run, schema: dict[str, Any], workspace: Storage) -> None:
     )
 
 
-def _stage_suite(run: Run, data: Dataset, view: _PublicView, total: int, staged: str) -> None:
+def _stage_suite(
+    run: Run,
+    data: Dataset,
+    view: _PublicView,
+    total: int,
+    staged: str,
+    computed: set[str] | frozenset[str] = frozenset(),
+) -> None:
     """Stage the run's data suite at ``staged``: the job's saved one or one derived from the
     protected view of the training rows (so it names no value fewer than ``min_rows`` rows hold),
     with the columns made fresh checked for uniqueness and format (in a run of ``total`` rows)
-    rather than values.
+    rather than values, and those a constraint computes without their real range.
 
     The real input is checked first, so a broken upstream dataset fails here rather than after
     training: against a saved suite (reviewed, so there is something to learn from it) as far as
@@ -285,6 +318,7 @@ def _stage_suite(run: Run, data: Dataset, view: _PublicView, total: int, staged:
             schema=_schema_of(data),
             private=run.job.train.privacy is not None,
             token=run.job.dataset.value_protection.rare_token,
+            computed=frozenset(computed),
         )
         if spec.suite == "saved":
             workspace.write_bytes(SAVED_SUITE, suite_bytes(base))
@@ -372,6 +406,8 @@ def model_key(run: Run, dataset: DatasetRef) -> str:
     }
     if "keys" in dataset.schema:  # several tables: how they join is part of what is learned
         identity["keys"] = dataset.schema["keys"]
+    if job.generate.constraints:  # the model learns the table as its constraints rewrite it
+        identity["constraints"] = [rule.model_dump(mode="json") for rule in job.generate.constraints]
     return content_key(identity)
 
 
@@ -426,11 +462,18 @@ def generate_shard(run: Run, *, model: ModelRef, dataset: DatasetRef, shard: int
     storage = run.storage()
     part = run.staged(run.shard_part(shard))
     image_root = run.staging if model.modality == "image" else None
+    constrained = model.modality == "tabular" and bool(job.generate.constraints)
     if storage.exists(part):
         with storage.open_read(part) as handle:
             rows = pq.ParquetFile(handle).metadata.num_rows
         log.info("shard %d: already staged (%d samples), not generated again", shard, rows)
-        return GeneratedRef(data_file=part, num_samples=rows, seconds=0.0, image_root=image_root)
+        violations = {}
+        if constrained:  # its rows are checked again: the verdict counts every row
+            rules = shared_model(run.workspace(), model, resolve_device(job.train.device)).constraints
+            violations = _violations(_staged_batches(storage, part), rules)
+        return GeneratedRef(
+            data_file=part, num_samples=rows, seconds=0.0, image_root=image_root, violations=violations
+        )
     plan = shard_plan(job, dataset.schema["labels"], shard)
     if not plan:  # more shards than samples
         return GeneratedRef(data_file=None, num_samples=0, seconds=0.0, image_root=image_root)
@@ -439,17 +482,55 @@ def generate_shard(run: Run, *, model: ModelRef, dataset: DatasetRef, shard: int
     if model.modality == "image":
         batch_size = image_batch_size(batch_size, synthesizer.shape, job.generate.max_batch_mb)
     started = time.monotonic()
+    tally: dict[str, int] = {}
+    extra = {"tally": tally} if constrained else {}
     batches = itertools.chain.from_iterable(
-        synthesizer.sample(count, conditions=conditions, seed=seed, batch_size=batch_size, rows=rows)
+        synthesizer.sample(count, conditions=conditions, seed=seed, batch_size=batch_size, rows=rows, **extra)
         for conditions, count, seed, rows in plan
     )
+    violations: dict[str, int] = {}
+    if constrained:
+        batches = _counted(batches, synthesizer.constraints, violations)
     with sampling_precision(synthesizer, job.generate.precision):  # the batches are drawn in here
         if model.modality == "tabular":
             count = write_parquet(batches, storage, part, metadata={RUN_ID_KEY: run.run_id.encode()})
         else:
             count = write_images(batches, storage, run, model_name=f"{model.family}:{model.key}", shard=shard)
     seconds = time.monotonic() - started
-    return GeneratedRef(data_file=part, num_samples=count, seconds=seconds, image_root=image_root)
+    return GeneratedRef(
+        data_file=part,
+        num_samples=count,
+        seconds=seconds,
+        image_root=image_root,
+        violations=violations,
+        drawn=tally.get("drawn", 0),
+    )
+
+
+def _counted(
+    batches: Iterable[pa.Table], constraints: Constraints, violations: dict[str, int]
+) -> Iterator[pa.Table]:
+    """The batches as they are, each checked against every constraint on its way to the file:
+    ``violations`` adds up, per rule, the rows that break it."""
+    for batch in batches:
+        for label, count in constraints.violations(batch).items():
+            violations[label] = violations.get(label, 0) + count
+        yield batch
+
+
+def _violations(batches: Iterable[pa.Table], constraints: Constraints) -> dict[str, int]:
+    violations: dict[str, int] = {}
+    for _ in _counted(batches, constraints, violations):
+        pass
+    return violations
+
+
+def _staged_batches(storage: Storage, part: str) -> Iterator[pa.Table]:
+    """A staged part file's row groups, one at a time."""
+    with storage.open_read(part) as handle:
+        parquet = pq.ParquetFile(handle)
+        for index in range(parquet.num_row_groups):
+            yield parquet.read_row_group(index)
 
 
 def combine_shards(run: Run, shards: list[GeneratedRef]) -> GeneratedRef:
@@ -475,6 +556,10 @@ def combine_shards(run: Run, shards: list[GeneratedRef]) -> GeneratedRef:
     storage.delete(part for part in present if storage.exists(part))
     count = sum(ref.num_samples for ref in shards)
     seconds = sum(ref.seconds for ref in shards)
+    violations: dict[str, int] = {}
+    for ref in shards:
+        for label, broken in ref.violations.items():
+            violations[label] = violations.get(label, 0) + broken
     log.info(
         "generated %d samples in %d shard(s), %.1f s of work (%.0f/s)",
         count,
@@ -484,7 +569,13 @@ def combine_shards(run: Run, shards: list[GeneratedRef]) -> GeneratedRef:
     )
     image_root = next((ref.image_root for ref in shards if ref.image_root), None)
     return GeneratedRef(
-        data_file=data_file, num_samples=count, seconds=seconds, shards=len(shards), image_root=image_root
+        data_file=data_file,
+        num_samples=count,
+        seconds=seconds,
+        shards=len(shards),
+        image_root=image_root,
+        violations=violations,
+        drawn=sum(ref.drawn for ref in shards),
     )
 
 
@@ -516,8 +607,13 @@ def validate(
         if dataset.holdout and isinstance(real, ImageData)
         else None
     )
+    rules = fitted_constraints(real, job) if isinstance(real, TabularData) else Constraints()
     suite = job_suite(
-        load_suite(storage.read_bytes(dataset.suite), "suite.json"), spec, conditions, real.modality
+        load_suite(storage.read_bytes(dataset.suite), "suite.json"),
+        spec,
+        conditions,
+        real.modality,
+        constraints=rules.checks(),
     )
     assert generated.data_file is not None, (
         "validate takes the run's data file (combine_shards), not a shard's"
@@ -552,6 +648,7 @@ def validate(
                     public=encoder.public_view,
                     sensitive=spec.sensitive,
                     private=job.train.privacy is not None,
+                    computed=frozenset(rules.formulas),
                 ),
             )
         else:
@@ -573,6 +670,7 @@ def validate(
         harden_pages(Path(docs))  # GX renders names from the data raw: no script may run there
         storage.put_folder(Path(docs), f"{quality}/data_docs")
     add_spent_budget(rows, model, spec, "table" if real.modality == "tabular" else "images")
+    add_adherence(rows, generated)
     return stage_verdict(
         run,
         rows,
@@ -584,6 +682,15 @@ def validate(
         expectations=gx_result.payload,
         **charts,
     )
+
+
+def add_adherence(rows: MetricRows, generated: GeneratedRef) -> None:
+    """Per constraint, the share of every generated row that follows it (gated by
+    ``validate.min_constraint_adherence``), and the share of rows drawn that a rule refused."""
+    for label, broken in generated.violations.items():
+        rows.add("constraint", label, "constraint_adherence", 1 - broken / max(generated.num_samples, 1))
+    if generated.drawn:
+        rows.add("constraint", None, "rejected_share", 1 - generated.num_samples / generated.drawn)
 
 
 def add_spent_budget(rows: MetricRows, model: ModelRef | None, spec: ValidateSpec, scope: str) -> None:

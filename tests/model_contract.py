@@ -18,11 +18,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import torch
+from orders_data import orders, rules
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets import BUILTINS, Dataset, ImageData, TabularData
 from genai_pipeline.errors import ConfigError
 from genai_pipeline.models import ImageBatch, Synthesizer, load_model, model_class
+from genai_pipeline.models.tabular import TabularSynthesizer
 from genai_pipeline.storage import Storage
 from genai_pipeline.training import CheckpointStore
 
@@ -156,6 +158,35 @@ class TableContract(ModelContract):
         train = TrainSpec(epochs=2, batch_size=32, device="cpu")
         model.fit(TabularData(mixed_table(), label="kind"), train, None)
         return model
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def constrained(cls) -> Synthesizer:
+        """The model fitted on the orders table under one rule of each kind it enforces."""
+        model = cls.make()
+        model.fit(
+            TabularData(orders(), constraints=rules()), TrainSpec(epochs=2, batch_size=64, device="cpu"), None
+        )
+        return model
+
+    def test_constraints_hold_in_every_row_with_and_without_conditions(
+        self, constrained: Synthesizer, tmp_path: Path
+    ) -> None:
+        assert isinstance(constrained, TabularSynthesizer)
+        drawn = pa.concat_tables(constrained.sample(1500, conditions=None, seed=4, batch_size=500))
+        assert drawn.schema.equals(orders().schema)
+        assert not any(constrained.constraints.violations(drawn).values())
+        asked = {"city": "Berlin", "ordered_at": "2024-05-01 08:00:00", "shipped_on": "2024-05-03"}
+        drawn = pa.concat_tables(constrained.sample(200, conditions=asked, seed=4, batch_size=500))
+        assert set(drawn.column("country").to_pylist()) == {"DE"}
+        assert set(drawn.column("shipped_on").to_pylist()) == {dt.date(2024, 5, 3)}
+        assert not any(constrained.constraints.violations(drawn).values())
+        constrained.save(Storage(str(tmp_path)), "model")  # the rules come back with the model
+        saved = load_model(Storage(str(tmp_path)), "model", CPU)
+        again = pa.concat_tables(saved.sample(300, conditions=None, seed=5, batch_size=300))
+        assert again.equals(
+            pa.concat_tables(constrained.sample(300, conditions=None, seed=5, batch_size=300))
+        )
 
     def test_tables_keep_types_nulls_and_categories(self, mixed: Synthesizer) -> None:
         """Every column type a real table holds comes back with its type, nulls and categories."""

@@ -12,11 +12,13 @@ import sys
 from contextlib import suppress
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import s3fs
 from conftest import S3_OPTIONS, tiny_job
+from orders_data import CITIES, RULES, orders
 from PIL import Image
 
 from genai_pipeline.datasets.builtin import BUILTINS
@@ -197,6 +199,46 @@ def test_a_differentially_private_run_publishes_and_gates_its_epsilon(tmp_path: 
     )
     with pytest.raises(QualityGateFailed, match=r"epsilon=[0-9.]+ > 0\.5"):
         _run(capped, run_date="2026-01-02")
+
+
+def test_a_job_with_every_kind_of_constraint_publishes_rows_that_follow_them_all(tmp_path: Path) -> None:
+    source = tmp_path / "orders.parquet"
+    pq.write_table(orders(), source)
+    every = [
+        *RULES,
+        {"kind": "unique", "column": "order_id"},
+        {"kind": "custom", "rule": "orders_data:BusinessHours", "columns": ["ordered_at"]},
+        {"kind": "custom", "rule": "orders_data:NoReturnsInParis", "columns": ["city", "status"]},
+    ]
+    generate = {"num_samples": 600, "batch_size": 128, "shards": 2, "constraints": every}
+    job = tiny_job(
+        str(source), "autoregressive", str(tmp_path), generate=generate, validate={"max_memorised_share": 1.0}
+    )
+    result = _run(job)
+    root = tmp_path / "tiny"
+    out = pq.read_table(root / "data" / f"run_date={RUN_DATE}").to_pandas()
+    assert len(out) == 600 == result["num_samples"]
+    # each rule checked here on its own, not by the code that enforced it
+    ordered = out["ordered_at"].astype("datetime64[us]")
+    assert (pd.to_datetime(out["shipped_on"]) > ordered).all()
+    days = pd.to_datetime(out["delivered_on"]) - pd.to_datetime(out["shipped_on"])
+    assert (days.dt.days >= 1).all()
+    assert ((out["discount"] >= 0) & (out["discount"] <= out["price"])).all()
+    assert set(zip(out["city"], out["country"], strict=True)) <= set(CITIES.items())
+    assert (abs(out["total"] - (out["price"] * out["quantity"] - out["discount"])) <= 0.0051).all()
+    assert set(out["status"]) <= {"new", "shipped", "returned"} and (out["quantity"] > 0).all()
+    assert out["order_id"].is_unique and not set(out["order_id"]) & set(orders()["order_id"].to_pylist())
+    assert out["ordered_at"].dt.hour.between(8, 19).all()
+    assert not ((out["city"] == "Paris") & (out["status"] == "returned")).any()
+    quality = root / "quality" / f"run_date={RUN_DATE}" / f"run={result['run_id']}"
+    metrics = pq.read_table(quality / "metrics.parquet").to_pandas()
+    adherence = metrics[metrics["metric"] == "constraint_adherence"]
+    assert len(adherence) == len(every) and (adherence["value"] == 1.0).all() and adherence["passed"].all()
+    assert metrics[metrics["metric"] == "rejected_share"]["value"].between(0, 0.9).all()
+    results = json.loads((quality / "expectations.json").read_text())["results"]["expectations"]
+    checked = [r for r in results if r["expectation_type"].endswith("_to_follow_constraint")]
+    assert len(checked) == len(every) and all(r["success"] for r in checked)
+    assert "constraint_adherence" in (quality / "report.html").read_text()
 
 
 def test_failed_gate_publishes_nothing(tmp_path: Path) -> None:

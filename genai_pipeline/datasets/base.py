@@ -42,6 +42,9 @@ class TabularData:
     #: columns every sampled row will be given (a child table's context: its parent's columns, its
     #: position): a model learns the others given them, revealing them in every training row
     given: tuple[str, ...] = ()
+    #: the rules every generated row follows (``generate.constraints`` specs): a model fits them on
+    #: these rows and learns the table as they rewrite it (:mod:`genai_pipeline.constraints`)
+    constraints: tuple[Any, ...] = ()
 
     modality = "tabular"
 

@@ -657,24 +657,28 @@ class TableEncoder:
             elif codec.kind in ("null", "text"):
                 columns[codec.name] = self._build_column(codec, np.zeros(n), np.ones(n, dtype=bool))
             offset += sum(span.size for span in codec.spans)
-        if self.fresh_columns:
-            stream = rows or RowStream(key=seed, first=0, total=n)
-            made = generate_fresh(
-                list(self.fresh_columns.values()),
-                key=stream.key,
-                first=stream.first,
-                count=n,
-                total=stream.total,
-            )
-            for codec in self.codecs:
-                if codec.fresh is not None:
-                    type_ = value_type(self.schema.field(codec.name).type)
-                    columns[codec.name] = self._dictionary_encoded(codec, made[codec.name].cast(type_))
+        columns |= self.fresh(rows or RowStream(key=seed, first=0, total=n), n)
         if self.condition_codec is not None:
             if cond is None:
                 raise ValueError("a conditioned encoder needs condition indices to decode")
             columns[self.condition] = self._decode_categorical(self.condition_codec, cond, rng)
         return pa.table([columns[field.name] for field in self.schema], schema=self.schema)
+
+    def fresh(self, rows: RowStream, count: int) -> dict[str, pa.Array]:
+        """The columns made fresh, for ``count`` rows of the run from where ``rows`` says: a pure
+        function of the row's place, so rows drawn again (a rule's rejection) take the same."""
+        if not self.fresh_columns:
+            return {}
+        made = generate_fresh(
+            list(self.fresh_columns.values()), key=rows.key, first=rows.first, count=count, total=rows.total
+        )
+        return {
+            codec.name: self._dictionary_encoded(
+                codec, made[codec.name].cast(value_type(self.schema.field(codec.name).type))
+            )
+            for codec in self.codecs
+            if codec.fresh is not None
+        }
 
     # -- persistence -------------------------------------------------------------------------
 

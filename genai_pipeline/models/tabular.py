@@ -32,6 +32,7 @@ from scipy.special import ndtri
 from torch import nn
 
 from genai_pipeline.config import TrainSpec
+from genai_pipeline.constraints import MAX_DRAWS, Constraints
 from genai_pipeline.datasets.base import Dataset, TabularData
 from genai_pipeline.encoders.tabular import ColumnCodec, RowStream, TableEncoder, dp_histograms
 from genai_pipeline.errors import ConfigError, DatasetError
@@ -323,14 +324,31 @@ class TabularSynthesizer(Synthesizer):
     text: TextColumns
     #: how each text column's model trained (FitReport dicts, with held-out perplexity)
     text_reports: dict[str, dict[str, Any]]
+    #: the rules every sampled row follows, fitted on the training rows
+    constraints: Constraints
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
-        """The family's training (:meth:`fit_family`); the text columns' models are trained in
-        :meth:`prepare` and reported with it."""
+        """The family's training (:meth:`fit_family`) on the table as the job's constraints
+        rewrite it; the text columns' models are trained in :meth:`prepare` and reported with it."""
         self.text_reports = {}
+        data = self._constrained(data, private=train.privacy is not None)
         report = self.fit_family(_padded(data), train, checkpoints)
         report.text = self.text_reports or None
         return report
+
+    def _constrained(self, data: Dataset, *, private: bool = False) -> Dataset:
+        """``data`` as the model learns it under its constraints (fitted on its rows here)."""
+        self.constraints = Constraints(data.constraints if isinstance(data, TabularData) else ())
+        if not isinstance(data, TabularData) or not self.constraints:
+            return data
+        roles = data.roles if data.roles is not None else column_roles(data.table, {}, data.label)
+        self.constraints.fit(data.table, roles, data.protection.threshold, data.label, private=private)
+        return replace(
+            data,
+            table=self.constraints.forward(data.table),
+            roles=self.constraints.roles(roles),
+            constraints=(),
+        )
 
     @abstractmethod
     def fit_family(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
@@ -377,6 +395,7 @@ class TabularSynthesizer(Synthesizer):
                 "encoder": encoder.to_state(),
                 "label_prior": prior.to_state(),
                 "given": list(data.given),
+                "constraints": self.constraints.to_state(),
                 **state,
             }
         )
@@ -432,6 +451,12 @@ class TabularSynthesizer(Synthesizer):
             raise DatasetError(f"the {cls.name} needs a table")
         if not isinstance(config, TabularModelConfig):
             raise TypeError(f"the {cls.name} takes a TabularModelConfig, not {type(config).__name__}")
+        constraints = Constraints(data.constraints)
+        if constraints and any(plan):
+            roles = data.roles if data.roles is not None else column_roles(data.table, {}, data.label)
+            constraints.fit(data.table, roles, data.protection.threshold, data.label)
+            plan = [constraints.model_conditions(conditions) for conditions in plan]
+            data = replace(data, table=constraints.forward(data.table), roles=constraints.roles(roles))
         columns = data.table.column_names
         wanted = {key for conditions in plan for key in conditions}
         for key in sorted(wanted):
@@ -458,6 +483,7 @@ class TabularSynthesizer(Synthesizer):
             "encoder": self.encoder.to_state(),
             "label_prior": self.prior.to_state(),
             "given": self.given,
+            "constraints": self.constraints.to_state(),
             "text": self.text.to_state(),
             **self.family_state(),
         }
@@ -466,6 +492,7 @@ class TabularSynthesizer(Synthesizer):
         self.encoder = TableEncoder.from_state(state["encoder"])
         self.prior = LabelPrior(**state["label_prior"])
         self.given = list(state.get("given", []))  # models saved before it gave none
+        self.constraints = Constraints.from_state(state.get("constraints"))  # none before constraints
         self.reveal = Reveal(self.encoder, self.given)
         self.text = TextColumns.from_state(state.get("text"), self.device)  # none before text columns
         self.build(state)
@@ -478,11 +505,15 @@ class TabularSynthesizer(Synthesizer):
         seed: int,
         batch_size: int,
         rows: RowStream | None = None,
+        tally: dict[str, int] | None = None,
     ) -> Iterator[pa.Table]:
         """Batches of decoded rows with the input's schema; ``rows``: which rows of the run these
-        are, for the columns made fresh (default: a run of these ``n`` rows, keyed by ``seed``)."""
+        are, for the columns made fresh (default: a run of these ``n`` rows, keyed by ``seed``).
+        Rows a constraint refuses (:attr:`Constraints.rejecting`) are drawn again, ``tally``
+        counting the rows ``drawn`` and ``kept``."""
         stream = rows or RowStream(key=seed, first=0, total=n)
-        conditions = dict(conditions or {})
+        wanted = dict(conditions or {})
+        conditions = self.constraints.model_conditions(wanted)
         self.check_conditions(conditions)
         for module in self.networks().values():
             module.eval()
@@ -496,8 +527,8 @@ class TabularSynthesizer(Synthesizer):
         generator = torch.Generator(device=device).manual_seed(seed)
         fixed = encoder.condition_index(conditions[label]) if label in conditions else None
         probs = torch.tensor(self.prior.given(encoder, row, columns), device=device) if self.labels else None
-        for batch_number, (start, stop) in enumerate(batched_indices(n, batch_size)):
-            size = stop - start
+
+        def draw(size: int, batch_seed: int, place: RowStream) -> pa.Table:
             cond = None
             if probs is not None:
                 cond = (
@@ -505,22 +536,62 @@ class TabularSynthesizer(Synthesizer):
                     if fixed is not None
                     else torch.multinomial(probs, size, replacement=True, generator=generator)
                 )
-            rows = self._render_chunks(size, generator, cond, known)
-            matrix, labels = rows.float().cpu().numpy(), None if cond is None else cond.cpu().numpy()
-            batch_seed = seed * 1_000_003 + batch_number
-            table = encoder.decode(
-                matrix,
-                labels,
-                seed=batch_seed,
-                rows=RowStream(stream.key, stream.first + start, stream.total),
-            )
+            drawn = self._render_chunks(size, generator, cond, known)
+            matrix, labels = drawn.float().cpu().numpy(), None if cond is None else cond.cpu().numpy()
+            table = encoder.decode(matrix, labels, seed=batch_seed, rows=place)
             table = self.text.fill(table, matrix, labels, batch_seed)
             for key, value in conditions.items():  # exactly the requested value, in the column's type
                 index = table.schema.get_field_index(key)
                 table = table.set_column(
                     index, table.schema.field(index), encoder.value_array(key, value, size)
                 )
-            yield _unpadded(table)
+            return self.constraints.inverse(_unpadded(table)) if self.constraints else _unpadded(table)
+
+        for batch_number, (start, stop) in enumerate(batched_indices(n, batch_size)):
+            place = RowStream(stream.key, stream.first + start, stream.total)
+            table = draw(stop - start, seed * 1_000_003 + batch_number, place)
+            if self.constraints.rejecting:
+                table = self._redrawn(table, draw, seed * 1_000_003 + batch_number, place, tally)
+            yield self.constraints.fixed(table, wanted) if self.constraints else table
+
+    def _redrawn(
+        self,
+        table: pa.Table,
+        draw: Callable[[int, int, RowStream], pa.Table],
+        batch_seed: int,
+        place: RowStream,
+        tally: dict[str, int] | None,
+    ) -> pa.Table:
+        """``table``'s rows that every rejecting rule takes, topped up with rows drawn again until
+        there are as many, at most :data:`MAX_DRAWS` times as many drawn in all; the columns made
+        fresh are then those of the rows' places (a pure function of the place, so no identifier
+        repeats)."""
+        size, drawn = table.num_rows, table.num_rows
+        parts = [table.filter(pa.array(self.constraints.accepted(table)))]
+        kept = parts[0].num_rows
+        while kept < size:
+            if drawn >= MAX_DRAWS * size:
+                rules = ", ".join(f"{rule.where} ({rule.label()})" for rule in self.constraints.rejecting)
+                raise DatasetError(
+                    f"{rules}: {kept} of {drawn} rows drawn follow it, fewer than 1 in {MAX_DRAWS}: give "
+                    "the rule a reverse_transform that repairs rows, or loosen it"
+                )
+            share = max(kept / drawn, 1 / MAX_DRAWS)
+            more = min(MAX_DRAWS * size - drawn, int(np.ceil((size - kept) / share * 1.1)))
+            # candidates' fresh columns are made for their own short run: the kept rows take their
+            # places' below
+            extra = draw(more, batch_seed + drawn * 7_919, RowStream(place.key, 0, more))
+            drawn += more
+            parts.append(extra.filter(pa.array(self.constraints.accepted(extra))))
+            kept += parts[-1].num_rows
+        table = pa.concat_tables(parts).slice(0, size)
+        for name, column in self.encoder.fresh(place, size).items():
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, table.schema.field(index), column)
+        if tally is not None:
+            tally["drawn"] = tally.get("drawn", 0) + drawn
+            tally["kept"] = tally.get("kept", 0) + size
+        return table
 
     def _render_chunks(
         self, size: int, generator: torch.Generator, cond: torch.Tensor | None, known: Known | None

@@ -48,6 +48,8 @@ def _context() -> Any:
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # GX sets INFO on import
+    import genai_pipeline.quality.constraint_check  # noqa: F401  registers expect_rows_to_follow_constraint
+
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     return context
@@ -102,10 +104,13 @@ def _tabular_expectations(
     schema: pa.Schema | None,
     private: bool,
     token: str | None,
+    computed: frozenset[str] = frozenset(),
 ) -> list[Any]:
     """Expectations of every column of ``schema`` (default: the table's): columns made fresh
     (identifiers, personal data) by their null share, type, uniqueness and format; the others by
-    the values of ``data``, the protected view of the real rows. ``private``: the model trains
+    the values of ``data``, the protected view of the real rows; those a constraint computes from
+    others (``computed``: a ship date as an order's date plus a gap) without their real range, which
+    they may pass where the rule says they are valid. ``private``: the model trains
     with differential privacy, whose text columns may come out as the protection ``token`` (whether
     a value was protected is not released) and whose numbers are drawn from noisy bins that may
     pass the real range (no numeric range or value set is expected then)."""
@@ -130,7 +135,8 @@ def _tabular_expectations(
             continue
         if (type_name := _gx_type_name(type_)) is not None:
             out.append(expect.ExpectColumnValuesToBeOfType(column=field.name, type_=type_name))
-        if is_numeric(type_) and not private:
+        fixed = not private and field.name not in computed
+        if is_numeric(type_) and fixed:
             bounds = pc.min_max(column)
             out.append(
                 expect.ExpectColumnValuesToBeBetween(
@@ -138,7 +144,7 @@ def _tabular_expectations(
                 )
             )
         values = pc.unique(column).drop_null().to_pylist()
-        few_numbers = pa.types.is_integer(type_) and len(values) <= DISCRETE_NUMBERS and not private
+        few_numbers = pa.types.is_integer(type_) and len(values) <= DISCRETE_NUMBERS and fixed
         if private and token is not None and is_categorical(type_) and not pa.types.is_boolean(type_):
             values += [token] if token not in values else []
         if (is_categorical(type_) and len(values) <= MAX_SET) or few_numbers:
@@ -263,32 +269,44 @@ def data_suite(
     schema: pa.Schema | None = None,
     private: bool = False,
     token: str | None = None,
+    computed: frozenset[str] = frozenset(),
 ) -> Any:
     """The part of a job's suite that is derived from its real data: saved with every run, and the
     file people review and edit (``validate.suite: saved``). A table's ``real`` is its protected
     view (``TableEncoder.public_view``), so the suite names no value fewer than ``min_rows`` rows
     hold; ``fresh`` are the columns made fresh (left out of the view) and ``schema`` the table's
     own, for the column list; ``private``: for a model trained with differential privacy, whose
-    protected categories decode to ``token`` (see :func:`_tabular_expectations`)."""
+    protected categories decode to ``token``; ``computed``: columns a constraint computes (see
+    :func:`_tabular_expectations`)."""
     import great_expectations as gx
 
     _context()  # suites need an active context
     expectations = (
-        _tabular_expectations(real, spec, fresh or {}, schema, private, token)
+        _tabular_expectations(real, spec, fresh or {}, schema, private, token, computed)
         if isinstance(real, TabularData)
         else _image_expectations(real.images, real.labels, tuple(real.label_names))
     )
     return gx.ExpectationSuite(name=name, expectations=expectations)
 
 
-def job_suite(base: Any, spec: ValidateSpec, conditions: dict[str, Any], modality: str) -> Any:
-    """The suite a run checks: the data's suite, the job's conditions, then the job's own
-    expectations, each replacing a data-derived one of the same type and column."""
+def job_suite(
+    base: Any,
+    spec: ValidateSpec,
+    conditions: dict[str, Any],
+    modality: str,
+    constraints: list[dict[str, Any]] | None = None,
+) -> Any:
+    """The suite a run checks: the data's suite, the job's conditions and constraints (as
+    :meth:`Constraints.checks` gives them), then the job's own expectations, each replacing a
+    data-derived one of the same type and column."""
     import great_expectations as gx
+
+    from genai_pipeline.quality.constraint_check import constraint_expectations
 
     _context()
     extras = [_extra_expectation(extra, i) for i, extra in enumerate(spec.expectations)]
     extras += _condition_expectations(conditions, modality)
+    extras += constraint_expectations(constraints or [])
     replaced = {_target(extra) for extra in extras}
     kept = [copy.deepcopy(item) for item in base.expectations if _target(item) not in replaced]
     suite = gx.ExpectationSuite(name=base.name)
@@ -338,6 +356,7 @@ def describe(result: Any, *, observed: bool = True) -> str:
     target = kwargs.get("column") or ",".join(
         str(kwargs[key]) for key in ("column_A", "column_B") if key in kwargs
     )
+    target = target or ",".join(map(str, kwargs.get("column_list") or []))
     seen = result.result.get("observed_value") if observed else None
     if seen is None and "unexpected_count" in result.result:
         seen = f"{result.result['unexpected_count']} unexpected"

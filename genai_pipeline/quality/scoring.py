@@ -72,6 +72,9 @@ class TablePrivacy:
     public: Callable[[pa.Table], pa.Table] | None = None
     sensitive: str | None = None  # what an attribute-inference attacker guesses (default: the target)
     private: bool = False  # the model trained with differential privacy
+    #: columns a constraint computes from others (a formula's): functions of published values, not
+    #: learned, so not compared with the rare real values
+    computed: frozenset[str] = frozenset()
 
     def learned(self, names: list[str]) -> list[str]:
         """The columns a model learns value by value (not made fresh, not text)."""
@@ -309,7 +312,12 @@ def _privacy_by_construction(
             present = synthetic.column(name).drop_null()
             rows.add("column", name, "unique_share", len(present.unique()) / max(len(present), 1))
     found, share = rare_real_values(
-        real, holdout, synthetic, protection=privacy.protection, roles=privacy.roles, private=privacy.private
+        real,
+        holdout,
+        synthetic.drop_columns([name for name in privacy.computed if name in synthetic.column_names]),
+        protection=privacy.protection,
+        roles=privacy.roles,
+        private=privacy.private,
     )
     for name, count in found.items():
         if count:  # a column's row only where construction failed: the table's share is always there
