@@ -465,7 +465,8 @@ def fit_loop(
         if holdout and evaluate is not None:
             loss = _mean_loss(evaluate, holdout, train.batch_size, modules)
             report.validation_loss = loss
-            report.curve.append([round(elapsed_before + time.monotonic() - started, 3), loss])
+            # to the millisecond, rounded down: a point is never past the training's seconds
+            report.curve.append([int((elapsed_before + time.monotonic() - started) * 1000) / 1000, loss])
             if loss < best_loss - 1e-6:
                 best_loss, stale_epochs = loss, 0
                 best_state = {key: _cpu_copy(module.state_dict()) for key, module in modules.items()}
