@@ -41,6 +41,7 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from genai_pipeline.columns import dense, is_numeric, value_type
 from genai_pipeline.errors import ConfigError, DatasetError
+from genai_pipeline.masking import SECRET_KEY
 from genai_pipeline.privacy.protection import protect_numbers
 from genai_pipeline.privacy.roles import ColumnRole
 from genai_pipeline.strict import StrictModel
@@ -161,7 +162,20 @@ class CustomSpec(StrictModel):
     kind: Literal["custom"]
     rule: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
     columns: list[ColumnName] = Field(min_length=1, description="the columns the rule reads and writes")
-    options: dict[str, Scalar | None] = Field(default_factory=dict)
+    options: dict[str, Scalar | None] = Field(
+        default_factory=dict, description="keyword arguments of the rule's class (published with the suite)"
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _no_secrets(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Options travel with the rule into the published suite: a secret has no place there."""
+        if secret := next((name for name in options if SECRET_KEY.search(name)), None):
+            raise ValueError(
+                f"{secret}: options are published with the suite; a rule reads its secrets from its "
+                "environment"
+            )
+        return options
 
 
 _KINDS: dict[str, type[StrictModel]] = {

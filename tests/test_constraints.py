@@ -12,9 +12,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import run_stages, tiny_job
+from conftest import BASE_JOB as BASE
+from conftest import run_stages, spec_error, tiny_job
 from orders_data import RULES, orders, rules
 
+from genai_pipeline import stages
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.constraints import MAX_DRAWS, Constraints, CustomRule
 from genai_pipeline.datasets import TabularData
@@ -162,7 +164,10 @@ def test_a_rule_the_real_rows_break_fails_naming_it_and_counting_rows_never_show
             [{"kind": "fixed_combinations", "columns": ["city", "ordered_at"]}],
             r"ordered_at is a number of \d+ values, learned as one; declare it a category",
         ),
-        ([{"kind": "fixed_combinations", "columns": ["city", "price"]}], "price is double: combinations are of"),
+        (
+            [{"kind": "fixed_combinations", "columns": ["city", "price"]}],
+            "price is double: combinations are of",
+        ),
         (
             [{"kind": "custom", "rule": "subprocess:Popen", "columns": ["city"]}],
             "is not a genai_pipeline.constraints.CustomRule",
@@ -339,3 +344,28 @@ def test_adherence_over_every_row_is_gated_and_a_broken_rule_publishes_nothing(t
     ):
         run_stages(Run(job=job, run_date="2026-02-03"))
     assert not list((tmp_path / "out" / "tiny").glob("data/**/*.parquet"))
+
+
+def test_a_rules_options_are_published_so_a_secret_is_refused_and_never_echoed() -> None:
+    rule = {"kind": "custom", "rule": "orders_data:NoReturnsInParis", "columns": ["city", "status"]}
+    message = spec_error(
+        {**BASE, "generate": {"constraints": [{**rule, "options": {"api_token": "s3cr3t"}}]}}
+    )
+    assert "options: api_token: options are published with the suite" in message and "s3cr3t" not in message
+
+
+def test_a_shard_found_staged_is_read_back_and_checked_again(tmp_path: Path) -> None:
+    source = tmp_path / "orders.parquet"
+    pq.write_table(orders(), source)
+    generate = {"num_samples": 300, "batch_size": 100, "shards": 2, "constraints": RULES}
+    run = Run(
+        job=tiny_job(str(source), "vae", str(tmp_path / "out"), generate=generate), run_date="2026-02-03"
+    )
+    dataset = stages.ingest(run)
+    model = stages.train(run, dataset=dataset)
+    first = stages.generate_shard(run, model=model, dataset=dataset, shard=1)
+    again = stages.generate_shard(run, model=model, dataset=dataset, shard=1)  # a retried task
+    assert again.seconds == 0.0 and again.num_samples == first.num_samples == 150
+    assert again.violations == first.violations == dict.fromkeys(first.violations, 0) and len(
+        first.violations
+    ) == len(RULES)
