@@ -375,6 +375,21 @@ class RunnerSpec(StrictModel):
 MAX_SAMPLES = 10_000_000_000
 
 
+class CompleteSpec(StrictModel):
+    """Partial rows for the model to complete: what-if scenarios, rows to fill in."""
+
+    uri: str = Field(min_length=1, description="a table (local path or s3://…; csv, jsonl or parquet)")
+    format: Literal["parquet", "csv", "jsonl"] | None = Field(
+        default=None, description="default: from the URI"
+    )
+    rows_per_seed: int = Field(default=1, ge=1, le=100_000, description="output rows drawn for each seed row")
+
+    @field_validator("uri")
+    @classmethod
+    def _readable_uri(cls, uri: str) -> str:
+        return readable_uri(uri)
+
+
 class GenerateSpec(StrictModel):
     """How many samples to generate, in which batches, under which conditions."""
 
@@ -412,6 +427,16 @@ class GenerateSpec(StrictModel):
     per_label: int | dict[ConditionValue, int] | None = Field(
         default=None, description="samples per label: N for every label, or {label: N}; replaces num_samples"
     )
+    complete: CompleteSpec | None = Field(
+        default=None,
+        description="seed rows: a table holding some of the dataset's columns (null where unknown), "
+        "each row completed by the model, the values given kept; replaces num_samples",
+    )
+    rebalance: dict[str, dict[ConditionValue, float]] = Field(
+        default_factory=dict,
+        description="one categorical column's shares of the rows, e.g. {income: {'>50K': 0.3}}: each "
+        "value named gets its share exactly; the other values share the rest as in the real data",
+    )
     constraints: list[ConstraintSpec] = Field(
         default_factory=list,
         max_length=100,
@@ -435,7 +460,33 @@ class GenerateSpec(StrictModel):
     def _one_way_to_count(self) -> GenerateSpec:
         if self.per_label is not None and "num_samples" in self.model_fields_set:
             raise ValueError("give num_samples or per_label, not both")
+        if self.rebalance and self.per_label is not None:
+            raise ValueError("rebalance: give shares (rebalance) or counts per label (per_label), not both")
+        if self.complete is not None:
+            asked = {
+                "num_samples": "num_samples" in self.model_fields_set,
+                "per_label": self.per_label is not None,
+                "rebalance": bool(self.rebalance),
+                "conditions": bool(self.conditions),
+                "constraints": bool(self.constraints),
+            }
+            if clash := next((name for name, given in asked.items() if given), None):
+                raise ValueError(f"complete: the seed rows say what is drawn; not with {clash} (yet)")
         return self
+
+    @field_validator("rebalance")
+    @classmethod
+    def _shares(cls, value: dict[str, dict[Any, float]]) -> dict[str, dict[Any, float]]:
+        if len(value) > 1:
+            raise ValueError("one column at a time")
+        for column, shares in value.items():
+            if not shares:
+                raise ValueError(f"{column}: give at least one value's share")
+            if bad := next((v for v, share in shares.items() if not 0 < share <= 1), None):
+                raise ValueError(f"{column}.{bad}: a share is above 0 and at most 1")
+            if sum(shares.values()) > 1 + 1e-9:
+                raise ValueError(f"{column}: the shares add up to {sum(shares.values()):g}, more than 1")
+        return value
 
 
 class ExpectationSpec(StrictModel):
@@ -741,6 +792,12 @@ class JobSpec(StrictModel):
     def _constraints_on_a_table(self) -> JobSpec:
         if self.generate.constraints and self.dataset.modality == "image":
             raise ValueError("generate.constraints: rules are about a table's columns, not images")
+        if self.generate.complete is not None and self.dataset.modality == "image":
+            raise ValueError("generate.complete: seed rows complete a table, not images")
+        if self.generate.rebalance and self.dataset.modality == "image":
+            raise ValueError("generate.rebalance: per label, images take generate.per_label")
+        if clash := set(self.generate.rebalance) & set(self.generate.conditions):
+            raise ValueError(f"generate.rebalance.{clash.pop()}: the column is fixed by generate.conditions")
         return self
 
     @model_validator(mode="after")
@@ -761,6 +818,8 @@ class JobSpec(StrictModel):
             "generate.per_label": (self.generate.per_label is not None, "tables have no label"),
             "generate.conditions": (bool(self.generate.conditions), "not for several tables yet"),
             "generate.constraints": (bool(self.generate.constraints), "not for several tables yet"),
+            "generate.rebalance": (bool(self.generate.rebalance), "not for several tables yet"),
+            "generate.complete": (self.generate.complete is not None, "not for several tables yet"),
             "generate.shards": (
                 self.generate.shards > 1,
                 "several tables are generated in one stream, parents before their children",

@@ -31,10 +31,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from genai_pipeline.columns import dense
 from genai_pipeline.config import JobSpec
 from genai_pipeline.datasets.base import MAX_LABELS, ImageData
 from genai_pipeline.encoders.tabular import RowStream
@@ -45,6 +47,7 @@ from genai_pipeline.parquet import write_parquet
 from genai_pipeline.refs import ModelRef
 from genai_pipeline.runs import RUN_ID_KEY, Run, encode_partition_value
 from genai_pipeline.storage import Storage
+from genai_pipeline.training import batched_indices
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +88,54 @@ def _require_label(field: str, value: Any, labels: Sequence[Any] | None) -> None
         require_condition_values(field, value, list(labels), field=field, absent="does not occur in the data")
 
 
-def sampling_plan(job: JobSpec, labels: Sequence[Any] | None) -> Plan:
-    """``(conditions, count)`` pairs: one for the whole run, or one per label with ``per_label``.
+def value_counts(column: pa.ChunkedArray | pa.Array, min_rows: int) -> dict[Any, int]:
+    """The column's values that at least ``min_rows`` rows hold, with their counts (null as None):
+    those a model may be asked for (fewer rows' values it never learned)."""
+    counts = pc.value_counts(dense(column))
+    return {
+        value: count
+        for value, count in zip(
+            counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
+        )
+        if count >= min_rows
+    }
+
+
+def _largest_remainder(total: int, weights: dict[Any, float]) -> dict[Any, int]:
+    """``total`` split in proportion to ``weights`` in whole numbers adding up to it."""
+    scale = sum(weights.values())
+    exact = {key: total * weight / scale for key, weight in weights.items()}
+    counts = {key: int(np.floor(value)) for key, value in exact.items()}
+    for key in sorted(exact, key=lambda key: counts[key] - exact[key])[: total - sum(counts.values())]:
+        counts[key] += 1
+    return counts
+
+
+def rebalanced(
+    conditions: dict[str, Any], total: int, column: str, shares: dict[Any, float], real: dict[Any, int]
+) -> Plan:
+    """A part per value of ``column``: each value of ``shares`` its share of ``total``, the others
+    (``real``: their counts) the rest in their real proportions; a value must be one of ``real``."""
+    field, asked = f"generate.rebalance.{column}", {}
+    for value, share in shares.items():  # as the column has it: 1 for '1' from a YAML key
+        require_condition_values(
+            column, value, list(real), field=f"{field}.{value}", absent="does not occur in the data"
+        )
+        asked[next(item for item in real if value == item or str(value) == str(item))] = share
+    rest = {value: count for value, count in real.items() if value not in asked}
+    left = 1 - sum(asked.values())
+    if left > 1e-9 and not rest:
+        raise ConfigError(f"{field}: the shares leave {left:.0%} to other values, and there are none")
+    weights = {**asked, **{value: left * count / sum(rest.values()) for value, count in rest.items()}}
+    counts = _largest_remainder(total, {value: weight for value, weight in weights.items() if weight > 0})
+    return [({**conditions, column: value}, count) for value, count in counts.items() if count > 0]
+
+
+def sampling_plan(
+    job: JobSpec, labels: Sequence[Any] | None, frequencies: dict[Any, int] | None = None
+) -> Plan:
+    """``(conditions, count)`` pairs: one for the whole run, one per label with ``per_label``, or
+    one per value of the rebalanced column (``frequencies``: its values' real counts).
 
     Conditions and counts that name a label must name one of ``labels``, the data's (None: more
     than the schema lists, not checked); the model checks the other columns (``check_plan``).
@@ -94,6 +143,11 @@ def sampling_plan(job: JobSpec, labels: Sequence[Any] | None) -> Plan:
     conditions, label, per_label = model_conditions(job), label_key(job), job.generate.per_label
     if label in conditions:
         _require_label(f"generate.conditions.{label}", conditions[label], labels)
+    if job.generate.rebalance:
+        ((column, shares),) = job.generate.rebalance.items()
+        if frequencies is None:
+            raise ValueError("a rebalanced plan needs the column's real counts (frequencies=)")
+        return rebalanced(conditions, job.generate.num_samples, column, shares, frequencies)
     if per_label is None:
         return [(conditions, job.generate.num_samples)]
     if labels is not None and not labels:
@@ -119,13 +173,13 @@ def _share(count: int, shards: int, shard: int) -> int:
 
 
 def shard_plan(
-    job: JobSpec, labels: Sequence[Any] | None, shard: int
+    job: JobSpec, labels: Sequence[Any] | None, shard: int, frequencies: dict[Any, int] | None = None
 ) -> list[tuple[dict[str, Any], int, int, RowStream]]:
     """``(conditions, count, seed, rows)`` for one shard: its share of every part of the sampling
     plan, with a seed derived from the run's seed, the shard and the part, so a shard is
     reproducible on its own, and the rows of the run that share is (parts in order, each part's
     shards in order): what the columns made fresh depend on, so no two shards repeat an identifier."""
-    shards, plan = job.generate.shards, sampling_plan(job, labels)
+    shards, plan = job.generate.shards, sampling_plan(job, labels, frequencies)
     total = sum(count for _, count in plan)
     out, first = [], 0
     for part, (conditions, count) in enumerate(plan):
@@ -136,6 +190,27 @@ def shard_plan(
             out.append((conditions, share, seed, RowStream(job.generate_seed, first + before, total)))
         first += count
     return out
+
+
+def seed_shard(seeds: int, per_seed: int, shards: int, shard: int) -> tuple[int, int]:
+    """``(first, count)``: the seed rows one shard completes (the first shards take one more when
+    they do not divide), each ``per_seed`` times."""
+    return sum(_share(seeds, shards, other) for other in range(shard)), _share(seeds, shards, shard)
+
+
+def completed_batches(synthesizer: Any, seeds: pa.Table, job: JobSpec, shard: int) -> Iterator[pa.Table]:
+    """One shard's seed rows completed by the model (``generate.complete``), ``rows_per_seed``
+    rows each, in batches of ``generate.batch_size``, in the seed rows' order; each batch's rows
+    placed in the run (for the columns made fresh) and seeded by shard and batch."""
+    assert job.generate.complete is not None, "a job with seed rows (generate.complete)"
+    per_seed = job.generate.complete.rows_per_seed
+    total = seeds.num_rows * per_seed
+    first, count = seed_shard(seeds.num_rows, per_seed, job.generate.shards, shard)
+    indices = np.repeat(np.arange(first, first + count), per_seed)
+    for number, (start, stop) in enumerate(batched_indices(len(indices), job.generate.batch_size)):
+        seed = int(np.random.SeedSequence([job.generate_seed, shard, number]).generate_state(1)[0])
+        place = RowStream(job.generate_seed, first * per_seed + start, total)
+        yield synthesizer.fill_in(seeds.take(pa.array(indices[start:stop])), seed=seed, rows=place)
 
 
 def image_batch_size(

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import genai_pipeline
-from genai_pipeline.config import JobSpec, ValidateSpec
+from genai_pipeline.columns import dense, value_type
+from genai_pipeline.config import DatasetSpec, JobSpec, ValidateSpec
 from genai_pipeline.constraints import Constraints, identifiers
 from genai_pipeline.datasets.base import (
     Dataset,
@@ -39,22 +41,26 @@ from genai_pipeline.datasets.base import (
     split_holdout,
     write_snapshot,
 )
-from genai_pipeline.datasets.sources import read_source
+from genai_pipeline.datasets.sources import read_dataset, read_source
 from genai_pipeline.encoders.tabular import TableEncoder
-from genai_pipeline.errors import DatasetError, StorageError
+from genai_pipeline.errors import ConfigError, DatasetError, StorageError
 from genai_pipeline.generation import (
     check_label_folders,
+    completed_batches,
     image_batch_size,
     model_conditions,
     read_images,
     sample_rows,
     sampling_plan,
+    seed_shard,
     shard_plan,
     shared_model,
+    value_counts,
     write_images,
 )
 from genai_pipeline.models import model_class, model_config_for
 from genai_pipeline.models.base import sampling_precision
+from genai_pipeline.models.tabular import check_seed_columns
 from genai_pipeline.parquet import concat_parquet, write_parquet, write_table
 from genai_pipeline.privacy.protection import Protection
 from genai_pipeline.privacy.roles import ColumnRole, column_roles
@@ -128,10 +134,13 @@ def ingest(run: Run) -> DatasetRef:
     view = _PublicView.of(train_part)
     labels = label_values(view.shown)
     schema = describe_schema(data, labels=labels)
-    plan = sampling_plan(job, labels)
+    frequencies = _rebalanced_counts(run, view)
+    plan = sampling_plan(job, labels, frequencies)
     model_class(data.modality, job.model.family).check_plan(
         train_part, model_config_for(job), [conditions for conditions, _ in plan]
     )
+    if job.generate.complete is not None:  # the seed rows say how many rows are drawn
+        plan = [({}, _stage_seeds(run, view) * job.generate.complete.rows_per_seed)]
     suite = run.staged(run.suite_file)
     _stage_suite(run, data, view, sum(count for _, count in plan), suite, computed)
     snapshot, holdout_snapshot = run.private("input/dataset.parquet"), run.private("input/holdout.parquet")
@@ -163,6 +172,78 @@ def ingest(run: Run) -> DatasetRef:
         time.monotonic() - started,
     )
     return ref
+
+
+#: the rebalanced column's real counts, kept in the run's private area for its shards
+REBALANCE_COUNTS = "input/rebalance.json"
+#: the seed rows (``generate.complete``), as read and checked, in the run's private area
+SEED_ROWS = "input/seeds.parquet"
+
+
+def _stage_seeds(run: Run, view: _PublicView) -> int:
+    """Read the seed rows, check them against the data and the family, and keep them in the run's
+    private area for the shards (seed rows may be real ones: they are published only as the
+    columns of the rows completed from them, which the privacy checks then see). Their number."""
+    spec, job = run.job.generate.complete, run.job
+    assert spec is not None and view.encoder is not None, "seed rows complete a table"
+    cls = model_class("tabular", job.model.family)
+    if not cls.completes_rows:
+        raise ConfigError(
+            f"generate.complete: the {job.model.family} family cannot complete rows "
+            "(the autoregressive, VAE and diffusion families can)"
+        )
+    source = DatasetSpec(uri=spec.uri, format=spec.format, storage_options=job.dataset.storage_options)
+    seeds = read_dataset(source)
+    assert isinstance(seeds, TabularData), "the formats seed rows may have hold tables"
+    check_seed_columns(view.encoder, seeds.table.column_names)
+    schema = view.encoder.schema
+    columns = {}
+    for name in seeds.table.column_names:
+        wanted, given = value_type(schema.field(name).type), dense(seeds.table.column(name))
+        if pa.types.is_string(given.type) or pa.types.is_large_string(given.type):  # a blank cell: not given
+            given = pc.if_else(pc.equal(given, ""), pa.scalar(None, given.type), given)
+        try:
+            columns[name] = given.cast(wanted)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            raise DatasetError(
+                f"generate.complete: {spec.uri}: column {name!r} cannot be read as {wanted}"
+            ) from None
+    write_snapshot(TabularData(pa.table(columns)), run.workspace(), run.private(SEED_ROWS))
+    log.info("generate.complete: %d seed rows from %s", seeds.num_rows, spec.uri)
+    return seeds.num_rows
+
+
+def _rebalanced_counts(run: Run, view: _PublicView) -> dict[Any, int] | None:
+    """The counts of the values of ``generate.rebalance``'s column as a model may be asked for
+    them (its protected view: values fewer rows hold are not there), kept for the generate stage
+    in the run's private area (they are the real data's: never in what is published)."""
+    if not run.job.generate.rebalance:
+        return None
+    (column,) = run.job.generate.rebalance
+    field = f"generate.rebalance.{column}"
+    assert view.encoder is not None, "a rebalanced job is a table's"
+    codec = next((codec for codec in view.encoder.codecs if codec.name == column), None)
+    if codec is None:
+        raise ConfigError(f"{field}: no such column (columns: {', '.join(view.shown.table.column_names)})")
+    if codec.kind != "categorical":
+        raise ConfigError(
+            f"{field}: the column is learned as {'a number' if codec.kind == 'continuous' else codec.kind}, "
+            "not a category (declare it dataset.columns: {type: category})"
+        )
+    counts = value_counts(view.shown.table.column(column), 1)
+    run.workspace().write_bytes(
+        run.private(REBALANCE_COUNTS), json.dumps(list(counts.items()), default=str).encode()
+    )
+    return counts
+
+
+def _stored_counts(run: Run) -> dict[Any, int] | None:
+    """What :func:`_rebalanced_counts` kept."""
+    if not run.job.generate.rebalance:
+        return None
+    return {
+        value: count for value, count in json.loads(run.workspace().read_bytes(run.private(REBALANCE_COUNTS)))
+    }
 
 
 def _check_sensitive(sensitive: str | None, columns: list[str], roles: Mapping[str, ColumnRole]) -> None:
@@ -474,20 +555,12 @@ def generate_shard(run: Run, *, model: ModelRef, dataset: DatasetRef, shard: int
         return GeneratedRef(
             data_file=part, num_samples=rows, seconds=0.0, image_root=image_root, violations=violations
         )
-    plan = shard_plan(job, dataset.schema["labels"], shard)
-    if not plan:  # more shards than samples
-        return GeneratedRef(data_file=None, num_samples=0, seconds=0.0, image_root=image_root)
     synthesizer = shared_model(run.workspace(), model, resolve_device(job.train.device))
-    batch_size = job.generate.batch_size
-    if model.modality == "image":
-        batch_size = image_batch_size(batch_size, synthesizer.shape, job.generate.max_batch_mb)
-    started = time.monotonic()
     tally: dict[str, int] = {}
-    extra = {"tally": tally} if constrained else {}
-    batches = itertools.chain.from_iterable(
-        synthesizer.sample(count, conditions=conditions, seed=seed, batch_size=batch_size, rows=rows, **extra)
-        for conditions, count, seed, rows in plan
-    )
+    batches = _shard_batches(run, synthesizer, dataset, shard, tally if constrained else None)
+    if batches is None:  # more shards than samples
+        return GeneratedRef(data_file=None, num_samples=0, seconds=0.0, image_root=image_root)
+    started = time.monotonic()
     violations: dict[str, int] = {}
     if constrained:
         batches = _counted(batches, synthesizer.constraints, violations)
@@ -504,6 +577,32 @@ def generate_shard(run: Run, *, model: ModelRef, dataset: DatasetRef, shard: int
         image_root=image_root,
         violations=violations,
         drawn=tally.get("drawn", 0),
+    )
+
+
+def _shard_batches(
+    run: Run, synthesizer: Any, dataset: DatasetRef, shard: int, tally: dict[str, int] | None
+) -> Iterator[Any] | None:
+    """One shard's batches, drawn as they are written: its share of the sampling plan, or of the
+    seed rows to complete (``generate.complete``); None when it has nothing to draw. ``tally``
+    counts rows drawn again for a constraint (:meth:`TabularSynthesizer.sample`)."""
+    job = run.job
+    if job.generate.complete is not None:
+        seeds = read_snapshot(run.workspace(), run.private(SEED_ROWS), None)
+        assert isinstance(seeds, TabularData), "seed rows are a table"
+        if seed_shard(seeds.num_rows, 1, job.generate.shards, shard)[1] == 0:
+            return None
+        return completed_batches(synthesizer, seeds.table, job, shard)
+    plan = shard_plan(job, dataset.schema["labels"], shard, _stored_counts(run))
+    if not plan:
+        return None
+    batch_size = job.generate.batch_size
+    if dataset.modality == "image":
+        batch_size = image_batch_size(batch_size, synthesizer.shape, job.generate.max_batch_mb)
+    extra = {"tally": tally} if tally is not None else {}
+    return itertools.chain.from_iterable(
+        synthesizer.sample(count, conditions=conditions, seed=seed, batch_size=batch_size, rows=rows, **extra)
+        for conditions, count, seed, rows in plan
     )
 
 
@@ -641,6 +740,7 @@ def validate(
                 per_label=job.generate.per_label is not None,
                 seed=job.generate_seed,
                 max_pairs=spec.max_pairs,
+                rebalance=job.generate.rebalance,
                 privacy=TablePrivacy(
                     roles=real.roles or {},
                     protection=real.protection,
@@ -671,6 +771,12 @@ def validate(
         storage.put_folder(Path(docs), f"{quality}/data_docs")
     add_spent_budget(rows, model, spec, "table" if real.modality == "tabular" else "images")
     add_adherence(rows, generated)
+    if isinstance(real, TabularData):
+        add_shares(rows, job.generate.rebalance, sample)
+    if job.generate.complete is not None:
+        per_seed = job.generate.complete.rows_per_seed
+        rows.add("seed", None, "seed_rows_completed", generated.num_samples // per_seed)
+        rows.add("seed", None, "rows_per_seed", per_seed)
     return stage_verdict(
         run,
         rows,
@@ -682,6 +788,17 @@ def validate(
         expectations=gx_result.payload,
         **charts,
     )
+
+
+def add_shares(rows: MetricRows, rebalance: dict[str, dict[Any, float]], sample: pa.Table) -> None:
+    """Per value ``generate.rebalance`` names, its share of the validated rows and the share asked."""
+    for column, shares in rebalance.items():
+        values = [str(value) for value in dense(sample.column(column)).to_pylist()]
+        for value, share in shares.items():
+            rows.add(
+                "rebalance", f"{column}={value}", "share", values.count(str(value)) / max(len(values), 1)
+            )
+            rows.add("rebalance", f"{column}={value}", "share_asked", share)
 
 
 def add_adherence(rows: MetricRows, generated: GeneratedRef) -> None:

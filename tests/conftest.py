@@ -130,8 +130,10 @@ def tiny_job(uri: str, family: str, output: str, **sections: Any) -> JobSpec:
     }
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    if "per_label" in data["generate"]:
-        del data["generate"]["num_samples"]  # the two are exclusive
+    if {"per_label", "complete"} & set(data["generate"]) and "num_samples" not in sections.get(
+        "generate", {}
+    ):
+        del data["generate"]["num_samples"]  # they say how many rows are drawn
     return build_job(data, source="tiny-job")
 
 

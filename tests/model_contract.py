@@ -22,6 +22,7 @@ from orders_data import orders, rules
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets import BUILTINS, Dataset, ImageData, TabularData
+from genai_pipeline.encoders.tabular import RowStream
 from genai_pipeline.errors import ConfigError
 from genai_pipeline.models import ImageBatch, Synthesizer, load_model, model_class
 from genai_pipeline.models.tabular import TabularSynthesizer
@@ -187,6 +188,35 @@ class TableContract(ModelContract):
         assert again.equals(
             pa.concat_tables(constrained.sample(300, conditions=None, seed=5, batch_size=300))
         )
+
+    def test_seed_rows_are_completed_keeping_what_they_give(self, fitted: Synthesizer, data: Dataset) -> None:
+        assert isinstance(fitted, TabularSynthesizer) and isinstance(data, TabularData)
+        given = data.table.select(["species", "island", "bill_length_mm", "sex"]).slice(0, 60)
+        rng = np.random.default_rng(0)
+        hidden = {name: rng.random(60) < 0.4 for name in given.column_names}
+        seeds = pa.table(
+            {
+                name: pc.if_else(
+                    pa.array(hidden[name]), pa.scalar(None, given.column(name).type), given.column(name)
+                )
+                for name in given.column_names
+            }
+        )
+        if not fitted.completes_rows:
+            with pytest.raises(ConfigError, match="cannot complete rows"):
+                fitted.check_seeds(seeds.column_names)
+            return
+        fitted.check_seeds(seeds.column_names)
+        done = fitted.fill_in(seeds, seed=1, rows=RowStream(1, 0, 60))
+        assert done.schema.equals(data.table.schema) and done.num_rows == 60
+        for name in seeds.column_names:  # what a seed row gives comes back as it is, in its row
+            for wanted, got in zip(
+                seeds.column(name).to_pylist(), done.column(name).to_pylist(), strict=True
+            ):
+                assert wanted is None or wanted == got, name
+        assert done.column("species").null_count == 0  # a label not given is drawn
+        again = fitted.fill_in(seeds, seed=1, rows=RowStream(1, 0, 60))
+        assert again.equals(done)  # seeded
 
     def test_tables_keep_types_nulls_and_categories(self, mixed: Synthesizer) -> None:
         """Every column type a real table holds comes back with its type, nulls and categories."""

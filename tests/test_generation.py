@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,58 @@ def test_a_sampling_plan_is_one_part_or_one_per_label_and_names_known_labels(tmp
         sampling_plan(every, [])
     with pytest.raises(ConfigError, match="generate.per_label: the label has over 1000 values"):
         sampling_plan(every, None)  # the schema lists no more than that
+
+
+def test_a_rebalanced_plan_gives_each_value_named_its_share_and_the_rest_their_real_proportions(
+    tmp_path: Path,
+) -> None:
+    real = {"Biscoe": 168, "Dream": 124, "Torgersen": 52}
+
+    def plan(shares: dict, **generate: object) -> list:
+        job = tiny_job(
+            "builtin://penguins",
+            "vae",
+            str(tmp_path),
+            generate={"num_samples": 1001, "rebalance": {"island": shares}, **generate},
+        )
+        return sampling_plan(job, ["Adelie"], real)
+
+    parts = plan({"Torgersen": 0.3}, conditions={"sex": "female"})
+    assert parts == [
+        ({"sex": "female", "island": "Torgersen"}, 300),
+        ({"sex": "female", "island": "Biscoe"}, 403),  # 70% as 168 : 124
+        ({"sex": "female", "island": "Dream"}, 298),
+    ]
+    assert sum(count for _, count in plan({"Dream": 0.25, "Biscoe": 0.75})) == 1001
+    assert [part[0]["island"] for part in plan({"Dream": 0.25, "Biscoe": 0.75})] == ["Dream", "Biscoe"]
+    with pytest.raises(ConfigError, match="generate.rebalance.island.Atlantis: 'Atlantis' does not occur"):
+        plan({"Atlantis": 0.5})
+    with pytest.raises(ConfigError, match="the shares leave 50% to other values, and there are none"):
+        sampling_plan(
+            tiny_job("builtin://penguins", "vae", "out", generate={"rebalance": {"island": {"Dream": 0.5}}}),
+            [],
+            {"Dream": 3},
+        )
+    years = tiny_job("builtin://penguins", "vae", "out", generate={"rebalance": {"year": {"2009": 0.5}}})
+    assert sampling_plan(years, [], {2007: 10, 2008: 10, 2009: 10})[0] == (
+        {"year": 2009},
+        60,
+    )  # as the column has it
+    for generate, message in (
+        (
+            {"rebalance": {"island": {"Dream": 1.5}}},
+            "rebalance: island.Dream: a share is above 0 and at most 1",
+        ),
+        ({"rebalance": {"island": {"Dream": 0.7, "Biscoe": 0.6}}}, "the shares add up to 1.3, more than 1"),
+        ({"rebalance": {"island": {"Dream": 0.5}, "sex": {"male": 0.5}}}, "one column at a time"),
+        (
+            {"rebalance": {"island": {"Dream": 0.5}}, "conditions": {"island": "Dream"}},
+            "fixed by generate.conditions",
+        ),
+        ({"rebalance": {"species": {"Adelie": 0.5}}, "per_label": 3}, "give shares (rebalance) or counts"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            tiny_job("builtin://penguins", "vae", "out", generate=generate)
 
 
 def test_images_are_conditioned_by_label_whatever_the_label_column_is_called(tmp_path: Path) -> None:

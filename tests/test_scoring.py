@@ -41,6 +41,31 @@ def test_a_conditioned_table_run_is_compared_with_the_real_rows_that_meet_its_co
     assert "dcr_share" not in table  # no holdout, no privacy or utility
 
 
+def test_a_rebalanced_run_is_compared_with_real_rows_drawn_to_its_shares() -> None:
+    # "synthetic" rows that are real rows at the asked shares: half Torgersen, the rest as the real
+    torgersen = PENGUINS.filter(pc.equal(PENGUINS.column("island"), "Torgersen"))
+    others = PENGUINS.filter(pc.not_equal(PENGUINS.column("island"), "Torgersen"))
+    synthetic = pa.concat_tables([torgersen.take(pa.array(np.arange(292) % torgersen.num_rows)), others])
+    shapes = {}
+    for rebalance in ({}, {"island": {"Torgersen": 0.5}}):
+        rows = MetricRows("r", ValidateSpec())
+        score_tables(
+            rows,
+            PENGUINS,
+            None,
+            synthetic,
+            target="species",
+            conditions={},
+            per_label=False,
+            seed=0,
+            rebalance=rebalance,
+        )
+        shapes[bool(rebalance)] = _metrics(rows, "column")
+    assert "column_shape" not in shapes[True].get("island", {})  # the shares asked for: not a miss
+    # Torgersen's penguins are all Adelie: against the real rows as they are, species looks off
+    assert shapes[False]["species"]["column_shape"] < 0.8 < 0.9 < shapes[True]["species"]["column_shape"]
+
+
 def test_per_label_counts_leave_the_label_out_and_a_holdout_brings_privacy_and_utility() -> None:
     order = np.random.default_rng(0).permutation(PENGUINS.num_rows)
     train, holdout = PENGUINS.take(pa.array(order[100:])), PENGUINS.take(pa.array(order[:100]))

@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -540,3 +541,100 @@ def test_shards_are_combined_only_when_every_part_is_staged(tmp_path: Path) -> N
     with pytest.raises(StorageError, match=r"shards/part-00001\.parquet: a shard's data is missing"):
         stages.combine_shards(run, shards)
     assert not (tmp_path / "tiny" / run.staged(run.data_file)).exists()
+
+
+def test_a_rebalanced_run_publishes_the_shares_asked_and_keeps_the_real_counts_private(
+    tmp_path: Path,
+) -> None:
+    generate = {
+        "num_samples": 800,
+        "batch_size": 300,
+        "shards": 2,
+        "rebalance": {"island": {"Torgersen": 0.5}},
+    }
+    root = _penguins_run(tmp_path, "autoregressive", generate)
+    islands = pq.read_table(root / "data" / "run_date=2026-02-03").column("island").to_pylist()
+    assert islands.count("Torgersen") == 400  # exact: a part of the plan, not a draw
+    # the rest as Biscoe : Dream in the training rows (168 : 124 in all the real ones)
+    assert islands.count("Biscoe") + islands.count("Dream") == 400
+    assert islands.count("Biscoe") / 400 == pytest.approx(168 / 292, abs=0.02)
+    metrics = pq.read_table(next(root.glob("quality/**/metrics.parquet"))).to_pandas()
+    shares = metrics[metrics["scope"] == "rebalance"].set_index("metric")["value"]
+    assert shares["share"] == shares["share_asked"] == 0.5
+    # the real counts the plan was made from stay in the run's private area (gone with it), never
+    # in the output
+    assert not [path for path in root.rglob("*") if "rebalance" in path.name]
+    assert "168" not in (next(root.glob("_runs/*.json"))).read_text()
+    with pytest.raises(
+        ConfigError, match="generate.rebalance.body_mass_g: the column is learned as a number"
+    ):
+        stages.ingest(
+            Run(
+                job=tiny_job(
+                    "builtin://penguins",
+                    "vae",
+                    str(tmp_path / "o2"),
+                    generate={"rebalance": {"body_mass_g": {"3000": 0.5}}},
+                ),
+                run_date="2026-02-03",
+            )
+        )
+
+
+def test_seed_rows_are_completed_in_order_each_as_often_as_asked_keeping_what_they_give(
+    tmp_path: Path,
+) -> None:
+    seeds = pa.table(
+        {
+            "island": ["Dream", None, "Biscoe", None, "Torgersen"],
+            "body_mass_g": [None, 5000, None, None, 3500],
+            "sex": ["female", "male", None, None, "female"],
+        }
+    )
+    source = tmp_path / "seeds.csv"
+    seeds.to_pandas().to_csv(source, index=False)
+    generate = {"complete": {"uri": str(source), "rows_per_seed": 3}, "shards": 2, "batch_size": 4}
+    root = _penguins_run(tmp_path, "vae", generate)
+    done = pq.read_table(root / "data" / "run_date=2026-02-03")
+    assert done.num_rows == 15
+    for name in seeds.column_names:  # each seed row three times, in order, what it gives as it is
+        for wanted, got in zip(
+            np.repeat(seeds.column(name).to_pylist(), 3), done.column(name).to_pylist(), strict=True
+        ):
+            assert wanted is None or wanted == got, name
+    metrics = pq.read_table(next(root.glob("quality/**/metrics.parquet"))).to_pandas()
+    assert metrics.set_index("metric").loc["seed_rows_completed", "value"] == 5
+    for bad, message in (
+        (pa.table({"wingspan": [1.0]}), "the seed rows' column 'wingspan' is not the dataset's"),
+        (
+            pa.table({"island": ["Dream"], "body_mass_g": ["heavy"]}),
+            "column 'body_mass_g' cannot be read as int64",
+        ),
+        (pa.table({"island": pa.array([], pa.string())}), "bad.parquet: the table has no rows"),
+    ):
+        pq.write_table(bad, tmp_path / "bad.parquet")
+        complete = {"complete": {"uri": str(tmp_path / "bad.parquet")}}
+        with pytest.raises(DatasetError, match=message):
+            stages.ingest(
+                Run(
+                    job=tiny_job("builtin://penguins", "vae", str(tmp_path / "o"), generate=complete),
+                    run_date="2026-02-03",
+                )
+            )
+    gan = tiny_job(
+        "builtin://penguins", "gan", str(tmp_path / "o"), generate={"complete": {"uri": str(source)}}
+    )
+    with pytest.raises(ConfigError, match="the gan family cannot complete rows"):
+        stages.ingest(Run(job=gan, run_date="2026-02-03"))
+    with pytest.raises(ConfigError, match="complete: the seed rows say what is drawn; not with num_samples"):
+        tiny_job(
+            "builtin://penguins", "vae", "o", generate={"complete": {"uri": str(source)}, "num_samples": 5}
+        )
+
+
+def _penguins_run(tmp_path: Path, family: str, generate: dict) -> Path:
+    """A tiny penguins job with ``generate`` through the five stages; its output folder."""
+    validate = {"max_memorised_share": 1.0}  # a table this small, two epochs: not what is tested
+    job = tiny_job("builtin://penguins", family, str(tmp_path / "out"), generate=generate, validate=validate)
+    run_stages(Run(job=job, run_date="2026-02-03"))
+    return tmp_path / "out" / "tiny"

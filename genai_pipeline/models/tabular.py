@@ -26,11 +26,13 @@ from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from pydantic import Field
 from scipy.special import ndtri
 from torch import nn
 
+from genai_pipeline.columns import dense, value_type
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.constraints import MAX_DRAWS, Constraints
 from genai_pipeline.datasets.base import Dataset, TabularData
@@ -277,6 +279,20 @@ def check_conditions(encoder: TableEncoder, conditions: Conditions, model: str, 
             encoder.value_array(key, value)
         except ValueError as exc:
             raise ConfigError(f"generate.conditions.{key}: {exc}") from None
+
+
+def check_seed_columns(encoder: TableEncoder, columns: Sequence[str]) -> None:
+    """Seed rows may give the learned columns, not those made fresh or written by a text model."""
+    names = [field.name for field in encoder.schema]
+    kinds = {codec.name: codec.kind for codec in encoder.codecs}
+    for name in columns:
+        if name not in names:
+            raise DatasetError(
+                f"generate.complete: the seed rows' column {name!r} is not the dataset's ({', '.join(names)})"
+            )
+        if kinds.get(name) in ("fresh", "text"):
+            what = "made fresh (an identifier or personal data)" if kinds[name] == "fresh" else "text"
+            raise DatasetError(f"generate.complete: {name} is {what}: the seed rows cannot give it")
 
 
 def _padded(data: Dataset) -> Dataset:
@@ -609,6 +625,74 @@ class TabularSynthesizer(Synthesizer):
                     self.render(None if cond is None else cond[begin:end], part, end - begin, generator)
                 )
         return torch.cat(parts) if parts else torch.zeros((0, self.encoder.width), device=self.device)
+
+    def check_seeds(self, columns: Sequence[str]) -> None:
+        """Seed rows holding ``columns`` can be completed by this model (:meth:`fill_in`)."""
+        if not self.completes_rows:
+            raise ConfigError(
+                f"generate.complete: the {self.name} cannot complete rows (the autoregressive, VAE and "
+                "diffusion families can)"
+            )
+        check_seed_columns(self.encoder, columns)
+
+    def fill_in(self, seeds: pa.Table, *, seed: int, rows: RowStream) -> pa.Table:
+        """A row for each row of ``seeds``, which holds some of the data columns, null where a value
+        is not given: the values given as they are, the others drawn by the model given them, row
+        by row. Rows are drawn in groups that give the same columns (one pass each); a label not
+        given is drawn given the row's known values (:meth:`LabelPrior.given`); ``rows`` places
+        the rows in the run, for the columns made fresh."""
+        for module in self.networks().values():
+            module.eval()
+        encoder, label = self.encoder, label_key(self.encoder)
+        names = list(seeds.column_names)
+        given = np.stack(
+            [seeds.column(name).is_valid().to_numpy(zero_copy_only=False) for name in names], axis=1
+        ).reshape(seeds.num_rows, len(names))
+        patterns, group = np.unique(given, axis=0, return_inverse=True)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        parts, order = [], []
+        for index, pattern in enumerate(patterns):
+            members = np.flatnonzero(group.reshape(-1) == index)
+            part = seeds.take(pa.array(members))
+            known_names = [
+                name for name, present in zip(names, pattern, strict=True) if present and name != label
+            ]
+            matrix, columns = encoder.encode_given(part.select(known_names))
+            cond = None
+            if self.labels:
+                if label in names and pattern[names.index(label)]:
+                    values = part.column(label).to_pylist()
+                    cond = np.asarray([encoder.condition_index(value) for value in values])
+                else:
+                    cond = np.asarray(
+                        [rng.choice(self.labels, p=self.prior.given(encoder, row, columns)) for row in matrix]
+                    )
+            known = None
+            if known_names:
+                known = Known(
+                    torch.from_numpy(matrix).to(self.device), torch.from_numpy(columns).to(self.device)
+                )
+            label_tensor = None if cond is None else torch.from_numpy(cond).to(self.device)
+            drawn = self._render_chunks(len(members), generator, label_tensor, known).float().cpu().numpy()
+            table = encoder.decode(drawn, cond, seed=seed + index, rows=RowStream(rows.key, 0, len(members)))
+            parts.append(self.text.fill(table, drawn, cond, seed + index))
+            order.append(members)
+        table = pa.concat_tables(parts).take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+        for name, column in encoder.fresh(rows, table.num_rows).items():
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, table.schema.field(index), column)
+        for name in names:  # the values given, as they are, in the column's type
+            index = table.schema.get_field_index(name)
+            field = table.schema.field(index)
+            wanted = dense(seeds.column(name)).cast(value_type(field.type))
+            kept = pc.if_else(wanted.is_valid(), wanted, dense(table.column(index)))
+            table = table.set_column(
+                index,
+                field,
+                kept.dictionary_encode().cast(field.type) if pa.types.is_dictionary(field.type) else kept,
+            )
+        return _unpadded(table)
 
     def complete(self, given: pa.Table, *, seed: int, rows: RowStream) -> pa.Table:
         """A row for each row of ``given``, which holds some of the data columns (the same in every

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from genai_pipeline.columns import is_categorical
+from genai_pipeline.columns import dense, is_categorical
 from genai_pipeline.datasets.base import ImageData
 from genai_pipeline.privacy.protection import Protection
 from genai_pipeline.privacy.roles import ColumnRole
@@ -119,6 +119,29 @@ def shape_reference(
     return reference, [name for name in real.column_names if name not in skipped]
 
 
+def rebalanced_reference(real: pa.Table, column: str, shares: Mapping[Any, float], seed: int) -> pa.Table:
+    """The real rows drawn again (seeded, with replacement, as many) so that ``column``'s values
+    have the shares ``generate.rebalance`` asked for, the others their real proportions of the
+    rest: what a rebalanced run's other columns are compared with (each value's rows as they are)."""
+    values = np.asarray([str(value) for value in dense(real.column(column)).to_pylist()], dtype=object)
+    names, counts = np.unique(values, return_counts=True)
+    asked = {str(value): share for value, share in shares.items()}
+    rest = sum(count for name, count in zip(names, counts, strict=True) if name not in asked)
+    left = max(0.0, 1 - sum(asked.values()))
+    target = {
+        name: asked.get(name, left * count / rest if rest else 0.0)
+        for name, count in zip(names, counts, strict=True)
+    }
+    weight = {name: target[name] / count for name, count in zip(names, counts, strict=True)}
+    probabilities = np.asarray([weight[value] for value in values], dtype=np.float64)
+    if probabilities.sum() <= 0:
+        return real
+    picked = np.random.default_rng(seed).choice(
+        real.num_rows, size=real.num_rows, replace=True, p=probabilities / probabilities.sum()
+    )
+    return real.take(pa.array(np.sort(picked)))
+
+
 def scored_pairs(pairs: list[tuple[str, str]], limit: int, seed: int) -> list[tuple[str, str]]:
     """The pairs whose trends are scored: all of them, or a seeded sample of ``limit`` in their own
     order (pairs grow with the square of the columns: 1,000 columns are half a million pairs)."""
@@ -141,9 +164,12 @@ def score_tables(
     seed: int,
     max_pairs: int = 1_000,
     privacy: TablePrivacy | None = None,
+    rebalance: Mapping[str, Mapping[Any, float]] | None = None,
 ) -> dict[str, Any]:
     """Fidelity, privacy and utility of a table run. ``target`` is the label/target column (the
-    utility model's), ``per_label`` whether the run fixed its counts per label; pair trends are
+    utility model's), ``per_label`` whether the run fixed its counts per label, ``rebalance`` the
+    shares it gave a column's values (its shapes and pair trends are then compared with real rows
+    drawn to those shares, :func:`rebalanced_reference`, without that column's own); pair trends are
     scored on at most ``max_pairs`` pairs (a seeded sample beyond). Columns made fresh, and text,
     are left out of the value-by-value metrics (``privacy``); every column is checked for real
     values fewer than ``min_rows`` rows hold. Returns the real (as they may be shown) and synthetic
@@ -152,7 +178,10 @@ def score_tables(
     learned = privacy.learned(real.column_names)
     real_all, synthetic_all = real, synthetic
     real, synthetic = real.select(learned), synthetic.select(learned)
-    reference, compared = shape_reference(real, conditions, {target} if per_label and target else set())
+    fixed = ({target} if per_label and target else set()) | set(rebalance or {})
+    reference, compared = shape_reference(real, conditions, fixed)
+    for column, shares in (rebalance or {}).items():
+        reference = rebalanced_reference(reference, column, shares, seed)
     shapes = column_shapes(reference.select(compared), synthetic)
     for name, score in shapes.items():
         rows.add("column", name, "column_shape", score)
@@ -187,7 +216,7 @@ def score_tables(
     rows.add("table", None, "memorised_share", scores.memorised_share)
     rows.add("table", None, "nndr", scores.nndr)
     rows.add("table", None, "holdout_nndr", scores.holdout_nndr)
-    fixed = set(conditions) | ({target} if per_label and target else set())
+    fixed = set(conditions) | fixed
     _attacks(rows, real, holdout, synthetic, privacy.sensitive or target, fixed=fixed, seed=seed)
     if target is None or target in conditions or len(learned) < 2:  # no feature to predict it from
         return charts
