@@ -390,6 +390,21 @@ class CompleteSpec(StrictModel):
         return readable_uri(uri)
 
 
+class FairnessSpec(StrictModel):
+    """Statistical parity: the target's distribution the same in every group of the sensitive columns."""
+
+    target: str = Field(min_length=1, description="the outcome, e.g. income")
+    sensitive: list[str] = Field(min_length=1, max_length=5, description="e.g. [sex, race]")
+
+    @model_validator(mode="after")
+    def _apart(self) -> FairnessSpec:
+        if self.target in self.sensitive:
+            raise ValueError(f"sensitive: {self.target} is the target")
+        if len(set(self.sensitive)) < len(self.sensitive):
+            raise ValueError("sensitive: a column is named twice")
+        return self
+
+
 class GenerateSpec(StrictModel):
     """How many samples to generate, in which batches, under which conditions."""
 
@@ -432,6 +447,11 @@ class GenerateSpec(StrictModel):
         description="seed rows: a table holding some of the dataset's columns (null where unknown), "
         "each row completed by the model, the values given kept; replaces num_samples",
     )
+    fairness: FairnessSpec | None = Field(
+        default=None,
+        description="{target, sensitive}: the target drawn independently of the sensitive columns "
+        "(statistical parity), each group and each target value as often as in the real rows",
+    )
     rebalance: dict[str, dict[ConditionValue, float]] = Field(
         default_factory=dict,
         description="one categorical column's shares of the rows, e.g. {income: {'>50K': 0.3}}: each "
@@ -462,11 +482,18 @@ class GenerateSpec(StrictModel):
             raise ValueError("give num_samples or per_label, not both")
         if self.rebalance and self.per_label is not None:
             raise ValueError("rebalance: give shares (rebalance) or counts per label (per_label), not both")
+        if self.fairness is not None:
+            shaped = {"per_label": self.per_label is not None, "rebalance": bool(self.rebalance)}
+            if clash := next((name for name, given in shaped.items() if given), None):
+                raise ValueError(f"fairness: the plan is the fair one; not with {clash}")
+            if fixed := {self.fairness.target, *self.fairness.sensitive} & set(self.conditions):
+                raise ValueError(f"fairness: {fixed.pop()} is fixed by conditions")
         if self.complete is not None:
             asked = {
                 "num_samples": "num_samples" in self.model_fields_set,
                 "per_label": self.per_label is not None,
                 "rebalance": bool(self.rebalance),
+                "fairness": self.fairness is not None,
                 "conditions": bool(self.conditions),
                 "constraints": bool(self.constraints),
             }
@@ -522,6 +549,7 @@ GatedMetric = Literal[
     "text_memorised",
     "text_consistency",
     "constraint_adherence",
+    "parity_gap",
 ]
 
 
@@ -606,6 +634,11 @@ class ValidateSpec(StrictModel):
         description="generate.constraints: the share of all generated rows that must follow each rule "
         "(they do by construction: a miss means something is broken)",
     )
+    max_parity_gap: OptionalShare = Field(
+        default=None,
+        description="generate.fairness: the most a target value's share may differ between the sensitive "
+        "groups of the output (always reported, with the real data's)",
+    )
     warn_on: list[GatedMetric] = Field(
         default_factory=lambda: ["dcr_share"],
         description="metrics whose miss publishes the run with a warning instead of failing it",
@@ -666,6 +699,7 @@ GATES: dict[str, str] = {
     "text_memorised": "max_text_memorised",
     "text_consistency": "min_text_consistency",
     "constraint_adherence": "min_constraint_adherence",
+    "parity_gap": "max_parity_gap",
 }
 
 
@@ -794,6 +828,8 @@ class JobSpec(StrictModel):
             raise ValueError("generate.constraints: rules are about a table's columns, not images")
         if self.generate.complete is not None and self.dataset.modality == "image":
             raise ValueError("generate.complete: seed rows complete a table, not images")
+        if self.generate.fairness is not None and self.dataset.modality == "image":
+            raise ValueError("generate.fairness: about a table's columns, not images")
         if self.generate.rebalance and self.dataset.modality == "image":
             raise ValueError("generate.rebalance: per label, images take generate.per_label")
         if clash := set(self.generate.rebalance) & set(self.generate.conditions):
@@ -819,6 +855,7 @@ class JobSpec(StrictModel):
             "generate.conditions": (bool(self.generate.conditions), "not for several tables yet"),
             "generate.constraints": (bool(self.generate.constraints), "not for several tables yet"),
             "generate.rebalance": (bool(self.generate.rebalance), "not for several tables yet"),
+            "generate.fairness": (self.generate.fairness is not None, "not for several tables yet"),
             "generate.complete": (self.generate.complete is not None, "not for several tables yet"),
             "generate.shards": (
                 self.generate.shards > 1,

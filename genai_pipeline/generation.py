@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -101,6 +102,70 @@ def value_counts(column: pa.ChunkedArray | pa.Array, min_rows: int) -> dict[Any,
     }
 
 
+@dataclass
+class PlanCounts:
+    """What a plan that reshapes the data's distribution is made from: the real counts of each
+    value of some columns (``marginal``), and of each combination of ``generate.fairness``'s
+    sensitive columns (``groups``). They are the real data's (as protected): kept in the run's
+    private area, never published."""
+
+    marginal: dict[str, dict[Any, int]] = field(default_factory=dict)
+    groups: list[tuple[tuple[Any, ...], int]] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        marginal = {column: list(counts.items()) for column, counts in self.marginal.items()}
+        return json.dumps({"marginal": marginal, "groups": self.groups}, default=str).encode()
+
+    @classmethod
+    def from_json(cls, blob: bytes) -> PlanCounts:
+        data = json.loads(blob)
+        marginal = {
+            column: {value: count for value, count in pairs} for column, pairs in data["marginal"].items()
+        }
+        return cls(marginal, [(tuple(values), count) for values, count in data["groups"]])
+
+
+def joint_counts(table: pa.Table, columns: Sequence[str]) -> list[tuple[tuple[Any, ...], int]]:
+    """Each combination of ``columns``' values in ``table`` with how many rows hold it."""
+    grouped = table.select(list(columns)).group_by(list(columns)).aggregate([([], "count_all")])
+    values = zip(*(grouped.column(name).to_pylist() for name in columns), strict=True)
+    return list(zip(values, grouped.column("count_all").to_pylist(), strict=True))
+
+
+#: a fair plan draws each sensitive group with each target value: at most this many parts
+MAX_FAIR_PARTS = 10_000
+
+
+def fair(
+    conditions: dict[str, Any],
+    total: int,
+    target: str,
+    sensitive: Sequence[str],
+    groups: list[tuple[tuple[Any, ...], int]],
+    outcomes: dict[Any, int],
+) -> Plan:
+    """Statistical parity: a part per sensitive group and target value, the group as often as in the
+    real rows and, within it, each target value as often as in all of them, so the target's
+    distribution is the same in every group (the other columns drawn given both)."""
+    if len(groups) * len(outcomes) > MAX_FAIR_PARTS:
+        raise ConfigError(
+            f"generate.fairness: {len(groups)} groups of {', '.join(sensitive)} × {len(outcomes)} values of "
+            f"{target}: more than {MAX_FAIR_PARTS:,} parts to draw"
+        )
+    people, rows = sum(count for _, count in groups), sum(outcomes.values())
+    weights = {
+        (group, value): count / people * share / rows
+        for group, count in groups
+        for value, share in outcomes.items()
+    }
+    counts = _largest_remainder(total, weights)
+    return [
+        ({**conditions, **dict(zip(sensitive, group, strict=True)), target: value}, count)
+        for (group, value), count in counts.items()
+        if count > 0
+    ]
+
+
 def _largest_remainder(total: int, weights: dict[Any, float]) -> dict[Any, int]:
     """``total`` split in proportion to ``weights`` in whole numbers adding up to it."""
     scale = sum(weights.values())
@@ -131,11 +196,10 @@ def rebalanced(
     return [({**conditions, column: value}, count) for value, count in counts.items() if count > 0]
 
 
-def sampling_plan(
-    job: JobSpec, labels: Sequence[Any] | None, frequencies: dict[Any, int] | None = None
-) -> Plan:
-    """``(conditions, count)`` pairs: one for the whole run, one per label with ``per_label``, or
-    one per value of the rebalanced column (``frequencies``: its values' real counts).
+def sampling_plan(job: JobSpec, labels: Sequence[Any] | None, counts: PlanCounts | None = None) -> Plan:
+    """``(conditions, count)`` pairs: one for the whole run, one per label with ``per_label``, one
+    per value of the rebalanced column, or one per sensitive group and target value for fairness
+    (``counts``: the real counts these are made from).
 
     Conditions and counts that name a label must name one of ``labels``, the data's (None: more
     than the schema lists, not checked); the model checks the other columns (``check_plan``).
@@ -143,11 +207,15 @@ def sampling_plan(
     conditions, label, per_label = model_conditions(job), label_key(job), job.generate.per_label
     if label in conditions:
         _require_label(f"generate.conditions.{label}", conditions[label], labels)
-    if job.generate.rebalance:
+    if job.generate.rebalance or job.generate.fairness:
+        if counts is None:
+            raise ValueError("a rebalanced or fair plan needs the real counts it is made from (counts=)")
+        total, fairness = job.generate.num_samples, job.generate.fairness
+        if fairness is not None:
+            target, sensitive = fairness.target, fairness.sensitive
+            return fair(conditions, total, target, sensitive, counts.groups, counts.marginal[target])
         ((column, shares),) = job.generate.rebalance.items()
-        if frequencies is None:
-            raise ValueError("a rebalanced plan needs the column's real counts (frequencies=)")
-        return rebalanced(conditions, job.generate.num_samples, column, shares, frequencies)
+        return rebalanced(conditions, total, column, shares, counts.marginal[column])
     if per_label is None:
         return [(conditions, job.generate.num_samples)]
     if labels is not None and not labels:
@@ -173,13 +241,13 @@ def _share(count: int, shards: int, shard: int) -> int:
 
 
 def shard_plan(
-    job: JobSpec, labels: Sequence[Any] | None, shard: int, frequencies: dict[Any, int] | None = None
+    job: JobSpec, labels: Sequence[Any] | None, shard: int, counts: PlanCounts | None = None
 ) -> list[tuple[dict[str, Any], int, int, RowStream]]:
     """``(conditions, count, seed, rows)`` for one shard: its share of every part of the sampling
     plan, with a seed derived from the run's seed, the shard and the part, so a shard is
     reproducible on its own, and the rows of the run that share is (parts in order, each part's
     shards in order): what the columns made fresh depend on, so no two shards repeat an identifier."""
-    shards, plan = job.generate.shards, sampling_plan(job, labels, frequencies)
+    shards, plan = job.generate.shards, sampling_plan(job, labels, counts)
     total = sum(count for _, count in plan)
     out, first = [], 0
     for part, (conditions, count) in enumerate(plan):

@@ -45,9 +45,11 @@ from genai_pipeline.datasets.sources import read_dataset, read_source
 from genai_pipeline.encoders.tabular import TableEncoder
 from genai_pipeline.errors import ConfigError, DatasetError, StorageError
 from genai_pipeline.generation import (
+    PlanCounts,
     check_label_folders,
     completed_batches,
     image_batch_size,
+    joint_counts,
     model_conditions,
     read_images,
     sample_rows,
@@ -79,6 +81,7 @@ from genai_pipeline.quality.gate import MetricRows, judge
 from genai_pipeline.quality.images import LabelClassifier, cached_classifier
 from genai_pipeline.quality.report import ReportInput, harden_pages, render_report
 from genai_pipeline.quality.scoring import TablePrivacy, score_images, score_tables
+from genai_pipeline.quality.tabular import parity_gap
 from genai_pipeline.refs import DatasetRef, GeneratedRef, ModelRef, PublishedRun, QualityVerdict
 from genai_pipeline.relational import ColumnSpec, declared, without_skipped
 from genai_pipeline.runs import LATEST_MODEL, PARTITION_KEY, RUN_ID_KEY, SAVED_SUITE, SOURCE_CACHE, Run
@@ -134,8 +137,7 @@ def ingest(run: Run) -> DatasetRef:
     view = _PublicView.of(train_part)
     labels = label_values(view.shown)
     schema = describe_schema(data, labels=labels)
-    frequencies = _rebalanced_counts(run, view)
-    plan = sampling_plan(job, labels, frequencies)
+    plan = sampling_plan(job, labels, _plan_counts(run, view))
     model_class(data.modality, job.model.family).check_plan(
         train_part, model_config_for(job), [conditions for conditions, _ in plan]
     )
@@ -174,8 +176,8 @@ def ingest(run: Run) -> DatasetRef:
     return ref
 
 
-#: the rebalanced column's real counts, kept in the run's private area for its shards
-REBALANCE_COUNTS = "input/rebalance.json"
+#: the real counts a rebalanced or fair plan is made from, kept in the run's private area for its shards
+PLAN_COUNTS = "input/plan_counts.json"
 #: the seed rows (``generate.complete``), as read and checked, in the run's private area
 SEED_ROWS = "input/seeds.parquet"
 
@@ -213,37 +215,46 @@ def _stage_seeds(run: Run, view: _PublicView) -> int:
     return seeds.num_rows
 
 
-def _rebalanced_counts(run: Run, view: _PublicView) -> dict[Any, int] | None:
-    """The counts of the values of ``generate.rebalance``'s column as a model may be asked for
-    them (its protected view: values fewer rows hold are not there), kept for the generate stage
-    in the run's private area (they are the real data's: never in what is published)."""
-    if not run.job.generate.rebalance:
+def _plan_counts(run: Run, view: _PublicView) -> PlanCounts | None:
+    """The real counts a rebalanced or fair plan is made from, as a model may be asked for the
+    values (the protected view: values fewer rows hold are not there): the rebalanced column's,
+    the fairness target's, and the fairness groups'. Kept for the generate stage in the run's
+    private area (they are the real data's: never in what is published)."""
+    generate = run.job.generate
+    columns = {f"generate.rebalance.{name}": name for name in generate.rebalance}
+    if generate.fairness is not None:
+        columns |= {"generate.fairness.target": generate.fairness.target}
+        columns |= {f"generate.fairness.sensitive.{name}": name for name in generate.fairness.sensitive}
+    if not columns:
         return None
-    (column,) = run.job.generate.rebalance
-    field = f"generate.rebalance.{column}"
-    assert view.encoder is not None, "a rebalanced job is a table's"
-    codec = next((codec for codec in view.encoder.codecs if codec.name == column), None)
-    if codec is None:
-        raise ConfigError(f"{field}: no such column (columns: {', '.join(view.shown.table.column_names)})")
-    if codec.kind != "categorical":
-        raise ConfigError(
-            f"{field}: the column is learned as {'a number' if codec.kind == 'continuous' else codec.kind}, "
-            "not a category (declare it dataset.columns: {type: category})"
-        )
-    counts = value_counts(view.shown.table.column(column), 1)
-    run.workspace().write_bytes(
-        run.private(REBALANCE_COUNTS), json.dumps(list(counts.items()), default=str).encode()
-    )
+    assert view.encoder is not None, "a plan of counts is a table's"
+    kinds = {codec.name: codec.kind for codec in view.encoder.codecs}
+    for where, name in columns.items():
+        if name not in kinds:
+            raise ConfigError(
+                f"{where}: no such column (columns: {', '.join(view.shown.table.column_names)})"
+            )
+        if kinds[name] != "categorical":
+            learned = "a number" if kinds[name] == "continuous" else kinds[name]
+            raise ConfigError(
+                f"{where}: the column is learned as {learned}, not a category "
+                f"(declare it dataset.columns: {{{name}: {{type: category}}}})"
+            )
+    table = view.shown.table
+    counts = PlanCounts({name: value_counts(table.column(name), 1) for name in columns.values()})
+    if generate.fairness is not None:  # a group fewer than min_rows rows hold is not drawn
+        threshold = Protection.from_spec(run.job.dataset.value_protection).threshold
+        groups = joint_counts(table, generate.fairness.sensitive)
+        counts.groups = [(group, count) for group, count in groups if count >= threshold]
+    run.workspace().write_bytes(run.private(PLAN_COUNTS), counts.to_json())
     return counts
 
 
-def _stored_counts(run: Run) -> dict[Any, int] | None:
-    """What :func:`_rebalanced_counts` kept."""
-    if not run.job.generate.rebalance:
+def _stored_counts(run: Run) -> PlanCounts | None:
+    """What :func:`_plan_counts` kept."""
+    if not (run.job.generate.rebalance or run.job.generate.fairness):
         return None
-    return {
-        value: count for value, count in json.loads(run.workspace().read_bytes(run.private(REBALANCE_COUNTS)))
-    }
+    return PlanCounts.from_json(run.workspace().read_bytes(run.private(PLAN_COUNTS)))
 
 
 def _check_sensitive(sensitive: str | None, columns: list[str], roles: Mapping[str, ColumnRole]) -> None:
@@ -773,6 +784,15 @@ def validate(
     add_adherence(rows, generated)
     if isinstance(real, TabularData):
         add_shares(rows, job.generate.rebalance, sample)
+        if (fairness := job.generate.fairness) is not None:
+            gaps = {"parity_gap_real": real.table, "parity_gap": sample}
+            for metric, table in gaps.items():
+                rows.add(
+                    "fairness",
+                    fairness.target,
+                    metric,
+                    parity_gap(table, fairness.target, fairness.sensitive),
+                )
     if job.generate.complete is not None:
         per_seed = job.generate.complete.rows_per_seed
         rows.add("seed", None, "seed_rows_completed", generated.num_samples // per_seed)

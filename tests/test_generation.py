@@ -16,6 +16,8 @@ from PIL import Image
 from genai_pipeline import generation, stages
 from genai_pipeline.errors import ConfigError, StorageError
 from genai_pipeline.generation import (
+    PlanCounts,
+    fair,
     image_batch_size,
     sample_rows,
     sampling_plan,
@@ -132,7 +134,7 @@ def test_a_rebalanced_plan_gives_each_value_named_its_share_and_the_rest_their_r
             str(tmp_path),
             generate={"num_samples": 1001, "rebalance": {"island": shares}, **generate},
         )
-        return sampling_plan(job, ["Adelie"], real)
+        return sampling_plan(job, ["Adelie"], PlanCounts({"island": real}))
 
     parts = plan({"Torgersen": 0.3}, conditions={"sex": "female"})
     assert parts == [
@@ -148,10 +150,10 @@ def test_a_rebalanced_plan_gives_each_value_named_its_share_and_the_rest_their_r
         sampling_plan(
             tiny_job("builtin://penguins", "vae", "out", generate={"rebalance": {"island": {"Dream": 0.5}}}),
             [],
-            {"Dream": 3},
+            PlanCounts({"island": {"Dream": 3}}),
         )
     years = tiny_job("builtin://penguins", "vae", "out", generate={"rebalance": {"year": {"2009": 0.5}}})
-    assert sampling_plan(years, [], {2007: 10, 2008: 10, 2009: 10})[0] == (
+    assert sampling_plan(years, [], PlanCounts({"year": {2007: 10, 2008: 10, 2009: 10}}))[0] == (
         {"year": 2009},
         60,
     )  # as the column has it
@@ -167,6 +169,35 @@ def test_a_rebalanced_plan_gives_each_value_named_its_share_and_the_rest_their_r
             "fixed by generate.conditions",
         ),
         ({"rebalance": {"species": {"Adelie": 0.5}}, "per_label": 3}, "give shares (rebalance) or counts"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            tiny_job("builtin://penguins", "vae", "out", generate=generate)
+
+
+def test_a_fair_plan_draws_every_group_with_the_targets_overall_distribution(tmp_path: Path) -> None:
+    groups = [(("female", "A"), 300), (("male", "A"), 600), (("male", "B"), 100)]
+    plan = fair({"island": "Dream"}, 1000, "income", ["sex", "race"], groups, {"low": 750, "high": 250})
+    assert sum(count for _, count in plan) == 1000
+    counts = {(part["sex"], part["race"], part["income"]): count for part, count in plan}
+    assert counts == {
+        ("female", "A", "low"): 225,
+        ("female", "A", "high"): 75,
+        ("male", "A", "low"): 450,
+        ("male", "A", "high"): 150,
+        ("male", "B", "low"): 75,
+        ("male", "B", "high"): 25,
+    }  # each group as in the real rows, a quarter "high" in each
+    assert all(part["island"] == "Dream" for part, _ in plan)
+    many = [((str(i),), 1) for i in range(5001)]
+    with pytest.raises(ConfigError, match="more than 10,000 parts to draw"):
+        fair({}, 10, "income", ["id"], many, {"low": 1, "high": 1})
+    for generate, message in (
+        ({"fairness": {"target": "sex", "sensitive": ["sex"]}}, "sensitive: sex is the target"),
+        ({"fairness": {"target": "species", "sensitive": ["sex"]}, "per_label": 3}, "not with per_label"),
+        (
+            {"fairness": {"target": "species", "sensitive": ["sex"]}, "conditions": {"sex": "male"}},
+            "sex is fixed",
+        ),
     ):
         with pytest.raises(ConfigError, match=re.escape(message)):
             tiny_job("builtin://penguins", "vae", "out", generate=generate)

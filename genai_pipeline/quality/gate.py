@@ -48,7 +48,8 @@ class MetricRows:
         return rows
 
     def add(self, scope: str, column: str | None, metric: str, value: float) -> None:
-        field = GATES.get(metric) if scope in ("table", "images", "relation", "text", "constraint") else None
+        gated = ("table", "images", "relation", "text", "constraint", "fairness")
+        field = GATES.get(metric) if scope in gated else None
         threshold = getattr(self.spec, field) if field else None
         bound = None if threshold is None else field.split("_", 1)[0]  # type: ignore[union-attr]
         passed = threshold is None or (value >= threshold if bound == "min" else value <= threshold)

@@ -7,7 +7,7 @@ categorical ones, over non-null values (null rates are checked separately by the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,3 +228,23 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     if keep.sum() < 2 or np.std(a[keep]) == 0 or np.std(b[keep]) == 0:
         return None
     return float(np.corrcoef(a[keep], b[keep])[0, 1])
+
+
+#: a sensitive group enters the parity gap with at least this many rows (smaller ones are noise)
+MIN_GROUP_ROWS = 30
+
+
+def parity_gap(table: pa.Table, target: str, sensitive: Sequence[str]) -> float:
+    """Statistical parity: over the target's values, the largest difference between two sensitive
+    groups (of :data:`MIN_GROUP_ROWS` rows or more) in the share of their rows holding that value.
+    0: the target's distribution is the same in every group."""
+    columns = [target, *sensitive]
+    frame = pa.table({name: pc.cast(dense(table.column(name)), pa.string()) for name in columns}).to_pandas()
+    frame = frame.fillna("\x00null")  # a null is a value of its own
+    sizes = frame.groupby(list(sensitive)).size()
+    groups = sizes[sizes >= MIN_GROUP_ROWS].index
+    if len(groups) < 2:
+        return 0.0
+    shares = frame.groupby(list(sensitive))[target].value_counts(normalize=True).unstack(fill_value=0.0)
+    shares = shares.loc[groups]
+    return float((shares.max() - shares.min()).max())
