@@ -241,6 +241,43 @@ def test_a_job_with_every_kind_of_constraint_publishes_rows_that_follow_them_all
     assert "constraint_adherence" in (quality / "report.html").read_text()
 
 
+def test_rebalanced_fair_and_seeded_jobs_publish_what_they_ask_for(tmp_path: Path) -> None:
+    shares = _run(
+        tiny_job(
+            "builtin://penguins",
+            "vae",
+            str(tmp_path / "r"),
+            generate={"num_samples": 400, "rebalance": {"island": {"Torgersen": 0.5}}},
+        )
+    )
+    islands = (
+        pq.read_table(tmp_path / "r" / "tiny" / "data" / f"run_date={RUN_DATE}").column("island").to_pylist()
+    )
+    assert shares["num_samples"] == 400 and islands.count("Torgersen") == 200
+    fairness = {"num_samples": 600, "fairness": {"target": "species", "sensitive": ["island"]}}
+    fair = _run(tiny_job("builtin://penguins", "vae", str(tmp_path / "f"), generate=fairness))
+    quality = tmp_path / "f" / "tiny" / "quality" / f"run_date={RUN_DATE}" / f"run={fair['run_id']}"
+    gaps = pq.read_table(quality / "metrics.parquet").to_pandas().set_index("metric")["value"]
+    assert gaps["parity_gap"] < 0.05 < 0.7 < gaps["parity_gap_real"]
+    seeds = Path(__file__).resolve().parents[1] / "deployments" / "jobs" / "seeds" / "penguins-what-if.csv"
+    complete = {"complete": {"uri": str(seeds), "rows_per_seed": 5}}
+    _run(
+        tiny_job(
+            "builtin://penguins",
+            "vae",
+            str(tmp_path / "s"),
+            generate=complete,
+            validate={"max_memorised_share": 1.0},
+        )
+    )
+    done = pq.read_table(tmp_path / "s" / "tiny" / "data" / f"run_date={RUN_DATE}").to_pandas()
+    assert (
+        len(done) == 20
+        and list(done["island"][:5]) == ["Dream"] * 5
+        and list(done["body_mass_g"][5:10]) == [5500] * 5
+    )
+
+
 def test_failed_gate_publishes_nothing(tmp_path: Path) -> None:
     impossible = {
         "expectations": [
