@@ -40,8 +40,11 @@ TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 #: what a column is, as a job may declare it (``dataset.columns``, or a table's ``columns``):
 #: identifiers and personal data are generated fresh, text is written by a language model trained
-#: on it (``models.text``), the last two override how a column is encoded
-ColumnType = Literal["id", "pii", "text", "category", "numeric"]
+#: on it (``models.text``), category and numeric override how a column is encoded, and datetime
+#: reads a column of dates written as text as dates
+ColumnType = Literal["id", "pii", "text", "category", "numeric", "datetime"]
+#: the strptime directives of a time of day: a format without them reads dates
+_TIME_OF_DAY = ("%H", "%I", "%M", "%S", "%f", "%p", "%T", "%R", "%c")
 
 
 class ColumnSpec(StrictModel):
@@ -50,7 +53,14 @@ class ColumnSpec(StrictModel):
     type: ColumnType | None = Field(
         default=None,
         description="id: generated fresh, same format, never a real value; pii: fresh personal data of "
-        "its kind; text: written by a language model trained on it; category/numeric: how it is encoded",
+        "its kind; text: written by a language model trained on it; category/numeric: how it is encoded; "
+        "datetime: dates or times written as text, read (and published) as dates or timestamps",
+    )
+    format: str | None = Field(
+        default=None,
+        min_length=2,
+        max_length=64,
+        description="datetime: a strptime format, e.g. '%d/%m/%Y' (default: ISO 8601)",
     )
     kind: str | None = Field(
         default=None, description="pii: email, phone, first_name, last_name, name, … (default: detected)"
@@ -71,7 +81,11 @@ class ColumnSpec(StrictModel):
         if self.skip and (self.type, self.kind, self.locale) != (None, None, None):
             raise ValueError("skip: true takes no type, kind or locale: the column is left out")
         if not self.skip and self.type is None:
-            raise ValueError("type: id, pii, text, category or numeric (or skip: true to leave it out)")
+            raise ValueError(
+                "type: id, pii, text, category, numeric or datetime (or skip: true to leave it out)"
+            )
+        if self.format is not None and (self.type != "datetime" or "%" not in self.format):
+            raise ValueError("format is a strptime format ('%d/%m/%Y') for type: datetime")
         if (self.kind is not None or self.locale is not None) and self.type != "pii":
             raise ValueError("kind and locale are for type: pii")
         if self.kind is not None:
@@ -144,19 +158,59 @@ class TableSpec(StrictModel):
 
 
 def declared(columns: Mapping[str, ColumnSpec]) -> dict[str, ColumnSpec]:
-    """The columns declared a type: those left out (``skip``) are not read at all."""
-    return {name: spec for name, spec in columns.items() if not spec.skip}
+    """The columns declared a role: those left out (``skip``) are not read at all, and dates written
+    as text are read as dates (:func:`as_declared`), a type rather than a role."""
+    return {name: spec for name, spec in columns.items() if not spec.skip and spec.type != "datetime"}
 
 
-def without_skipped(table: pa.Table, columns: Mapping[str, ColumnSpec], where: str) -> pa.Table:
-    """``table`` without the columns ``columns`` (declared at ``where``) leaves out; one that is not
-    there fails naming it, as a declared column that is not there does."""
+def as_declared(table: pa.Table, columns: Mapping[str, ColumnSpec], where: str) -> pa.Table:
+    """``table`` as ``columns`` (declared at ``where``) say: without the columns left out, and
+    with the columns of dates written as text read as dates (:func:`read_dates`). A column that is
+    not there fails naming it, as a declared column that is not there does."""
     skipped = [name for name, spec in columns.items() if spec.skip]
     if missing := [name for name in skipped if name not in table.column_names]:
         raise DatasetError(
             f"{where}.{missing[0]}: no such column to skip (columns: {', '.join(table.column_names)})"
         )
-    return table.drop_columns(skipped)
+    table = table.drop_columns(skipped)
+    for name, spec in columns.items():
+        if spec.type != "datetime":
+            continue
+        if name not in table.column_names:
+            raise DatasetError(f"{where}.{name}: no such column (columns: {', '.join(table.column_names)})")
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, name, read_dates(table.column(name), spec.format, f"{where}.{name}"))
+    return table
+
+
+def read_dates(column: pa.ChunkedArray, format_: str | None, where: str) -> pa.Array:
+    """A column of dates or times written as text, read as dates (a format without a time of day,
+    or ISO dates of ten characters) or as timestamps (µs); a column already of dates as it is. Text
+    that does not read fails naming the column and counting the values (never showing them)."""
+    array = column.combine_chunks()
+    array = array.cast(array.type.value_type) if pa.types.is_dictionary(array.type) else array
+    if pa.types.is_temporal(array.type):
+        return array
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        raise DatasetError(f"{where}: {array.type} values are not dates written as text")
+    text = pc.utf8_trim_whitespace(array)
+    text = pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text)
+    if format_ is not None:
+        parsed = pc.strptime(text, format=format_, unit="us", error_is_null=True)
+        dated = not any(directive in format_ for directive in _TIME_OF_DAY)
+    else:
+        try:
+            parsed = pc.cast(text, pa.timestamp("us"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DatasetError(
+                f"{where}: values are not ISO 8601 dates or times (2024-01-31, 2024-01-31 09:30:00): "
+                "give the column's format"
+            ) from None
+        lengths = pc.utf8_length(text.drop_null())
+        dated = len(lengths) > 0 and pc.all(pc.equal(lengths, 10)).as_py()
+    if failed := parsed.null_count - text.null_count:
+        raise DatasetError(f"{where}: {failed} value(s) do not read as {format_!r}")
+    return parsed.cast(pa.date32()) if dated else parsed
 
 
 @dataclass(frozen=True)

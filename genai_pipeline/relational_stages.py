@@ -68,7 +68,7 @@ from genai_pipeline.quality.report import TableSection, harden_pages
 from genai_pipeline.quality.scoring import TablePrivacy, score_tables
 from genai_pipeline.quality.tabular import overall_pair_trend
 from genai_pipeline.refs import DatasetRef, GeneratedRef, ModelRef, QualityVerdict
-from genai_pipeline.relational import Relations, TableSpec, check_keys, key_type, resolves, without_skipped
+from genai_pipeline.relational import Relations, TableSpec, as_declared, check_keys, key_type, resolves
 from genai_pipeline.runs import RUN_ID_KEY, SOURCE_CACHE, Run
 from genai_pipeline.stages import _check_schema, _PublicView, _stage_suite, add_spent_budget, stage_verdict
 from genai_pipeline.storage import Storage
@@ -182,7 +182,7 @@ def _read_table(run: Run, name: str, workspace: Storage) -> pa.Table:
     if not isinstance(data, TabularData):
         raise DatasetError(f"dataset.tables.{name}.uri: {data.modality} data, not a table")
     columns = (run.job.dataset.tables or {})[name].columns
-    table = without_skipped(data.table, columns, f"dataset.tables.{name}.columns")
+    table = as_declared(data.table, columns, f"dataset.tables.{name}.columns")
     run.check_columns(table.column_names, f"dataset.tables.{name}")
     return table
 

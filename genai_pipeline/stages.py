@@ -83,7 +83,7 @@ from genai_pipeline.quality.report import ReportInput, harden_pages, render_repo
 from genai_pipeline.quality.scoring import TablePrivacy, score_images, score_tables
 from genai_pipeline.quality.tabular import parity_gap
 from genai_pipeline.refs import DatasetRef, GeneratedRef, ModelRef, PublishedRun, QualityVerdict
-from genai_pipeline.relational import ColumnSpec, declared, without_skipped
+from genai_pipeline.relational import ColumnSpec, as_declared, declared
 from genai_pipeline.runs import LATEST_MODEL, PARTITION_KEY, RUN_ID_KEY, SAVED_SUITE, SOURCE_CACHE, Run
 from genai_pipeline.storage import Storage
 from genai_pipeline.summary import report_facts
@@ -120,7 +120,7 @@ def ingest(run: Run) -> DatasetRef:
     workspace = run.workspace()
     data = read_source(job.dataset, workspace, SOURCE_CACHE)
     if isinstance(data, TabularData):
-        data = replace(data, table=without_skipped(data.table, job.dataset.columns, "dataset.columns"))
+        data = replace(data, table=as_declared(data.table, job.dataset.columns, "dataset.columns"))
         run.check_columns(data.table.column_names, job.dataset.source)
     _check_schema(run, describe_schema(data), workspace)
     if isinstance(data, ImageData):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
 from conftest import run_stages, tiny_job, workspace_for
@@ -64,7 +65,7 @@ def test_a_warehouse_table_as_it_is_its_run_date_kept_as_data_and_a_column_left_
         tiny_job(str(source), "autoregressive", str(tmp_path / "out"), export={"partition_key": "label"})
     for columns, message in (
         ({"memo": {"skip": True, "type": "text"}}, "skip: true takes no type"),
-        ({"memo": {}}, "type: id, pii, text, category or numeric"),
+        ({"memo": {}}, "type: id, pii, text, category, numeric or datetime"),
         ({"amount": {"skip": True}}, "the label column is learned, it cannot be skipped"),
     ):
         with pytest.raises(ConfigError, match=message):
@@ -670,4 +671,38 @@ def test_a_fair_run_draws_the_target_alike_in_every_group_and_reports_the_gap_be
                 ),
                 run_date="2026-02-03",
             )
+        )
+
+
+def test_dates_written_as_text_are_learned_and_published_as_dates_when_declared(tmp_path: Path) -> None:
+    source = tmp_path / "orders.csv"
+    days = [f"{1 + i % 28:02d}/{1 + i % 12:02d}/2025" for i in range(200)]
+    amounts = [round(10 + (i * 7919 % 1000) / 37, 2) for i in range(200)]
+    pa.csv.write_csv(pa.table({"ordered": days, "amount": amounts}), source)
+    columns = {"ordered": {"type": "datetime", "format": "%d/%m/%Y"}}
+    job = tiny_job(
+        str(source),
+        "autoregressive",
+        str(tmp_path / "out"),
+        dataset={"columns": columns},
+        validate={"max_memorised_share": 1.0},
+    )
+    run_stages(Run(job=job, run_date="2026-02-03"))
+    out = pq.read_table(tmp_path / "out" / "tiny" / "data" / "run_date=2026-02-03")
+    assert out.schema.field("ordered").type == pa.date32()  # learned as dates, not as 200 strings
+    assert all(day.year == 2025 for day in out.column("ordered").to_pylist())
+    bad = tmp_path / "bad.csv"
+    pa.csv.write_csv(pa.table({"ordered": [*days[:-1], "yesterday"], "amount": amounts}), bad)
+    with pytest.raises(
+        DatasetError, match=r"dataset.columns.ordered: 1 value\(s\) do not read as '%d/%m/%Y'"
+    ):
+        stages.ingest(
+            Run(
+                job=tiny_job(str(bad), "vae", str(tmp_path / "o"), dataset={"columns": columns}),
+                run_date="2026-02-03",
+            )
+        )
+    with pytest.raises(ConfigError, match="format is a strptime format"):
+        tiny_job(
+            str(source), "vae", "o", dataset={"columns": {"ordered": {"type": "category", "format": "%Y"}}}
         )
