@@ -447,6 +447,12 @@ class GenerateSpec(StrictModel):
         description="seed rows: a table holding some of the dataset's columns (null where unknown), "
         "each row completed by the model, the values given kept; replaces num_samples",
     )
+    impute: list[str] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="columns never drawn null: their null is masked out of the model's draws, the rest "
+        "of each row drawn given a value (the real column's nulls are still learned from)",
+    )
     fairness: FairnessSpec | None = Field(
         default=None,
         description="{target, sensitive}: the target drawn independently of the sensitive columns "
@@ -494,6 +500,7 @@ class GenerateSpec(StrictModel):
                 "per_label": self.per_label is not None,
                 "rebalance": bool(self.rebalance),
                 "fairness": self.fairness is not None,
+                "impute": bool(self.impute),
                 "conditions": bool(self.conditions),
                 "constraints": bool(self.constraints),
             }
@@ -828,6 +835,8 @@ class JobSpec(StrictModel):
             raise ValueError("generate.constraints: rules are about a table's columns, not images")
         if self.generate.complete is not None and self.dataset.modality == "image":
             raise ValueError("generate.complete: seed rows complete a table, not images")
+        if self.generate.impute and self.dataset.modality == "image":
+            raise ValueError("generate.impute: about a table's columns, not images")
         if self.generate.fairness is not None and self.dataset.modality == "image":
             raise ValueError("generate.fairness: about a table's columns, not images")
         if self.generate.rebalance and self.dataset.modality == "image":
@@ -856,6 +865,7 @@ class JobSpec(StrictModel):
             "generate.constraints": (bool(self.generate.constraints), "not for several tables yet"),
             "generate.rebalance": (bool(self.generate.rebalance), "not for several tables yet"),
             "generate.fairness": (self.generate.fairness is not None, "not for several tables yet"),
+            "generate.impute": (bool(self.generate.impute), "not for several tables yet"),
             "generate.complete": (self.generate.complete is not None, "not for several tables yet"),
             "generate.shards": (
                 self.generate.shards > 1,

@@ -999,15 +999,16 @@ class Formula(Rule):
     def label(self) -> str:
         return f"formula {self.spec.column} = {self.spec.expression}"
 
-    def _computed(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """``(values, nulls)`` of the expression, rounded; null where an input is or it is not finite."""
+    def _computed(self, table: pa.Table, *, rounded: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``(values, nulls)`` of the expression, rounded (``rounded``) to the column's decimals; null
+        where an input is or it is not finite."""
         values, nulls = {}, np.zeros(table.num_rows, dtype=bool)
         for name in self.inputs:
             numbers = Numbers.of(table.column(name))
             values[name], nulls = numbers.values.astype(np.float64), nulls | numbers.nulls
         with np.errstate(all="ignore"):
             result = np.broadcast_to(_evaluate(self.tree, values), (table.num_rows,)).astype(np.float64)
-            if self.decimals is not None:
+            if rounded and self.decimals is not None:
                 result = np.round(result, self.decimals)
         nulls = nulls | ~np.isfinite(result)
         return np.where(nulls, 0.0, result), nulls
@@ -1043,11 +1044,9 @@ class Formula(Rule):
         return table.append_column(self.spec.column, column)
 
     def holds(self, table: pa.Table) -> np.ndarray:
-        decimals, self.decimals = self.decimals, None  # compare with the exact expression
-        try:
-            expected, nulls = self._computed(table)
-        finally:
-            self.decimals = decimals
+        # compared with the exact expression; nothing of the rule changes while it checks: shards
+        # running as threads share one model and its rules
+        expected, nulls = self._computed(table, rounded=False)
         actual = Numbers.of(table.column(self.spec.column))
         close = np.abs(actual.values.astype(np.float64) - expected) <= self._tolerance(expected)
         return close | (actual.nulls & nulls)

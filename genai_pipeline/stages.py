@@ -138,6 +138,7 @@ def ingest(run: Run) -> DatasetRef:
     labels = label_values(view.shown)
     schema = describe_schema(data, labels=labels)
     plan = sampling_plan(job, labels, _plan_counts(run, view))
+    _check_imputed(job.generate.impute, view)
     model_class(data.modality, job.model.family).check_plan(
         train_part, model_config_for(job), [conditions for conditions, _ in plan]
     )
@@ -213,6 +214,18 @@ def _stage_seeds(run: Run, view: _PublicView) -> int:
     write_snapshot(TabularData(pa.table(columns)), run.workspace(), run.private(SEED_ROWS))
     log.info("generate.complete: %d seed rows from %s", seeds.num_rows, spec.uri)
     return seeds.num_rows
+
+
+def _check_imputed(columns: list[str], view: _PublicView) -> None:
+    """``generate.impute`` names learned columns (those made fresh keep their real share of nulls,
+    text is written by its own model, and a column of nulls has no value to draw)."""
+    kinds = {codec.name: codec.kind for codec in view.encoder.codecs} if view.encoder is not None else {}
+    for name in columns:
+        if name not in kinds:
+            raise ConfigError(f"generate.impute: no column {name!r} (columns: {', '.join(kinds)})")
+        if kinds[name] not in ("continuous", "categorical"):
+            what = {"fresh": "made fresh", "text": "text", "null": "all null"}[kinds[name]]
+            raise ConfigError(f"generate.impute.{name}: the column is {what}: no value of it is drawn")
 
 
 def _plan_counts(run: Run, view: _PublicView) -> PlanCounts | None:
@@ -610,7 +623,9 @@ def _shard_batches(
     batch_size = job.generate.batch_size
     if dataset.modality == "image":
         batch_size = image_batch_size(batch_size, synthesizer.shape, job.generate.max_batch_mb)
-    extra = {"tally": tally} if tally is not None else {}
+    extra: dict[str, Any] = {"tally": tally} if tally is not None else {}
+    if job.generate.impute:
+        extra["impute"] = job.generate.impute
     return itertools.chain.from_iterable(
         synthesizer.sample(count, conditions=conditions, seed=seed, batch_size=batch_size, rows=rows, **extra)
         for conditions, count, seed, rows in plan
@@ -724,6 +739,7 @@ def validate(
         conditions,
         real.modality,
         constraints=rules.checks(),
+        imputed=job.generate.impute,
     )
     assert generated.data_file is not None, (
         "validate takes the run's data file (combine_shards), not a shard's"

@@ -189,6 +189,16 @@ class TableContract(ModelContract):
             pa.concat_tables(constrained.sample(300, conditions=None, seed=5, batch_size=300))
         )
 
+    def test_imputed_columns_are_never_drawn_null(self, fitted: Synthesizer) -> None:
+        drawn = pa.concat_tables(
+            fitted.sample(
+                600, conditions={"island": "Dream"}, seed=2, batch_size=250, impute=["sex", "bill_length_mm"]
+            )
+        )
+        assert drawn.column("sex").null_count == drawn.column("bill_length_mm").null_count == 0
+        assert set(drawn.column("island").to_pylist()) == {"Dream"}
+        assert set(drawn.column("sex").to_pylist()) <= {"female", "male"}
+
     def test_seed_rows_are_completed_keeping_what_they_give(self, fitted: Synthesizer, data: Dataset) -> None:
         assert isinstance(fitted, TabularSynthesizer) and isinstance(data, TabularData)
         given = data.table.select(["species", "island", "bill_length_mm", "sex"]).slice(0, 60)

@@ -369,3 +369,26 @@ def test_a_shard_found_staged_is_read_back_and_checked_again(tmp_path: Path) -> 
     assert again.violations == first.violations == dict.fromkeys(first.violations, 0) and len(
         first.violations
     ) == len(RULES)
+
+
+def test_rules_hold_no_state_while_shards_share_them_in_threads() -> None:
+    # shards running as threads share one model's rules: a check run beside a draw changed nothing
+    # of the rule (a formula's check once unset its rounding for a moment: totals came out unrounded)
+    from concurrent.futures import ThreadPoolExecutor
+
+    real = orders(2000)
+    constraints = fitted(real, RULES)
+    model_table = constraints.forward(real)
+
+    def draw(seed: int) -> bool:
+        drawn = constraints.inverse(hostile(model_table, seed))
+        cents = np.asarray(drawn.column("total").drop_null().to_pylist()) * 100
+        return bool(np.all(np.abs(cents - np.rint(cents)) < 1e-6))
+
+    def check(seed: int) -> int:
+        return sum(constraints.violations(real).values())
+
+    with ThreadPoolExecutor(4) as pool:
+        draws = [pool.submit(draw, seed) for seed in range(40)]
+        checks = [pool.submit(check, seed) for seed in range(200)]
+        assert all(future.result() for future in draws) and not any(future.result() for future in checks)

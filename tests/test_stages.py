@@ -706,3 +706,29 @@ def test_dates_written_as_text_are_learned_and_published_as_dates_when_declared(
         tiny_job(
             str(source), "vae", "o", dataset={"columns": {"ordered": {"type": "category", "format": "%Y"}}}
         )
+
+
+def test_imputed_columns_come_out_without_nulls_and_the_suite_expects_none(tmp_path: Path) -> None:
+    root = _penguins_run(tmp_path, "diffusion", {"num_samples": 500, "impute": ["sex", "body_mass_g"]})
+    out = pq.read_table(root / "data" / "run_date=2026-02-03")
+    assert out.column("sex").null_count == out.column("body_mass_g").null_count == 0
+    expectations = json.loads(next(root.glob("quality/**/expectations.json")).read_text())["results"][
+        "expectations"
+    ]
+    non_null = [
+        e
+        for e in expectations
+        if e["expectation_type"] == "expect_column_proportion_of_non_null_values_to_be_between"
+        and e["kwargs"]["column"] == "sex"
+    ]
+    assert [e["kwargs"]["min_value"] for e in non_null] == [1.0] and all(e["success"] for e in non_null)
+    for columns, message in ((["wingspan"], "no column 'wingspan'"),):
+        with pytest.raises(ConfigError, match=message):
+            stages.ingest(
+                Run(
+                    job=tiny_job(
+                        "builtin://penguins", "vae", str(tmp_path / "o"), generate={"impute": columns}
+                    ),
+                    run_date="2026-02-03",
+                )
+            )

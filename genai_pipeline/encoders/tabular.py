@@ -29,6 +29,7 @@ The fitted state is plain JSON (plus the serialised Arrow schema), never a pickl
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -547,6 +548,19 @@ class TableEncoder:
         return (
             repeated.dictionary_encode().cast(field.type) if pa.types.is_dictionary(field.type) else repeated
         )
+
+    def null_columns(self, names: Sequence[str]) -> np.ndarray:
+        """A mask over the matrix's columns: the null of each named column (a numeric's null flag, a
+        category's null category), which ``generate.impute`` keeps from being drawn."""
+        mask = np.zeros(self.width, dtype=bool)
+        for codec, offset in self.span_columns:
+            if codec.name not in names:
+                continue
+            if codec.kind == "continuous" and codec.has_nulls:
+                mask[offset + 2] = True  # the [present, null] span after the value
+            elif codec.kind == "categorical" and _NULL in (codec.categories or []):
+                mask[offset + (codec.categories or []).index(_NULL)] = True
+        return mask
 
     def encode_known(self, known: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """``(row, columns)``: a matrix row holding the known data columns' values (zeros elsewhere)

@@ -63,9 +63,13 @@ def sample_spans(
     spans: Sequence[Span],
     log_sigma: torch.Tensor | None,
     generator: torch.Generator,
+    banned: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw rows: Gaussian noise around continuous means, one-hot draws from softmax spans
-    (written into one preallocated matrix: no per-span tensors to concatenate)."""
+    (written into one preallocated matrix: no per-span tensors to concatenate); ``banned`` softmax
+    columns (a mask over the matrix's, ``Known.banned``) are never drawn."""
+    if banned is not None:
+        outputs = outputs.masked_fill(banned.to(outputs.device), float("-inf"))
     rows = outputs.new_zeros(outputs.shape, dtype=torch.float32)
     sigma_index = 0
     for span, cols in span_slices(spans):

@@ -86,10 +86,12 @@ class TabularModelConfig(ModelConfig):
 class Known:
     """Data columns fixed by a request: a matrix row holding their values (or a row for each row
     sampled, :meth:`TabularSynthesizer.complete`), and which columns they are (a mask over
-    :attr:`TableEncoder.span_columns`)."""
+    :attr:`TableEncoder.span_columns`); and the matrix columns no row may take (``banned``: the
+    null of a column ``generate.impute`` names, :meth:`TableEncoder.null_columns`)."""
 
     row: torch.Tensor
     columns: torch.Tensor
+    banned: torch.Tensor | None = None
 
 
 def column_tokens(codec: ColumnCodec, block: np.ndarray) -> np.ndarray:
@@ -522,11 +524,13 @@ class TabularSynthesizer(Synthesizer):
         batch_size: int,
         rows: RowStream | None = None,
         tally: dict[str, int] | None = None,
+        impute: Sequence[str] = (),
     ) -> Iterator[pa.Table]:
         """Batches of decoded rows with the input's schema; ``rows``: which rows of the run these
         are, for the columns made fresh (default: a run of these ``n`` rows, keyed by ``seed``).
         Rows a constraint refuses (:attr:`Constraints.rejecting`) are drawn again, ``tally``
-        counting the rows ``drawn`` and ``kept``."""
+        counting the rows ``drawn`` and ``kept``; the columns ``impute`` names are never drawn
+        null (their null is masked out of every draw, and the rest of the row drawn given that)."""
         stream = rows or RowStream(key=seed, first=0, total=n)
         wanted = dict(conditions or {})
         conditions = self.constraints.model_conditions(wanted)
@@ -537,8 +541,11 @@ class TabularSynthesizer(Synthesizer):
         label = label_key(encoder)
         others = {key: value for key, value in conditions.items() if key != label}
         row, columns = encoder.encode_known(others)
+        banned = torch.from_numpy(encoder.null_columns(impute)).to(device) if impute else None
         known = (
-            Known(torch.from_numpy(row).to(device), torch.from_numpy(columns).to(device)) if others else None
+            Known(torch.from_numpy(row).to(device), torch.from_numpy(columns).to(device), banned)
+            if others or impute
+            else None
         )
         generator = torch.Generator(device=device).manual_seed(seed)
         fixed = encoder.condition_index(conditions[label]) if label in conditions else None
@@ -620,7 +627,7 @@ class TabularSynthesizer(Synthesizer):
             for begin, end in batched_indices(size, chunk):
                 part = known
                 if known is not None and known.row.dim() == 2:
-                    part = Known(known.row[begin:end], known.columns)
+                    part = replace(known, row=known.row[begin:end])
                 parts.append(
                     self.render(None if cond is None else cond[begin:end], part, end - begin, generator)
                 )

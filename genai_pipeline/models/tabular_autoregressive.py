@@ -143,6 +143,18 @@ class TokenColumn:
         counts = torch.from_numpy(rows * share / share.sum())
         return torch.cat([counts, torch.zeros(self.vocab - len(self.lo), dtype=torch.float64)])
 
+    def banned_tokens(self, banned: torch.Tensor) -> torch.Tensor | None:
+        """The tokens of this column that a mask over the matrix's columns bans (its null: a
+        category's, or a numeric's last token), or None."""
+        if self.lo is None:
+            mask = banned[self.offset : self.offset + self.vocab]
+        elif self.codec.has_nulls:
+            mask = torch.zeros(self.vocab, dtype=torch.bool, device=banned.device)
+            mask[-1] = banned[self.offset + 2]
+        else:
+            return None
+        return mask if bool(mask.any()) else None
+
     def tokens(self, x: np.ndarray) -> np.ndarray:
         """Each row's token: its category, or its numeric bin (the last token meaning null)."""
         if self.lo is None:
@@ -320,10 +332,11 @@ class ColumnwiseNet(nn.Module):
         known: tuple[torch.Tensor, torch.Tensor] | None,
         size: int,
         generator: torch.Generator,
+        banned: list[torch.Tensor | None] | None = None,
     ) -> list[torch.Tensor]:
         """Draw every predicted column in turn, each from its head at temperature 1; ``known`` is
         ``(tokens, mask)`` over the predicted columns: those are given, not drawn (``tokens``: one
-        per column, or a row of them per column)."""
+        per column, or a row of them per column); ``banned``: per column, tokens never drawn."""
         context = self.embed.weight.new_zeros((size, self.embed.embedding_dim))
         if label is not None:
             context = context + self.embed(label)
@@ -339,6 +352,8 @@ class ColumnwiseNet(nn.Module):
                 drawn.append(given[k])
                 continue
             logits = head(self.hidden(context[None], slice(k, k + 1))[0])
+            if banned is not None and banned[k] is not None:
+                logits = logits.masked_fill(banned[k], float("-inf"))
             token = draw_categorical(logits, generator)
             drawn.append(token)
             context = context + self.embed(token + self.offsets[self.first + k])
@@ -436,7 +451,10 @@ class TabularAutoregressive(TabularSynthesizer):
             rows = known.row.reshape(-1, known.row.shape[-1]).cpu().numpy()
             tokens = torch.from_numpy(np.stack([column.tokens(rows) for column in self.columns]))
             given = ((tokens[:, 0] if len(rows) == 1 else tokens).to(self.device), known.columns)
-        drawn = self.net.sample(label, given, size, generator)
+        banned = None
+        if known is not None and known.banned is not None:  # generate.impute: a column's null token
+            banned = [column.banned_tokens(known.banned) for column in self.columns]
+        drawn = self.net.sample(label, given, size, generator, banned)
         return torch.cat(
             [column.render(tokens, generator) for column, tokens in zip(self.columns, drawn)], dim=1
         )

@@ -343,6 +343,11 @@ class TabularDiffusion(TabularSynthesizer):
             # one timestep for the whole chunk: its embedding is computed once and broadcast
             time = torch.tensor([t], device=self.device)
             prediction, logits = self.ema(x, tokens, time, labels, revealed)
+            if known is not None and known.banned is not None:  # generate.impute: no null drawn
+                logits = [
+                    span.masked_fill(known.banned[start : start + size], float("-inf"))
+                    for span, start, size in zip(logits, self.layout.starts, self.layout.sizes, strict=True)
+                ]
             x = self.schedule.angular_step(prediction, t, t_prev, x)
             tokens = self.masks.step(logits, t_prev, tokens, levels, generator)
         return self.layout.join(x, tokens)

@@ -437,7 +437,8 @@ class TabularGAN(TabularSynthesizer):
             if features[self.sampler.columns].any():  # a known discrete span: condition on its value
                 condition = self.sampler.draw_known(known, features, size, generator)
         cond = self.sampler.vector(condition, label, self.reveal.known_inputs(known, size, noise))
-        return sample_spans(self.ema(noise, cond), self.encoder.spans, None, generator)
+        banned = known.banned if known is not None else None
+        return sample_spans(self.ema(noise, cond), self.encoder.spans, None, generator, banned)
 
     @property
     def cond_width(self) -> int:

@@ -144,7 +144,10 @@ class TabularVAE(TabularSynthesizer):
     ) -> torch.Tensor:
         z = torch.randn((size, self.config.latent_dim), generator=generator, device=self.device)
         cond = self.net.condition(label, self.reveal.known_inputs(known, size, z))
-        return sample_spans(self.net.decode(z, cond), self.encoder.spans, self.net.log_sigma, generator)
+        banned = known.banned if known is not None else None
+        return sample_spans(
+            self.net.decode(z, cond), self.encoder.spans, self.net.log_sigma, generator, banned
+        )
 
     def family_networks(self) -> dict[str, nn.Module]:
         return {"net": self.net}

@@ -295,10 +295,12 @@ def job_suite(
     conditions: dict[str, Any],
     modality: str,
     constraints: list[dict[str, Any]] | None = None,
+    imputed: list[str] | None = None,
 ) -> Any:
     """The suite a run checks: the data's suite, the job's conditions and constraints (as
-    :meth:`Constraints.checks` gives them), then the job's own expectations, each replacing a
-    data-derived one of the same type and column."""
+    :meth:`Constraints.checks` gives them), the columns ``generate.impute`` names without a null,
+    then the job's own expectations, each replacing a data-derived one of the same type and column
+    (an imputed column's share of values the real one's)."""
     import great_expectations as gx
 
     from genai_pipeline.quality.constraint_check import constraint_expectations
@@ -307,6 +309,12 @@ def job_suite(
     extras = [_extra_expectation(extra, i) for i, extra in enumerate(spec.expectations)]
     extras += _condition_expectations(conditions, modality)
     extras += constraint_expectations(constraints or [])
+    extras += [
+        gx.expectations.ExpectColumnProportionOfNonNullValuesToBeBetween(
+            column=name, min_value=1.0, max_value=1.0
+        )
+        for name in imputed or []
+    ]
     replaced = {_target(extra) for extra in extras}
     kept = [copy.deepcopy(item) for item in base.expectations if _target(item) not in replaced]
     suite = gx.ExpectationSuite(name=base.name)
