@@ -53,6 +53,16 @@ def test_training_conditions_favour_rare_categories_and_meet_real_rows() -> None
     assert len(torch.unique(rows)) == 100  # every row that has its condition is drawn
 
 
+def test_sampling_conditions_never_ask_for_a_banned_category() -> None:
+    # generate.impute bans a column's null; the sampler's condition must not ask the generator for
+    # it (here: banning red, the most frequent of label "a")
+    sampler, _, _, encoder = labelled_sampler()
+    banned = torch.zeros(encoder.width, dtype=torch.bool)
+    banned[sampler.columns[2]] = True  # red
+    drawn = sampler.draw(torch.zeros(2000, dtype=torch.long), 2000, torch.Generator().manual_seed(0), banned)
+    assert set(drawn.tolist()) == {0}  # blue only: label "a" rows are red or blue
+
+
 def test_sampling_conditions_follow_the_label() -> None:
     sampler, *_ = labelled_sampler()
     generator = torch.Generator().manual_seed(0)

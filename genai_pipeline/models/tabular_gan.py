@@ -125,14 +125,24 @@ class CategorySampler(nn.Module):
         span = torch.randint(len(self.choices), (size,), device=self.counts.device)
         return self.choices[span, torch.multinomial(weights[span], 1)[:, 0]]
 
-    def draw(self, labels: torch.Tensor | None, size: int, generator: torch.Generator) -> torch.Tensor | None:
-        """A span for each row uniformly, then a category with its real frequency given the label."""
+    def draw(
+        self,
+        labels: torch.Tensor | None,
+        size: int,
+        generator: torch.Generator,
+        banned: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """A span for each row uniformly, then a category with its real frequency given the label;
+        never one of the ``banned`` matrix columns (``Known.banned``: an imputed column's null)."""
         if self.width == 0:
             return None
         device = self.counts.device
         span = torch.randint(len(self.choices), (size,), device=device, generator=generator)
         rows = torch.zeros(size, dtype=torch.long, device=device) if labels is None else labels
-        weights = F.pad(self.counts, (0, 1))[rows[:, None], self.choices[span]]
+        counts = self.counts
+        if banned is not None:
+            counts = counts.masked_fill(banned.to(device)[self.columns][None, :], 0.0)
+        weights = F.pad(counts, (0, 1))[rows[:, None], self.choices[span]]
         return self.choices[span, torch.multinomial(weights, 1, generator=generator)[:, 0]]
 
     def draw_known(
@@ -431,13 +441,13 @@ class TabularGAN(TabularSynthesizer):
         self, label: torch.Tensor | None, known: Known | None, size: int, generator: torch.Generator
     ) -> torch.Tensor:
         noise = torch.randn((size, self.config.noise_dim), generator=generator, device=self.device)
-        condition = self.sampler.draw(label, size, generator)
+        banned = known.banned if known is not None else None
+        condition = self.sampler.draw(label, size, generator, banned)
         if known is not None and condition is not None:
             features = self.reveal.features(known.columns[None])[0]
             if features[self.sampler.columns].any():  # a known discrete span: condition on its value
                 condition = self.sampler.draw_known(known, features, size, generator)
         cond = self.sampler.vector(condition, label, self.reveal.known_inputs(known, size, noise))
-        banned = known.banned if known is not None else None
         return sample_spans(self.ema(noise, cond), self.encoder.spans, None, generator, banned)
 
     @property
