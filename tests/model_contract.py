@@ -227,6 +227,10 @@ class TableContract(ModelContract):
         assert done.column("species").null_count == 0  # a label not given is drawn
         again = fitted.fill_in(seeds, seed=1, rows=RowStream(1, 0, 60))
         assert again.equals(done)  # seeded
+        # a label not given is drawn given the row: Torgersen's penguins are all Adelie
+        torgersen = pa.table({"island": ["Torgersen"] * 200})
+        species = fitted.fill_in(torgersen, seed=2, rows=RowStream(2, 0, 200)).column("species").to_pylist()
+        assert species.count("Adelie") > 180
 
     def test_tables_keep_types_nulls_and_categories(self, mixed: Synthesizer) -> None:
         """Every column type a real table holds comes back with its type, nulls and categories."""

@@ -149,15 +149,19 @@ class LabelPrior:
         :meth:`TableEncoder.encode_known` returns them."""
         if not known.any():
             return self.probs
-        log_probs = np.log(np.asarray(self.probs))
+        return self.given_rows(encoder, row[None], known)[0].tolist()
+
+    def given_rows(self, encoder: TableEncoder, rows: np.ndarray, known: np.ndarray) -> np.ndarray:
+        """:meth:`given` for each of ``rows`` (an encoded matrix) at once: ``(rows, labels)``."""
+        log_probs = np.tile(np.log(np.asarray(self.probs)), (len(rows), 1))
         for (codec, offset), is_known in zip(encoder.span_columns, known, strict=True):
             if is_known:
-                token = column_tokens(codec, row[None, offset : offset + sum(s.size for s in codec.spans)])[0]
+                tokens = column_tokens(codec, rows[:, offset : offset + sum(s.size for s in codec.spans)])
                 table = np.asarray(self.counts[codec.name]) + 0.5
-                token = min(int(token), table.shape[1] - 1)
-                log_probs += np.log(table[:, token] / table.sum(axis=1))
-        probs = np.exp(log_probs - log_probs.max())
-        return (probs / probs.sum()).tolist()
+                tokens = np.minimum(tokens.astype(np.int64), table.shape[1] - 1)
+                log_probs += np.log(table[:, tokens] / table.sum(axis=1, keepdims=True)).T
+        probs = np.exp(log_probs - log_probs.max(axis=1, keepdims=True))
+        return probs / probs.sum(axis=1, keepdims=True)
 
     def to_state(self) -> dict[str, Any]:
         return {"probs": self.probs, "counts": self.counts}
@@ -671,10 +675,10 @@ class TabularSynthesizer(Synthesizer):
                 if label in names and pattern[names.index(label)]:
                     values = part.column(label).to_pylist()
                     cond = np.asarray([encoder.condition_index(value) for value in values])
-                else:
-                    cond = np.asarray(
-                        [rng.choice(self.labels, p=self.prior.given(encoder, row, columns)) for row in matrix]
-                    )
+                else:  # each row's label from its distribution given the row's known values
+                    probs = self.prior.given_rows(encoder, matrix, columns)
+                    cond = (rng.random((len(matrix), 1)) > np.cumsum(probs, axis=1)).sum(axis=1)
+                    cond = np.minimum(cond, self.labels - 1)
             known = None
             if known_names:
                 known = Known(
