@@ -384,6 +384,8 @@ class CompleteSpec(StrictModel):
     )
     rows_per_seed: int = Field(default=1, ge=1, le=100_000, description="output rows drawn for each seed row")
 
+    _no_credentials = model_validator(mode="before")(refuse_url_credentials)
+
     @field_validator("uri")
     @classmethod
     def _readable_uri(cls, uri: str) -> str:

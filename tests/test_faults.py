@@ -160,6 +160,10 @@ def test_bad_job_values_fail_at_load_naming_the_field(
         ({"export": {"output": "s3://AKIAEXAMPLE:hunter2@bucket/out"}}, "export: output"),
         ({"export": {"output": "http://admin:hunter2@minio:9000/out"}}, "export: output"),
         (
+            {"generate": {"complete": {"uri": "s3://AKIAEXAMPLE:hunter2@bucket/seeds.csv"}}},
+            "generate.complete: uri",
+        ),
+        (
             {"generate": {"runner": {"kind": "dask", "address": "tcp://u:hunter2@scheduler:8786"}}},
             "generate.runner: address",
         ),
