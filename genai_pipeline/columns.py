@@ -9,6 +9,8 @@ as one.
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -73,3 +75,33 @@ def quantum(type_: pa.DataType) -> float:
     if pa.types.is_decimal(type_):
         return 10.0**-type_.scale
     return 0.0
+
+
+def from_float(values: np.ndarray, type_: pa.DataType, mask: np.ndarray) -> pa.Array:
+    """The inverse of :func:`to_float`, rounding where the type is integral."""
+    if pa.types.is_temporal(type_):
+        storage = pa.int32() if type_.bit_width == 32 else pa.int64()
+        ints = pa.array(np.rint(values).astype(np.int64), mask=mask).cast(storage)
+        return ints.view(type_)
+    if pa.types.is_integer(type_):
+        info = np.iinfo(type_.to_pandas_dtype())
+        high = float(info.max)  # 2**63 or 2**64 as a float: one past the range, which would wrap
+        high = np.nextafter(high, 0.0) if int(high) > info.max else high
+        values = np.clip(np.rint(values), info.min, high)
+        return pa.array(values.astype(type_.to_pandas_dtype()), type=type_, mask=mask)
+    return pc.cast(pa.array(values, type=pa.float64(), mask=mask), type_, safe=False)
+
+
+def encoded_as(array: pa.Array, type_: pa.DataType) -> pa.Array:
+    """``array`` (of ``type_``'s value type) as ``type_``: a dictionary column re-encoded."""
+    return array.dictionary_encode().cast(type_) if pa.types.is_dictionary(type_) else array
+
+
+def schema_to_text(schema: pa.Schema) -> str:
+    """A schema as JSON-able text (Arrow IPC, base64): what a model's state keeps of a table."""
+    return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+
+def schema_from_text(text: str) -> pa.Schema:
+    """:func:`schema_to_text`'s schema back."""
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))

@@ -39,7 +39,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from genai_pipeline.columns import dense, is_numeric, value_type
+from genai_pipeline.columns import (
+    dense,
+    encoded_as,
+    from_float,
+    is_numeric,
+    schema_from_text,
+    schema_to_text,
+    value_type,
+)
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.masking import SECRET_KEY
 from genai_pipeline.privacy.protection import protect_numbers
@@ -246,24 +254,16 @@ class Numbers:
 def _to_arrow(values: np.ndarray, nulls: np.ndarray, type_: pa.DataType) -> pa.Array:
     """Numbers back into a column of ``type_`` (dictionary types as their values' type)."""
     type_ = value_type(type_)
-    if pa.types.is_temporal(type_):
+    if values.dtype.kind == "f":  # as the encoder decodes floats, rounding where the type is integral
+        return from_float(values.astype(np.float64), type_, nulls)
+    if pa.types.is_temporal(type_):  # exact ticks: a float64 would round nanosecond timestamps
         storage = pa.int32() if type_.bit_width == 32 else pa.int64()
-        ints = np.rint(values).astype(np.int64) if values.dtype.kind == "f" else values.astype(np.int64)
-        return pa.array(ints, mask=nulls).cast(storage).view(type_)
+        return pa.array(values.astype(np.int64), mask=nulls).cast(storage).view(type_)
     if pa.types.is_integer(type_):
         info = np.iinfo(type_.to_pandas_dtype())
-        if values.dtype.kind == "f":
-            values = np.clip(np.rint(values), max(info.min, -(2.0**63)), min(info.max, 2.0**63 - 1024))
-        ints = np.clip(
-            values.astype(np.int64), max(info.min, np.iinfo(np.int64).min), min(info.max, 2**63 - 1)
-        )
+        ints = np.clip(values, max(info.min, np.iinfo(np.int64).min), min(info.max, np.iinfo(np.int64).max))
         return pa.array(ints.astype(type_.to_pandas_dtype()), type=type_, mask=nulls)
-    return pc.cast(pa.array(values.astype(np.float64), type=pa.float64(), mask=nulls), type_, safe=False)
-
-
-def _restored(array: pa.Array, type_: pa.DataType) -> pa.Array:
-    """``array`` (of ``type_``'s value type) as ``type_``: a dictionary column re-encoded."""
-    return array.dictionary_encode().cast(type_) if pa.types.is_dictionary(type_) else array
+    return from_float(values.astype(np.float64), type_, nulls)
 
 
 def _column(table: pa.Table, name: str, where: str) -> pa.ChunkedArray:
@@ -277,6 +277,16 @@ def _numeric(table: pa.Table, name: str, where: str) -> pa.DataType:
     if not is_numeric(type_):
         raise DatasetError(f"{where}: {name} is {type_}, not a number, date or time")
     return type_
+
+
+def _spliced(table: pa.Table, removed: Sequence[str], added: pa.Table) -> pa.Table:
+    """``table`` with ``removed``'s columns replaced by ``added``'s, where the first removed one was
+    (a rule's columns traded for those the model learns, and back)."""
+    at = table.schema.get_field_index(removed[0])
+    table = table.drop_columns(list(removed))
+    for offset, name in enumerate(added.column_names):
+        table = table.add_column(min(at + offset, table.num_columns), name, added.column(name))
+    return table
 
 
 def _replace(table: pa.Table, name: str, array: pa.Array) -> pa.Table:
@@ -351,8 +361,9 @@ class Rule(ABC):
         return int((~self.holds(table)).sum())
 
     def roles(self, roles: dict[str, ColumnRole]) -> dict[str, ColumnRole]:
-        """The roles of the model's table (those of removed columns gone, derived ones added)."""
-        return roles
+        """The roles of the model's table: those of the columns it does not learn as they are gone
+        (a rule that adds a column of a role of its own adds that)."""
+        return {name: role for name, role in roles.items() if name not in self.removed}
 
     def to_state(self) -> dict[str, Any]:
         """JSON-able: what :meth:`restore` needs besides the spec."""
@@ -524,6 +535,11 @@ class Bounds(Rule):
     def label(self) -> str:
         return f"{self.spec.kind} {' and '.join(step.text() for step in self.steps)}"
 
+    @property
+    def shared(self) -> str:
+        """The column a range between a column and a constant learns in place of its own."""
+        return f"__share__.{self.spec.column}"
+
     def _span(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A shared range's ``(low, high, nulls)`` per row, in the rule's units."""
         low, low_nulls = self._bound(next(i for i, s in enumerate(self.steps) if s.sign > 0), table)
@@ -612,11 +628,19 @@ class Bounds(Rule):
         return values + step.sign * margin, base.nulls
 
     @staticmethod
-    def _enforce(step: _Step, target: Numbers, bound: np.ndarray) -> np.ndarray:
+    def _outside(step: _Step, values: np.ndarray, bound: np.ndarray) -> np.ndarray:
+        """Per value, whether it breaks the step's bound (reaches it, when the step is strict)."""
+        signed, edge = (values, bound) if step.sign > 0 else (-values, -bound)
+        return signed <= edge if step.strict else signed < edge
+
+    @classmethod
+    def _enforce(cls, step: _Step, target: Numbers, bound: np.ndarray) -> np.ndarray:
         """The target's values moved inside their bound (strictly, when the step is strict): whole
         units for integers and dates, the column's float precision else."""
-        below = (lambda v, b: v <= b) if step.strict else (lambda v, b: v < b)
-        outside = (lambda v: below(v, bound)) if step.sign > 0 else (lambda v: below(-v, -bound))
+
+        def outside(values: np.ndarray) -> np.ndarray:
+            return cls._outside(step, values, bound)
+
         values = target.values
         if target.exact:
             edge = np.ceil(bound) if step.sign > 0 else np.floor(bound)
@@ -647,7 +671,7 @@ class Bounds(Rule):
                 share = np.where(span > 0, (target.values - low) / np.where(span > 0, span, 1), 0.0)
             array = pa.array(share, type=pa.float64(), mask=target.nulls | nulls)
             at = table.schema.get_field_index(self.spec.column)
-            return table.set_column(at, f"__share__.{self.spec.column}", array)
+            return table.set_column(at, self.shared, array)
         for step in reversed(self.steps):  # a step's base may be a later step's target
             if not step.rewrites:
                 continue
@@ -663,12 +687,12 @@ class Bounds(Rule):
 
     def inverse(self, table: pa.Table) -> pa.Table:
         if self.share:  # the column from its share of the way from low to high
-            share = Numbers.of(table.column(f"__share__.{self.spec.column}"))
+            share = Numbers.of(table.column(self.shared))
             low, high, nulls = self._span(table)
             values = self._inside(self.spec.column, low + np.clip(share.values, 0.0, 1.0) * (high - low))
             values = values / self.scales.get(self.spec.column, 1)
             nulls = share.nulls | nulls
-            at = table.schema.get_field_index(f"__share__.{self.spec.column}")
+            at = table.schema.get_field_index(self.shared)
             column = _to_arrow(np.where(nulls, 0.0, values), nulls, self.types[self.spec.column])
             table = table.set_column(at, self.spec.column, column)
         for index, step in enumerate(self.steps):
@@ -685,7 +709,7 @@ class Bounds(Rule):
             target = self._numbers(table, step.target)
             inside = np.where(bound_nulls, target.values, self._enforce(step, target, bound))
             column = _to_arrow(self._ticks(step, inside), target.nulls, type_)
-            table = _replace(table, step.target, _restored(column, table.schema.field(step.target).type))
+            table = _replace(table, step.target, encoded_as(column, table.schema.field(step.target).type))
         return table
 
     def holds(self, table: pa.Table) -> np.ndarray:
@@ -693,16 +717,8 @@ class Bounds(Rule):
         for index, step in enumerate(self.steps):
             bound, bound_nulls = self._bound(index, table)
             target = self._numbers(table, step.target)
-            values = target.values
-            if step.sign > 0:
-                good = values > bound if step.strict else values >= bound
-            else:
-                good = values < bound if step.strict else values <= bound
-            ok &= good | target.nulls | bound_nulls
+            ok &= ~self._outside(step, target.values, bound) | target.nulls | bound_nulls
         return ok
-
-    def roles(self, roles: dict[str, ColumnRole]) -> dict[str, ColumnRole]:
-        return {name: role for name, role in roles.items() if name not in self.removed}
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -711,7 +727,7 @@ class Bounds(Rule):
             "ranges": self.ranges,
             "margins": self.margins,
             "edges": self.edges,
-            "types": {name: str(type_) for name, type_ in self.types.items()},
+            "types": _types_to_state(self.types),
             "scales": self.scales,
             "unit_ns": self.unit_ns,
         }
@@ -719,23 +735,18 @@ class Bounds(Rule):
     def restore(self, state: dict[str, Any]) -> None:
         self.steps = [_Step(*step) for step in state["steps"]]
         self.margins, self.edges = list(state["margins"]), list(state["edges"])
-        self.types = {name: _type(text) for name, text in state["types"].items()}
+        self.types = _types_from_state(state["types"])
         self.scales, self.unit_ns, self.share = dict(state["scales"]), state["unit_ns"], state["share"]
         self.ranges = dict(state["ranges"])
 
 
-def _type(text: str) -> pa.DataType:
-    """An Arrow type back from its ``str``: the numeric and temporal types bounds work with."""
-    import re
+def _types_to_state(types: Mapping[str, pa.DataType]) -> str:
+    """Columns' types as JSON-able text (a schema's)."""
+    return schema_to_text(pa.schema(list(types.items())))
 
-    if match := re.fullmatch(r"timestamp\[(\w+)(?:, tz=(.+))?\]", text):
-        return pa.timestamp(match.group(1), tz=match.group(2))
-    if match := re.fullmatch(r"duration\[(\w+)\]", text):
-        return pa.duration(match.group(1))
-    if match := re.fullmatch(r"decimal128\((\d+), (\d+)\)", text):
-        return pa.decimal128(int(match.group(1)), int(match.group(2)))
-    aliases = {"float": "float32", "double": "float64", "halffloat": "float16"}
-    return pa.type_for_alias(aliases.get(text, text))
+
+def _types_from_state(text: str) -> dict[str, pa.DataType]:
+    return {field.name: field.type for field in schema_from_text(text)}
 
 
 class FixedCombinations(Rule):
@@ -748,6 +759,7 @@ class FixedCombinations(Rule):
         self.types: dict[str, pa.DataType] = {}
         self.common: list[str | None] = []
         self.combinations: list[list[str | None]] = []
+        self.allowed: frozenset[str] = frozenset()  # the combinations as :meth:`_keys` writes them
 
     @property
     def columns(self) -> list[str]:
@@ -819,14 +831,12 @@ class FixedCombinations(Rule):
                 "(dataset.value_protection.min_rows): there is nothing to learn"
             )
         self.common = json.loads(texts[int(np.argmax(counts))])
-        self.combinations = [json.loads(text) for text in kept]
+        self._combinations([json.loads(text) for text in kept])
 
     def forward(self, table: pa.Table) -> pa.Table:
         inverse, texts = self._keys(table)
         combined = pa.array(texts, pa.string()).take(pa.array(inverse))
-        first = table.schema.get_field_index(self.columns[0])
-        table = table.set_column(first, self.derived, combined)
-        return table.drop_columns(self.columns[1:])
+        return _spliced(table, self.columns, pa.table({self.derived: combined}))
 
     def inverse(self, table: pa.Table) -> pa.Table:
         encoded = pc.dictionary_encode(dense(table.column(self.derived)), null_encoding="encode")
@@ -838,25 +848,28 @@ class FixedCombinations(Rule):
                 parts = None
             valid = isinstance(parts, list) and len(parts) == len(self.columns)
             parsed.append(parts if valid else self.common)
-        indices = encoded.indices
-        at = table.schema.get_field_index(self.derived)
-        table = table.remove_column(at)
-        for offset, name in enumerate(self.columns):
-            values = pa.array([parts[offset] for parts in parsed], pa.string()).cast(self.types[name])
-            table = table.add_column(at + offset, name, values.take(indices))
-        return table
+        members = {
+            name: pa.array([parts[offset] for parts in parsed], pa.string())
+            .cast(self.types[name])
+            .take(encoded.indices)
+            for offset, name in enumerate(self.columns)
+        }
+        return _spliced(table, [self.derived], pa.table(members))
 
     def broken(self, table: pa.Table) -> int:
         return 0  # every real row holds a real combination (those few rows hold are not emitted)
 
+    def _combinations(self, combinations: list[list[str | None]]) -> None:
+        """The combinations the output may hold, and their texts, set once: every batch is checked."""
+        self.combinations = combinations
+        self.allowed = frozenset(json.dumps(parts) for parts in combinations)
+
     def holds(self, table: pa.Table) -> np.ndarray:
-        allowed = {json.dumps(parts) for parts in self.combinations}
         inverse, texts = self._keys(table)
-        return np.array([text in allowed for text in texts], dtype=bool)[inverse]
+        return np.array([text in self.allowed for text in texts], dtype=bool)[inverse]
 
     def roles(self, roles: dict[str, ColumnRole]) -> dict[str, ColumnRole]:
-        kept = {name: role for name, role in roles.items() if name not in self.columns}
-        return {**kept, self.derived: ColumnRole("category")}
+        return {**super().roles(roles), self.derived: ColumnRole("category")}
 
     @property
     def computed(self) -> list[str]:
@@ -887,19 +900,15 @@ class FixedCombinations(Rule):
 
     def to_state(self) -> dict[str, Any]:
         return {
-            "types": {name: str(type_) for name, type_ in self.types.items()},
+            "types": _types_to_state(self.types),
             "common": self.common,
             "combinations": self.combinations,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.types = {name: _category_type(text) for name, text in state["types"].items()}
-        self.common, self.combinations = state["common"], state["combinations"]
-
-
-def _category_type(text: str) -> pa.DataType:
-    aliases = {"string": pa.string(), "large_string": pa.large_string(), "bool": pa.bool_()}
-    return aliases[text] if text in aliases else _type(text)
+        self.types = _types_from_state(state["types"])
+        self.common = state["common"]
+        self._combinations(state["combinations"])
 
 
 # -- formulas ----------------------------------------------------------------------------------------
@@ -970,7 +979,7 @@ def _decimals(values: np.ndarray) -> int | None:
     """The fewest decimals every value is written with (None: more than 12, as floats are)."""
     for decimals in range(13):
         scaled = values * 10.0**decimals
-        if np.all(np.abs(scaled - np.rint(scaled)) <= 1e-6 * np.maximum(1.0, np.abs(scaled)) * 1e-3 + 1e-6):
+        if np.all(np.abs(scaled - np.rint(scaled)) <= 1e-9 * np.maximum(1.0, np.abs(scaled)) + 1e-6):
             return decimals
     return None
 
@@ -1052,10 +1061,10 @@ class Formula(Rule):
         return close | (actual.nulls & nulls)
 
     def to_state(self) -> dict[str, Any]:
-        return {"decimals": self.decimals, "type": str(self.type)}
+        return {"decimals": self.decimals, "type": _types_to_state({self.spec.column: self.type})}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.decimals, self.type = state["decimals"], _type(state["type"])
+        self.decimals, self.type = state["decimals"], _types_from_state(state["type"])[self.spec.column]
 
 
 class OneOf(Rule):
@@ -1096,7 +1105,7 @@ class OneOf(Rule):
     def inverse(self, table: pa.Table) -> pa.Table:
         name = self.spec.column
         column = dense(table.column(name))
-        outside = pc.invert(pc.fill_null(pc.is_in(column, value_set=self._allowed()), True))
+        outside = pa.array(~self.holds(table))
         if not pc.any(outside).as_py():
             return table
         if is_numeric(self.type) and not pa.types.is_temporal(self.type):
@@ -1109,7 +1118,7 @@ class OneOf(Rule):
             fixed = pc.if_else(outside, _to_arrow(nearest, values.nulls, self.type), column)
         else:
             fixed = pc.if_else(outside, pa.scalar(self.fallback, self.type), column)
-        return _replace(table, name, _restored(fixed, table.schema.field(name).type))
+        return _replace(table, name, encoded_as(fixed, table.schema.field(name).type))
 
     def holds(self, table: pa.Table) -> np.ndarray:
         column = dense(table.column(self.spec.column))
@@ -1117,13 +1126,13 @@ class OneOf(Rule):
         return inside.to_numpy(zero_copy_only=False)
 
     def to_state(self) -> dict[str, Any]:
-        return {"type": str(self.type), "fallback": self.fallback}
+        return {"type": _types_to_state({self.spec.column: self.type}), "fallback": self.fallback}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.type, self.fallback = _category_type(state["type"]), state["fallback"]
+        self.type, self.fallback = _types_from_state(state["type"])[self.spec.column], state["fallback"]
 
     def check_state(self) -> dict[str, Any]:
-        return {"type": str(self.type), "fallback": None}
+        return {**self.to_state(), "fallback": None}
 
 
 class Unique(Rule):
@@ -1234,23 +1243,14 @@ class Custom(Rule):
     def forward(self, table: pa.Table) -> pa.Table:
         if not self.derived:
             return table
-        part = self._call("transform", table.select(self.columns))
-        at = table.schema.get_field_index(self.columns[0])
-        table = table.drop_columns(self.columns)
-        for offset, name in enumerate(part.column_names):
-            table = table.add_column(min(at + offset, table.num_columns), name, part.column(name))
-        return table
+        return _spliced(table, self.columns, self._call("transform", table.select(self.columns)))
 
     def inverse(self, table: pa.Table) -> pa.Table:
         if not self.repairs:
             return table
         names = self.derived or self.columns
         part = self._call("reverse_transform", table.select(names))
-        at = table.schema.get_field_index(names[0])
-        table = table.drop_columns(names)
-        for offset, name in enumerate(self.columns):
-            table = table.add_column(min(at + offset, table.num_columns), name, part.column(name))
-        return table
+        return _spliced(table, names, part.select(self.columns))
 
     def holds(self, table: pa.Table) -> np.ndarray:
         valid = np.asarray(self._call("is_valid", table.select(self.columns)), dtype=bool).reshape(-1)
@@ -1259,9 +1259,6 @@ class Custom(Rule):
                 f"{self.where}: {self.spec.rule}.is_valid gave {len(valid)} values for {table.num_rows} rows"
             )
         return valid
-
-    def roles(self, roles: dict[str, ColumnRole]) -> dict[str, ColumnRole]:
-        return {name: role for name, role in roles.items() if name not in self.removed}
 
     def to_state(self) -> dict[str, Any]:
         return {"derived": self.derived}
@@ -1388,7 +1385,7 @@ class Constraints:
         for field in self.schema:
             column = table.column(field.name)
             if column.type != field.type:
-                column = _restored(dense(column).cast(value_type(field.type)), field.type)
+                column = encoded_as(dense(column).cast(value_type(field.type)), field.type)
             columns.append(column)
         return pa.table(columns, schema=self.schema)
 
@@ -1404,7 +1401,7 @@ class Constraints:
             index = table.schema.get_field_index(name)
             field = table.schema.field(index)
             table = table.set_column(
-                index, field, _restored(row.column(name).chunk(0).take(everywhere), field.type)
+                index, field, encoded_as(row.column(name).chunk(0).take(everywhere), field.type)
             )
         return table
 
@@ -1463,12 +1460,8 @@ class Constraints:
         return {name: row.column(name)[0].as_py() for name in row.column_names}
 
     def to_state(self) -> dict[str, Any]:
-        import base64
-
         return {
-            "schema": None
-            if self.schema is None
-            else base64.b64encode(self.schema.serialize().to_pybytes()).decode(),
+            "schema": None if self.schema is None else schema_to_text(self.schema),
             "rules": [
                 {"spec": spec.model_dump(mode="json"), "state": rule.to_state()}
                 for spec, rule in zip(self.specs, self.rules, strict=True)
@@ -1478,8 +1471,6 @@ class Constraints:
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> Constraints:
         """The fitted rules back (none for a model saved before constraints)."""
-        import base64
-
         if not state or not state["rules"]:
             return cls()
         adapter: Any = _SPECS
@@ -1487,7 +1478,7 @@ class Constraints:
         for rule, item in zip(constraints.rules, state["rules"], strict=True):
             rule.restore(item["state"])
         constraints.order = constraints._ordered()
-        constraints.schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(state["schema"])))
+        constraints.schema = schema_from_text(state["schema"])
         return constraints
 
     def checks(self) -> list[dict[str, Any]]:

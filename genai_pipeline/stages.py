@@ -62,7 +62,6 @@ from genai_pipeline.generation import (
 )
 from genai_pipeline.models import model_class, model_config_for
 from genai_pipeline.models.base import sampling_precision
-from genai_pipeline.models.tabular import check_seed_columns
 from genai_pipeline.parquet import concat_parquet, write_parquet, write_table
 from genai_pipeline.privacy.protection import Protection
 from genai_pipeline.privacy.roles import ColumnRole, column_roles
@@ -189,16 +188,12 @@ def _stage_seeds(run: Run, view: _PublicView) -> int:
     columns of the rows completed from them, which the privacy checks then see). Their number."""
     spec, job = run.job.generate.complete, run.job
     assert spec is not None and view.encoder is not None, "seed rows complete a table"
-    cls = model_class("tabular", job.model.family)
-    if not cls.completes_rows:
-        raise ConfigError(
-            f"generate.complete: the {job.model.family} family cannot complete rows "
-            "(the autoregressive, VAE and diffusion families can)"
-        )
+    family = model_class("tabular", job.model.family)
+    family.check_seeds(view.encoder, [])  # a family that cannot fails before the seeds are read
     source = DatasetSpec(uri=spec.uri, format=spec.format, storage_options=job.dataset.storage_options)
     seeds = read_dataset(source)
     assert isinstance(seeds, TabularData), "the formats seed rows may have hold tables"
-    check_seed_columns(view.encoder, seeds.table.column_names)
+    family.check_seeds(view.encoder, seeds.table.column_names)
     schema = view.encoder.schema
     columns = {}
     for name in seeds.table.column_names:
@@ -219,7 +214,7 @@ def _stage_seeds(run: Run, view: _PublicView) -> int:
 def _check_imputed(columns: list[str], view: _PublicView) -> None:
     """``generate.impute`` names learned columns (those made fresh keep their real share of nulls,
     text is written by its own model, and a column of nulls has no value to draw)."""
-    kinds = {codec.name: codec.kind for codec in view.encoder.codecs} if view.encoder is not None else {}
+    kinds = view.kinds
     for name in columns:
         if name not in kinds:
             raise ConfigError(f"generate.impute: no column {name!r} (columns: {', '.join(kinds)})")
@@ -240,8 +235,7 @@ def _plan_counts(run: Run, view: _PublicView) -> PlanCounts | None:
         columns |= {f"generate.fairness.sensitive.{name}": name for name in generate.fairness.sensitive}
     if not columns:
         return None
-    assert view.encoder is not None, "a plan of counts is a table's"
-    kinds = {codec.name: codec.kind for codec in view.encoder.codecs}
+    kinds = view.kinds
     for where, name in columns.items():
         if name not in kinds:
             raise ConfigError(
@@ -303,6 +297,11 @@ class _PublicView:
         text = [codec.name for codec in encoder.codecs if codec.kind == "text"]
         nulls = {name: data.table.column(name).null_count / max(data.num_rows, 1) for name in text}
         return cls(TabularData(encoder.public_view(data.table), data.label), encoder, nulls)
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """Per column, how a model learns it (its codec's kind: continuous, categorical, fresh…)."""
+        return {codec.name: codec.kind for codec in self.encoder.codecs} if self.encoder is not None else {}
 
     @property
     def protected(self) -> dict[str, int]:
@@ -638,9 +637,14 @@ def _counted(
     """The batches as they are, each checked against every constraint on its way to the file:
     ``violations`` adds up, per rule, the rows that break it."""
     for batch in batches:
-        for label, count in constraints.violations(batch).items():
-            violations[label] = violations.get(label, 0) + count
+        _add_counts(violations, constraints.violations(batch))
         yield batch
+
+
+def _add_counts(total: dict[str, int], counts: Mapping[str, int]) -> None:
+    """``counts`` added into ``total``, a key of none too (a rule no row broke is reported)."""
+    for key, count in counts.items():
+        total[key] = total.get(key, 0) + count
 
 
 def _violations(batches: Iterable[pa.Table], constraints: Constraints) -> dict[str, int]:
@@ -683,8 +687,7 @@ def combine_shards(run: Run, shards: list[GeneratedRef]) -> GeneratedRef:
     seconds = sum(ref.seconds for ref in shards)
     violations: dict[str, int] = {}
     for ref in shards:
-        for label, broken in ref.violations.items():
-            violations[label] = violations.get(label, 0) + broken
+        _add_counts(violations, ref.violations)
     log.info(
         "generated %d samples in %d shard(s), %.1f s of work (%.0f/s)",
         count,

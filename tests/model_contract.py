@@ -214,9 +214,9 @@ class TableContract(ModelContract):
         )
         if not fitted.completes_rows:
             with pytest.raises(ConfigError, match="cannot complete rows"):
-                fitted.check_seeds(seeds.column_names)
+                fitted.check_seeds(fitted.encoder, seeds.column_names)
             return
-        fitted.check_seeds(seeds.column_names)
+        fitted.check_seeds(fitted.encoder, seeds.column_names)
         done = fitted.fill_in(seeds, seed=1, rows=RowStream(1, 0, 60))
         assert done.schema.equals(data.table.schema) and done.num_rows == 60
         for name in seeds.column_names:  # what a seed row gives comes back as it is, in its row

@@ -28,7 +28,6 @@ The fitted state is plain JSON (plus the serialised Arrow schema), never a pickl
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -39,7 +38,18 @@ import pyarrow.compute as pc
 import torch
 from scipy.special import ndtr, ndtri
 
-from genai_pipeline.columns import dense, is_categorical, is_numeric, quantum, to_float, value_type
+from genai_pipeline.columns import (
+    dense,
+    encoded_as,
+    from_float,
+    is_categorical,
+    is_numeric,
+    quantum,
+    schema_from_text,
+    schema_to_text,
+    to_float,
+    value_type,
+)
 from genai_pipeline.privacy.dp import (
     CDF_HISTOGRAMS,
     StatisticsBudget,
@@ -79,21 +89,6 @@ class Span:
     column: str
     kind: SpanKind
     size: int
-
-
-def _from_float(values: np.ndarray, type_: pa.DataType, mask: np.ndarray) -> pa.Array:
-    """The inverse of :func:`to_float`, rounding where the type is integral."""
-    if pa.types.is_temporal(type_):
-        storage = pa.int32() if type_.bit_width == 32 else pa.int64()
-        ints = pa.array(np.rint(values).astype(np.int64), mask=mask).cast(storage)
-        return ints.view(type_)
-    if pa.types.is_integer(type_):
-        info = np.iinfo(type_.to_pandas_dtype())
-        high = float(info.max)  # 2**63 or 2**64 as a float: one past the range, which would wrap
-        high = np.nextafter(high, 0.0) if int(high) > info.max else high
-        values = np.clip(np.rint(values), info.min, high)
-        return pa.array(values.astype(type_.to_pandas_dtype()), type=type_, mask=mask)
-    return pc.cast(pa.array(values, type=pa.float64(), mask=mask), type_, safe=False)
 
 
 def _inverse_cdf(codec: ColumnCodec, probs: np.ndarray) -> np.ndarray:
@@ -545,9 +540,7 @@ class TableEncoder:
                     f"{value!r} is outside the range the model saw ({one.type} in [{low}, {high}])"
                 )
         repeated = one.take(pa.array(np.zeros(rows, dtype=np.int64)))
-        return (
-            repeated.dictionary_encode().cast(field.type) if pa.types.is_dictionary(field.type) else repeated
-        )
+        return encoded_as(repeated, field.type)
 
     def null_columns(self, names: Sequence[str]) -> np.ndarray:
         """A mask over the matrix's columns: the null of each named column (a numeric's null flag, a
@@ -615,7 +608,7 @@ class TableEncoder:
         if codec.kind in ("null", "text"):
             array = pa.nulls(len(mask), type=type_)
         elif is_numeric(type_):
-            array = _from_float(np.where(mask, 0.0, values).astype(np.float64), type_, mask)
+            array = from_float(np.where(mask, 0.0, values).astype(np.float64), type_, mask)
         else:
             array = pa.array(np.where(mask, None, values), type=type_, from_pandas=True)
         return self._dictionary_encoded(codec, array) if encode else array
@@ -623,7 +616,7 @@ class TableEncoder:
     def _dictionary_encoded(self, codec: ColumnCodec, array: pa.Array) -> pa.Array:
         """The array as the column's dictionary type, when the input had one."""
         field = self.schema.field(codec.name)
-        return array.dictionary_encode().cast(field.type) if pa.types.is_dictionary(field.type) else array
+        return encoded_as(array, field.type)
 
     def _decode_categorical(
         self, codec: ColumnCodec, index: np.ndarray, rng: np.random.Generator
@@ -698,12 +691,12 @@ class TableEncoder:
 
     def to_state(self) -> dict[str, Any]:
         return {
-            "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode(),
+            "schema": schema_to_text(self.schema),
             "condition": self.condition,
             "codecs": [vars(codec) for codec in self.codecs],
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> TableEncoder:
-        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(state["schema"])))
+        schema = schema_from_text(state["schema"])
         return cls([ColumnCodec(**codec) for codec in state["codecs"]], schema, state["condition"])

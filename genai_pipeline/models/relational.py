@@ -32,7 +32,6 @@ and their keys and counts kept.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -43,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from genai_pipeline.columns import dense, is_numeric, quantum, to_float
+from genai_pipeline.columns import dense, is_numeric, quantum, schema_from_text, schema_to_text, to_float
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import TabularData
 from genai_pipeline.encoders.tabular import RowStream
@@ -243,7 +242,7 @@ class RelationalModel:
         layouts = {
             name: {
                 **asdict(layout),
-                "schema": base64.b64encode(layout.schema.serialize().to_pybytes()).decode(),
+                "schema": schema_to_text(layout.schema),
             }
             for name, layout in self.layouts.items()
         }
@@ -265,7 +264,7 @@ class RelationalModel:
         )
         layouts = {}
         for name, layout in state["layouts"].items():
-            schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(layout["schema"])))
+            schema = schema_from_text(layout["schema"])
             layouts[name] = TableLayout(**{**layout, "schema": schema})
         models: dict[str, TabularSynthesizer | None] = {name: None for name in relations.order}
         for name in state["trained"]:

@@ -32,7 +32,7 @@ from pydantic import Field
 from scipy.special import ndtri
 from torch import nn
 
-from genai_pipeline.columns import dense, value_type
+from genai_pipeline.columns import dense, encoded_as, value_type
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.constraints import MAX_DRAWS, Constraints
 from genai_pipeline.datasets.base import Dataset, TabularData
@@ -611,13 +611,18 @@ class TabularSynthesizer(Synthesizer):
             drawn += more
             parts.append(extra.filter(pa.array(self.constraints.accepted(extra))))
             kept += parts[-1].num_rows
-        table = pa.concat_tables(parts).slice(0, size)
-        for name, column in self.encoder.fresh(place, size).items():
-            index = table.schema.get_field_index(name)
-            table = table.set_column(index, table.schema.field(index), column)
+        table = self._fresh_for(pa.concat_tables(parts).slice(0, size), place)
         if tally is not None:
             tally["drawn"] = tally.get("drawn", 0) + drawn
             tally["kept"] = tally.get("kept", 0) + size
+        return table
+
+    def _fresh_for(self, table: pa.Table, rows: RowStream) -> pa.Table:
+        """``table`` with the columns made fresh those of the run's ``rows`` it stands at: rows drawn
+        apart (again, or in groups) take their places' identifiers, which no other row repeats."""
+        for name, column in self.encoder.fresh(rows, table.num_rows).items():
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, table.schema.field(index), column)
         return table
 
     def _render_chunks(
@@ -637,14 +642,16 @@ class TabularSynthesizer(Synthesizer):
                 )
         return torch.cat(parts) if parts else torch.zeros((0, self.encoder.width), device=self.device)
 
-    def check_seeds(self, columns: Sequence[str]) -> None:
-        """Seed rows holding ``columns`` can be completed by this model (:meth:`fill_in`)."""
-        if not self.completes_rows:
+    @classmethod
+    def check_seeds(cls, encoder: TableEncoder, columns: Sequence[str]) -> None:
+        """Seed rows holding ``columns`` can be completed by this family (:meth:`fill_in`), with
+        ``encoder`` (the model's, or one fitted as it will be: ingest's public view)."""
+        if not cls.completes_rows:
             raise ConfigError(
-                f"generate.complete: the {self.name} cannot complete rows (the autoregressive, VAE and "
-                "diffusion families can)"
+                f"generate.complete: the {cls.family} family cannot complete rows (the autoregressive, "
+                "VAE and diffusion families can)"
             )
-        check_seed_columns(self.encoder, columns)
+        check_seed_columns(encoder, columns)
 
     def fill_in(self, seeds: pa.Table, *, seed: int, rows: RowStream) -> pa.Table:
         """A row for each row of ``seeds``, which holds some of the data columns, null where a value
@@ -689,20 +696,14 @@ class TabularSynthesizer(Synthesizer):
             table = encoder.decode(drawn, cond, seed=seed + index, rows=RowStream(rows.key, 0, len(members)))
             parts.append(self.text.fill(table, drawn, cond, seed + index))
             order.append(members)
-        table = pa.concat_tables(parts).take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
-        for name, column in encoder.fresh(rows, table.num_rows).items():
-            index = table.schema.get_field_index(name)
-            table = table.set_column(index, table.schema.field(index), column)
+        order = np.argsort(np.concatenate(order), kind="stable")
+        table = self._fresh_for(pa.concat_tables(parts).take(pa.array(order)), rows)
         for name in names:  # the values given, as they are, in the column's type
             index = table.schema.get_field_index(name)
             field = table.schema.field(index)
             wanted = dense(seeds.column(name)).cast(value_type(field.type))
             kept = pc.if_else(wanted.is_valid(), wanted, dense(table.column(index)))
-            table = table.set_column(
-                index,
-                field,
-                kept.dictionary_encode().cast(field.type) if pa.types.is_dictionary(field.type) else kept,
-            )
+            table = table.set_column(index, field, encoded_as(kept, field.type))
         return _unpadded(table)
 
     def complete(self, given: pa.Table, *, seed: int, rows: RowStream) -> pa.Table:
