@@ -28,7 +28,7 @@ from genai_pipeline.datasets.builtin import BUILTINS
 from genai_pipeline.errors import ConfigError
 from genai_pipeline.masking import literal_secret_in, mask_secrets, refuse_url_credentials
 from genai_pipeline.relational import ColumnSpec as ColumnSpec  # declared here first: re-exported
-from genai_pipeline.relational import Relations, TableSpec
+from genai_pipeline.relational import Relations, TableSpec, check_renames, renamed
 from genai_pipeline.storage import nested_locations, split_url
 from genai_pipeline.strict import StrictModel
 
@@ -181,7 +181,13 @@ class DatasetSpec(StrictModel):
             raise ValueError("image_parquet datasets need a label column (dataset.label)")
         if self.columns and self.modality == "image":
             raise ValueError("columns: only tables have columns to declare")
-        declared = self.columns.get(self.label) if self.label is not None else None
+        check_renames(self.columns)
+        moved = renamed(self.columns)
+        if self.label in moved:
+            raise ValueError(f"label: {self.label!r} is renamed {moved[self.label]!r}: name it so")
+        declared = next(
+            (spec for name, spec in self.columns.items() if (spec.rename or name) == self.label), None
+        )
         if declared is not None and (declared.skip or declared.type in ("id", "pii", "text")):
             raise ValueError(
                 f"columns.{self.label}: the label column is learned, it cannot be "
@@ -729,6 +735,11 @@ class ExportSpec(StrictModel):
         le=86400,
         description="how long a run waits for another run of the same job and date to finish "
         "publishing before it fails (the two are never interleaved)",
+    )
+    column_names: Literal["original", "renamed"] = Field(
+        default="original",
+        description="the names of columns renamed in dataset.columns when published: their own "
+        "(the warehouse's schema, as readers know it) or the names the job gives them",
     )
     partition_key: str = Field(
         default="run_date",

@@ -36,6 +36,8 @@ from genai_pipeline.strict import StrictModel
 
 #: a table's name becomes a path (``data/<table>/…``) and a Prefect task name: a plain identifier
 TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+#: what a column may be renamed to (``rename``): a plain identifier, as rules and formulas name it
+COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 #: what a column is, as a job may declare it (``dataset.columns``, or a table's ``columns``):
@@ -73,16 +75,23 @@ class ColumnSpec(StrictModel):
         description="left out of the job: not learned, not checked, not published (a column the "
         "warehouse has and the synthetic data should not)",
     )
+    rename: str | None = Field(
+        default=None,
+        pattern=COLUMN_NAME.pattern,
+        description="the name the job gives the column (its label, rules, conditions and report "
+        "use it); published under its own name again unless export.column_names is renamed",
+    )
 
     @model_validator(mode="after")
     def _kind_and_locale(self) -> ColumnSpec:
         from genai_pipeline.privacy.roles import check_locale, check_pii_kind
 
-        if self.skip and (self.type, self.kind, self.locale) != (None, None, None):
-            raise ValueError("skip: true takes no type, kind or locale: the column is left out")
-        if not self.skip and self.type is None:
+        if self.skip and (self.type, self.kind, self.locale, self.rename) != (None, None, None, None):
+            raise ValueError("skip: true takes no type, kind, locale or rename: the column is left out")
+        if not self.skip and self.type is None and self.rename is None:
             raise ValueError(
-                "type: id, pii, text, category, numeric or datetime (or skip: true to leave it out)"
+                "type: id, pii, text, category, numeric or datetime, rename: a name, or skip: true "
+                "to leave it out"
             )
         if self.format is not None and (self.type != "datetime" or "%" not in self.format):
             raise ValueError("format is a strptime format ('%d/%m/%Y') for type: datetime")
@@ -144,6 +153,9 @@ class TableSpec(StrictModel):
         ordering = (self.order_by, self.entity)
         if skipped := [c for c, spec in self.columns.items() if spec.skip and c in ordering]:
             raise ValueError(f"columns.{skipped[0]}: order_by and entity cannot be skipped")
+        if moved := [c for c in renamed(self.columns) if c in ordering]:
+            raise ValueError(f"columns.{moved[0]}: order_by and entity are named as the data names them")
+        check_renames(self.columns)
         return self
 
     @field_validator("foreign_keys")
@@ -158,9 +170,35 @@ class TableSpec(StrictModel):
 
 
 def declared(columns: Mapping[str, ColumnSpec]) -> dict[str, ColumnSpec]:
-    """The columns declared a role: those left out (``skip``) are not read at all, and dates written
-    as text are read as dates (:func:`as_declared`), a type rather than a role."""
-    return {name: spec for name, spec in columns.items() if not spec.skip and spec.type != "datetime"}
+    """The columns declared a role, by the names the job gives them: those left out (``skip``) are
+    not read at all, dates written as text are read as dates (:func:`as_declared`), a type rather
+    than a role, and a column only renamed keeps the role detection gives it."""
+    return {
+        spec.rename or name: spec
+        for name, spec in columns.items()
+        if not spec.skip and spec.type not in (None, "datetime")
+    }
+
+
+def renamed(columns: Mapping[str, ColumnSpec]) -> dict[str, str]:
+    """Each renamed column's own name → the name the job gives it."""
+    return {name: spec.rename for name, spec in columns.items() if spec.rename is not None}
+
+
+def check_renames(columns: Mapping[str, ColumnSpec]) -> None:
+    """Two columns renamed alike, or a column renamed to a name another declared column keeps,
+    would be one column twice: refused naming the second (a clash with an undeclared column is
+    found when the data is read, :func:`as_declared`)."""
+    taken = {name for name, spec in columns.items() if spec.rename is None and not spec.skip}
+    for name, new in renamed(columns).items():
+        if new in taken:
+            raise ValueError(f"columns.{name}.rename: {new!r} names another column already")
+        taken.add(new)
+
+
+def with_names(table: pa.Table, names: Mapping[str, str]) -> pa.Table:
+    """``table`` with each column in ``names`` (the job's name → the published one) renamed."""
+    return table.rename_columns([names.get(name, name) for name in table.column_names])
 
 
 def as_declared(table: pa.Table, columns: Mapping[str, ColumnSpec], where: str) -> pa.Table:
@@ -180,7 +218,19 @@ def as_declared(table: pa.Table, columns: Mapping[str, ColumnSpec], where: str) 
             raise DatasetError(f"{where}.{name}: no such column (columns: {', '.join(table.column_names)})")
         index = table.schema.get_field_index(name)
         table = table.set_column(index, name, read_dates(table.column(name), spec.format, f"{where}.{name}"))
-    return table
+    return _renamed(table, renamed(columns), where)
+
+
+def _renamed(table: pa.Table, names: Mapping[str, str], where: str) -> pa.Table:
+    """``table`` with its columns renamed as the job says; a column to rename that is not there,
+    or a new name that a column of the data already has, fails naming it."""
+    present = table.column_names
+    if missing := [name for name in names if name not in present]:
+        raise DatasetError(f"{where}.{missing[0]}: no such column to rename (columns: {', '.join(present)})")
+    if clash := [(name, new) for name, new in names.items() if new in present and new not in names]:
+        name, new = clash[0]
+        raise DatasetError(f"{where}.{name}.rename: the data has a column {new!r} already")
+    return with_names(table, names)
 
 
 def read_dates(column: pa.ChunkedArray, format_: str | None, where: str) -> pa.Array:

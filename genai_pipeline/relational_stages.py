@@ -68,7 +68,15 @@ from genai_pipeline.quality.report import TableSection, harden_pages
 from genai_pipeline.quality.scoring import TablePrivacy, score_tables
 from genai_pipeline.quality.tabular import overall_pair_trend
 from genai_pipeline.refs import DatasetRef, GeneratedRef, ModelRef, QualityVerdict
-from genai_pipeline.relational import Relations, TableSpec, as_declared, check_keys, key_type, resolves
+from genai_pipeline.relational import (
+    Relations,
+    TableSpec,
+    as_declared,
+    check_keys,
+    key_type,
+    resolves,
+    with_names,
+)
 from genai_pipeline.runs import RUN_ID_KEY, SOURCE_CACHE, Run
 from genai_pipeline.stages import _check_schema, _PublicView, _stage_suite, add_spent_budget, stage_verdict
 from genai_pipeline.storage import Storage
@@ -183,7 +191,7 @@ def _read_table(run: Run, name: str, workspace: Storage) -> pa.Table:
         raise DatasetError(f"dataset.tables.{name}.uri: {data.modality} data, not a table")
     columns = (run.job.dataset.tables or {})[name].columns
     table = as_declared(data.table, columns, f"dataset.tables.{name}.columns")
-    run.check_columns(table.column_names, f"dataset.tables.{name}")
+    run.check_columns(table.column_names, f"dataset.tables.{name}", name)
     return table
 
 
@@ -277,10 +285,14 @@ def generate_tables(run: Run, *, model: ModelRef) -> GeneratedRef:
     batches = synthesizer.stream(
         seed=job.generate_seed, scale=job.generate.scale, batch_size=job.generate.batch_size
     )
+    names = {name: run.published_names(name) for name in files}
     counts = write_parquet_files(
-        batches,
+        ((name, with_names(table, names[name])) for name, table in batches),
         storage,
-        {name: (rel, synthesizer.layouts[name].schema) for name, rel in files.items()},
+        {
+            name: (rel, _renamed_schema(synthesizer.layouts[name].schema, names[name]))
+            for name, rel in files.items()
+        },
         metadata={RUN_ID_KEY: run.run_id.encode()},
     )
     seconds = time.monotonic() - started
@@ -288,6 +300,10 @@ def generate_tables(run: Run, *, model: ModelRef) -> GeneratedRef:
     total = sum(counts.values())
     log.info("generated %s in %.1f s (%.0f rows/s)", _rows(counts), seconds, total / max(seconds, 1e-9))
     return GeneratedRef(run.staged(run.data_file), total, seconds, tables=counts)
+
+
+def _renamed_schema(schema: pa.Schema, names: dict[str, str]) -> pa.Schema:
+    return pa.schema([field.with_name(names.get(field.name, field.name)) for field in schema])
 
 
 def _rows(counts: dict[str, int]) -> str:
@@ -308,6 +324,7 @@ def validate_tables(
     real, held = read_tables(workspace, dataset), read_tables(workspace, dataset, held=True)
     files = {name: run.staged(run.table_file(name)) for name in run.tables}
     synthetic = sample_entities(storage, files, relations, spec.sample_rows, seed=job.generate_seed)
+    synthetic = {name: with_names(table, run.job_names(name)) for name, table in synthetic.items()}
     protection = Protection.from_spec(job.dataset.value_protection)
     rows = MetricRows(run.run_id, spec)
     results: list[SuiteResult] = []

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 from genai_pipeline.config import JobSpec
 from genai_pipeline.errors import ConfigError, DatasetError
+from genai_pipeline.relational import renamed
 from genai_pipeline.storage import Storage
 
 #: what a run's date is called in messages and lock files, and the default partition key of the
@@ -172,11 +173,25 @@ class Run:
         """The data file of one table of several: ``data/<table>/run_date=…/part-00000.parquet``."""
         return f"data/{table}/{self.job.export.partition_key}={self.run_date}/part-00000.parquet"
 
-    def check_columns(self, columns: Sequence[str], where: str) -> None:
-        """A real column named like the output's partition key would be shadowed by it: a reader of
-        ``data/<key>=…/`` sees the run's date in its place. Refused naming the way out."""
+    def published_names(self, table: str | None = None) -> dict[str, str]:
+        """The job's name → the published one, of each column renamed (``dataset.columns``, or
+        ``table``'s): published under its own name again unless ``export.column_names: renamed``."""
+        if self.job.export.column_names == "renamed":
+            return {}
+        dataset = self.job.dataset
+        columns = dataset.columns if table is None else (dataset.tables or {})[table].columns
+        return {new: name for name, new in renamed(columns).items()}
+
+    def job_names(self, table: str | None = None) -> dict[str, str]:
+        """The published name → the job's, to read the output back as the job names it."""
+        return {published: name for name, published in self.published_names(table).items()}
+
+    def check_columns(self, columns: Sequence[str], where: str, table: str | None = None) -> None:
+        """A published column named like the output's partition key would be shadowed by it: a
+        reader of ``data/<key>=…/`` sees the run's date in its place. Refused naming the way out."""
         key = self.job.export.partition_key
-        if key in columns:
+        names = self.published_names(table)
+        if key in (names.get(column, column) for column in columns):
             raise DatasetError(
                 f"{where}: column {key!r} has the name of the output's partition key (data/{key}=…/), "
                 "which readers would see in its place: set export.partition_key to another name"

@@ -82,7 +82,7 @@ from genai_pipeline.quality.report import ReportInput, harden_pages, render_repo
 from genai_pipeline.quality.scoring import TablePrivacy, score_images, score_tables
 from genai_pipeline.quality.tabular import parity_gap
 from genai_pipeline.refs import DatasetRef, GeneratedRef, ModelRef, PublishedRun, QualityVerdict
-from genai_pipeline.relational import ColumnSpec, as_declared, declared
+from genai_pipeline.relational import ColumnSpec, as_declared, declared, with_names
 from genai_pipeline.runs import LATEST_MODEL, PARTITION_KEY, RUN_ID_KEY, SAVED_SUITE, SOURCE_CACHE, Run
 from genai_pipeline.storage import Storage
 from genai_pipeline.summary import report_facts
@@ -574,7 +574,8 @@ def generate_shard(run: Run, *, model: ModelRef, dataset: DatasetRef, shard: int
         violations = {}
         if constrained:  # its rows are checked again: the verdict counts every row
             rules = shared_model(run.workspace(), model, resolve_device(job.train.device)).constraints
-            violations = _violations(_staged_batches(storage, part), rules)
+            batches = (with_names(batch, run.job_names()) for batch in _staged_batches(storage, part))
+            violations = _violations(batches, rules)
         return GeneratedRef(
             data_file=part, num_samples=rows, seconds=0.0, image_root=image_root, violations=violations
         )
@@ -587,6 +588,8 @@ def generate_shard(run: Run, *, model: ModelRef, dataset: DatasetRef, shard: int
     violations: dict[str, int] = {}
     if constrained:
         batches = _counted(batches, synthesizer.constraints, violations)
+    if names := run.published_names():
+        batches = (with_names(batch, names) for batch in batches)
     with sampling_precision(synthesizer, job.generate.precision):  # the batches are drawn in here
         if model.modality == "tabular":
             count = write_parquet(batches, storage, part, metadata={RUN_ID_KEY: run.run_id.encode()})
@@ -752,6 +755,8 @@ def validate(
         shape = (dataset.schema["height"], dataset.schema["width"], dataset.schema["channels"])
         limit = image_batch_size(limit, shape, job.generate.max_batch_mb, field="validate.sample_rows")
     sample = sample_rows(storage, [generated.data_file], limit, seed=job.generate_seed)
+    if real.modality == "tabular":  # judged by the names the job gives its columns
+        sample = with_names(sample, run.job_names())
     rows = MetricRows(run.run_id, spec)
     with tempfile.TemporaryDirectory(prefix="data-docs-") as docs:
         if isinstance(real, TabularData):

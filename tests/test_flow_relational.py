@@ -17,7 +17,7 @@ from conftest import S3_OPTIONS
 from relational_data import TABLES, shop_job, shop_schema, shop_tables, write_tables
 
 from genai_pipeline import stages
-from genai_pipeline.errors import DatasetError, QualityGateFailed, StorageError
+from genai_pipeline.errors import ConfigError, DatasetError, QualityGateFailed, StorageError
 from genai_pipeline.runs import RUN_ID_KEY, Run
 from genai_pipeline.storage import Storage
 
@@ -153,6 +153,28 @@ def test_tables_as_the_warehouse_has_them_a_column_left_out_and_one_named_like_t
     job = shop_job(uris, str(tmp_path / "out"), dataset={"tables": tables}, export={"partition_key": "day"})
     with pytest.raises(DatasetError, match=r"dataset.tables.items.columns.gift_wrap: no such column to skip"):
         stages.ingest(Run(job=job, run_date=RUN_DATE))
+
+
+def test_a_table_column_renamed_for_the_job_is_published_under_its_own_name(tmp_path: Path) -> None:
+    real = shop_tables()
+    uris = write_tables(real, tmp_path / "input")
+    tables = shop_schema(uris)
+    tables["orders"]["columns"] = {"amount": {"rename": "amount_eur"}, "channel": {"rename": "sold_via"}}
+    job = shop_job(uris, str(tmp_path / "out"), dataset={"tables": tables}, train={"epochs": 2})
+    run = Run(job=job, run_date=RUN_DATE)
+    dataset = stages.ingest(run)
+    assert {"amount_eur", "sold_via"} <= {
+        c["name"] for c in (dataset.tables or {})["orders"].schema["columns"]
+    }
+    model = stages.train(run, dataset=dataset)
+    generated = stages.generate(run, model=model, dataset=dataset)
+    verdict = stages.validate(run, dataset=dataset, generated=generated, model=model)
+    assert not [f for f in verdict.failures if "amount" in f or "sold_via" in f], verdict.failures
+    published = pq.read_table(tmp_path / "out" / "shop" / run.staged(run.table_file("orders")))
+    assert published.column_names == real["orders"].column_names
+    tables["orders"]["columns"] = {"order_ts": {"rename": "ts"}}
+    with pytest.raises(ConfigError, match="columns.order_ts: order_by and entity are named as the data"):
+        shop_job(uris, str(tmp_path / "out"), dataset={"tables": tables})
 
 
 def test_a_changed_table_fails_the_next_run_naming_it(tmp_path: Path) -> None:

@@ -72,6 +72,130 @@ def test_a_warehouse_table_as_it_is_its_run_date_kept_as_data_and_a_column_left_
             tiny_job(str(source), "autoregressive", "out", dataset={"columns": columns, "label": "amount"})
 
 
+def _warehouse_orders(path: Path) -> None:
+    """Orders as a warehouse names them: spaces in names, and a run_date of their own."""
+    price = [round(5 + (i * 7919 % 400) / 8, 2) for i in range(240)]
+    quantity = [1 + i * 31 % 6 for i in range(240)]
+    pq.write_table(
+        pa.table(
+            {
+                "Unit Price": price,
+                "Qty": quantity,
+                "Order Total": [round(p * q, 2) for p, q in zip(price, quantity, strict=True)],
+                "run_date": [f"2025-01-{1 + i % 10:02d}" for i in range(240)],
+                "channel": ["web" if i % 3 else "shop" for i in range(240)],
+            }
+        ),
+        path,
+    )
+
+
+RENAMED = {
+    "Unit Price": {"rename": "unit_price", "type": "numeric"},
+    "Qty": {"rename": "qty"},
+    "Order Total": {"rename": "total"},
+    "run_date": {"rename": "source_day"},
+}
+
+
+def test_columns_renamed_for_the_job_are_published_under_their_own_names(tmp_path: Path) -> None:
+    # names a formula cannot spell: the job renames them, its rule names the new names, and the
+    # output keeps the warehouse's schema; a retried shard's rows are checked by the job's names
+    source = tmp_path / "orders.parquet"
+    _warehouse_orders(source)
+    sections = {
+        "dataset": {"columns": RENAMED, "label": "channel"},
+        "generate": {
+            "num_samples": 200,
+            "shards": 2,
+            "constraints": [{"kind": "formula", "column": "total", "expression": "unit_price * qty"}],
+        },
+        "validate": {"max_memorised_share": 1.0},
+    }
+    job = tiny_job(str(source), "autoregressive", str(tmp_path / "out"), **sections)
+    with pytest.raises(DatasetError, match=r"column 'run_date' .* set export.partition_key"):
+        stages.ingest(Run(job=job, run_date="2026-02-03"))  # published as run_date, it would be shadowed
+    job = tiny_job(
+        str(source), "autoregressive", str(tmp_path / "out"), export={"column_names": "renamed"}, **sections
+    )
+    run_stages(Run(job=job, run_date="2026-02-03"))
+    published = pq.read_table(tmp_path / "out" / "tiny" / "data" / "run_date=2026-02-03")
+    assert published.column_names == ["unit_price", "qty", "total", "source_day", "channel"]
+
+    job = tiny_job(
+        str(source), "autoregressive", str(tmp_path / "out"), export={"partition_key": "day"}, **sections
+    )
+    run = Run(job=job, run_date="2026-02-04")
+    dataset = stages.ingest(run)
+    assert [c["name"] for c in dataset.schema["columns"]][:4] == ["unit_price", "qty", "total", "source_day"]
+    model = stages.train(run, dataset=dataset)
+    shards = [stages.generate_shard(run, model=model, dataset=dataset, shard=i) for i in range(2)]
+    retried = stages.generate_shard(run, model=model, dataset=dataset, shard=0)
+    assert retried.violations == shards[0].violations and list(retried.violations.values()) == [0]
+    generated = stages.combine_shards(run, shards)
+    verdict = stages.validate(run, dataset=dataset, generated=generated)
+    assert verdict.passed, verdict.failures
+    stages.export(run, dataset=dataset, model=model, generated=generated, verdict=verdict)
+    published = pq.read_table(tmp_path / "out" / "tiny" / "data" / "day=2026-02-04")
+    assert published.column_names == ["Unit Price", "Qty", "Order Total", "run_date", "channel"]
+    rows = published.to_pylist()
+    assert all(round(row["Unit Price"] * row["Qty"], 2) == row["Order Total"] for row in rows), (
+        "the rule holds in the published rows, under their own names"
+    )
+
+
+@pytest.mark.parametrize(
+    ("columns", "label", "message"),
+    [
+        (
+            {"Qty": {"rename": "channel"}, "channel": {"type": "category"}},
+            None,
+            "Qty.rename: 'channel' names another column",
+        ),
+        (
+            {"Qty": {"rename": "q"}, "Unit Price": {"rename": "q"}},
+            None,
+            "Unit Price.rename: 'q' names another column",
+        ),
+        ({"Qty": {"rename": "qty"}}, "Qty", "label: 'Qty' is renamed 'qty': name it so"),
+        ({"Qty": {"rename": "two words"}}, None, "String should match pattern"),
+        ({"Qty": {"rename": "qty", "skip": True}}, None, "skip: true takes no type, kind, locale or rename"),
+    ],
+)
+def test_a_rename_that_would_make_one_column_twice_is_refused(
+    tmp_path: Path, columns: dict[str, dict[str, object]], label: str | None, message: str
+) -> None:
+    dataset = {"columns": columns, **({"label": label} if label else {})}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        tiny_job(str(tmp_path / "orders.parquet"), "autoregressive", "out", dataset=dataset)
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"Quantity": {"rename": "qty"}}, "dataset.columns.Quantity: no such column to rename"),
+        (
+            {"Qty": {"rename": "channel"}},
+            "dataset.columns.Qty.rename: the data has a column 'channel' already",
+        ),
+    ],
+)
+def test_a_rename_the_data_does_not_allow_fails_at_ingest(
+    tmp_path: Path, columns: dict[str, dict[str, object]], message: str
+) -> None:
+    source = tmp_path / "orders.parquet"
+    _warehouse_orders(source)
+    job = tiny_job(
+        str(source),
+        "autoregressive",
+        str(tmp_path / "out"),
+        dataset={"columns": columns},
+        export={"partition_key": "day"},
+    )
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        stages.ingest(Run(job=job, run_date="2026-02-03"))
+
+
 def test_odd_labels_survive_in_the_manifest_and_cannot_escape_in_paths(tmp_path: Path) -> None:
     rows = [
         {"image": {"bytes": _png(40 * i + j), "path": None}, "label": LABELS[i]}
