@@ -508,12 +508,9 @@ class GenerateSpec(StrictModel):
                 "per_label": self.per_label is not None,
                 "rebalance": bool(self.rebalance),
                 "fairness": self.fairness is not None,
-                "impute": bool(self.impute),
-                "conditions": bool(self.conditions),
-                "constraints": bool(self.constraints),
             }
             if clash := next((name for name, given in asked.items() if given), None):
-                raise ValueError(f"complete: the seed rows say what is drawn; not with {clash} (yet)")
+                raise ValueError(f"complete: the seed rows say what is drawn; not with {clash}")
         return self
 
     @field_validator("rebalance")

@@ -278,7 +278,9 @@ def completed_batches(synthesizer: Any, seeds: pa.Table, job: JobSpec, shard: in
     for number, (start, stop) in enumerate(batched_indices(len(indices), job.generate.batch_size)):
         seed = int(np.random.SeedSequence([job.generate_seed, shard, number]).generate_state(1)[0])
         place = RowStream(job.generate_seed, first * per_seed + start, total)
-        yield synthesizer.fill_in(seeds.take(pa.array(indices[start:stop])), seed=seed, rows=place)
+        yield synthesizer.fill_in(
+            seeds.take(pa.array(indices[start:stop])), seed=seed, rows=place, impute=job.generate.impute
+        )
 
 
 def image_batch_size(

@@ -126,13 +126,13 @@ def ingest(run: Run) -> DatasetRef:
         check_label_folders(data.label_names)
     key = fingerprint(data)
     train_part, holdout = split_holdout(data, checks.holdout, checks.holdout_max_rows, key=key)
-    computed: set[str] = set()
+    rules = Constraints()
     if isinstance(train_part, TabularData):
         unique = {name: ColumnSpec(type="id") for name in identifiers(job.generate.constraints)}
         roles = column_roles(train_part.table, unique | declared(job.dataset.columns), job.dataset.label)
         _check_sensitive(checks.sensitive, train_part.table.column_names, roles)
         train_part = learnable(train_part, roles, job, holdout)
-        computed = fitted_constraints(train_part, job).computed  # a rule the rows break fails here
+        rules = fitted_constraints(train_part, job)  # a rule the rows break fails here
     view = _PublicView.of(train_part)
     labels = label_values(view.shown)
     schema = describe_schema(data, labels=labels)
@@ -142,9 +142,9 @@ def ingest(run: Run) -> DatasetRef:
         train_part, model_config_for(job), [conditions for conditions, _ in plan]
     )
     if job.generate.complete is not None:  # the seed rows say how many rows are drawn
-        plan = [({}, _stage_seeds(run, view) * job.generate.complete.rows_per_seed)]
+        plan = [({}, _stage_seeds(run, view, rules) * job.generate.complete.rows_per_seed)]
     suite = run.staged(run.suite_file)
-    _stage_suite(run, data, view, sum(count for _, count in plan), suite, computed)
+    _stage_suite(run, data, view, sum(count for _, count in plan), suite, rules.computed)
     snapshot, holdout_snapshot = run.private("input/dataset.parquet"), run.private("input/holdout.parquet")
     write_snapshot(train_part, workspace, snapshot)
     if holdout is not None:
@@ -182,10 +182,11 @@ PLAN_COUNTS = "input/plan_counts.json"
 SEED_ROWS = "input/seeds.parquet"
 
 
-def _stage_seeds(run: Run, view: _PublicView) -> int:
-    """Read the seed rows, check them against the data and the family, and keep them in the run's
-    private area for the shards (seed rows may be real ones: they are published only as the
-    columns of the rows completed from them, which the privacy checks then see). Their number."""
+def _stage_seeds(run: Run, view: _PublicView, rules: Constraints) -> int:
+    """Read the seed rows, check them against the data, the family and the job's ``rules``, give
+    each the job's conditions, and keep them in the run's private area for the shards (seed rows
+    may be real ones: they are published only as the columns of the rows completed from them,
+    which the privacy checks then see). Their number."""
     spec, job = run.job.generate.complete, run.job
     assert spec is not None and view.encoder is not None, "seed rows complete a table"
     family = model_class("tabular", job.model.family)
@@ -206,9 +207,47 @@ def _stage_seeds(run: Run, view: _PublicView) -> int:
             raise DatasetError(
                 f"generate.complete: {spec.uri}: column {name!r} cannot be read as {wanted}"
             ) from None
-    write_snapshot(TabularData(pa.table(columns)), run.workspace(), run.private(SEED_ROWS))
+    table = _conditioned_seeds(pa.table(columns), job.generate.conditions, schema, spec.uri)
+    _check_seed_rules(table, rules, spec.uri)
+    write_snapshot(TabularData(table), run.workspace(), run.private(SEED_ROWS))
     log.info("generate.complete: %d seed rows from %s", seeds.num_rows, spec.uri)
     return seeds.num_rows
+
+
+def _conditioned_seeds(
+    seeds: pa.Table, conditions: Mapping[str, Any], schema: pa.Schema, uri: str
+) -> pa.Table:
+    """The seed rows with each conditioned column given its value: a row that gives another fails,
+    naming the column and counting the rows (never showing them)."""
+    for name, value in conditions.items():
+        wanted = pa.array([value] * seeds.num_rows).cast(value_type(schema.field(name).type))
+        if name in seeds.column_names:
+            given = seeds.column(name)
+            if other := pc.sum(pc.and_(given.is_valid(), pc.not_equal(given, wanted))).as_py():
+                raise DatasetError(
+                    f"generate.complete: {uri}: {other} seed row(s) give {name} other than "
+                    f"generate.conditions.{name}"
+                )
+            seeds = seeds.set_column(seeds.schema.get_field_index(name), name, wanted)
+        else:
+            seeds = seeds.append_column(name, wanted)
+    return seeds
+
+
+def _check_seed_rules(seeds: pa.Table, rules: Constraints, uri: str) -> None:
+    """Seed rows give what the model learns as it is: not a column a rule draws from others (a
+    ship date learned as its gap, a formula's total); and a row that gives every column of a rule
+    follows it. Each refused naming the rule (and counting rows)."""
+    for rule in rules.rules:
+        if drawn := [name for name in rule.removed if name in seeds.column_names]:
+            raise DatasetError(
+                f"generate.complete: the seed rows' column {drawn[0]} is drawn by {rule.where} "
+                f"({rule.label()}) from its other columns: leave it to the model"
+            )
+        if all(name in seeds.column_names for name in rule.columns) and (broken := rule.broken(seeds)):
+            raise DatasetError(
+                f"generate.complete: {uri}: {broken} seed row(s) break {rule.where} ({rule.label()})"
+            )
 
 
 def _check_imputed(columns: list[str], view: _PublicView) -> None:

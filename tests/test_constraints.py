@@ -4,6 +4,7 @@ the real rows must follow them, conditions go through them, and the output is ch
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from genai_pipeline import stages
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.constraints import MAX_DRAWS, Constraints, CustomRule
 from genai_pipeline.datasets import TabularData
+from genai_pipeline.encoders.tabular import RowStream
 from genai_pipeline.errors import ConfigError, DatasetError, QualityGateFailed
 from genai_pipeline.models import model_class
 from genai_pipeline.quality.expectations import _context, empty_suite, job_suite, run_suite, table_frame
@@ -392,3 +394,76 @@ def test_rules_hold_no_state_while_shards_share_them_in_threads() -> None:
         draws = [pool.submit(draw, seed) for seed in range(40)]
         checks = [pool.submit(check, seed) for seed in range(200)]
         assert all(future.result() for future in draws) and not any(future.result() for future in checks)
+
+
+def test_seed_rows_are_completed_under_the_rules_a_row_that_breaks_one_drawn_again() -> None:
+    real = orders()
+    model = _model("vae", real, RULES + CUSTOM)
+    seeds = pa.table(
+        {
+            "ordered_at": pa.array(
+                [real.column("ordered_at")[3].as_py(), None, None] * 20, pa.timestamp("us")
+            ),
+            "price": [12.5, None, 80.0] * 20,
+            "quantity": pa.array([None, 2, 5] * 20, pa.int32()),
+            "status": [None, "returned", "returned"] * 20,  # not in Paris: a custom rule's redraw
+        }
+    )
+    done = model.fill_in(seeds, seed=4, rows=RowStream(4, 0, 60))
+    assert done.num_rows == 60
+    assert all(count == 0 for count in model.constraints.violations(done).values())
+    for name in seeds.column_names:
+        for wanted, got in zip(seeds.column(name).to_pylist(), done.column(name).to_pylist(), strict=True):
+            assert wanted is None or wanted == got, name
+    total = pc.subtract(pc.multiply(done.column("price"), done.column("quantity")), done.column("discount"))
+    assert pc.all(pc.less(pc.abs(pc.subtract(total, done.column("total"))), 0.006)).as_py()
+
+
+def _seeded_orders(tmp_path: Path, seeds: pa.Table, **generate: object) -> Run:
+    pq.write_table(orders(), tmp_path / "orders.parquet")
+    pq.write_table(seeds, tmp_path / "seeds.parquet")
+    spec = {"complete": {"uri": str(tmp_path / "seeds.parquet"), "rows_per_seed": 4}, "constraints": RULES}
+    job = tiny_job(
+        str(tmp_path / "orders.parquet"),
+        "autoregressive",
+        str(tmp_path / "out"),
+        generate={**spec, **generate},
+        validate={"max_memorised_share": 1.0},
+    )
+    return Run(job=job, run_date="2026-02-03")
+
+
+def test_a_seeded_job_with_rules_and_conditions_publishes_rows_that_follow_them(tmp_path: Path) -> None:
+    seeds = pa.table({"price": [20.0, None, 55.5], "quantity": pa.array([None, 3, 1], pa.int32())})
+    run_stages(_seeded_orders(tmp_path, seeds, conditions={"status": "shipped"}))
+    done = pq.read_table(tmp_path / "out" / "tiny" / "data" / "run_date=2026-02-03")
+    assert done.num_rows == 12 and set(done.column("status").to_pylist()) == {"shipped"}
+    assert done.column("price").to_pylist()[::4] == [20.0, done.column("price")[4].as_py(), 55.5]
+    assert fitted(orders()).violations(done) == dict.fromkeys(fitted(orders()).violations(done), 0)
+
+
+@pytest.mark.parametrize(
+    ("seeds", "generate", "message"),
+    [
+        (
+            pa.table({"total": [10.0]}),
+            {},
+            "the seed rows' column total is drawn by generate.constraints.4 (formula total",
+        ),
+        (
+            pa.table({"quantity": pa.array([2, 0, 0], pa.int32())}),
+            {},
+            "2 seed row(s) break generate.constraints.6 (positive quantity > 0)",
+        ),
+        (
+            pa.table({"status": ["shipped", "new", None]}),
+            {"conditions": {"status": "shipped"}},
+            "1 seed row(s) give status other than generate.conditions.status",
+        ),
+    ],
+)
+def test_seed_rows_that_break_a_rule_or_a_condition_are_refused_at_ingest(
+    tmp_path: Path, seeds: pa.Table, generate: dict, message: str
+) -> None:
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        stages.ingest(_seeded_orders(tmp_path, seeds, **generate))

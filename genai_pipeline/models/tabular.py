@@ -301,6 +301,17 @@ def check_seed_columns(encoder: TableEncoder, columns: Sequence[str]) -> None:
             raise DatasetError(f"generate.complete: {name} is {what}: the seed rows cannot give it")
 
 
+def _given(table: pa.Table, seeds: pa.Table) -> pa.Table:
+    """``table`` with the values ``seeds`` give (not null) as they are, in the columns' types."""
+    for name in seeds.column_names:
+        index = table.schema.get_field_index(name)
+        field = table.schema.field(index)
+        wanted = dense(seeds.column(name)).cast(value_type(field.type))
+        kept = pc.if_else(wanted.is_valid(), wanted, dense(table.column(index)))
+        table = table.set_column(index, field, encoded_as(kept, field.type))
+    return table
+
+
 def _padded(data: Dataset) -> Dataset:
     """``data`` with a constant column (:data:`PADDING`) when nothing but the label is learned value
     by value (a text dataset: label and documents; a lookup table: its key and a name): a family
@@ -653,12 +664,50 @@ class TabularSynthesizer(Synthesizer):
             )
         check_seed_columns(encoder, columns)
 
-    def fill_in(self, seeds: pa.Table, *, seed: int, rows: RowStream) -> pa.Table:
+    def fill_in(self, seeds: pa.Table, *, seed: int, rows: RowStream, impute: Sequence[str] = ()) -> pa.Table:
         """A row for each row of ``seeds``, which holds some of the data columns, null where a value
         is not given: the values given as they are, the others drawn by the model given them, row
-        by row. Rows are drawn in groups that give the same columns (one pass each); a label not
-        given is drawn given the row's known values (:meth:`LabelPrior.given`); ``rows`` places
-        the rows in the run, for the columns made fresh."""
+        by row; ``impute``'s columns never drawn null. ``rows`` places the rows in the run, for
+        the columns made fresh.
+
+        Under constraints, the seeds give columns the model learns as they are (the stage checks
+        it) and the rest is drawn back through the rules; a row that then breaks one (a bound the
+        given value sits outside of, a custom rule without a repair) is drawn again, at most
+        :data:`MAX_DRAWS` times, else the run fails naming the rule."""
+        table = self._filled(seeds, seed, impute)
+        if self.constraints:
+            table = self._refilled(seeds, table, seed, impute)
+        return self._fresh_for(table, rows)
+
+    def _refilled(self, seeds: pa.Table, table: pa.Table, seed: int, impute: Sequence[str]) -> pa.Table:
+        """``table`` (completed from ``seeds``) with the rows that break a rule drawn again."""
+        for attempt in range(1, MAX_DRAWS):
+            broken = np.flatnonzero(~self._follows(table))
+            if not len(broken):
+                return table
+            again = self._filled(seeds.take(pa.array(broken)), seed + attempt * 7_919, impute)
+            rows = np.arange(table.num_rows)
+            rows[broken] = table.num_rows + np.arange(len(broken))
+            table = pa.concat_tables([table, again]).take(pa.array(rows))
+        if not (follows := self._follows(table)).all():
+            rule = next(r for r in self.constraints.rules if not r.holds(table).all())
+            raise DatasetError(
+                f"generate.complete: {int((~follows).sum())} seed row(s) drawn {MAX_DRAWS} times "
+                f"break {rule.where} ({rule.label()}) each time: their given values leave it no room"
+            )
+        return table
+
+    def _follows(self, table: pa.Table) -> np.ndarray:
+        """Per row, whether every rule holds."""
+        ok = np.ones(table.num_rows, dtype=bool)
+        for rule in self.constraints.rules:
+            ok &= rule.holds(table)
+        return ok
+
+    def _filled(self, seeds: pa.Table, seed: int, impute: Sequence[str]) -> pa.Table:
+        """:meth:`fill_in`'s rows once, their columns made fresh not yet placed. Rows are drawn in
+        groups that give the same columns (one pass each); a label not given is drawn given the
+        row's known values (:meth:`LabelPrior.given`)."""
         for module in self.networks().values():
             module.eval()
         encoder, label = self.encoder, label_key(self.encoder)
@@ -669,6 +718,7 @@ class TabularSynthesizer(Synthesizer):
         patterns, group = np.unique(given, axis=0, return_inverse=True)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         rng = np.random.default_rng(seed)
+        banned = torch.from_numpy(encoder.null_columns(impute)).to(self.device) if impute else None
         parts, order = [], []
         for index, pattern in enumerate(patterns):
             members = np.flatnonzero(group.reshape(-1) == index)
@@ -687,24 +737,22 @@ class TabularSynthesizer(Synthesizer):
                     cond = (rng.random((len(matrix), 1)) > np.cumsum(probs, axis=1)).sum(axis=1)
                     cond = np.minimum(cond, self.labels - 1)
             known = None
-            if known_names:
+            if known_names or banned is not None:
                 known = Known(
-                    torch.from_numpy(matrix).to(self.device), torch.from_numpy(columns).to(self.device)
+                    torch.from_numpy(matrix).to(self.device),
+                    torch.from_numpy(columns).to(self.device),
+                    banned,
                 )
             label_tensor = None if cond is None else torch.from_numpy(cond).to(self.device)
             drawn = self._render_chunks(len(members), generator, label_tensor, known).float().cpu().numpy()
-            table = encoder.decode(drawn, cond, seed=seed + index, rows=RowStream(rows.key, 0, len(members)))
+            table = encoder.decode(drawn, cond, seed=seed + index, rows=RowStream(seed, 0, len(members)))
             parts.append(self.text.fill(table, drawn, cond, seed + index))
             order.append(members)
         order = np.argsort(np.concatenate(order), kind="stable")
-        table = self._fresh_for(pa.concat_tables(parts).take(pa.array(order)), rows)
-        for name in names:  # the values given, as they are, in the column's type
-            index = table.schema.get_field_index(name)
-            field = table.schema.field(index)
-            wanted = dense(seeds.column(name)).cast(value_type(field.type))
-            kept = pc.if_else(wanted.is_valid(), wanted, dense(table.column(index)))
-            table = table.set_column(index, field, encoded_as(kept, field.type))
-        return _unpadded(table)
+        table = _given(_unpadded(pa.concat_tables(parts).take(pa.array(order))), seeds)
+        # the rules draw their columns back from the values given (a total from the price given),
+        # and may adjust one (a clip): it is given again, and a row it breaks a rule in is redrawn
+        return _given(self.constraints.inverse(table), seeds) if self.constraints else table
 
     def complete(self, given: pa.Table, *, seed: int, rows: RowStream) -> pa.Table:
         """A row for each row of ``given``, which holds some of the data columns (the same in every
