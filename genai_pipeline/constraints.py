@@ -331,6 +331,11 @@ class Rule(ABC):
         return self.removed
 
     @property
+    def needs(self) -> list[str]:
+        """The columns :meth:`forward` needs (a condition on a rewritten column needs them)."""
+        return self.columns
+
+    @property
     def reads(self) -> list[str]:
         """The columns the inverse needs as the user has them."""
         return [name for name in self.columns if name not in self.writes]
@@ -752,7 +757,11 @@ def _types_from_state(text: str) -> dict[str, pa.DataType]:
 class FixedCombinations(Rule):
     """The columns learned as one category (``__combination__.<a>.<b>``) of their real combinations
     (as JSON lists of their values as text); a combination the model cannot emit (protected)
-    becomes the most frequent one."""
+    becomes the most frequent one.
+
+    The label (``dataset.label``) among them is learned as it is, the model's condition: the
+    others are combined, drawn given it, and a combination the label does not go with becomes
+    the label's most frequent one."""
 
     def __init__(self, spec: FixedCombinationsSpec, where: str):
         super().__init__(spec, where)
@@ -760,6 +769,10 @@ class FixedCombinations(Rule):
         self.common: list[str | None] = []
         self.combinations: list[list[str | None]] = []
         self.allowed: frozenset[str] = frozenset()  # the combinations as :meth:`_keys` writes them
+        #: the label among the columns (learned as it is), set before :meth:`fit`
+        self.label_column: str | None = None
+        #: the label's value (as text) → its most frequent combination of the other columns
+        self.by_label: dict[str, list[str | None]] = {}
 
     @property
     def columns(self) -> list[str]:
@@ -767,16 +780,21 @@ class FixedCombinations(Rule):
 
     @property
     def removed(self) -> list[str]:
-        return self.columns
+        return [name for name in self.columns if name != self.label_column]
+
+    @property
+    def needs(self) -> list[str]:
+        return self.removed  # the label is drawn given the combination
 
     @property
     def derived(self) -> str:
-        return "__combination__." + ".".join(self.columns)
+        return "__combination__." + ".".join(self.removed)
 
-    def _keys(self, table: pa.Table) -> tuple[np.ndarray, list[str]]:
-        """Per row, the index of its combination among the returned JSON texts."""
+    def _keys(self, table: pa.Table, columns: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+        """Per row, the index of its combination of ``columns`` (default: all the rule's) among
+        the returned JSON texts."""
         codes, sizes, dictionaries = [], [], []
-        for name in self.columns:
+        for name in self.columns if columns is None else columns:
             text = pc.cast(dense(table.column(name)), pa.string())
             encoded = pc.dictionary_encode(text, null_encoding="encode")
             indices = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -830,13 +848,39 @@ class FixedCombinations(Rule):
                 f"{self.where}: no combination of {', '.join(self.columns)} is held by {min_rows} rows "
                 "(dataset.value_protection.min_rows): there is nothing to learn"
             )
-        self.common = json.loads(texts[int(np.argmax(counts))])
+        common = json.loads(texts[int(np.argmax(counts))])
         self._combinations([json.loads(text) for text in kept])
+        if self.label_column is not None:
+            at = self.columns.index(self.label_column)
+            common = common[:at] + common[at + 1 :]
+            self._by_label(texts, counts, min_rows)
+        self.common = common
+
+    def _by_label(self, texts: list[str], counts: np.ndarray, min_rows: int) -> None:
+        """Each label value's most frequent combination that ``min_rows`` rows hold: what a row
+        whose drawn combination does not go with its label takes. A label value the model may
+        emit (``min_rows`` rows hold it) without one would have no row to take: refused."""
+        at = self.columns.index(self.label_column or "")
+        best: dict[str, tuple[int, list[str | None]]] = {}
+        totals: dict[str, int] = {}
+        for text, count in zip(texts, counts.tolist(), strict=True):
+            parts = json.loads(text)
+            label = json.dumps(parts[at])
+            totals[label] = totals.get(label, 0) + count
+            if count >= min_rows and count > best.get(label, (0, []))[0]:
+                best[label] = (count, parts[:at] + parts[at + 1 :])
+        if lacking := [label for label, total in totals.items() if total >= min_rows and label not in best]:
+            raise DatasetError(
+                f"{self.where}: {len(lacking)} value(s) of the label {self.label_column} have no "
+                f"combination of {', '.join(self.removed)} that {min_rows} rows hold "
+                "(dataset.value_protection.min_rows)"
+            )
+        self.by_label = {label: parts for label, (_, parts) in best.items()}
 
     def forward(self, table: pa.Table) -> pa.Table:
-        inverse, texts = self._keys(table)
+        inverse, texts = self._keys(table, self.removed)
         combined = pa.array(texts, pa.string()).take(pa.array(inverse))
-        return _spliced(table, self.columns, pa.table({self.derived: combined}))
+        return _spliced(table, self.removed, pa.table({self.derived: combined}))
 
     def inverse(self, table: pa.Table) -> pa.Table:
         encoded = pc.dictionary_encode(dense(table.column(self.derived)), null_encoding="encode")
@@ -846,15 +890,40 @@ class FixedCombinations(Rule):
                 parts = json.loads(text) if text is not None else None
             except ValueError:  # a protected combination decodes to the rare token
                 parts = None
-            valid = isinstance(parts, list) and len(parts) == len(self.columns)
+            valid = isinstance(parts, list) and len(parts) == len(self.removed)
             parsed.append(parts if valid else self.common)
+        rows = encoded.indices.to_numpy(zero_copy_only=False)
+        if self.label_column is not None:
+            parsed, rows = self._given_label(table, parsed, rows)
         members = {
             name: pa.array([parts[offset] for parts in parsed], pa.string())
             .cast(self.types[name])
-            .take(encoded.indices)
-            for offset, name in enumerate(self.columns)
+            .take(pa.array(rows))
+            for offset, name in enumerate(self.removed)
         }
         return _spliced(table, [self.derived], pa.table(members))
+
+    def _given_label(
+        self, table: pa.Table, parsed: list[list[str | None]], rows: np.ndarray
+    ) -> tuple[list[list[str | None]], np.ndarray]:
+        """The drawn combinations (``parsed``, one per row by ``rows``) per pair of combination and
+        label: one the label does not go with (a model conditioned on it rarely draws one) becomes
+        the label's most frequent one."""
+        at = self.columns.index(self.label_column or "")
+        text = pc.cast(dense(table.column(self.label_column or "")), pa.string())
+        labels = pc.dictionary_encode(text, null_encoding="encode")
+        codes = labels.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        pairs, inverse = np.unique(
+            rows.astype(np.int64) * len(labels.dictionary) + codes, return_inverse=True
+        )
+        names = labels.dictionary.to_pylist()
+        out = []
+        for pair in pairs.tolist():
+            parts, label = parsed[pair // len(names)], names[pair % len(names)]
+            if json.dumps(parts[:at] + [label] + parts[at:]) not in self.allowed:
+                parts = self.by_label.get(json.dumps(label), parts)  # an unseen label: counted broken
+            out.append(parts)
+        return out, inverse.reshape(-1)
 
     def broken(self, table: pa.Table) -> int:
         return 0  # every real row holds a real combination (those few rows hold are not emitted)
@@ -876,39 +945,60 @@ class FixedCombinations(Rule):
         return []  # every combination is a real one
 
     def complete_conditions(self, conditions: dict[str, Any]) -> dict[str, Any]:
-        given = [name for name in self.columns if name in conditions]
-        if not given or len(given) == len(self.columns):
+        """Conditions on some of the combined columns with the rest of their one combination (the
+        label, learned as it is, is drawn given them and need not be completed)."""
+        given = [name for name in self.removed if name in conditions]
+        if not given or len(given) == len(self.removed):
             return conditions
-        wanted = {name: str(pa.scalar(conditions[name]).cast(pa.string())) for name in given}
-        # a boolean as Arrow writes it ('true'), so it matches the combinations' text
-        matches = [
-            parts
-            for parts in self.combinations
-            if all(parts[self.columns.index(name)] == text for name, text in wanted.items())
-        ]
-        if len(matches) != 1:
-            missing = ", ".join(name for name in self.columns if name not in conditions)
-            found = "no combination" if not matches else f"{len(matches)} combinations"
+        found = {
+            tuple(parts[self.columns.index(name)] for name in self.removed)
+            for parts in self._matching(conditions)
+        }
+        if len(found) != 1:
+            missing = ", ".join(name for name in self.removed if name not in conditions)
+            counted = "no combination" if not found else f"{len(found)} combinations"
             raise ConfigError(
-                f"generate.conditions.{given[0]}: {found} of {', '.join(self.columns)} "
+                f"generate.conditions.{given[0]}: {counted} of {', '.join(self.columns)} "
                 f"({self.where}) match: give {missing} too"
             )
         completed = dict(conditions)
-        for name, text in zip(self.columns, matches[0], strict=True):
+        for name, text in zip(self.removed, found.pop(), strict=True):
             completed.setdefault(name, pa.scalar(text).cast(self.types[name]).as_py())
         return completed
+
+    def _matching(self, conditions: Mapping[str, Any]) -> list[list[str | None]]:
+        """The combinations that hold the values ``conditions`` give of the rule's columns."""
+        # a boolean as Arrow writes it ('true'), so it matches the combinations' text
+        wanted = {
+            self.columns.index(name): str(pa.scalar(value).cast(pa.string()))
+            for name, value in conditions.items()
+            if name in self.columns
+        }
+        return [parts for parts in self.combinations if all(parts[at] == text for at, text in wanted.items())]
+
+    def labels_for(self, conditions: Mapping[str, Any]) -> set[str | None] | None:
+        """The label's values (as text) that go with the combined columns ``conditions`` fix
+        (None: any, the rule has no label or they fix none of its columns)."""
+        if self.label_column is None or not any(name in conditions for name in self.removed):
+            return None
+        at = self.columns.index(self.label_column)
+        return {parts[at] for parts in self._matching(conditions)}
 
     def to_state(self) -> dict[str, Any]:
         return {
             "types": _types_to_state(self.types),
             "common": self.common,
             "combinations": self.combinations,
+            "label": self.label_column,
+            "by_label": self.by_label,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.types = _types_from_state(state["types"])
         self.common = state["common"]
         self._combinations(state["combinations"])
+        self.label_column = state.get("label")  # none before labels could be combined
+        self.by_label = state.get("by_label", {})
 
 
 # -- formulas ----------------------------------------------------------------------------------------
@@ -1350,6 +1440,8 @@ class Constraints:
         ``private``: for a model trained with differential privacy (see :attr:`Rule.private`)."""
         for rule in self.rules:
             rule.private = private
+            if isinstance(rule, FixedCombinations) and label in rule.columns:
+                rule.label_column = label
             rule.fit(table, roles, min_rows)
             if label is not None and label in rule.removed:
                 raise DatasetError(
@@ -1433,6 +1525,18 @@ class Constraints:
             ok &= rule.holds(table)
         return ok
 
+    def label_mask(self, conditions: Mapping[str, Any], values: Sequence[Any]) -> np.ndarray | None:
+        """Per label value (``values``: the model's, in its order), whether a row under
+        ``conditions`` may take it: a combination with the label fixed by the conditions leaves
+        only the labels it goes with (None: any)."""
+        mask = None
+        for rule in self.rules:
+            if isinstance(rule, FixedCombinations) and (allowed := rule.labels_for(conditions)) is not None:
+                texts = [None if v is None else str(pa.scalar(v).cast(pa.string())) for v in values]
+                ok = np.array([text in allowed for text in texts], dtype=bool)
+                mask = ok if mask is None else mask & ok
+        return mask
+
     def model_conditions(self, conditions: Mapping[str, Any]) -> dict[str, Any]:
         """Conditions on the user's columns as conditions on the model's: a rewritten column is
         conditioned through what it is learned as, which needs the columns it is drawn from (a
@@ -1445,17 +1549,17 @@ class Constraints:
             completed = rule.complete_conditions(completed)
         row = _one_row(completed, self.schema)
         for rule in self.rules:
-            present = all(name in completed for name in rule.columns)
+            present = all(name in completed for name in rule.needs)
             if not present and (touched := [name for name in rule.removed if name in completed]):
-                missing = ", ".join(name for name in rule.columns if name not in completed)
+                missing = ", ".join(name for name in rule.needs if name not in completed)
                 raise ConfigError(
                     f"generate.conditions.{touched[0]}: {rule.where} ({rule.label()}) draws it from "
                     f"other columns: give {missing} too"
                 )
-            if present and not rule.holds(row)[0]:
+            if all(name in completed for name in rule.columns) and not rule.holds(row)[0]:
                 raise ConfigError(f"generate.conditions: the values break {rule.where} ({rule.label()})")
         for rule in reversed(self.order):
-            if all(name in completed for name in rule.columns):
+            if all(name in completed for name in rule.needs):
                 row = rule.forward(row)
         return {name: row.column(name)[0].as_py() for name in row.column_names}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,10 @@ from conftest import run_stages, spec_error, tiny_job
 from orders_data import RULES, orders, rules
 
 from genai_pipeline import stages
-from genai_pipeline.config import TrainSpec
+from genai_pipeline.config import DatasetSpec, TrainSpec
 from genai_pipeline.constraints import MAX_DRAWS, Constraints, CustomRule
 from genai_pipeline.datasets import TabularData
+from genai_pipeline.datasets.sources import read_dataset
 from genai_pipeline.encoders.tabular import RowStream
 from genai_pipeline.errors import ConfigError, DatasetError, QualityGateFailed
 from genai_pipeline.models import model_class
@@ -467,3 +469,25 @@ def test_seed_rows_that_break_a_rule_or_a_condition_are_refused_at_ingest(
 ) -> None:
     with pytest.raises(DatasetError, match=re.escape(message)):
         stages.ingest(_seeded_orders(tmp_path, seeds, **generate))
+
+
+@pytest.mark.parametrize("family", ["vae", "gan", "diffusion", "autoregressive"])
+def test_a_combination_with_the_label_keeps_the_label_the_models_condition(family: str) -> None:
+    penguins = read_dataset(DatasetSpec(uri="builtin://penguins"))
+    assert isinstance(penguins, TabularData)
+    cls = model_class("tabular", family)
+    model = cls(cls.Config(), device=torch.device("cpu"))
+    items = [{"kind": "fixed_combinations", "columns": ["island", "species"]}]
+    model.fit(
+        replace(penguins, constraints=rules(items)),
+        TrainSpec(epochs=2, batch_size=64, device="cpu", seed=1),
+        None,
+    )
+    real = {(i, s) for i, s in zip(*(penguins.table.column(c).to_pylist() for c in ("island", "species")))}
+    for conditions in (None, {"species": "Gentoo"}, {"island": "Dream"}):
+        drawn = pa.concat_tables(model.sample(400, conditions=conditions, seed=5, batch_size=200))
+        pairs = set(zip(*(drawn.column(c).to_pylist() for c in ("island", "species")), strict=True))
+        assert pairs <= real, (conditions, pairs - real)
+        for name, value in (conditions or {}).items():
+            assert set(drawn.column(name).to_pylist()) == {value}
+    assert {i for i, _ in pairs} == {"Dream"} and {s for _, s in pairs} <= {"Adelie", "Chinstrap"}

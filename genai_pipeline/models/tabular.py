@@ -564,7 +564,16 @@ class TabularSynthesizer(Synthesizer):
         )
         generator = torch.Generator(device=device).manual_seed(seed)
         fixed = encoder.condition_index(conditions[label]) if label in conditions else None
-        probs = torch.tensor(self.prior.given(encoder, row, columns), device=device) if self.labels else None
+        probs = None
+        if self.labels:
+            given = self.prior.given(encoder, row, columns)
+            if (mask := self.constraints.label_mask(wanted, encoder.condition_values)) is not None:
+                # a combination fixed with the label in it leaves the labels it goes with
+                weights = np.asarray(given) * mask
+                if not weights.sum() > 0:
+                    raise ConfigError(f"generate.conditions: no {label} the model emits goes with them")
+                given = (weights / weights.sum()).tolist()
+            probs = torch.tensor(given, device=device)
 
         def draw(size: int, batch_seed: int, place: RowStream) -> pa.Table:
             cond = None
