@@ -158,10 +158,25 @@ class OneOfSpec(StrictModel):
 
 
 class UniqueSpec(StrictModel):
-    """No two rows share a value of ``column``."""
+    """No two rows share a value of ``column`` (or a combination of ``columns``)."""
 
     kind: Literal["unique"]
-    column: ColumnName
+    column: ColumnName | None = None
+    columns: list[ColumnName] | None = Field(
+        default=None, min_length=2, description="instead of column: no two rows share all of these"
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> UniqueSpec:
+        if (self.column is None) == (self.columns is None):
+            raise ValueError("give column (one) or columns (several), one of them")
+        if self.columns is not None and len(set(self.columns)) < len(self.columns):
+            raise ValueError("a column is named twice")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [self.column] if self.column is not None else list(self.columns or [])
 
 
 class CustomSpec(StrictModel):
@@ -1226,36 +1241,60 @@ class OneOf(Rule):
 
 
 class Unique(Rule):
-    """``column`` unique: made fresh, an identifier of the real one's format (the role ``id``)."""
+    """``column`` unique: made fresh, an identifier of the real one's format (the role ``id``).
+    Several ``columns`` unique together: by construction, as one of them is such an identifier
+    (declared ``type: id``, or unique by a rule of its own); a combination of learned columns
+    alone would need every shard to know every other's rows, and is refused."""
 
     @property
     def columns(self) -> list[str]:
-        return [self.spec.column]
+        return self.spec.names
 
     def fit(self, table: pa.Table, roles: Mapping[str, ColumnRole], min_rows: int) -> None:
-        column = dense(_column(table, self.spec.column, self.where)).drop_null()
-        if (repeated := len(column) - pc.count_distinct(column).as_py()) > 0:
-            raise DatasetError(f"{self.where}: {repeated} real value(s) of {self.spec.column} repeat")
-        role = roles.get(self.spec.column)
-        if role is None or not role.fresh:
+        for name in self.columns:
+            _column(table, name, self.where)
+        if repeated := int((~self.holds(table)).sum()):
             raise DatasetError(
-                f"{self.where}: {self.spec.column} must be an identifier to be unique "
-                f"(dataset.columns: {{{self.spec.column}: {{type: id}}}})"
+                f"{self.where}: {repeated} real row(s) repeat a value of {', '.join(self.columns)}"
+            )
+        identifiers = [
+            name
+            for name in self.columns
+            if (role := roles.get(name)) is not None
+            and role.role == "id"
+            and pc.count_distinct(table.column(name)).as_py() == len(table.column(name).drop_null())
+        ]
+        if not identifiers:
+            name = self.columns[0]
+            raise DatasetError(
+                f"{self.where}: {name} must be an identifier to be unique (dataset.columns: {{{name}: "
+                "{type: id}})"
+                if len(self.columns) == 1
+                else f"{self.where}: one of {', '.join(self.columns)} must be an identifier whose real "
+                "values do not repeat, which makes every combination unique (declare it dataset.columns: "
+                "{type: id}); learned columns alone cannot be kept unique across shards"
             )
 
     def inverse(self, table: pa.Table) -> pa.Table:
         return table  # identifiers are made unique across the whole run by construction
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Nothing is fitted: the column's role makes it unique."""
+        """Nothing is fitted: the identifier's role makes it unique."""
 
     def holds(self, table: pa.Table) -> np.ndarray:
-        """Within ``table``: across the whole run, fresh identifiers are unique by construction."""
-        column = dense(table.column(self.spec.column))
-        nulls = column.is_null().to_numpy(zero_copy_only=False)
-        indices = pc.dictionary_encode(column).indices.fill_null(0).to_numpy(zero_copy_only=False)
-        counts = np.bincount(indices[~nulls], minlength=1)
-        return nulls | (counts[indices] == 1)
+        """Within ``table`` (across the whole run, fresh identifiers are unique by construction); a
+        row with a null in the columns repeats none, as in SQL."""
+        nulls = np.zeros(table.num_rows, dtype=bool)
+        codes = []
+        for name in self.columns:
+            column = dense(table.column(name))
+            nulls |= column.is_null().to_numpy(zero_copy_only=False)
+            codes.append(pc.dictionary_encode(column).indices.fill_null(0).to_numpy(zero_copy_only=False))
+        keys = np.stack(codes, axis=1).reshape(table.num_rows, len(codes))[~nulls]
+        _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+        ok = np.ones(table.num_rows, dtype=bool)
+        ok[~nulls] = counts[inverse.reshape(-1)] == 1
+        return ok
 
 
 class CustomRule:
@@ -1625,8 +1664,8 @@ def rule_of(check: Mapping[str, Any]) -> Rule:
 
 
 def identifiers(specs: Sequence[Any]) -> list[str]:
-    """The columns ``unique`` rules make identifiers (role ``id``)."""
-    return [spec.column for spec in specs if isinstance(spec, UniqueSpec)]
+    """The columns ``unique`` rules of one column make identifiers (role ``id``)."""
+    return [spec.column for spec in specs if isinstance(spec, UniqueSpec) and spec.column is not None]
 
 
 def _specs() -> Any:

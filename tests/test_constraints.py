@@ -26,6 +26,7 @@ from genai_pipeline.datasets.sources import read_dataset
 from genai_pipeline.encoders.tabular import RowStream
 from genai_pipeline.errors import ConfigError, DatasetError, QualityGateFailed
 from genai_pipeline.models import model_class
+from genai_pipeline.privacy.roles import ColumnRole
 from genai_pipeline.quality.expectations import _context, empty_suite, job_suite, run_suite, table_frame
 from genai_pipeline.runs import Run
 
@@ -164,6 +165,14 @@ def test_a_rule_the_real_rows_break_fails_naming_it_and_counting_rows_never_show
         ([{"kind": "formula", "column": "total", "expression": "price * qty"}], "no column 'qty'"),
         ([{"kind": "one_of", "column": "quantity", "values": ["many"]}], "values: not all int32 values"),
         ([{"kind": "unique", "column": "city"}], "repeat"),
+        (
+            [{"kind": "unique", "columns": ["order_id", "city"]}],
+            "one of order_id, city must be an identifier",
+        ),
+        (
+            [{"kind": "unique", "columns": ["city", "status"]}],
+            r"\d+ real row\(s\) repeat a value of city, status",
+        ),
         (
             [{"kind": "fixed_combinations", "columns": ["city", "ordered_at"]}],
             r"ordered_at is a number of \d+ values, learned as one; declare it a category",
@@ -491,3 +500,21 @@ def test_a_combination_with_the_label_keeps_the_label_the_models_condition(famil
         for name, value in (conditions or {}).items():
             assert set(drawn.column(name).to_pylist()) == {value}
     assert {i for i, _ in pairs} == {"Dream"} and {s for _, s in pairs} <= {"Adelie", "Chinstrap"}
+
+
+def test_columns_unique_together_hold_through_an_identifier_and_a_repeat_is_found() -> None:
+    real = orders()
+    ids = {"order_id": ColumnRole("id", declared=True)}
+    rule = Constraints(rules([{"kind": "unique", "columns": ["order_id", "city"]}]))
+    rule.fit(real, ids, 5)  # the identifier's real values do not repeat: every pair is unique
+    pairs = pa.table({"order_id": ["a", "a", "b", None, None], "city": ["x", "x", "x", "x", "x"]})
+    assert rule.rules[0].holds(pairs).tolist() == [False, False, True, True, True]  # a null repeats none
+    assert rule.violations(pairs) == {"unique order_id, city": 2}
+    assert rule.rules[0].holds(pairs.slice(0, 0)).tolist() == []
+    repeated = pa.table({"order_id": ["O-1"] * 5, "city": list("abcde")})  # unique pairs, a repeating id
+    with pytest.raises(DatasetError, match="one of order_id, city must be an identifier whose real values"):
+        Constraints(rules([{"kind": "unique", "columns": ["order_id", "city"]}])).fit(repeated, ids, 5)
+    for bad in ({"kind": "unique"}, {"kind": "unique", "column": "a", "columns": ["a", "b"]}):
+        assert "give column (one) or columns (several)" in spec_error(
+            {**BASE, "generate": {"constraints": [bad]}}
+        )

@@ -207,6 +207,7 @@ def test_a_job_with_every_kind_of_constraint_publishes_rows_that_follow_them_all
     every = [
         *RULES,
         {"kind": "unique", "column": "order_id"},
+        {"kind": "unique", "columns": ["order_id", "city"]},  # unique through the identifier
         {"kind": "custom", "rule": "orders_data:BusinessHours", "columns": ["ordered_at"]},
         {"kind": "custom", "rule": "orders_data:NoReturnsInParis", "columns": ["city", "status"]},
     ]
