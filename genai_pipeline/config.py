@@ -872,7 +872,10 @@ class JobSpec(StrictModel):
             ),
             "generate.per_label": (self.generate.per_label is not None, "tables have no label"),
             "generate.conditions": (bool(self.generate.conditions), "not for several tables yet"),
-            "generate.constraints": (bool(self.generate.constraints), "not for several tables yet"),
+            "generate.constraints": (
+                bool(self.generate.constraints),
+                "each table's rules are its own: dataset.tables.<name>.constraints",
+            ),
             "generate.rebalance": (bool(self.generate.rebalance), "not for several tables yet"),
             "generate.fairness": (self.generate.fairness is not None, "not for several tables yet"),
             "generate.impute": (bool(self.generate.impute), "not for several tables yet"),

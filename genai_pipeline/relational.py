@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
 
 from genai_pipeline.columns import dense
+from genai_pipeline.constraints import ConstraintSpec
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.masking import refuse_url_credentials
 from genai_pipeline.strict import StrictModel
@@ -135,6 +136,12 @@ class TableSpec(StrictModel):
         default_factory=dict,
         description="per column, its type (id, pii, text, category, numeric), as dataset.columns for "
         "one table; the primary key is an id",
+    )
+    constraints: list[ConstraintSpec] = Field(
+        default_factory=list,
+        max_length=100,
+        description="rules every row of this table follows, as generate.constraints for one table, on "
+        "its own columns (not its keys; order_by and entity are read, never rewritten)",
     )
     on_orphans: Literal["fail", "drop"] = Field(
         default="fail",

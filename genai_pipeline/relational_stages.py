@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genai_pipeline.columns import dense
+from genai_pipeline.constraints import Constraints
 from genai_pipeline.datasets.base import (
     TabularData,
     content_key,
@@ -50,7 +51,7 @@ from genai_pipeline.datasets.sources import read_source
 from genai_pipeline.encoders.tabular import TableEncoder
 from genai_pipeline.errors import DatasetError
 from genai_pipeline.generation import sample_rows
-from genai_pipeline.models.relational import RelationalModel, declared_columns
+from genai_pipeline.models.relational import RelationalModel, declared_columns, table_rules
 from genai_pipeline.parquet import write_parquet_files
 from genai_pipeline.privacy.protection import Protection
 from genai_pipeline.privacy.roles import ColumnRole, column_roles
@@ -78,7 +79,15 @@ from genai_pipeline.relational import (
     with_names,
 )
 from genai_pipeline.runs import RUN_ID_KEY, SOURCE_CACHE, Run
-from genai_pipeline.stages import _check_schema, _PublicView, _stage_suite, add_spent_budget, stage_verdict
+from genai_pipeline.stages import (
+    _add_counts,
+    _check_schema,
+    _PublicView,
+    _stage_suite,
+    add_adherence,
+    add_spent_budget,
+    stage_verdict,
+)
 from genai_pipeline.storage import Storage
 from genai_pipeline.training import CheckpointStore, resolve_device
 
@@ -119,6 +128,7 @@ def ingest_tables(run: Run) -> DatasetRef:
     refs = {}
     for name in relations.order:
         spec = relations.tables[name]
+        table_rules(relations, name, train[name], protection)  # a rule the rows break fails here
         own, held = _own(train[name], spec), _own(holdout[name], spec)
         roles = column_roles(own, declared_columns(spec), None, where=f"dataset.tables.{name}.columns")
         keyless = [column for column in own.column_names if column != spec.primary_key]
@@ -286,8 +296,16 @@ def generate_tables(run: Run, *, model: ModelRef) -> GeneratedRef:
         seed=job.generate_seed, scale=job.generate.scale, batch_size=job.generate.batch_size
     )
     names = {name: run.published_names(name) for name in files}
+    violations = {  # a rule no row breaks is reported too
+        f"{name}: {rule.label()}": 0
+        for name, rules in synthesizer.constraints.items()
+        for rule in rules.rules
+    }
+    counted = (
+        (name, _counted_rows(name, table, synthesizer.constraints, violations)) for name, table in batches
+    )
     counts = write_parquet_files(
-        ((name, with_names(table, names[name])) for name, table in batches),
+        ((name, with_names(table, names[name])) for name, table in counted),
         storage,
         {
             name: (rel, _renamed_schema(synthesizer.layouts[name].schema, names[name]))
@@ -299,7 +317,19 @@ def generate_tables(run: Run, *, model: ModelRef) -> GeneratedRef:
     counts = {name: counts[name] for name in run.tables}
     total = sum(counts.values())
     log.info("generated %s in %.1f s (%.0f rows/s)", _rows(counts), seconds, total / max(seconds, 1e-9))
-    return GeneratedRef(run.staged(run.data_file), total, seconds, tables=counts)
+    return GeneratedRef(run.staged(run.data_file), total, seconds, tables=counts, violations=violations)
+
+
+def _counted_rows(
+    name: str, table: pa.Table, rules: dict[str, Constraints], violations: dict[str, int]
+) -> pa.Table:
+    """``table`` (of table ``name``) as it is, its rows checked against the table's rules on the
+    way to its file: ``violations`` adds up per ``<table>: <rule>``."""
+    if name in rules:
+        _add_counts(
+            violations, {f"{name}: {label}": count for label, count in rules[name].violations(table).items()}
+        )
+    return table
 
 
 def _renamed_schema(schema: pa.Schema, names: dict[str, str]) -> pa.Schema:
@@ -335,7 +365,14 @@ def validate_tables(
             _own(tables[name], table_spec) for tables in (real, held, synthetic)
         )
         roles = {column: ColumnRole(**role) for column, role in ref.roles.items()}
-        suite = job_suite(load_suite(storage.read_bytes(ref.suite), "suite.json"), spec, {}, "tabular")
+        rules = table_rules(relations, name, real[name], protection)
+        suite = job_suite(
+            load_suite(storage.read_bytes(ref.suite), "suite.json"),
+            spec,
+            {},
+            "tabular",
+            constraints=rules.checks(),
+        )
         with tempfile.TemporaryDirectory(prefix="data-docs-") as docs:
             keyless = [column for column in own_synthetic.column_names if column != table_spec.primary_key]
             result = check_data(suite, TabularData(own_synthetic.select(keyless), None), Path(docs))
@@ -358,6 +395,9 @@ def validate_tables(
             ),
         )
         sections[name] = TableSection(charts["real"], charts["synthetic"], result.payload)
+        prefix = f"{name}: "
+        mine = {k.removeprefix(prefix): v for k, v in generated.violations.items() if k.startswith(prefix)}
+        add_adherence(rows.of_table(name), mine, (generated.tables or {}).get(name, 0))
     learned = {name: _learned(dataset.tables[name], relations.tables[name]) for name in relations.order}
     scores = relation_scores(
         {name: table.select(learned[name]) for name, table in real.items()},

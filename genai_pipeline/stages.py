@@ -844,7 +844,7 @@ def validate(
         harden_pages(Path(docs))  # GX renders names from the data raw: no script may run there
         storage.put_folder(Path(docs), f"{quality}/data_docs")
     add_spent_budget(rows, model, spec, "table" if real.modality == "tabular" else "images")
-    add_adherence(rows, generated)
+    add_adherence(rows, generated.violations, generated.num_samples, generated.drawn)
     if isinstance(real, TabularData):
         add_shares(rows, job.generate.rebalance, sample)
         if (fairness := job.generate.fairness) is not None:
@@ -884,13 +884,14 @@ def add_shares(rows: MetricRows, rebalance: dict[str, dict[Any, float]], sample:
             rows.add("rebalance", f"{column}={value}", "share_asked", share)
 
 
-def add_adherence(rows: MetricRows, generated: GeneratedRef) -> None:
-    """Per constraint, the share of every generated row that follows it (gated by
-    ``validate.min_constraint_adherence``), and the share of rows drawn that a rule refused."""
-    for label, broken in generated.violations.items():
-        rows.add("constraint", label, "constraint_adherence", 1 - broken / max(generated.num_samples, 1))
-    if generated.drawn:
-        rows.add("constraint", None, "rejected_share", 1 - generated.num_samples / generated.drawn)
+def add_adherence(rows: MetricRows, violations: Mapping[str, int], generated: int, drawn: int = 0) -> None:
+    """Per constraint, the share of the ``generated`` rows that follows it (``violations``: the
+    rows that break each; gated by ``validate.min_constraint_adherence``), and the share of the
+    rows ``drawn`` that a rule refused."""
+    for label, broken in violations.items():
+        rows.add("constraint", label, "constraint_adherence", 1 - broken / max(generated, 1))
+    if drawn:
+        rows.add("constraint", None, "rejected_share", 1 - generated / drawn)
 
 
 def add_spent_budget(rows: MetricRows, model: ModelRef | None, spec: ValidateSpec, scope: str) -> None:

@@ -5,9 +5,11 @@ switch leave behind."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -17,6 +19,7 @@ from conftest import S3_OPTIONS
 from relational_data import TABLES, shop_job, shop_schema, shop_tables, write_tables
 
 from genai_pipeline import stages
+from genai_pipeline.constraints import CustomRule
 from genai_pipeline.errors import ConfigError, DatasetError, QualityGateFailed, StorageError
 from genai_pipeline.runs import RUN_ID_KEY, Run
 from genai_pipeline.storage import Storage
@@ -175,6 +178,100 @@ def test_a_table_column_renamed_for_the_job_is_published_under_its_own_name(tmp_
     tables["orders"]["columns"] = {"order_ts": {"rename": "ts"}}
     with pytest.raises(ConfigError, match="columns.order_ts: order_by and entity are named as the data"):
         shop_job(uris, str(tmp_path / "out"), dataset={"tables": tables})
+
+
+class Placed(CustomRule):
+    """Every order has a time: a rule without a repair."""
+
+    def is_valid(self, table: pa.Table) -> np.ndarray:
+        return table.column("order_ts").is_valid().to_numpy(zero_copy_only=False)
+
+
+def _ruled_shop(folder: Path) -> tuple[dict[str, pa.Table], dict[str, str]]:
+    """The shop with what its rules are about: orders shipped 1–5 days after they were placed,
+    a discount below the amount."""
+    real = shop_tables()
+    orders = real["orders"]
+    rng = np.random.default_rng(1)
+    days = rng.integers(1, 6, orders.num_rows).astype("timedelta64[D]")
+    shipped = orders.column("order_ts").to_numpy() + days
+    discount = np.round(orders.column("amount").to_numpy() * rng.uniform(0, 0.3, orders.num_rows), 2)
+    real["orders"] = orders.append_column("shipped_ts", pa.array(shipped)).append_column(
+        "discount", pa.array(discount)
+    )
+    return real, write_tables(real, folder)
+
+
+SHOP_RULES = {
+    "orders": [
+        {"kind": "inequality", "low": "order_ts", "high": "shipped_ts", "strict": True},
+        {"kind": "range", "column": "discount", "low": 0, "high": "amount"},
+        {"kind": "one_of", "column": "channel", "values": ["web", "store"]},
+    ],
+    "customers": [{"kind": "range", "column": "age", "low": 18, "high": 79}],
+    "items": [{"kind": "positive", "columns": ["quantity"], "strict": True}],
+}
+
+
+def test_each_table_follows_its_own_rules_and_they_are_checked_and_gated(tmp_path: Path) -> None:
+    real, uris = _ruled_shop(tmp_path / "input")
+    tables = shop_schema(uris)
+    for name, rules in SHOP_RULES.items():
+        tables[name]["constraints"] = rules
+    result = _run(shop_job(uris, str(tmp_path / "out"), dataset={"tables": tables}, train={"epochs": 4}))
+    root = tmp_path / "out" / "shop"
+    orders = pq.read_table(root / "data" / "orders").to_pandas()
+    assert (orders["shipped_ts"] > orders["order_ts"]).all()  # after the order, which is built in order
+    assert ((orders["discount"] >= 0) & (orders["discount"] <= orders["amount"])).all()
+    assert (
+        set(orders["channel"]) <= {"web", "store"}
+        and list(orders.columns)[:5] == real["orders"].column_names[:5]
+    )
+    customers = pq.read_table(root / "data" / "customers").to_pandas()
+    assert customers["age"].between(18, 79).all()
+    assert (pq.read_table(root / "data" / "items").to_pandas()["quantity"] > 0).all()
+    quality = root / "quality" / f"run_date={RUN_DATE}" / f"run={result['run_id']}"
+    metrics = pq.read_table(quality / "metrics.parquet").to_pandas()
+    adherence = metrics[metrics["metric"] == "constraint_adherence"]
+    assert sorted(adherence["table"]) == sorted(n for n, rules in SHOP_RULES.items() for _ in rules)
+    assert (adherence["value"] == 1.0).all() and adherence["passed"].all()
+    per_table = json.loads((quality / "expectations.json").read_text())
+    for name, rules in SHOP_RULES.items():
+        results = per_table[name]["results"]["expectations"]
+        checked = [r for r in results if r["expectation_type"].endswith("_to_follow_constraint")]
+        assert len(checked) == len(rules) and all(r["success"] for r in checked), name
+
+
+@pytest.mark.parametrize(
+    ("table", "rule", "message"),
+    [
+        (
+            "orders",
+            {"kind": "one_of", "column": "customer_id", "values": ["C00001"]},
+            "dataset.tables.orders.constraints.0: customer_id is a key",
+        ),
+        (
+            "orders",
+            {"kind": "inequality", "low": "shipped_ts", "high": "order_ts"},
+            "order_ts is order_by, built in order: a rule may read it, not rewrite it",
+        ),
+        (
+            "orders",
+            {"kind": "custom", "rule": "test_flow_relational:Placed", "columns": ["order_ts"]},
+            "a table of several has no row drawn again",
+        ),
+        ("customers", {"kind": "range", "column": "age", "low": 30}, "rows break it"),
+    ],
+)
+def test_a_table_rule_that_cannot_work_fails_at_ingest_naming_it(
+    tmp_path: Path, table: str, rule: dict[str, Any], message: str
+) -> None:
+    _, uris = _ruled_shop(tmp_path / "input")
+    tables = shop_schema(uris)
+    tables[table]["constraints"] = [rule]
+    job = shop_job(uris, str(tmp_path / "out"), dataset={"tables": tables})
+    with pytest.raises((ConfigError, DatasetError), match=re.escape(message)):
+        stages.ingest(Run(job=job, run_date=RUN_DATE))
 
 
 def test_a_changed_table_fails_the_next_run_naming_it(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ import torch
 
 from genai_pipeline.columns import dense, is_numeric, quantum, schema_from_text, schema_to_text, to_float
 from genai_pipeline.config import TrainSpec
+from genai_pipeline.constraints import Constraints
 from genai_pipeline.datasets.base import TabularData
 from genai_pipeline.encoders.tabular import RowStream
 from genai_pipeline.errors import ConfigError
@@ -51,7 +52,7 @@ from genai_pipeline.models import model_class
 from genai_pipeline.models.base import load_model
 from genai_pipeline.models.tabular import TabularSynthesizer
 from genai_pipeline.privacy.protection import Protection, protect_numbers
-from genai_pipeline.privacy.roles import column_roles
+from genai_pipeline.privacy.roles import ColumnRole, column_roles
 from genai_pipeline.quality.relational import children_per_parent
 from genai_pipeline.relational import ColumnSpec, Relations, TableSpec, declared, parent_rows
 from genai_pipeline.storage import Storage
@@ -113,6 +114,9 @@ class RelationalModel:
     published: list[str]
     #: how each table's training went (:class:`~genai_pipeline.training.FitReport` as a dict)
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: each table's rules (``constraints``), fitted on its real rows: learned through the table's
+    #: model as :meth:`Constraints.forward` rewrites them, drawn back once a row is whole
+    constraints: dict[str, Constraints] = field(default_factory=dict)
 
     @classmethod
     def fit(
@@ -141,11 +145,18 @@ class RelationalModel:
         relations, real = relations.with_entities(real)
         cls_ = model_class("tabular", family)
         models, layouts, reports = {}, {}, {}
+        for name, table in real.items():
+            _refuse_reserved(name, table)
+        schemas = {name: table.schema for name, table in real.items()}
+        rules = {
+            name: table_rules(relations, name, table, protection or Protection())
+            for name, table in real.items()
+        }
+        real = {name: rules[name].forward(table) if rules[name] else table for name, table in real.items()}
         shown = dict(real)  # a table trained on: its learned columns as its model may emit them
         for name in relations.order:
             table, spec = real[name], relations.tables[name]
             own = _own_columns(spec, table.column_names)
-            _refuse_reserved(name, table)
             context = relations.context[name]
             if context is not None and not cls_.completes_rows:
                 raise ConfigError(
@@ -155,7 +166,7 @@ class RelationalModel:
             parent = None if context is None else layouts[context.references]
             layout = TableLayout(
                 name,
-                table.schema,
+                schemas[name],
                 parent_columns=[]
                 if parent is None
                 else parent.learned + [LEVEL + e for e in parent.levels if e.split(".", 1)[0] == name],
@@ -182,16 +193,12 @@ class RelationalModel:
                 layout.order_range = _protected_range(table.column(spec.order_by), protection or Protection())
                 layout.order_nulls = table.column(spec.order_by).null_count > 0
             training = training_table(shown, relations, layout)
-            roles = column_roles(
-                training, declared_columns(spec), None, where=f"dataset.tables.{name}.columns"
-            )
+            roles = _training_roles(training, spec, rules[name], name)
             text = {column for column in own if column in roles and roles[column].role == "text"}
             if text & set(layout.previous_columns):  # a row is not given its previous sibling's text
                 layout.previous_columns = [c for c in layout.previous_columns if c not in text]
                 training = training_table(shown, relations, layout)
-                roles = column_roles(
-                    training, declared_columns(spec), None, where=f"dataset.tables.{name}.columns"
-                )
+                roles = _training_roles(training, spec, rules[name], name)
             # not learned value by value: fresh columns and text (written last), which a child is
             # not given of its parent either
             layout.learned = [column for column in own if not (column in roles and roles[column].unlearned)]
@@ -230,7 +237,9 @@ class RelationalModel:
             models[name], layouts[name] = model, layout
         # as many rows as the real table, the rows held out of training included
         rows = {name: real[name].num_rows + len((unseen or {}).get(name, [])) for name in relations.order}
-        return cls(relations, models, layouts, rows, published, reports)
+        return cls(
+            relations, models, layouts, rows, published, reports, {n: r for n, r in rules.items() if r}
+        )
 
     def save(self, storage: Storage, rel: str) -> None:
         """Each table's model in ``rel/<table>/`` (as any model is saved: JSON and safetensors), and
@@ -252,6 +261,7 @@ class RelationalModel:
             "rows": self.rows,
             "published": self.published,
             "trained": [name for name, model in self.models.items() if model is not None],
+            "constraints": {name: rules.to_state() for name, rules in self.constraints.items()},
         }
         storage.write_bytes(f"{rel}/relational.json", json.dumps(state).encode())
 
@@ -271,7 +281,10 @@ class RelationalModel:
             model = load_model(storage, f"{rel}/{name}", device)
             assert isinstance(model, TabularSynthesizer)
             models[name] = model
-        return cls(relations, models, layouts, state["rows"], state["published"])
+        constraints = {
+            name: Constraints.from_state(rules) for name, rules in state.get("constraints", {}).items()
+        }  # none in a model saved before tables had rules
+        return cls(relations, models, layouts, state["rows"], state["published"], constraints=constraints)
 
     def sample(self, *, seed: int, scale: float = 1.0, batch_size: int = 65_536) -> dict[str, pa.Table]:
         """Every table whole: :meth:`stream`'s batches put together."""
@@ -429,7 +442,8 @@ class _Walk:
                 self.weights.setdefault(entry, []).append(np.clip(np.nan_to_num(weight), 0, None))
         self.made[name] += batch.num_rows
         if name in model.published:
-            yield name, _published(batch, model.layouts[name].schema)
+            whole = model.constraints[name].inverse(batch) if name in model.constraints else batch
+            yield name, _published(whole, model.layouts[name].schema)
         for child in model.layouts[name].children:
             if model.models[child] is None:
                 continue
@@ -560,6 +574,49 @@ def _leveled(spec: TableSpec, table: pa.Table, name: str) -> list[str]:
     types = {column: value for column, value in declared(spec.columns).items() if column in numeric}
     roles = column_roles(table.select(numeric), types, None, where=f"dataset.tables.{name}.columns")
     return [column for column in numeric if column not in roles or roles[column].role == "numeric"]
+
+
+def table_rules(relations: Relations, name: str, table: pa.Table, protection: Protection) -> Constraints:
+    """Table ``name``'s rules fitted on its real rows (a rule they break fails naming it). A rule
+    is about the table's own columns: a key is made fresh or points at a parent, never learned,
+    and the order column is built from first values and gaps, so a rule may read it, never
+    rewrite it; a rule enforced by drawing rows again (a custom rule without a reverse transform)
+    would redraw a parent's children: refused."""
+    spec = relations.tables[name]
+    rules = Constraints(spec.constraints, where=f"dataset.tables.{name}.constraints")
+    if not rules:
+        return rules
+    keys = {key.column for key in spec.foreign_keys} | {spec.primary_key, spec.entity}
+    for rule in rules.rules:
+        if touched := [column for column in rule.columns if column in keys]:
+            raise ConfigError(
+                f"{rule.where}: {touched[0]} is a key, made fresh or a parent's: no rule is about it"
+            )
+        if (order := spec.order_by) in rule.removed:
+            raise ConfigError(
+                f"{rule.where}: {order} is order_by, built in order: a rule may read it, not rewrite it"
+            )
+    roles = column_roles(table, declared_columns(spec), None, where=f"dataset.tables.{name}.columns")
+    rules.fit(table, roles, protection.threshold)
+    if rules.rejecting:
+        rule = rules.rejecting[0]
+        raise ConfigError(
+            f"{rule.where} ({rule.label()}): a table of several has no row drawn again; give the "
+            "rule a reverse_transform that repairs rows"
+        )
+    return rules
+
+
+def _training_roles(
+    training: pa.Table, spec: TableSpec, rules: Constraints, name: str
+) -> dict[str, ColumnRole]:
+    """The roles of a table's training columns: the declared ones still there (a rule may have
+    rewritten one: its rule says what it became)."""
+    declared = {
+        column: value for column, value in declared_columns(spec).items() if column in training.column_names
+    }
+    roles = column_roles(training, declared, None, where=f"dataset.tables.{name}.columns")
+    return rules.roles(roles) if rules else roles
 
 
 def declared_columns(spec: TableSpec) -> dict[str, ColumnSpec]:
