@@ -5,6 +5,7 @@ each system with and without its constraints, in one run.
     python benchmarks/constraints.py --peers gaussian_copula ctgan --ctgan-epochs 10 \
         --out /tmp/constraints.json                                           # CTGAN too: ~8 min more
     python benchmarks/constraints.py --table flights --rows 500 --epochs 2 --limit 3000   # a smoke test
+    python benchmarks/constraints.py --per-kind --out /tmp/kinds.json         # + each kind alone: ~20 min
 
 SDV runs in its own virtualenv (``--sdv-python``, default ``.venv-sdv/bin/python``: SDV 2.0 and the
 project installed without its dependencies, as for ``peers.py`` and ``relational_flights.py``): the
@@ -297,7 +298,7 @@ def run_ours(real: pa.Table, rules: list[Rule], declared: dict[str, str], constr
     torch.set_num_threads(args.threads)
     specs = tuple(_SPECS.validate_python(rule.spec) for rule in rules) if constrained else ()
     roles = column_roles(real, {}, None)
-    if constrained:
+    if constrained and any(rule.spec["kind"] == "fixed_combinations" for rule in rules):  # what it needs
         roles.update({name: ColumnRole(role, declared=True) for name, role in declared.items()})
     cls = model_class("tabular", args.family)
     if not _WARM:  # the first fit in a process pays for torch's start: not timed
@@ -447,7 +448,7 @@ def sdv_job(folder: Path) -> None:
         if synthesizer == "ctgan":  # the first fit in a process pays for torch's start: not timed
             metadata = Metadata.detect_from_dataframes({"table": real}, infer_keys=None)
             CTGANSynthesizer(metadata, epochs=1, enable_gpu=False).fit({"table": real.head(500)})
-        for constrained in (False, True):
+        for constrained in (False, True) if job["both"] else (True,):
             np.random.seed(job["seed"])
             torch.manual_seed(job["seed"])
             metadata = Metadata.detect_from_dataframes({"table": real}, infer_keys=None)
@@ -479,7 +480,8 @@ def sdv_job(folder: Path) -> None:
     (folder / "runs.json").write_text(json.dumps(runs, indent=2))
 
 
-def run_sdv(real: pa.Table, rules: list[Rule], args: argparse.Namespace) -> list[dict]:
+def run_sdv(real: pa.Table, rules: list[Rule], args: argparse.Namespace, *, both: bool = True) -> list[dict]:
+    """SDV's runs with ``rules`` (and, ``both``, without any)."""
     with tempfile.TemporaryDirectory(prefix="constraints-sdv-") as name:
         folder = Path(name)
         pq.write_table(real, folder / "real.parquet")
@@ -490,6 +492,7 @@ def run_sdv(real: pa.Table, rules: list[Rule], args: argparse.Namespace) -> list
             "rows": args.rows,
             "seed": args.seed,
             "threads": args.threads,
+            "both": both,
         }
         (folder / "job.json").write_text(json.dumps(job))
         subprocess.run([str(args.sdv_python), __file__, "--sdv-job", str(folder)], check=True)
@@ -526,6 +529,8 @@ def benchmark(name: str, args: argparse.Namespace) -> dict:
             how = run.pop("how")
             run["system"] = SYNTHESIZERS[run.pop("synthesizer")]
         runs += sdv_runs
+    if args.per_kind:
+        runs += per_kind(real, rules, declared, args)
     figures = []
     for run in runs:
         synthetic = run.pop("table")
@@ -558,16 +563,33 @@ def benchmark(name: str, args: argparse.Namespace) -> dict:
     return report
 
 
+def per_kind(
+    real: pa.Table, rules: list[Rule], declared: dict[str, str], args: argparse.Namespace
+) -> list[dict]:
+    """Each kind of rule on its own (ours, and SDV's where ``--peers``): what that kind costs."""
+    runs = []
+    for kind in dict.fromkeys(rule.spec["kind"] for rule in rules):
+        subset = [rule for rule in rules if rule.spec["kind"] == kind]
+        print(f"  ours {args.family} with its {kind} rules only …", flush=True)
+        runs.append({**run_ours(real, subset, declared, True, args), "system": f"ours {args.family}"})
+        for run in run_sdv(real, subset, args, both=False) if args.peers else []:
+            run.pop("how")
+            runs.append({**run, "system": SYNTHESIZERS[run.pop("synthesizer")]})
+        for run in runs[-(1 + len(args.peers) if args.peers else 1) :]:
+            run["constrained"] = kind
+    return runs
+
+
 def print_report(report: dict) -> None:
     names = [rule["name"] for rule in report["rules"]]
     print(f"\n{report['table']} ({report['real_rows']} real rows): fit and sampling seconds, fidelity, and")
     print("per rule the % of sampled rows that follow it (this script's checks)")
-    head = f"{'system':<20} {'rules':<7} {'fit s':>7} {'sample s':>8} {'rows':>6} {'shapes':>6} {'pairs':>6}"
+    head = f"{'system':<20} {'rules':<18} {'fit s':>7} {'sample s':>8} {'rows':>6} {'shapes':>6} {'pairs':>6}"
     print(head + "".join(f"  {name}" for name in names))
     for run in report["runs"]:
         cells = [
             f"{run['system']:<20}",
-            f"{'with' if run['constraints'] else 'without':<7}",
+            f"{_rules_of(run['constraints']):<18}",
             f"{run['fit_seconds']:>7.1f}",
             f"{run['sample_seconds']:>8.2f}",
             f"{run['rows']:>6}",
@@ -581,6 +603,11 @@ def print_report(report: dict) -> None:
     for rule in report["rules"]:
         print(f"  {rule['name']:<{width}}  {json.dumps(rule['spec'])}  SDV: {rule['sdv']}")
     print()
+
+
+def _rules_of(constraints: bool | str) -> str:
+    """A run's rules: none, all, or one kind's (``--per-kind``)."""
+    return constraints if isinstance(constraints, str) else ("with" if constraints else "without")
 
 
 def main() -> None:
@@ -605,6 +632,7 @@ def main() -> None:
     )
     parser.add_argument("--sdv-python", type=Path, default=SDV_PYTHON, help="SDV's virtualenv's python")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--per-kind", action="store_true", help="also each kind of rule on its own")
     parser.add_argument("--sdv-job", type=Path, help=argparse.SUPPRESS)  # internal: SDV's side
     args = parser.parse_args()
     if args.sdv_job:

@@ -1557,10 +1557,10 @@ class Constraints:
         """Rules enforced by drawing again (a custom rule without a reverse transform)."""
         return [rule for rule in self.rules if isinstance(rule, Custom) and not rule.repairs]
 
-    def accepted(self, table: pa.Table) -> np.ndarray:
-        """Per row, whether every rejecting rule takes it."""
+    def accepted(self, table: pa.Table, rules: Sequence[Rule] | None = None) -> np.ndarray:
+        """Per row, whether every rejecting rule (or every one of ``rules``) takes it."""
         ok = np.ones(table.num_rows, dtype=bool)
-        for rule in self.rejecting:
+        for rule in self.rejecting if rules is None else rules:
             ok &= rule.holds(table)
         return ok
 

@@ -691,27 +691,20 @@ class TabularSynthesizer(Synthesizer):
     def _refilled(self, seeds: pa.Table, table: pa.Table, seed: int, impute: Sequence[str]) -> pa.Table:
         """``table`` (completed from ``seeds``) with the rows that break a rule drawn again."""
         for attempt in range(1, MAX_DRAWS):
-            broken = np.flatnonzero(~self._follows(table))
+            broken = np.flatnonzero(~self.constraints.accepted(table, self.constraints.rules))
             if not len(broken):
                 return table
             again = self._filled(seeds.take(pa.array(broken)), seed + attempt * 7_919, impute)
             rows = np.arange(table.num_rows)
             rows[broken] = table.num_rows + np.arange(len(broken))
             table = pa.concat_tables([table, again]).take(pa.array(rows))
-        if not (follows := self._follows(table)).all():
+        if not (follows := self.constraints.accepted(table, self.constraints.rules)).all():
             rule = next(r for r in self.constraints.rules if not r.holds(table).all())
             raise DatasetError(
                 f"generate.complete: {int((~follows).sum())} seed row(s) drawn {MAX_DRAWS} times "
                 f"break {rule.where} ({rule.label()}) each time: their given values leave it no room"
             )
         return table
-
-    def _follows(self, table: pa.Table) -> np.ndarray:
-        """Per row, whether every rule holds."""
-        ok = np.ones(table.num_rows, dtype=bool)
-        for rule in self.constraints.rules:
-            ok &= rule.holds(table)
-        return ok
 
     def _filled(self, seeds: pa.Table, seed: int, impute: Sequence[str]) -> pa.Table:
         """:meth:`fill_in`'s rows once, their columns made fresh not yet placed. Rows are drawn in
