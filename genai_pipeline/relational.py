@@ -37,8 +37,9 @@ from genai_pipeline.strict import StrictModel
 
 #: a table's name becomes a path (``data/<table>/…``) and a Prefect task name: a plain identifier
 TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
-#: what a column may be renamed to (``rename``): a plain identifier, as rules and formulas name it
-COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+#: what a column may be renamed to (``rename``): a plain identifier, as rules and formulas name it,
+#: starting with a letter (``__…`` names are the models' own columns: ``__constant__``, ``__gap__``)
+COLUMN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
 
 #: what a column is, as a job may declare it (``dataset.columns``, or a table's ``columns``):

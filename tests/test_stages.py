@@ -159,6 +159,7 @@ def test_columns_renamed_for_the_job_are_published_under_their_own_names(tmp_pat
         ),
         ({"Qty": {"rename": "qty"}}, "Qty", "label: 'Qty' is renamed 'qty': name it so"),
         ({"Qty": {"rename": "two words"}}, None, "String should match pattern"),
+        ({"Qty": {"rename": "__constant__"}}, None, "String should match pattern"),  # a model's own
         ({"Qty": {"rename": "qty", "skip": True}}, None, "skip: true takes no type, kind, locale or rename"),
     ],
 )
