@@ -326,6 +326,13 @@ class TrainSpec(StrictModel):
     validation_fraction: float = Field(
         default=0.1, gt=0, le=0.5, description="rows/images held out for the validation loss"
     )
+    max_rows: int | None = Field(
+        default=None,
+        ge=100,
+        le=10**10,
+        description="train on a sample of at most this many rows (or images), drawn by train.seed: a "
+        "bound on training's time and memory; the manifest says how many trained (model.fit.trained_rows)",
+    )
     compile: bool = Field(default=False, description="torch.compile the networks (CUDA)")
     reuse: Literal["never", "cached", "latest"] = Field(
         default="never",
@@ -871,6 +878,10 @@ class JobSpec(StrictModel):
                 "tables are sized by generate.scale",
             ),
             "generate.per_label": (self.generate.per_label is not None, "tables have no label"),
+            "train.max_rows": (
+                self.train.max_rows is not None,
+                "a sample of rows would cut parents from their children; not for several tables yet",
+            ),
             "generate.conditions": (bool(self.generate.conditions), "not for several tables yet"),
             "generate.constraints": (
                 bool(self.generate.constraints),

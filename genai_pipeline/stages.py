@@ -37,6 +37,7 @@ from genai_pipeline.datasets.base import (
     fingerprint,
     label_values,
     read_snapshot,
+    sampled,
     schema_diff,
     split_holdout,
     write_snapshot,
@@ -521,8 +522,15 @@ def train(run: Run, *, dataset: DatasetRef) -> ModelRef:
         model, fit = _relational().fit_tables(run, dataset, f"{uri}/checkpoints")
     else:
         data = _read_training_rows(run, dataset, workspace)
+        rows = data.num_rows
+        data = sampled(data, job.train.max_rows, job.train.seed)
+        if data.num_rows < rows:
+            log.info(
+                "train.max_rows: training on %d of the %d rows, drawn by train.seed", data.num_rows, rows
+            )
         model = cls(model_config_for(job), device=resolve_device(job.train.device))
         fit = model.fit(data, job.train, CheckpointStore(workspace, f"{uri}/checkpoints")).to_dict()
+        fit.update(trained_rows=data.num_rows, training_rows=rows)
     model.save(workspace, uri)
     workspace.write_bytes(f"{uri}/fit.json", json.dumps(fit).encode())  # last: the model is whole
     workspace.delete_tree(f"{uri}/checkpoints")
@@ -551,6 +559,12 @@ def model_key(run: Run, dataset: DatasetRef) -> str:
         identity["keys"] = dataset.schema["keys"]
     if job.generate.constraints:  # the model learns the table as its constraints rewrite it
         identity["constraints"] = [rule.model_dump(mode="json") for rule in job.generate.constraints]
+    if ruled := {
+        name: spec.constraints for name, spec in (job.dataset.tables or {}).items() if spec.constraints
+    }:
+        identity["table_constraints"] = {
+            name: [rule.model_dump(mode="json") for rule in rules] for name, rules in ruled.items()
+        }
     return content_key(identity)
 
 

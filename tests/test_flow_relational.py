@@ -242,6 +242,18 @@ def test_each_table_follows_its_own_rules_and_they_are_checked_and_gated(tmp_pat
         assert len(checked) == len(rules) and all(r["success"] for r in checked), name
 
 
+def test_a_tables_rules_are_part_of_its_models_key(tmp_path: Path) -> None:
+    # a cached model learned the tables as other rules rewrote them: it must not be reused
+    _, uris = _ruled_shop(tmp_path / "input")
+    keys = []
+    for rules in ([], SHOP_RULES["orders"]):
+        tables = shop_schema(uris)
+        tables["orders"]["constraints"] = rules
+        run = Run(job=shop_job(uris, str(tmp_path / "out"), dataset={"tables": tables}), run_date=RUN_DATE)
+        keys.append(stages.model_key(run, stages.ingest(run)))
+    assert keys[0] != keys[1]
+
+
 @pytest.mark.parametrize(
     ("table", "rule", "message"),
     [

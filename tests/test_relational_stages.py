@@ -58,6 +58,7 @@ def test_a_job_of_several_tables_loads_with_its_tables_parents_first() -> None:
         (_with(generate={"num_samples": 10}), "generate.num_samples: not with dataset.tables"),
         (_with(generate={"shards": 2}), "generate.shards: not with dataset.tables"),
         (_with(generate={"per_label": 3}), "generate.per_label: not with dataset.tables"),
+        (_with(train={"max_rows": 1000}), "train.max_rows: not with dataset.tables"),
         (
             _with(generate={"constraints": [{"kind": "positive", "columns": ["amount"]}]}),
             "generate.constraints: not with dataset.tables (each table's rules are its own: "

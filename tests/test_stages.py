@@ -18,6 +18,7 @@ from PIL import Image
 from genai_pipeline import stages
 from genai_pipeline.config import JobSpec
 from genai_pipeline.datasets import sources
+from genai_pipeline.datasets.base import TabularData, sampled
 from genai_pipeline.errors import ConfigError, DatasetError
 from genai_pipeline.refs import GeneratedRef, QualityVerdict
 from genai_pipeline.runs import Run
@@ -857,3 +858,30 @@ def test_imputed_columns_come_out_without_nulls_and_the_suite_expects_none(tmp_p
                     run_date="2026-02-03",
                 )
             )
+
+
+def test_train_max_rows_trains_on_a_seeded_sample_and_the_manifest_says_so(tmp_path: Path) -> None:
+    job = tiny_job(
+        "builtin://penguins",
+        "vae",
+        str(tmp_path / "out"),
+        train={"max_rows": 100},
+        validate={"max_memorised_share": 1.0},
+    )
+    run = Run(job=job, run_date="2026-02-03")
+    run_stages(run)
+    (manifest,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "tiny" / "_runs").glob("*.json")]
+    fit = manifest["model"]["fit"]
+    assert fit["trained_rows"] == 100 and fit["training_rows"] == 276  # 344 rows, a fifth held out
+    again = tiny_job("builtin://penguins", "vae", str(tmp_path / "out"), train={"max_rows": 200})
+    dataset = stages.ingest(Run(job=again, run_date="2026-02-04"))
+    assert stages.model_key(Run(job=again, run_date="2026-02-04"), dataset) != stages.model_key(run, dataset)
+
+
+def test_sampled_rows_are_seeded_in_order_and_all_of_a_small_table() -> None:
+    data = TabularData(pa.table({"n": list(range(1000))}), None)
+    first, second = (sampled(data, 100, seed=7) for _ in range(2))
+    values = first.table.column("n").to_pylist()
+    assert values == second.table.column("n").to_pylist() and values == sorted(values) and len(values) == 100
+    assert sampled(data, 100, seed=8).table.column("n").to_pylist() != values
+    assert sampled(data, 5000, seed=7) is data and sampled(data, None, seed=7) is data

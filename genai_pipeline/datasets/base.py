@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -119,12 +119,23 @@ def split_holdout(
     if count < 1:
         return data, None
     order = np.random.default_rng(int(key, 16)).permutation(data.num_rows)
-    parts = np.sort(order[count:]), np.sort(order[:count])
+    return rows_of(data, np.sort(order[count:])), rows_of(data, np.sort(order[:count]))
+
+
+def rows_of(data: Dataset, rows: np.ndarray) -> Dataset:
+    """``data``'s rows (or images) at the indices ``rows``, with all else it holds."""
     if isinstance(data, TabularData):
-        train, holdout = (TabularData(data.table.take(rows), data.label) for rows in parts)
-    else:
-        train, holdout = (ImageData(data.images[rows], data.labels[rows], data.label_names) for rows in parts)
-    return train, holdout
+        return replace(data, table=data.table.take(pa.array(rows, pa.int64())))
+    return ImageData(data.images[rows], data.labels[rows], data.label_names)
+
+
+def sampled(data: Dataset, max_rows: int | None, seed: int) -> Dataset:
+    """At most ``max_rows`` of ``data``'s rows, drawn by ``seed`` and kept in their order
+    (``train.max_rows``: a bound on training's time and memory); all of them when they are fewer."""
+    if max_rows is None or data.num_rows <= max_rows:
+        return data
+    chosen = np.random.default_rng(seed).choice(data.num_rows, max_rows, replace=False)
+    return rows_of(data, np.sort(chosen))
 
 
 MAX_LABELS = 1000
