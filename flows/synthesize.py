@@ -25,6 +25,7 @@ from prefect.tasks import exponential_backoff  # noqa: E402
 
 from genai_pipeline import stages  # noqa: E402
 from genai_pipeline.config import GenerateSpec, JobSpec  # noqa: E402
+from genai_pipeline.cpus import available_cores  # noqa: E402
 from genai_pipeline.errors import ConfigError, PermanentError  # noqa: E402
 from genai_pipeline.generation import threads_per_shard  # noqa: E402
 from genai_pipeline.jobs import load_job, parse_overrides, parse_run_date, refuse_literal_secrets  # noqa: E402
@@ -93,14 +94,14 @@ def _record_failure(run: Run, error: Exception, policy: dict[str, Any]) -> dict[
 
 def concurrent_shards(spec: GenerateSpec) -> int:
     """How many shards the thread runner runs at once: ``workers``, else the shards, at most the cores."""
-    return spec.runner.workers or min(spec.shards, os.cpu_count() or 1)
+    return spec.runner.workers or min(spec.shards, available_cores())
 
 
 def shard_runner(spec: GenerateSpec) -> TaskRunner:
     """The task runner the shards map over, from ``generate.runner``: threads in this process, a
     local Dask cluster (worker processes), or an existing Dask cluster by its address."""
     runner = spec.runner
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     if runner.kind == "threads":
         return ThreadPoolTaskRunner(max_workers=concurrent_shards(spec))
     from prefect_dask import DaskTaskRunner

@@ -20,7 +20,6 @@ import io
 import itertools
 import json
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -39,6 +38,7 @@ from PIL import Image
 
 from genai_pipeline.columns import dense
 from genai_pipeline.config import JobSpec
+from genai_pipeline.cpus import available_cores
 from genai_pipeline.datasets.base import MAX_LABELS, ImageData
 from genai_pipeline.encoders.tabular import RowStream
 from genai_pipeline.errors import ConfigError, DatasetError
@@ -357,7 +357,7 @@ def threads_per_shard(concurrent: int) -> Iterator[None]:
     as many rows a second as one shard on two threads, and 1.1× as two shards on two threads each
     (``benchmarks/bulk_generation.py --shards``)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, concurrent)))
+    torch.set_num_threads(max(1, available_cores() // max(1, concurrent)))
     try:
         yield
     finally:
@@ -387,7 +387,7 @@ def _encoders() -> ThreadPoolExecutor:
     global _ENCODERS
     with _ENCODERS_LOCK:
         if _ENCODERS is None:
-            _ENCODERS = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="png")
+            _ENCODERS = ThreadPoolExecutor(available_cores(), thread_name_prefix="png")
         return _ENCODERS
 
 

@@ -13,6 +13,7 @@ continues from that step, with the same batch order and random state as if it ha
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from genai_pipeline.config import PrivacySpec, TrainSpec
+from genai_pipeline.cpus import CoreWatch, available_cores
 from genai_pipeline.errors import ConfigError, TrainingDiverged
 from genai_pipeline.privacy.dp import Calibration, PrivateSGD, StatisticsBudget, calibrate, default_delta
 from genai_pipeline.storage import Storage
@@ -48,6 +50,55 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+#: when training first measures how many cores other processes leave it (:class:`CoreWatch`), and
+#: how often again
+FIRST_CHECK_SECONDS, RECHECK_SECONDS = 1.0, 5.0
+
+
+class CpuThreads:
+    """Torch's threads on a CPU as many as the cores other processes leave this one free, at most
+    those it may use (:func:`available_cores`) and what was set before: at most those from the
+    start, then measured after :data:`FIRST_CHECK_SECONDS` of training and every
+    :data:`RECHECK_SECONDS` after (:meth:`adjust`). On a GPU, or where nothing can be measured,
+    they stay as they are. Threads waiting on a core another process holds stall the rest
+    (BENCHMARKS.md "Shared CPUs")."""
+
+    def __init__(self, device: torch.device):
+        self.before = torch.get_num_threads()
+        self.watch = CoreWatch() if device.type == "cpu" else None
+        self.limit = min(self.before, available_cores())
+        if self.watch is not None and self.limit != self.before:
+            torch.set_num_threads(self.limit)
+        self.due = time.monotonic() + FIRST_CHECK_SECONDS
+
+    def adjust(self, now: float) -> None:
+        """Measure again when due, and set the threads when the free cores changed."""
+        if self.watch is None or now < self.due:
+            return
+        self.due = now + RECHECK_SECONDS
+        threads = self.watch.threads(self.limit)
+        if threads is not None and threads != torch.get_num_threads():
+            log.info("training on %d thread(s): the cores other processes leave free", threads)
+            torch.set_num_threads(threads)
+
+    def restore(self) -> None:
+        torch.set_num_threads(self.before)
+
+
+def _on_free_cores(loop: Callable[..., FitReport]) -> Callable[..., FitReport]:
+    """``loop`` (:func:`fit_loop`) given its :class:`CpuThreads`, the threads restored after it."""
+
+    @functools.wraps(loop)
+    def run(**kwargs: Any) -> FitReport:
+        threads = CpuThreads(kwargs["device"])
+        try:
+            return loop(**kwargs, threads=threads)
+        finally:
+            threads.restore()
+
+    return run
 
 
 def seed_everything(seed: int) -> None:
@@ -333,6 +384,7 @@ def _rng_state() -> dict[str, torch.Tensor]:
     return state
 
 
+@_on_free_cores
 def fit_loop(
     *,
     name: str,
@@ -347,8 +399,10 @@ def fit_loop(
     log_every_seconds: float = 5.0,
     private: PrivateSGD | None = None,
     plan: PrivacyPlan | None = None,
+    threads: CpuThreads | None = None,
 ) -> FitReport:
-    """Run ``step`` over shuffled batches of ``data`` for ``train.epochs`` or the time budget.
+    """Run ``step`` over shuffled batches of ``data`` for ``train.epochs`` or the time budget, on as
+    many CPU threads as there are free cores (``threads``, given by the decorator).
 
     With ``train.early_stopping_patience`` and an ``evaluate`` function (a loss on a batch, no
     gradients), ``train.validation_fraction`` of the rows is held out; training stops when the mean
@@ -437,6 +491,8 @@ def fit_loop(
             global_step += 1
             seen += len(idx)
             now = time.monotonic()
+            if threads is not None:
+                threads.adjust(now)
             if global_step % train.checkpoint_every == 0:
                 save(epoch, index + 1, epoch_order)
             if now - last_log >= log_every_seconds:
