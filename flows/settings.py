@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 PREFECT_DEFAULTS = {
     # the first flow run of a process starts a temporary server: 9-19 s on 2 cores
@@ -30,3 +31,20 @@ def apply_prefect_defaults() -> None:
     logging.getLogger("genai_pipeline").setLevel(os.environ.get("GENAI_PIPELINE_LOG_LEVEL", "INFO"))
     for chatty in ("great_expectations", "distributed"):  # a Dask cluster logs every worker's start
         logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
+def boot_temporary_server() -> threading.Thread | None:
+    """In embedded mode (no ``PREFECT_API_URL``), start Prefect's temporary server now, in a thread:
+    it boots in a process of its own (~3 s) while this one imports torch and Great Expectations,
+    instead of after them. The flow's client finds it started (one server per process); join the
+    thread before the flow runs. None with a real server."""
+    apply_prefect_defaults()
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    thread = threading.Thread(target=SubprocessASGIServer().start, name="prefect-server", daemon=True)
+    thread.start()
+    return thread

@@ -31,7 +31,15 @@ def _load(args: argparse.Namespace) -> JobSpec:
 def _run(args: argparse.Namespace) -> int:
     job = _load(args)
     run_date = parse_run_date(args.run_date)
-    from flows.synthesize import synthesize  # Prefect's environment defaults first, then Prefect
+    from flows.settings import boot_temporary_server  # Prefect's environment defaults, then Prefect
+
+    booting = boot_temporary_server()
+    from flows.synthesize import synthesize
+
+    if booting is not None:
+        import great_expectations  # noqa: F401  (ingest needs it: loaded while the server boots)
+
+        booting.join()
 
     route = f"{job.dataset.source} → {job.model.family} → {job.export.output}"
     print(f"running job {job.name!r} for {run_date}: {route}", flush=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,8 @@ from genai_pipeline.cli import main
 from genai_pipeline.errors import ConfigError
 from genai_pipeline.jobs import literal_secrets, parse_overrides
 
-JOB = str(Path(__file__).parents[1] / "deployments" / "jobs" / "penguins-vae.yaml")
+ROOT = Path(__file__).parents[1]
+JOB = str(ROOT / "deployments" / "jobs" / "penguins-vae.yaml")
 
 
 def test_datasets_lists_the_builtins(capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,3 +78,27 @@ def test_the_flow_refuses_overrides_with_a_literal_secret() -> None:
 
     with pytest.raises(ConfigError, match="overrides: export.storage_options.secret: a secret given here"):
         synthesize.fn(job=JOB, overrides=["export.storage_options.secret=hunter2"])
+
+
+def test_the_temporary_server_booted_early_is_the_one_the_flow_runs_on(tmp_path: Path) -> None:
+    # embedded mode: the CLI starts Prefect's server while it imports the rest; a flow then finds
+    # it running and starts no second one
+    script = (
+        "from flows.settings import boot_temporary_server\n"
+        "booting = boot_temporary_server(); booting.join()\n"
+        "from prefect.server.api.server import SubprocessASGIServer\n"
+        "server = SubprocessASGIServer(); assert server.running\n"
+        "from prefect import flow\n"
+        "print(flow(lambda: 41)() + 1, len(SubprocessASGIServer._instances), server.running)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-3:] == ["42", "1", "True"]
+    env["PREFECT_API_URL"] = "http://127.0.0.1:1/api"  # a real server's: nothing is booted
+    check = "from flows.settings import boot_temporary_server; print(boot_temporary_server())"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.stdout.strip() == "None", done.stderr[-2000:]

@@ -57,15 +57,15 @@ import secrets
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.optimizers import DPOptimizer
 from scipy.stats import norm
 from torch import nn
+
+if TYPE_CHECKING:  # opacus is imported where it is used: a job without privacy never loads it (1.4 s)
+    from opacus.optimizers import DPOptimizer
 
 from genai_pipeline.errors import ConfigError
 
@@ -136,6 +136,9 @@ class PrivateSGD:
         # step's device, until then a loaded state waits in _noise_state
         self._noise: torch.Generator | None = None
         self._noise_state: torch.Tensor | None = None
+        from opacus.accountants import create_accountant
+        from opacus.accountants.utils import get_noise_multiplier
+
         self.accountant = create_accountant(mechanism=accountant)
         if noise_multiplier is None:
             assert epsilon is not None
@@ -277,6 +280,8 @@ class PrivateSGD:
                 self._noise = torch.Generator(next(iter(trainable.values())).device).manual_seed(self.seed)
                 if self._noise_state is not None:
                     self._noise.set_state(self._noise_state)
+            from opacus.optimizers import DPOptimizer
+
             wrapped = DPOptimizer(
                 optimizer,
                 noise_multiplier=self.noise_multiplier,
@@ -322,6 +327,8 @@ def composed_epsilon(
         return 0.0
     if any(sigma == 0 for sigma, _, _ in history):
         return math.inf
+    from opacus.accountants import create_accountant
+
     counter = create_accountant(mechanism=accountant)
     counter.history = list(history)
     with _quiet_accounting():
@@ -368,6 +375,8 @@ def calibrate(
     """
     if not 0 < statistics_share < 1:
         raise ValueError("statistics_share must be between 0 and 1")
+    from opacus.accountants.utils import get_noise_multiplier
+
     accounted = delta * (1 - SELECTION_SHARE)
     try:
         with _quiet_accounting():
