@@ -697,17 +697,7 @@ def test_a_rebalanced_run_publishes_the_shares_asked_and_keeps_the_real_counts_p
     with pytest.raises(
         ConfigError, match="generate.rebalance.body_mass_g: the column is learned as a number"
     ):
-        stages.ingest(
-            Run(
-                job=tiny_job(
-                    "builtin://penguins",
-                    "vae",
-                    str(tmp_path / "o2"),
-                    generate={"rebalance": {"body_mass_g": {"3000": 0.5}}},
-                ),
-                run_date="2026-02-03",
-            )
-        )
+        _penguins_ingest(tmp_path, {"rebalance": {"body_mass_g": {"3000": 0.5}}})
 
 
 def test_seed_rows_are_completed_in_order_each_as_often_as_asked_keeping_what_they_give(
@@ -744,12 +734,7 @@ def test_seed_rows_are_completed_in_order_each_as_often_as_asked_keeping_what_th
         pq.write_table(bad, tmp_path / "bad.parquet")
         complete = {"complete": {"uri": str(tmp_path / "bad.parquet")}}
         with pytest.raises(DatasetError, match=message):
-            stages.ingest(
-                Run(
-                    job=tiny_job("builtin://penguins", "vae", str(tmp_path / "o"), generate=complete),
-                    run_date="2026-02-03",
-                )
-            )
+            _penguins_ingest(tmp_path, complete)
     gan = tiny_job(
         "builtin://penguins", "gan", str(tmp_path / "o"), generate={"complete": {"uri": str(source)}}
     )
@@ -759,6 +744,16 @@ def test_seed_rows_are_completed_in_order_each_as_often_as_asked_keeping_what_th
         tiny_job(
             "builtin://penguins", "vae", "o", generate={"complete": {"uri": str(source)}, "num_samples": 5}
         )
+
+
+def _penguins_ingest(tmp_path: Path, generate: dict) -> None:
+    """Ingest of a tiny penguins VAE job with ``generate``: where a request the data refuses fails."""
+    stages.ingest(
+        Run(
+            job=tiny_job("builtin://penguins", "vae", str(tmp_path / "o"), generate=generate),
+            run_date="2026-02-03",
+        )
+    )
 
 
 def _penguins_run(tmp_path: Path, family: str, generate: dict) -> Path:
@@ -790,14 +785,7 @@ def test_a_fair_run_draws_the_target_alike_in_every_group_and_reports_the_gap_be
     with pytest.raises(
         ConfigError, match="generate.fairness.sensitive.body_mass_g: the column is learned as a number"
     ):
-        stages.ingest(
-            Run(
-                job=tiny_job(
-                    "builtin://penguins", "vae", str(tmp_path / "o"), generate={"fairness": species}
-                ),
-                run_date="2026-02-03",
-            )
-        )
+        _penguins_ingest(tmp_path, {"fairness": species})
 
 
 def test_dates_written_as_text_are_learned_and_published_as_dates_when_declared(tmp_path: Path) -> None:
@@ -850,14 +838,7 @@ def test_imputed_columns_come_out_without_nulls_and_the_suite_expects_none(tmp_p
     assert [e["kwargs"]["min_value"] for e in non_null] == [1.0] and all(e["success"] for e in non_null)
     for columns, message in ((["wingspan"], "no column 'wingspan'"),):
         with pytest.raises(ConfigError, match=message):
-            stages.ingest(
-                Run(
-                    job=tiny_job(
-                        "builtin://penguins", "vae", str(tmp_path / "o"), generate={"impute": columns}
-                    ),
-                    run_date="2026-02-03",
-                )
-            )
+            _penguins_ingest(tmp_path, {"impute": columns})
 
 
 def test_train_max_rows_trains_on_a_seeded_sample_and_the_manifest_says_so(tmp_path: Path) -> None:
