@@ -571,12 +571,11 @@ def per_kind(
     for kind in dict.fromkeys(rule.spec["kind"] for rule in rules):
         subset = [rule for rule in rules if rule.spec["kind"] == kind]
         print(f"  ours {args.family} with its {kind} rules only …", flush=True)
-        runs.append({**run_ours(real, subset, declared, True, args), "system": f"ours {args.family}"})
+        kinds = [{**run_ours(real, subset, declared, True, args), "system": f"ours {args.family}"}]
         for run in run_sdv(real, subset, args, both=False) if args.peers else []:
             run.pop("how")
-            runs.append({**run, "system": SYNTHESIZERS[run.pop("synthesizer")]})
-        for run in runs[-(1 + len(args.peers) if args.peers else 1) :]:
-            run["constrained"] = kind
+            kinds.append({**run, "system": SYNTHESIZERS[run.pop("synthesizer")]})
+        runs += [{**run, "constrained": kind} for run in kinds]
     return runs
 
 

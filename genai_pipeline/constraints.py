@@ -769,6 +769,11 @@ def _types_from_state(text: str) -> dict[str, pa.DataType]:
     return {field.name: field.type for field in schema_from_text(text)}
 
 
+def _as_text(value: Any) -> str | None:
+    """A value as a combination holds it: as Arrow writes it as text (a boolean: 'true')."""
+    return None if value is None else str(pa.scalar(value).cast(pa.string()))
+
+
 class FixedCombinations(Rule):
     """The columns learned as one category (``__combination__.<a>.<b>``) of their real combinations
     (as JSON lists of their values as text); a combination the model cannot emit (protected)
@@ -800,6 +805,12 @@ class FixedCombinations(Rule):
     @property
     def needs(self) -> list[str]:
         return self.removed  # the label is drawn given the combination
+
+    @property
+    def label_at(self) -> int:
+        """Where the label stands in a combination (a rule with the label among its columns)."""
+        assert self.label_column is not None, "a combination with the label"
+        return self.columns.index(self.label_column)
 
     @property
     def derived(self) -> str:
@@ -866,7 +877,7 @@ class FixedCombinations(Rule):
         common = json.loads(texts[int(np.argmax(counts))])
         self._combinations([json.loads(text) for text in kept])
         if self.label_column is not None:
-            at = self.columns.index(self.label_column)
+            at = self.label_at
             common = common[:at] + common[at + 1 :]
             self._by_label(texts, counts, min_rows)
         self.common = common
@@ -875,7 +886,7 @@ class FixedCombinations(Rule):
         """Each label value's most frequent combination that ``min_rows`` rows hold: what a row
         whose drawn combination does not go with its label takes. A label value the model may
         emit (``min_rows`` rows hold it) without one would have no row to take: refused."""
-        at = self.columns.index(self.label_column or "")
+        at = self.label_at
         best: dict[str, tuple[int, list[str | None]]] = {}
         totals: dict[str, int] = {}
         for text, count in zip(texts, counts.tolist(), strict=True):
@@ -924,8 +935,8 @@ class FixedCombinations(Rule):
         """The drawn combinations (``parsed``, one per row by ``rows``) per pair of combination and
         label: one the label does not go with (a model conditioned on it rarely draws one) becomes
         the label's most frequent one."""
-        at = self.columns.index(self.label_column or "")
-        text = pc.cast(dense(table.column(self.label_column or "")), pa.string())
+        at = self.label_at
+        text = pc.cast(dense(table.column(self.columns[at])), pa.string())
         labels = pc.dictionary_encode(text, null_encoding="encode")
         codes = labels.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         pairs, inverse = np.unique(
@@ -983,9 +994,8 @@ class FixedCombinations(Rule):
 
     def _matching(self, conditions: Mapping[str, Any]) -> list[list[str | None]]:
         """The combinations that hold the values ``conditions`` give of the rule's columns."""
-        # a boolean as Arrow writes it ('true'), so it matches the combinations' text
         wanted = {
-            self.columns.index(name): str(pa.scalar(value).cast(pa.string()))
+            self.columns.index(name): _as_text(value)
             for name, value in conditions.items()
             if name in self.columns
         }
@@ -996,8 +1006,7 @@ class FixedCombinations(Rule):
         (None: any, the rule has no label or they fix none of its columns)."""
         if self.label_column is None or not any(name in conditions for name in self.removed):
             return None
-        at = self.columns.index(self.label_column)
-        return {parts[at] for parts in self._matching(conditions)}
+        return {parts[self.label_at] for parts in self._matching(conditions)}
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -1568,10 +1577,9 @@ class Constraints:
         """Per label value (``values``: the model's, in its order), whether a row under
         ``conditions`` may take it: a combination with the label fixed by the conditions leaves
         only the labels it goes with (None: any)."""
-        mask = None
+        mask, texts = None, [_as_text(value) for value in values]
         for rule in self.rules:
             if isinstance(rule, FixedCombinations) and (allowed := rule.labels_for(conditions)) is not None:
-                texts = [None if v is None else str(pa.scalar(v).cast(pa.string())) for v in values]
                 ok = np.array([text in allowed for text in texts], dtype=bool)
                 mask = ok if mask is None else mask & ok
         return mask

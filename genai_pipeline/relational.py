@@ -205,7 +205,8 @@ def check_renames(columns: Mapping[str, ColumnSpec]) -> None:
 
 
 def with_names(table: pa.Table, names: Mapping[str, str]) -> pa.Table:
-    """``table`` with each column in ``names`` (the job's name → the published one) renamed."""
+    """``table`` with each column ``names`` holds renamed to its value there (the data's name →
+    the job's, or the job's → the published one)."""
     return table.rename_columns([names.get(name, name) for name in table.column_names])
 
 

@@ -308,7 +308,7 @@ def generate_tables(run: Run, *, model: ModelRef) -> GeneratedRef:
         ((name, with_names(table, names[name])) for name, table in counted),
         storage,
         {
-            name: (rel, _renamed_schema(synthesizer.layouts[name].schema, names[name]))
+            name: (rel, with_names(synthesizer.layouts[name].schema.empty_table(), names[name]).schema)
             for name, rel in files.items()
         },
         metadata={RUN_ID_KEY: run.run_id.encode()},
@@ -330,10 +330,6 @@ def _counted_rows(
             violations, {f"{name}: {label}": count for label, count in rules[name].violations(table).items()}
         )
     return table
-
-
-def _renamed_schema(schema: pa.Schema, names: dict[str, str]) -> pa.Schema:
-    return pa.schema([field.with_name(names.get(field.name, field.name)) for field in schema])
 
 
 def _rows(counts: dict[str, int]) -> str:

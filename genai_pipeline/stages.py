@@ -559,12 +559,11 @@ def model_key(run: Run, dataset: DatasetRef) -> str:
         identity["keys"] = dataset.schema["keys"]
     if job.generate.constraints:  # the model learns the table as its constraints rewrite it
         identity["constraints"] = [rule.model_dump(mode="json") for rule in job.generate.constraints]
+    tables = job.dataset.tables or {}
     if ruled := {
-        name: spec.constraints for name, spec in (job.dataset.tables or {}).items() if spec.constraints
+        n: [r.model_dump(mode="json") for r in t.constraints] for n, t in tables.items() if t.constraints
     }:
-        identity["table_constraints"] = {
-            name: [rule.model_dump(mode="json") for rule in rules] for name, rules in ruled.items()
-        }
+        identity["table_constraints"] = ruled  # each table's model learns it as its rules rewrite it
     return content_key(identity)
 
 
