@@ -333,6 +333,15 @@ class TrainSpec(StrictModel):
         description="train on a sample of at most this many rows (or images), drawn by train.seed: a "
         "bound on training's time and memory; the manifest says how many trained (model.fit.trained_rows)",
     )
+    in_memory_rows: int = Field(
+        default=500_000,
+        ge=100,
+        le=10**9,
+        description="a table of more rows trains streamed from its staged row groups, a few at a time, "
+        "with memory flat in the rows: the encoder and the model's statistics fitted on a sample of "
+        "100,000 rows drawn by train.seed and one pass over them all (the GAN, images, several tables, "
+        "train.max_rows and private training hold their rows in memory)",
+    )
     compile: bool = Field(default=False, description="torch.compile the networks (CUDA)")
     reuse: Literal["never", "cached", "latest"] = Field(
         default="never",

@@ -42,6 +42,7 @@ from genai_pipeline.datasets.base import (
     split_holdout,
     write_snapshot,
 )
+from genai_pipeline.datasets.row_groups import FIT_SAMPLE_ROWS, RowGroups
 from genai_pipeline.datasets.sources import read_dataset, read_source
 from genai_pipeline.encoders.tabular import TableEncoder
 from genai_pipeline.errors import ConfigError, DatasetError, StorageError
@@ -407,8 +408,42 @@ def _read_training_rows(run: Run, dataset: DatasetRef, workspace: Storage) -> Da
     data = read_snapshot(workspace, dataset.snapshot, dataset.label)
     if not isinstance(data, TabularData):
         return data
-    holdout = read_snapshot(workspace, dataset.holdout, dataset.label) if dataset.holdout else None
-    return learnable(data, _roles(dataset), run.job, holdout)
+    return learnable(data, _roles(dataset), run.job, _holdout_rows(dataset, workspace))
+
+
+def _holdout_rows(dataset: DatasetRef, workspace: Storage) -> Dataset | None:
+    return read_snapshot(workspace, dataset.holdout, dataset.label) if dataset.holdout else None
+
+
+def _streamed_rows(run: Run, dataset: DatasetRef, workspace: Storage, streams: bool) -> TabularData | None:
+    """The training rows read a few row groups at a time when the table has more than
+    ``train.in_memory_rows`` and the model can (``streams``): a seeded sample to fit the encoder
+    on, with what one pass over all of them tells (:mod:`genai_pipeline.datasets.row_groups`);
+    None to read them whole. ``train.max_rows`` and ``train.privacy`` hold their rows in memory."""
+    train = run.job.train
+    if dataset.modality != "tabular" or train.max_rows is not None or train.privacy is not None:
+        return None
+    groups = RowGroups.of(workspace, dataset.snapshot)
+    if groups.rows <= train.in_memory_rows:
+        return None
+    if not streams:
+        log.warning(
+            "train.in_memory_rows: the %s family holds its %d rows in memory (set train.max_rows to "
+            "train on a sample)",
+            run.job.model.family,
+            groups.rows,
+        )
+        return None
+    roles = _roles(dataset)
+    log.info(
+        "training on %d rows streamed from %d row groups, the encoder fitted on a sample of %d",
+        groups.rows,
+        len(groups.sizes),
+        min(FIT_SAMPLE_ROWS, groups.rows),
+    )
+    sample = TabularData(groups.sample(FIT_SAMPLE_ROWS, train.seed), dataset.label)
+    rows = learnable(sample, roles, run.job, _holdout_rows(dataset, workspace))
+    return replace(rows, stream=groups, facts=groups.facts(roles))
 
 
 def _check_schema(run: Run, schema: dict[str, Any], workspace: Storage) -> None:
@@ -521,16 +556,16 @@ def train(run: Run, *, dataset: DatasetRef) -> ModelRef:
     if run.tables:
         model, fit = _relational().fit_tables(run, dataset, f"{uri}/checkpoints")
     else:
-        data = _read_training_rows(run, dataset, workspace)
-        rows = data.num_rows
+        streamed = _streamed_rows(run, dataset, workspace, getattr(cls, "streams", False))
+        data = streamed or _read_training_rows(run, dataset, workspace)
+        rows = data.stream.rows if isinstance(data, TabularData) and data.stream else data.num_rows
         data = sampled(data, job.train.max_rows, job.train.seed)
-        if data.num_rows < rows:
-            log.info(
-                "train.max_rows: training on %d of the %d rows, drawn by train.seed", data.num_rows, rows
-            )
+        trained = rows if streamed is not None else data.num_rows
+        if trained < rows:
+            log.info("train.max_rows: training on %d of the %d rows, drawn by train.seed", trained, rows)
         model = cls(model_config_for(job), device=resolve_device(job.train.device))
         fit = model.fit(data, job.train, CheckpointStore(workspace, f"{uri}/checkpoints")).to_dict()
-        fit.update(trained_rows=data.num_rows, training_rows=rows)
+        fit.update(trained_rows=trained, training_rows=rows, streamed=streamed is not None)
     model.save(workspace, uri)
     workspace.write_bytes(f"{uri}/fit.json", json.dumps(fit).encode())  # last: the model is whole
     workspace.delete_tree(f"{uri}/checkpoints")

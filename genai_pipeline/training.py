@@ -22,17 +22,19 @@ import random
 import secrets
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
 from genai_pipeline.config import PrivacySpec, TrainSpec
 from genai_pipeline.cpus import CoreWatch, available_cores
+from genai_pipeline.datasets.row_groups import RowGroups
 from genai_pipeline.errors import ConfigError, TrainingDiverged
 from genai_pipeline.privacy.dp import Calibration, PrivateSGD, StatisticsBudget, calibrate, default_delta
 from genai_pipeline.storage import Storage
@@ -377,6 +379,117 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
     return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
 
 
+#: the rows a streamed training shuffles together at most: row groups are read this many at a time
+STREAM_BUFFER_ROWS = 256 * 1024
+#: the held-out rows a streamed training's validation loss is measured on, at most
+STREAM_VALIDATION_ROWS = 50_000
+#: rows a streamed training encodes at once: the encoded matrix of a whole row group (one-hot
+#: categories, before the family's tensors) took ~150 MB of the peak on Adult
+STREAM_ENCODE_ROWS = 16_384
+
+Tensors = tuple[torch.Tensor, ...]
+
+
+def row_count(data: Tensors | StreamedRows) -> int:
+    """The rows training goes through an epoch of."""
+    return data.rows if isinstance(data, StreamedRows) else len(data[0])
+
+
+def _joined(parts: Sequence[Tensors]) -> Tensors:
+    return tuple(torch.cat(items) for items in zip(*parts, strict=True)) if parts else ()
+
+
+class StreamedRows:
+    """Training rows read from a staged table's row groups (:class:`RowGroups`) a few at a time and
+    made the family's tensors as they are read (``tensors``: a table of rows to what the training
+    step takes), so that memory does not grow with the rows (``train.in_memory_rows``).
+
+    An epoch visits the groups in a seeded order, reads about :data:`STREAM_BUFFER_ROWS` rows of
+    them at a time and yields that buffer's rows in a seeded shuffle, in batches (a remainder
+    shorter than a batch waits for another epoch's shuffle). The epoch's draws all come from the
+    training loop's generator before its first batch, so a resumed training skips to its batch
+    without reading the buffers it skips and goes on with the same batches.
+
+    With ``holdout`` (the validation share), each group holds out the same seeded share of its
+    rows in every epoch; the validation loss is measured on the first
+    :data:`STREAM_VALIDATION_ROWS` of them."""
+
+    def __init__(
+        self,
+        groups: RowGroups,
+        tensors: Callable[[pa.Table], Tensors],
+        *,
+        seed: int,
+        holdout: float | None = None,
+    ):
+        self.groups, self.tensors, self.seed, self.holdout = groups, tensors, seed, holdout
+        self.per_buffer = max(1, STREAM_BUFFER_ROWS // max(max(groups.sizes, default=1), 1))
+        self.kept = [int((~self._held(group)).sum()) for group in range(len(groups.sizes))]
+
+    @property
+    def rows(self) -> int:
+        """The rows trained on (those not held out)."""
+        return sum(self.kept)
+
+    def _held(self, group: int) -> np.ndarray:
+        size = self.groups.sizes[group]
+        if self.holdout is None:
+            return np.zeros(size, dtype=bool)
+        return np.random.default_rng([self.seed, group]).random(size) < self.holdout
+
+    def _read(self, groups: Sequence[int], *, held: bool = False) -> Tensors:
+        """The tensors of ``groups``' training rows (``held``: their held-out rows), read and made
+        a group at a time."""
+        parts = []
+        for group in groups:
+            mask = self._held(group)
+            table = self.groups.read([group]).filter(pa.array(mask if held else ~mask))
+            for start in range(0, table.num_rows, STREAM_ENCODE_ROWS):
+                parts.append(self.tensors(table.slice(start, STREAM_ENCODE_ROWS)))
+        return _joined(parts)
+
+    def validation(self) -> Tensors:
+        """The held-out rows the validation loss is measured on (none without ``holdout``)."""
+        parts: list[Tensors] = []
+        rows = 0
+        for group in range(len(self.groups.sizes) if self.holdout is not None else 0):
+            if rows >= STREAM_VALIDATION_ROWS:
+                break
+            if part := self._read([group], held=True):
+                parts.append(tuple(tensor[: STREAM_VALIDATION_ROWS - rows] for tensor in part))
+                rows += len(parts[-1][0])
+        return _joined(parts)
+
+    def epoch(
+        self, generator: torch.Generator, batch_size: int, device: torch.device, skip: int = 0
+    ) -> tuple[int, Iterator[Tensors]]:
+        """``(count, batches)``: one epoch's batches on ``device`` from its ``skip``-th on, and how
+        many it has in all."""
+        order = torch.randperm(len(self.groups.sizes), generator=generator).tolist()
+        buffers = [order[i : i + self.per_buffer] for i in range(0, len(order), self.per_buffer)]
+        seeds = torch.randint(0, 2**62, (len(buffers),), generator=generator).tolist()
+        plan = []
+        for groups, seed in zip(buffers, seeds, strict=True):
+            if rows := sum(self.kept[group] for group in groups):
+                size = min(batch_size, rows)
+                plan.append((groups, seed, size, rows // size))
+        return sum(count for *_, count in plan), self._batches(plan, device, skip)
+
+    def _batches(
+        self, plan: list[tuple[list[int], int, int, int]], device: torch.device, skip: int
+    ) -> Iterator[Tensors]:
+        for groups, seed, size, count in plan:
+            if skip >= count:
+                skip -= count
+                continue
+            data = self._read(groups)
+            order = torch.randperm(len(data[0]), generator=torch.Generator().manual_seed(seed))
+            for start in range(skip * size, count * size, size):
+                yield tuple(to_device(tensor[order[start : start + size]], device) for tensor in data)
+            skip = 0
+            del data, order  # before the next buffer is read, not after
+
+
 def _rng_state() -> dict[str, torch.Tensor]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -391,7 +504,7 @@ def fit_loop(
     modules: Mapping[str, nn.Module],
     optimizers: Mapping[str, torch.optim.Optimizer],
     step: StepFn,
-    data: tuple[torch.Tensor, ...],
+    data: Tensors | StreamedRows,
     train: TrainSpec,
     device: torch.device,
     checkpoints: CheckpointStore | None = None,
@@ -402,7 +515,9 @@ def fit_loop(
     threads: CpuThreads | None = None,
 ) -> FitReport:
     """Run ``step`` over shuffled batches of ``data`` for ``train.epochs`` or the time budget, on as
-    many CPU threads as there are free cores (``threads``, given by the decorator).
+    many CPU threads as there are free cores (``threads``, given by the decorator). ``data``: the
+    rows' tensors, or rows read a few row groups at a time (:class:`StreamedRows`, which holds
+    its validation rows out itself).
 
     With ``train.early_stopping_patience`` and an ``evaluate`` function (a loss on a batch, no
     gradients), ``train.validation_fraction`` of the rows is held out; training stops when the mean
@@ -414,10 +529,12 @@ def fit_loop(
     ``plan`` reports what was spent.
     """
     seed_everything(train.seed)
-    data, holdout = _split(data, train, evaluate)
-    data = tuple(to_device(tensor, device) for tensor in data)
+    if isinstance(data, StreamedRows):
+        holdout = data.validation() if evaluate is not None else ()
+    else:
+        data, holdout = _split(data, train, evaluate)
+        data = tuple(to_device(tensor, device) for tensor in data)
     holdout = tuple(to_device(tensor, device) for tensor in holdout)
-    n = len(data[0])
     order = torch.Generator().manual_seed(train.seed)
     start_epoch = start_batch = global_step = stale_epochs = 0
     elapsed_before = 0.0
@@ -469,17 +586,14 @@ def fit_loop(
     epoch = start_epoch
     for epoch in range(start_epoch, train.epochs):
         epoch_order = order.get_state()
-        if private is None:
-            batches = _batches(n, train.batch_size, order)
-        else:
-            batches = [private.batch(order) for _ in range(max(1, round(1 / private.sample_rate)))]
-        for index in range(start_batch if epoch == start_epoch else 0, len(batches)):
+        first = start_batch if epoch == start_epoch else 0
+        count, batches = _epoch(data, order, train, device, private, first)
+        for index, batch in enumerate(batches, start=first):
             if private is not None and private.exhausted:
                 report.stopped = "privacy budget"
                 break
-            idx = batches[index].to(device)
             with autocast(device):
-                raw = step(tuple(tensor[idx] for tensor in data))
+                raw = step(batch)
             losses = {key: float(value) for key, value in raw.items()}
             bad = {key: value for key, value in losses.items() if not math.isfinite(value)}
             if bad:
@@ -489,7 +603,7 @@ def fit_loop(
                     "lower the learning rate or check the data"
                 )
             global_step += 1
-            seen += len(idx)
+            seen += len(batch[0])
             now = time.monotonic()
             if threads is not None:
                 threads.adjust(now)
@@ -498,7 +612,7 @@ def fit_loop(
             if now - last_log >= log_every_seconds:
                 last_log = now
                 done = max(
-                    (epoch + (index + 1) / len(batches)) / train.epochs,
+                    (epoch + (index + 1) / max(count, 1)) / train.epochs,
                     (elapsed_before + now - started) / budget,
                 )
                 rate = seen / max(now - started, 1e-9)
@@ -555,6 +669,27 @@ def fit_loop(
         )
     log.info("%s: trained %d steps in %.1f s (%s)", name, global_step, report.seconds, report.stopped)
     return report
+
+
+def _epoch(
+    data: Tensors | StreamedRows,
+    order: torch.Generator,
+    train: TrainSpec,
+    device: torch.device,
+    private: PrivateSGD | None,
+    first: int,
+) -> tuple[int, Iterator[Tensors]]:
+    """``(count, batches)``: an epoch's batches of ``data`` from the ``first``-th on, and how many
+    it has in all, drawn from ``order``: shuffled batches, or with ``private`` Poisson samples of
+    the rows, about ``1 / q`` of them."""
+    if isinstance(data, StreamedRows):
+        return data.epoch(order, train.batch_size, device, skip=first)
+    if private is None:
+        indices = _batches(len(data[0]), train.batch_size, order)
+    else:
+        indices = [private.batch(order) for _ in range(max(1, round(1 / private.sample_rate)))]
+    batches = (tuple(tensor[index.to(device)] for tensor in data) for index in indices[first:])
+    return len(indices), batches
 
 
 def progress_bar(done: float, width: int = 20) -> str:

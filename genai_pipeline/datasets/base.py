@@ -24,6 +24,7 @@ from genai_pipeline.privacy.protection import Protection
 from genai_pipeline.storage import Storage
 
 if TYPE_CHECKING:
+    from genai_pipeline.datasets.row_groups import ColumnFacts, RowGroups
     from genai_pipeline.privacy.roles import ColumnRole
 
 
@@ -45,6 +46,10 @@ class TabularData:
     #: the rules every generated row follows (``generate.constraints`` specs): a model fits them on
     #: these rows and learns the table as they rewrite it (:mod:`genai_pipeline.constraints`)
     constraints: tuple[Any, ...] = ()
+    #: when set, ``table`` is a seeded sample of these rows, which training reads a few row groups
+    #: at a time (``train.in_memory_rows``), and ``facts`` what one pass over them all told
+    stream: RowGroups | None = None
+    facts: Mapping[str, ColumnFacts] | None = None
 
     modality = "tabular"
 

@@ -28,7 +28,7 @@ The fitted state is plain JSON (plus the serialised Arrow schema), never a pickl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -50,6 +50,7 @@ from genai_pipeline.columns import (
     to_float,
     value_type,
 )
+from genai_pipeline.datasets.row_groups import ColumnFacts
 from genai_pipeline.privacy.dp import (
     CDF_HISTOGRAMS,
     StatisticsBudget,
@@ -196,9 +197,16 @@ def _fit_continuous(
     )
 
 
+def _counts(values: list[Any]) -> dict[Any, int]:
+    counts: dict[Any, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
 def _fit_categorical(
     name: str,
-    values: list[Any],
+    counts: dict[Any, float],
     has_nulls: bool,
     max_categories: int,
     protection: Protection,
@@ -210,17 +218,15 @@ def _fit_categorical(
     own. None when every value is protected in a numeric column (the caller fits it as a number).
     With ``dp``, the categories and their frequencies are a DP release (noisy counts over a
     threshold that a value one row holds passes with probability δ at most), and the protected
-    category is always there: whether any value was protected is not released."""
-    counts: dict[Any, float] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
+    category is always there: whether any value was protected is not released. ``counts``: each
+    value's rows."""
     if dp is not None:
         threshold = max(protection.min_rows, selection_threshold(dp.sigma, dp.selection_delta))
         counts = dp_category_counts(counts, dp, threshold=threshold)
         kept = KeptCategories(counts, protected_values=1, protected_rows=0)  # protected or not: not told
     else:
         kept = keep_categories(counts, protection.threshold)
-    if not kept.counts and not textual and values:
+    if not kept.counts and not textual and counts:
         return None
     ranked = sorted(kept.counts, key=lambda value: (-counts[value], str(value)))
     frequent, rare = ranked[:max_categories], ranked[max_categories:]
@@ -262,10 +268,13 @@ def dp_histograms(schema: pa.Schema, roles: Roles) -> tuple[int, int]:
     return histograms, selections
 
 
-def _with_unseen(table: pa.Table, unseen: pa.Table | None, name: str, role: ColumnRole | None) -> pa.Array:
-    """A column's values to fit on: the table's, and for a column made fresh the unseen rows' too
+def _with_unseen(
+    table: pa.Table, unseen: pa.Table | None, name: str, role: ColumnRole | None, facts: ColumnFacts | None
+) -> pa.Array:
+    """A column's values to fit on: the table's (for a column made fresh, all the rows' when
+    ``table`` is a sample of them: ``facts``), and for a column made fresh the unseen rows' too
     (only its format and the values to avoid are fitted: no value is learned)."""
-    column = dense(table.column(name))
+    column = facts.values if facts is not None and facts.values is not None else dense(table.column(name))
     if role is None or not role.fresh or unseen is None or name not in unseen.column_names:
         return column
     return pa.concat_arrays([column, dense(unseen.column(name)).cast(column.type)])
@@ -282,13 +291,18 @@ def _fit_column(
     max_knots: int,
     key: int,
     dp: StatisticsBudget | None = None,
+    facts: ColumnFacts | None = None,
 ) -> ColumnCodec:
     """One column's codec: fresh (identifiers, personal data), null, continuous or categorical.
     With ``dp`` (differential privacy), every learned column may hold nulls (whether it does is
     not released), numbers are continuous unless declared categories (how many distinct values a
-    column has is not released either), and what is kept of the values is a DP release."""
+    column has is not released either), and what is kept of the values is a DP release. With
+    ``facts`` (``column`` is a sample of the rows), the nulls and the categories are all the rows'
+    and the quantiles the sample's."""
     type_ = column.type
-    has_nulls = column.null_count > 0 or dp is not None
+    nulls, rows = (facts.nulls, facts.rows) if facts is not None else (column.null_count, len(column))
+    counted = facts.counts if facts is not None else None
+    has_nulls = nulls > 0 or dp is not None
     if role is not None and role.fresh:
         fresh = FreshColumn.fit(
             name,
@@ -304,23 +318,24 @@ def _fit_column(
         # written by the table model's language model (models.text), not a matrix column: decoding
         # leaves it null for that model to fill
         return ColumnCodec(name, "text", has_nulls)
-    if pa.types.is_null(type_) or (column.null_count == len(column) and dp is None):
+    if pa.types.is_null(type_) or (nulls == rows and dp is None):
         return ColumnCodec(name, "null", True)
     if is_numeric(type_):
         values = to_float(column)
         present = values[~np.isnan(values)]
         wanted = role.role if role is not None else None
-        few = dp is None and len(np.unique(present)) <= discrete_threshold
+        distinct = len(counted) if counted is not None else len(np.unique(present))
+        few = dp is None and distinct <= discrete_threshold and (facts is None or counted is not None)
         if wanted != "numeric" and (wanted == "category" or few):
-            codec = _fit_categorical(name, present.tolist(), has_nulls, max_categories, protection, False, dp)
+            counts = counted if counted is not None else _counts(present.tolist())
+            codec = _fit_categorical(name, counts, has_nulls, max_categories, protection, False, dp)
             if codec is not None:
                 return codec
         return _fit_continuous(name, present, has_nulls, max_knots, protection, quantum(type_), dp)
     if is_categorical(type_):
         textual = not pa.types.is_boolean(type_)
-        codec = _fit_categorical(
-            name, column.drop_null().to_pylist(), has_nulls, max_categories, protection, textual, dp
-        )
+        counts = counted if counted is not None else _counts(column.drop_null().to_pylist())
+        codec = _fit_categorical(name, counts, has_nulls, max_categories, protection, textual, dp)
         assert codec is not None, "a text or boolean column always has a categorical codec"
         return codec
     raise ValueError(f"column {name!r}: type {type_} is not supported for tabular models")
@@ -357,18 +372,22 @@ class TableEncoder:
         key: int = 0,
         unseen: pa.Table | None = None,
         dp: StatisticsBudget | None = None,
+        facts: Mapping[str, ColumnFacts] | None = None,
     ) -> TableEncoder:
         """Learn each column's codec from the real table, under value ``protection`` (default: on)
         and with the columns' ``roles`` (None: detected here); ``key`` seeds what fresh columns
         need of it (their exclusion filters' hashing). ``unseen`` real rows (the holdout) are not
         learned from, but values made fresh avoid theirs as well. With ``dp`` (differential
-        privacy), each learned column's codec is a DP release of its share of the budget."""
+        privacy), each learned column's codec is a DP release of its share of the budget. With
+        ``facts`` (:meth:`RowGroups.facts`), ``table`` is a sample of the rows and each column's
+        nulls, categories and fresh values are all the rows'."""
+        facts = facts or {}
         protection = protection or Protection()
         roles = column_roles(table, {}, condition) if roles is None else roles
         codecs = [
             _fit_column(
                 field.name,
-                _with_unseen(table, unseen, field.name, roles.get(field.name)),
+                _with_unseen(table, unseen, field.name, roles.get(field.name), facts.get(field.name)),
                 roles.get(field.name),
                 protection,
                 max_categories=max_categories,
@@ -376,6 +395,7 @@ class TableEncoder:
                 max_knots=max_knots,
                 key=key,
                 dp=dp,
+                facts=facts.get(field.name),
             )
             for field in table.schema
         ]

@@ -46,6 +46,8 @@ from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
     PrivacyPlan,
+    StreamedRows,
+    Tensors,
     batched_indices,
     seed_everything,
 )
@@ -224,6 +226,7 @@ def _fit_codecs(
             key=key,
             unseen=data.unseen,
             dp=dp,
+            facts=data.facts,
         )
     except ValueError as exc:
         raise DatasetError(f"dataset: {exc}") from None
@@ -359,11 +362,16 @@ class TabularSynthesizer(Synthesizer):
     text_reports: dict[str, dict[str, Any]]
     #: the rules every sampled row follows, fitted on the training rows
     constraints: Constraints
+    #: whether the family trains on rows read a few row groups at a time (:meth:`training_rows`)
+    streams: ClassVar[bool] = False
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
         """The family's training (:meth:`fit_family`) on the table as the job's constraints
         rewrite it; the text columns' models are trained in :meth:`prepare` and reported with it."""
         self.text_reports = {}
+        streamed = isinstance(data, TabularData) and data.stream is not None
+        if streamed and (not self.streams or train.privacy is not None):
+            raise ConfigError(f"train.in_memory_rows: the {self.name} trains on rows held in memory only")
         data = self._constrained(data, private=train.privacy is not None)
         report = self.fit_family(_padded(data), train, checkpoints)
         report.text = self.text_reports or None
@@ -466,6 +474,30 @@ class TabularSynthesizer(Synthesizer):
             data.protection.threshold,
             checkpoints,
         )
+
+    def training_rows(
+        self,
+        data: Dataset,
+        train: TrainSpec,
+        tensors: Callable[[np.ndarray, np.ndarray | None], Tensors],
+        held: Tensors,
+    ) -> Tensors | StreamedRows:
+        """What the family trains on: ``held``, ``tensors`` of the rows ``data`` holds, or where
+        those are a sample of rows read a few row groups at a time (``data.stream``,
+        ``train.in_memory_rows``), all the rows made ``tensors`` as they are read: through the
+        model's constraints and encoder, as :meth:`prepare` made the sample's."""
+        if not isinstance(data, TabularData) or data.stream is None:
+            return held
+        encoder, constraints = self.encoder, self.constraints
+
+        def made(table: pa.Table) -> Tensors:
+            table = constraints.forward(table) if constraints else table
+            if PADDING in encoder.schema.names:
+                table = table.append_column(PADDING, pa.array(np.zeros(table.num_rows, np.int8)))
+            return tensors(*encoder.encode(table))
+
+        holdout = train.validation_fraction if train.early_stopping_patience is not None else None
+        return StreamedRows(data.stream, made, seed=train.seed, holdout=holdout)
 
     @property
     def labels(self) -> int:

@@ -54,10 +54,12 @@ from genai_pipeline.models.tabular import (
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
+    Tensors,
     fit_loop,
     frozen_copy,
     maybe_compile,
     optimise,
+    row_count,
     update_ema,
 )
 
@@ -371,6 +373,14 @@ class TabularAutoregressive(TabularSynthesizer):
     bins: dict[str, list[list[float]]]
     net: ColumnwiseNet
     completes_rows = True  # a row's known tokens are its own (render)
+    streams = True
+
+    def _tensors(self, x: np.ndarray, cond: np.ndarray | None) -> Tensors:
+        """The rows' tokens, the label's first."""
+        tokens = np.stack([column.tokens(x) for column in self.columns], axis=1)
+        if cond is not None:
+            tokens = np.concatenate([cond[:, None], tokens], axis=1)
+        return (torch.from_numpy(tokens.astype(np.int64)),)
 
     def fit_family(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
         max_bins = self.config.max_bins
@@ -381,20 +391,19 @@ class TabularAutoregressive(TabularSynthesizer):
         x, cond = self.prepare(data, train, token_bins, checkpoints)
         if not self.columns:
             raise DatasetError(f"the {NAME} needs a column with values besides the label")
-        tokens = np.stack([column.tokens(x) for column in self.columns], axis=1)
-        if cond is not None:
-            tokens = np.concatenate([cond[:, None], tokens], axis=1)
-        data_tokens = torch.from_numpy(tokens.astype(np.int64))
-        private = self.plan.sgd(train, rows=len(tokens)) if self.plan is not None else None
+        (data_tokens,) = self._tensors(x, cond)  # a sample's, when the rows are streamed
+        del x, cond
+        rows = self.training_rows(data, train, self._tensors, (data_tokens,))
+        private = self.plan.sgd(train, rows=len(data_tokens)) if self.plan is not None else None
         if private is None:
             self.net.start_from_marginals(data_tokens.to(self.device))
         else:  # the real marginals are no DP release: start from the encoder's (DP) frequencies
-            self.net.start_from([column.released_counts(len(tokens)) for column in self.columns])
+            self.net.start_from([column.released_counts(len(data_tokens)) for column in self.columns])
         trainee = self.net
         average = frozen_copy(trainee)
         nll = maybe_compile(trainee, train, self.device) if private is None else trainee
         # biases stay free of weight decay: the heads' biases carry the marginal frequencies
-        decay = self.config.weight_decay * math.sqrt(REFERENCE_ROWS / len(tokens))
+        decay = self.config.weight_decay * math.sqrt(REFERENCE_ROWS / row_count(rows))
         decayed = [p for name, p in trainee.named_parameters() if "bias" not in name]
         free = [p for name, p in trainee.named_parameters() if "bias" in name]
         optimizer = torch.optim.AdamW(
@@ -422,7 +431,7 @@ class TabularAutoregressive(TabularSynthesizer):
             modules={"net": trainee, "average": average},
             optimizers={"adamw": optimizer},
             step=step,
-            data=(data_tokens,),
+            data=rows,
             train=train,
             device=self.device,
             checkpoints=checkpoints,

@@ -50,6 +50,7 @@ from genai_pipeline.models.tabular import Known, TabularModelConfig, TabularSynt
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
+    Tensors,
     fit_loop,
     frozen_copy,
     maybe_compile,
@@ -243,6 +244,7 @@ class TabularDiffusion(TabularSynthesizer):
 
     config: TabularDiffusionConfig
     completes_rows = True  # its revealed inputs take a row each (Reveal.known_inputs)
+    streams = True
     layout: SpanLayout
     masks: MaskSchedule
     dequantiser: Dequantiser
@@ -283,13 +285,21 @@ class TabularDiffusion(TabularSynthesizer):
             total = total + F.cross_entropy(span, tokens[:, k], reduction="none") * masked[:, k]
         return total.mean() / max(numeric.shape[1] + tokens.shape[1], 1)
 
-    def fit_family(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
-        x, cond = self.prepare(data, train, checkpoints=checkpoints)
+    def _tensors(self, x: np.ndarray, cond: np.ndarray | None) -> Tensors:
+        """The rows' numbers, their dequantising entries, their tokens and labels (0 without one)."""
         numeric, tokens = self.layout.split(x)
         entries = self.dequantiser.entries(numeric, self.layout.missing(x))
         numeric, entries, tokens = (torch.from_numpy(array) for array in (numeric, entries, tokens))
         labels = torch.zeros(len(x), dtype=torch.long) if cond is None else torch.from_numpy(cond)
-        private = self.plan.sgd(train, rows=len(x)) if self.plan is not None else None
+        return numeric, entries, tokens, labels
+
+    def fit_family(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
+        x, cond = self.prepare(data, train, checkpoints=checkpoints)
+        held = self._tensors(x, cond)  # a sample's, when the rows are streamed
+        del x, cond
+        rows = self.training_rows(data, train, self._tensors, held)
+        tokens = held[2]
+        private = self.plan.sgd(train, rows=len(tokens)) if self.plan is not None else None
         if private is None:  # the real marginals are no DP release: with privacy, learned like the rest
             self.network.start_from_marginals(tokens.to(self.device))
         self.ema.load_state_dict(self.network.state_dict())
@@ -320,7 +330,7 @@ class TabularDiffusion(TabularSynthesizer):
             modules={"network": self.network, "ema": self.ema},
             optimizers={"adam": optimizer},
             step=step,
-            data=(numeric, entries, tokens, labels),
+            data=rows,
             train=train,
             device=self.device,
             checkpoints=checkpoints,

@@ -25,6 +25,7 @@ from genai_pipeline.models.tabular import Known, TabularModelConfig, TabularSynt
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
+    Tensors,
     fit_loop,
     maybe_compile,
     optimise,
@@ -90,10 +91,17 @@ class TabularVAE(TabularSynthesizer):
 
     config: TabularVAEConfig
     completes_rows = True  # its revealed inputs take a row each (Reveal.known_inputs)
+    streams = True
     net: VAENet
+
+    @staticmethod
+    def _tensors(x: np.ndarray, cond: np.ndarray | None) -> Tensors:
+        return (torch.from_numpy(x),) + ((torch.from_numpy(cond),) if cond is not None else ())
 
     def fit_family(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
         x, cond = self.prepare(data, train, checkpoints=checkpoints)
+        held = self._tensors(x, cond)  # a sample's, when the rows are streamed
+        rows = self.training_rows(data, train, self._tensors, held)
         optimizer = torch.optim.Adam(
             self.net.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay
         )
@@ -124,13 +132,12 @@ class TabularVAE(TabularSynthesizer):
             self.net.log_sigma.data.clamp_(np.log(0.01), 0.0)
             return {"loss": loss}
 
-        tensors = (torch.from_numpy(x),) + ((torch.from_numpy(cond),) if cond is not None else ())
         return fit_loop(
             name=NAME,
             modules={"net": self.net},
             optimizers={"adam": optimizer},
             step=step,
-            data=tensors,
+            data=rows,
             train=train,
             device=self.device,
             checkpoints=checkpoints,
