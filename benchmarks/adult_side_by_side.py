@@ -98,7 +98,7 @@ def ours(args: argparse.Namespace, folder: Path, real) -> dict:  # type: ignore[
     (manifest_path,) = (output / "adult-side-by-side" / "_runs").glob("*.json")
     manifest = json.loads(manifest_path.read_text())
     fit = manifest["model"]["fit"]
-    synthetic = pq.read_table(sorted((output / "adult-side-by-side").rglob("data/*.parquet"))[0])
+    synthetic = pq.read_table(sorted((output / "adult-side-by-side").glob("data/*/part-*.parquet"))[0])
     return {
         "wall_seconds": float(wall),
         "fit_seconds": round(fit["seconds"], 2),
