@@ -49,7 +49,7 @@ if mode == "streamed":
     groups = RowGroups.of(storage, name)
     sample = groups.sample(FIT_SAMPLE_ROWS, 0)
     roles = column_roles(sample, {{}}, "income")
-    data = TabularData(sample, "income", roles=roles, stream=groups, facts=groups.facts(roles))
+    data = TabularData(sample, "income", roles=roles, stream=groups)
     rows = groups.rows
 else:
     data = read_snapshot(storage, name, "income")

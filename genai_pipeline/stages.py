@@ -418,19 +418,19 @@ def _holdout_rows(dataset: DatasetRef, workspace: Storage) -> Dataset | None:
 def _streamed_rows(run: Run, dataset: DatasetRef, workspace: Storage, streams: bool) -> TabularData | None:
     """The training rows read a few row groups at a time when the table has more than
     ``train.in_memory_rows`` and the model can (``streams``): a seeded sample to fit the encoder
-    on, with what one pass over all of them tells (:mod:`genai_pipeline.datasets.row_groups`);
-    None to read them whole. ``train.max_rows`` and ``train.privacy`` hold their rows in memory."""
+    on, and the row groups for the pass over all of them that completes it
+    (:mod:`genai_pipeline.datasets.row_groups`); None to read them whole. ``train.max_rows``,
+    ``train.privacy`` and constraints (fitted on every row) hold their rows in memory."""
     train = run.job.train
     if dataset.modality != "tabular" or train.max_rows is not None or train.privacy is not None:
         return None
     groups = RowGroups.of(workspace, dataset.snapshot)
     if groups.rows <= train.in_memory_rows:
         return None
-    if not streams:
+    if not streams or run.job.generate.constraints:
         log.warning(
-            "train.in_memory_rows: the %s family holds its %d rows in memory (set train.max_rows to "
-            "train on a sample)",
-            run.job.model.family,
+            "train.in_memory_rows: %s holds its %d rows in memory (set train.max_rows to train on a sample)",
+            f"the {run.job.model.family} family" if not streams else "a job with generate.constraints",
             groups.rows,
         )
         return None
@@ -442,8 +442,7 @@ def _streamed_rows(run: Run, dataset: DatasetRef, workspace: Storage, streams: b
         min(FIT_SAMPLE_ROWS, groups.rows),
     )
     sample = TabularData(groups.sample(FIT_SAMPLE_ROWS, train.seed), dataset.label)
-    rows = learnable(sample, roles, run.job, _holdout_rows(dataset, workspace))
-    return replace(rows, stream=groups, facts=groups.facts(roles))
+    return replace(learnable(sample, roles, run.job, _holdout_rows(dataset, workspace)), stream=groups)
 
 
 def _check_schema(run: Run, schema: dict[str, Any], workspace: Storage) -> None:

@@ -154,13 +154,14 @@ def test_the_encoder_of_a_sample_knows_the_categories_nulls_and_identifiers_of_e
     assert encoder.codecs[0].fresh["filter"]["count"] == rows  # type: ignore[index]
 
 
-def _job(tmp_path: Path, family: str, **train: object) -> Run:
+def _job(tmp_path: Path, family: str, generate: dict[str, object] | None = None, **train: object) -> Run:
     job = tiny_job(
         "builtin://penguins",
         family,
         str(tmp_path / "out"),
         train={"in_memory_rows": 100, "early_stopping_patience": 3, **train},
         validate={"max_memorised_share": 1.0},
+        generate=generate or {},
     )
     return Run(job=job, run_date="2026-02-03")
 
@@ -185,7 +186,7 @@ def test_a_table_of_more_rows_than_in_memory_rows_trains_streamed_through_the_st
     assert published and pq.read_table(published[0]).num_rows > 0
 
 
-def test_the_gan_and_private_training_hold_their_rows_in_memory(
+def test_the_gan_private_training_and_constraints_hold_their_rows_in_memory(
     tmp_path: Path, small_groups: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     run = _job(tmp_path, "gan")
@@ -196,6 +197,13 @@ def test_the_gan_and_private_training_hold_their_rows_in_memory(
     private = _job(tmp_path, "vae", early_stopping_patience=None, privacy={"epsilon": 5.0}, epochs=1)
     model = stages.train(private, dataset=stages.ingest(private))
     assert not model.fit["streamed"] and model.fit["trained_rows"] == 276
+    # the rules are fitted on every row: a combination a sample misses would be one the rule
+    # refuses and the model emits
+    rule = {"kind": "fixed_combinations", "columns": ["island", "sex"]}
+    ruled = _job(tmp_path / "ruled", "autoregressive", generate={"constraints": [rule]})
+    with caplog.at_level(logging.WARNING):
+        model = run_stages(ruled)
+    assert not model.fit["streamed"] and "a job with generate.constraints holds its 276 rows" in caplog.text
 
 
 def test_a_family_that_cannot_stream_is_refused_rather_than_given_a_sample(tmp_path: Path) -> None:
@@ -206,6 +214,6 @@ def test_a_family_that_cannot_stream_is_refused_rather_than_given_a_sample(tmp_p
     data = TabularData(groups.read([0]), None, stream=groups)
     model = TabularGAN(TabularGAN.Config(), device=torch.device("cpu"))
     with pytest.raises(
-        ConfigError, match="train.in_memory_rows: the tabular GAN trains on rows held in memory"
+        ConfigError, match="train.in_memory_rows: the tabular GAN trains on rows held in memory here"
     ):
         model.fit(data, TrainSpec(epochs=1), None)

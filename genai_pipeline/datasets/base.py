@@ -47,7 +47,8 @@ class TabularData:
     #: these rows and learns the table as they rewrite it (:mod:`genai_pipeline.constraints`)
     constraints: tuple[Any, ...] = ()
     #: when set, ``table`` is a seeded sample of these rows, which training reads a few row groups
-    #: at a time (``train.in_memory_rows``), and ``facts`` what one pass over them all told
+    #: at a time (``train.in_memory_rows``), and ``facts`` what one pass over them all told (the
+    #: model makes that pass, of the rows as its constraints rewrite them)
     stream: RowGroups | None = None
     facts: Mapping[str, ColumnFacts] | None = None
 

@@ -369,9 +369,11 @@ class TabularSynthesizer(Synthesizer):
         """The family's training (:meth:`fit_family`) on the table as the job's constraints
         rewrite it; the text columns' models are trained in :meth:`prepare` and reported with it."""
         self.text_reports = {}
-        streamed = isinstance(data, TabularData) and data.stream is not None
-        if streamed and (not self.streams or train.privacy is not None):
-            raise ConfigError(f"train.in_memory_rows: the {self.name} trains on rows held in memory only")
+        if isinstance(data, TabularData) and data.stream is not None:
+            if not self.streams or train.privacy is not None or data.constraints:
+                raise ConfigError(f"train.in_memory_rows: the {self.name} trains on rows held in memory here")
+            roles = data.roles if data.roles is not None else column_roles(data.table, {}, data.label)
+            data = replace(data, facts=data.stream.facts(roles))  # the pass over every row
         data = self._constrained(data, private=train.privacy is not None)
         report = self.fit_family(_padded(data), train, checkpoints)
         report.text = self.text_reports or None
@@ -485,13 +487,12 @@ class TabularSynthesizer(Synthesizer):
         """What the family trains on: ``held``, ``tensors`` of the rows ``data`` holds, or where
         those are a sample of rows read a few row groups at a time (``data.stream``,
         ``train.in_memory_rows``), all the rows made ``tensors`` as they are read: through the
-        model's constraints and encoder, as :meth:`prepare` made the sample's."""
+        model's encoder, as :meth:`prepare` made the sample's."""
         if not isinstance(data, TabularData) or data.stream is None:
             return held
-        encoder, constraints = self.encoder, self.constraints
+        encoder = self.encoder
 
         def made(table: pa.Table) -> Tensors:
-            table = constraints.forward(table) if constraints else table
             if PADDING in encoder.schema.names:
                 table = table.append_column(PADDING, pa.array(np.zeros(table.num_rows, np.int8)))
             return tensors(*encoder.encode(table))
