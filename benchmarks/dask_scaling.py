@@ -30,6 +30,7 @@ from prefect import flow  # noqa: E402
 
 from flows.synthesize import generate, shard_runner  # noqa: E402
 from genai_pipeline import stages  # noqa: E402
+from genai_pipeline.config import GenerateSpec  # noqa: E402
 from genai_pipeline.jobs import build_job  # noqa: E402
 from genai_pipeline.runs import Run  # noqa: E402
 
@@ -62,10 +63,13 @@ def timed_generate(job_data: dict, runner: dict, rows: int, shards: int, run_dat
 
 
 def cluster_start_stop(workers: int) -> float:
+    """The pipeline's local cluster (``shard_runner``: its workers' environment too, which a cluster
+    started otherwise would leave in this process's environment for the later ones)."""
     from distributed import LocalCluster
 
+    runner = shard_runner(GenerateSpec.model_validate({"runner": {"kind": "dask", "workers": workers}}))
     started = time.perf_counter()
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"):
+    with LocalCluster(**runner.cluster_kwargs):
         pass
     return time.perf_counter() - started
 

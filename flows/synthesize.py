@@ -104,17 +104,29 @@ def shard_runner(spec: GenerateSpec) -> TaskRunner:
     cores = available_cores()
     if runner.kind == "threads":
         return ThreadPoolTaskRunner(max_workers=concurrent_shards(spec))
+    import dask
     from prefect_dask import DaskTaskRunner
 
     if runner.address:
         return DaskTaskRunner(address=runner.address)
     workers = runner.workers or cores
+    # glibc's heap keeps blocks up to 32 MiB and 64 MiB of free memory in the workers, as its own
+    # defaults grow to. Dask's default sets a trim threshold of 64 KiB, which also fixes the mmap
+    # threshold at 128 KiB: every larger block went to the kernel and back, and a shard sampled at
+    # half the rate, with 7× the system time (BENCHMARKS.md "Scaling out"). glibc reads these when
+    # the process starts, so they go in the environment the nanny spawns the workers with (what
+    # ``env`` gives is set after the start); given the same every time, not left out: a nanny
+    # leaves its values in this process's environment, which comes first for a later cluster's.
+    # Process-wide: the nanny reads this config in this process when the cluster starts.
+    malloc = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(64 * 2**20)}
+    spawned = dask.config.get("distributed.nanny.pre-spawn-environ")
+    dask.config.set({"distributed.nanny.pre-spawn-environ": {**spawned, **malloc}})
     env = {
-        # torch in each worker gets its share of the cores (Dask's default is one thread)
+        # torch in each worker gets its share of the cores (Dask's default is one thread); given
+        # after the start, where it comes before this process's environment (which another
+        # cluster's nanny may have set for its workers: two workers of two threads each ran 4×
+        # slower on 2 cores)
         "OMP_NUM_THREADS": str(max(1, cores // (workers * runner.threads_per_worker))),
-        # Dask trims freed memory at 64 KiB, which on its own sends every large tensor to mmap and
-        # back (sampling ran at half speed); keep large blocks in the heap up to 32 MiB
-        "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
     }
     if not get_current_settings().api.url:
         # embedded mode: the workers report to this process's temporary server instead of each

@@ -557,6 +557,31 @@ def test_a_failed_shard_is_retried_alone_and_writes_its_part_once(
     assert [pq.read_metadata(part).num_rows for part in parts] == [90]  # the shards, as one file
 
 
+def test_a_local_clusters_workers_start_with_the_heap_and_threads_sampling_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not Dask's 64 KiB trim threshold (sampling at half speed), set where glibc reads it: in the
+    environment the workers start with; torch's share of the cores for each cluster, not what an
+    earlier cluster's nanny left in this process's environment."""
+    from distributed import Client, LocalCluster
+
+    from flows.synthesize import shard_runner
+    from genai_pipeline.config import GenerateSpec
+
+    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)  # and whatever a nanny sets here goes after the test
+    monkeypatch.setattr("flows.synthesize.available_cores", lambda: 2)
+    names = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "OMP_NUM_THREADS")
+    seen = []
+    for workers in (1, 2):
+        runner = shard_runner(GenerateSpec.model_validate({"runner": {"kind": "dask", "workers": workers}}))
+        with LocalCluster(**runner.cluster_kwargs) as cluster, Client(cluster) as client:
+            seen.append(client.run(lambda: [__import__("os").environ.get(name) for name in names]))
+    one, two = seen
+    assert list(one.values()) == [[str(64 * 2**20), str(32 * 2**20), "2"]]
+    assert list(two.values()) == [[str(64 * 2**20), str(32 * 2**20), "1"]] * 2
+
+
 def test_a_dask_cluster_generates_the_same_data_as_threads(tmp_path: Path) -> None:
     from prefect_dask import DaskTaskRunner
 
