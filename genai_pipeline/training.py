@@ -131,6 +131,22 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
+#: Adam's fused kernel: one pass over all the parameters a step instead of several kernels per
+#: tensor; the optimiser's step 3× faster on CPU, the autoregressive family's epochs on Adult ~20%
+#: faster (BENCHMARKS.md "Throughput per step"); a switch for that benchmark's "before"
+FUSED_ADAM = True
+
+
+def adam(params: Any, **options: Any) -> torch.optim.Adam:
+    """``torch.optim.Adam`` with :data:`FUSED_ADAM`."""
+    return torch.optim.Adam(params, fused=FUSED_ADAM, **options)
+
+
+def adamw(params: Any, **options: Any) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` with :data:`FUSED_ADAM`."""
+    return torch.optim.AdamW(params, fused=FUSED_ADAM, **options)
+
+
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A copy that is never trained directly: the moving average that samples."""
     copy = deepcopy(module).eval()

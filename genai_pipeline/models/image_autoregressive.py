@@ -44,6 +44,7 @@ from genai_pipeline.models.image import ImageSynthesizer
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
+    adam,
     fit_loop,
     frozen_copy,
     maybe_compile,
@@ -278,7 +279,7 @@ class ImageAutoregressive(ImageSynthesizer):
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
         indices = self.prepare(data, train, checkpoints)
         parameters = list(self.network.parameters())
-        optimizer = torch.optim.Adam(parameters, lr=self.config.learning_rate)
+        optimizer = adam(parameters, lr=self.config.learning_rate)
         network = maybe_compile(self.network, train, self.device)
 
         def nll(net: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:

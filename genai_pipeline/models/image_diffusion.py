@@ -33,6 +33,7 @@ from genai_pipeline.models.noise_schedule import BetaSchedule, NoiseSchedule, Pr
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
+    adam,
     fit_loop,
     frozen_copy,
     maybe_compile,
@@ -155,7 +156,7 @@ class ImageDiffusion(ImageSynthesizer):
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
         indices = self.prepare(data, train, checkpoints)
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.config.learning_rate)
+        optimizer = adam(self.network.parameters(), lr=self.config.learning_rate)
         network = maybe_compile(self.network, train, self.device)
         schedule, no_label = self.schedule, len(self.labels)
         private = self.plan.sgd(train) if self.plan is not None else None

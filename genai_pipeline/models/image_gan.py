@@ -27,6 +27,7 @@ from genai_pipeline.models.image import ImageSynthesizer, to_unit
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
+    adam,
     check_gradients,
     fit_loop,
     frozen_copy,
@@ -126,12 +127,8 @@ class ImageGAN(ImageSynthesizer):
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
         indices = self.prepare(data, train, checkpoints)
         discriminator = Discriminator(self.shape, len(self.labels), self.config).to(self.device)
-        opt_g = torch.optim.Adam(
-            self.generator.parameters(), lr=self.config.learning_rate, betas=self.config.betas
-        )
-        opt_d = torch.optim.Adam(
-            discriminator.parameters(), lr=self.config.learning_rate, betas=self.config.betas
-        )
+        opt_g = adam(self.generator.parameters(), lr=self.config.learning_rate, betas=self.config.betas)
+        opt_d = adam(discriminator.parameters(), lr=self.config.learning_rate, betas=self.config.betas)
         latent, d_steps = self.config.latent_dim, self.config.d_steps
         generator, critic = (
             maybe_compile(net, train, self.device) for net in (self.generator, discriminator)

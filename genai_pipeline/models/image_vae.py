@@ -32,6 +32,7 @@ from genai_pipeline.models.image import ImageSynthesizer, to_unit
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
+    adam,
     fit_loop,
     optimise,
 )
@@ -119,7 +120,7 @@ class ImageVAE(ImageSynthesizer):
         indices = self.prepare(data, train, checkpoints)
         encoder = Encoder(self.shape, len(self.labels), self.config).to(self.device)
         parameters = [*encoder.parameters(), *self.decoder.parameters()]
-        optimizer = torch.optim.Adam(parameters, lr=self.config.learning_rate)
+        optimizer = adam(parameters, lr=self.config.learning_rate)
         beta = self.config.beta
 
         def losses(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:

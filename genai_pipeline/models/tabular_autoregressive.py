@@ -55,6 +55,7 @@ from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
     Tensors,
+    adamw,
     fit_loop,
     frozen_copy,
     maybe_compile,
@@ -406,7 +407,7 @@ class TabularAutoregressive(TabularSynthesizer):
         decay = self.config.weight_decay * math.sqrt(REFERENCE_ROWS / row_count(rows))
         decayed = [p for name, p in trainee.named_parameters() if "bias" not in name]
         free = [p for name, p in trainee.named_parameters() if "bias" in name]
-        optimizer = torch.optim.AdamW(
+        optimizer = adamw(
             [{"params": decayed}, {"params": free, "weight_decay": 0.0}],
             lr=self.config.learning_rate,
             weight_decay=min(decay, 0.1 / self.config.learning_rate),

@@ -51,6 +51,7 @@ from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
     Tensors,
+    adamw,
     fit_loop,
     frozen_copy,
     maybe_compile,
@@ -303,7 +304,7 @@ class TabularDiffusion(TabularSynthesizer):
         if private is None:  # the real marginals are no DP release: with privacy, learned like the rest
             self.network.start_from_marginals(tokens.to(self.device))
         self.ema.load_state_dict(self.network.state_dict())
-        optimizer = torch.optim.AdamW(
+        optimizer = adamw(
             self.network.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay
         )
         network = maybe_compile(self.network, train, self.device) if private is None else self.network

@@ -40,6 +40,7 @@ from genai_pipeline.privacy.dp import dp_counts
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
+    adam,
     check_gradients,
     fit_loop,
     frozen_copy,
@@ -313,13 +314,13 @@ class TabularGAN(TabularSynthesizer):
             sampler.counts.copy_(torch.from_numpy(counts))
         rows = RowIndex(categories, sampler.width)
         critic = Critic(self.encoder.width + self.cond_width, config, pac).to(self.device)
-        opt_g = torch.optim.Adam(
+        opt_g = adam(
             self.generator.parameters(),
             lr=config.generator_lr,
             betas=config.betas,
             weight_decay=config.weight_decay,
         )
-        opt_d = torch.optim.Adam(
+        opt_d = adam(
             critic.parameters(), lr=config.critic_lr, betas=config.betas, weight_decay=config.weight_decay
         )
         compile_ = private is None

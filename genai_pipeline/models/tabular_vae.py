@@ -26,6 +26,7 @@ from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
     Tensors,
+    adam,
     fit_loop,
     maybe_compile,
     optimise,
@@ -102,7 +103,7 @@ class TabularVAE(TabularSynthesizer):
         x, cond = self.prepare(data, train, checkpoints=checkpoints)
         held = self._tensors(x, cond)  # a sample's, when the rows are streamed
         rows = self.training_rows(data, train, self._tensors, held)
-        optimizer = torch.optim.Adam(
+        optimizer = adam(
             self.net.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay
         )
         beta, rate = self.config.beta, self.config.reveal_rate

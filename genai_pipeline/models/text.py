@@ -43,7 +43,7 @@ from torch import nn
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.privacy.memorisation import holds_rare, rare_runs
 from genai_pipeline.strict import StrictModel
-from genai_pipeline.training import CheckpointStore, FitReport, fit_loop, optimise
+from genai_pipeline.training import CheckpointStore, FitReport, adamw, fit_loop, optimise
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ def _train(
     for row, sequence in enumerate(sequences):
         tokens[row, : len(sequence)] = torch.tensor(sequence)
     net = column.net
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = adamw(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
 
     def loss_of(ctx: torch.Tensor, toks: torch.Tensor) -> torch.Tensor:
         """The mean next-token loss; the batch sorted by length and run in :data:`LENGTH_GROUPS`

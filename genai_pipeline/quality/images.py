@@ -32,7 +32,7 @@ from genai_pipeline.datasets.base import ImageData
 from genai_pipeline.models.image import to_unit
 from genai_pipeline.quality.neighbours import chunk_rows, nearest
 from genai_pipeline.storage import Storage
-from genai_pipeline.training import batched_indices
+from genai_pipeline.training import adam, batched_indices
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _fit_cnn(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = SmallCNN(images.shape[3], num_labels)
-    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    optimizer = adam(net.parameters(), lr=2e-3)
     labels = torch.from_numpy(np.asarray(targets, dtype=np.int64))
     started = time.monotonic()
     epochs = -(-min_steps // -(-len(images) // 128))
