@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from benchmark_data import load_adult  # noqa: E402
+from figures import save  # noqa: E402
 
 from genai_pipeline.quality.tabular import column_shapes, pair_trends_score  # noqa: E402
 
@@ -159,10 +160,7 @@ def main() -> None:
         "peak_rss": a["peak_rss_mb"] / b["peak_rss_mb"],
     }
     print("ratios     ", {key: round(value, 2) for key, value in figures["ratios"].items()})
-    if args.out:
-        args.out.write_text(
-            json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, **figures}, indent=2)
-        )
+    save(args.out, args, figures)
 
 
 if __name__ == "__main__":

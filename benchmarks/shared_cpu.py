@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from figures import save
+
 ROOT = Path(__file__).resolve().parents[1]
 
 _CHILD = """
@@ -90,10 +92,7 @@ def main() -> None:
         busy = figures[f"{label}, beside a busy process"]["best"]["samples_per_second"]
         figures[f"{label} slowdown"] = alone / busy
         print(f"{label}: beside a busy process {alone / busy:.2f}× slower (losing one core of 2: 2×)")
-    if args.out:
-        args.out.write_text(
-            json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, **figures}, indent=2)
-        )
+    save(args.out, args, figures)
 
 
 if __name__ == "__main__":

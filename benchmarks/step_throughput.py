@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from figures import save
+
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("autoregressive", "diffusion", "vae", "gan")
 
@@ -74,10 +76,7 @@ def main() -> None:
             f"{family:<15} before {before:>9,.0f}  after {after:>9,.0f} samples/s  ({after / before:.2f}×)",
             flush=True,
         )
-    if args.out:
-        args.out.write_text(
-            json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, **figures}, indent=2)
-        )
+    save(args.out, args, figures)
 
 
 if __name__ == "__main__":

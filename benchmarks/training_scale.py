@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from figures import save
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"32k": 32_561, "1M": 1_000_000, "10M": 10_000_000}
 
@@ -192,10 +194,7 @@ def main() -> None:
                 + (f"  prepare {result['prepare_seconds']:.1f} s" if "prepare_seconds" in result else ""),
                 flush=True,
             )
-    if args.out:
-        args.out.write_text(
-            json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, **figures}, indent=2)
-        )
+    save(args.out, args, figures)
 
 
 if __name__ == "__main__":
