@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import run_stages, tiny_job
+from conftest import S3_OPTIONS, run_stages, tiny_job
 
 from genai_pipeline import parquet, stages, training
 from genai_pipeline.config import TrainSpec
@@ -184,6 +184,28 @@ def test_a_table_of_more_rows_than_in_memory_rows_trains_streamed_through_the_st
     assert fit["validation_loss"] is not None  # early stopping watched streamed validation rows
     published = list((tmp_path / "out" / "tiny").rglob("*.parquet"))
     assert published and pq.read_table(published[0]).num_rows > 0
+
+
+def test_a_streamed_training_reads_its_row_groups_from_an_s3_workspace(
+    tmp_path: Path, small_groups: None, s3_env: dict[str, str]
+) -> None:
+    """Each buffer is read from the private workspace by range requests, as production's S3."""
+    bucket = s3_env["bucket"]
+    export = {
+        "output": f"s3://{bucket}/streamed",
+        "workspace": f"s3://{bucket}/streamed-private",
+        "storage_options": S3_OPTIONS,
+    }
+    job = tiny_job(
+        "builtin://penguins",
+        "vae",
+        export["output"],
+        train={"in_memory_rows": 100, "early_stopping_patience": 3},
+        validate={"max_memorised_share": 1.0},
+        export=export,
+    )
+    model = run_stages(Run(job=job, run_date="2026-02-03"))
+    assert model.fit["streamed"] and model.fit["trained_rows"] == 276
 
 
 def test_the_gan_private_training_and_constraints_hold_their_rows_in_memory(
