@@ -555,7 +555,7 @@ def train(run: Run, *, dataset: DatasetRef) -> ModelRef:
     if run.tables:
         model, fit = _relational().fit_tables(run, dataset, f"{uri}/checkpoints")
     else:
-        streamed = _streamed_rows(run, dataset, workspace, getattr(cls, "streams", False))
+        streamed = _streamed_rows(run, dataset, workspace, cls.streams)
         data = streamed or _read_training_rows(run, dataset, workspace)
         rows = data.stream.rows if isinstance(data, TabularData) and data.stream else data.num_rows
         data = sampled(data, job.train.max_rows, job.train.seed)

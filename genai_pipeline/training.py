@@ -459,7 +459,7 @@ class StreamedRows:
         parts = []
         for group in groups:
             mask = self._held(group)
-            table = self.groups.read([group]).filter(pa.array(mask if held else ~mask))
+            table = self.groups.read(group).filter(pa.array(mask if held else ~mask))
             for start in range(0, table.num_rows, STREAM_ENCODE_ROWS):
                 parts.append(self.tensors(table.slice(start, STREAM_ENCODE_ROWS)))
         return _joined(parts)

@@ -48,7 +48,7 @@ class TabularData:
     constraints: tuple[Any, ...] = ()
     #: when set, ``table`` is a seeded sample of these rows, which training reads a few row groups
     #: at a time (``train.in_memory_rows``), and ``facts`` what one pass over them all told (the
-    #: model makes that pass, of the rows as its constraints rewrite them)
+    #: model makes that pass)
     stream: RowGroups | None = None
     facts: Mapping[str, ColumnFacts] | None = None
 

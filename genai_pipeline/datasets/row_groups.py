@@ -2,8 +2,8 @@
 
 Ingest stages the training rows as one Parquet file in row groups of about 128k rows
 (:mod:`genai_pipeline.parquet`). A table of more rows than ``train.in_memory_rows`` is not read
-whole for training: the model's encoder and statistics are fitted on a seeded sample of that many
-rows (:meth:`RowGroups.sample`) completed by one streaming pass over every row
+whole for training: the model's encoder and statistics are fitted on a seeded sample of
+:data:`FIT_SAMPLE_ROWS` rows (:meth:`RowGroups.sample`) completed by one streaming pass over every row
 (:meth:`RowGroups.facts`: each column's nulls and counts, so that no category, null or identifier
 outside the sample is missed), and the training loop reads shuffled row groups
 (:class:`genai_pipeline.training.StreamedRows`).
@@ -11,7 +11,7 @@ outside the sample is missed), and the training loop reads shuffled row groups
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,18 +87,16 @@ class RowGroups:
     def rows(self) -> int:
         return sum(self.sizes)
 
-    def read(self, groups: Sequence[int], columns: Sequence[str] | None = None) -> pa.Table:
-        """The rows of ``groups`` (in that order), of ``columns`` (default: all)."""
+    def read(self, group: int) -> pa.Table:
+        """The rows of row group ``group``."""
         with self.storage.open_read(self.rel) as handle:
-            table = pq.ParquetFile(handle).read_row_groups(
-                list(groups), columns=None if columns is None else list(columns)
-            )
+            table = pq.ParquetFile(handle).read_row_group(group)
         return table.replace_schema_metadata(None)
 
-    def each(self, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+    def each(self) -> Iterator[pa.Table]:
         """Every row group in order, one read at a time."""
         for group in range(len(self.sizes)):
-            yield self.read([group], columns)
+            yield self.read(group)
 
     def sample(self, size: int, seed: int) -> pa.Table:
         """``size`` rows drawn by ``seed`` without replacement, in the file's order (all of them when
@@ -111,7 +109,7 @@ class RowGroups:
         for group in range(len(self.sizes)):
             inside = chosen[(chosen >= starts[group]) & (chosen < starts[group + 1])] - starts[group]
             if len(inside):
-                parts.append(self.read([group]).take(pa.array(inside)))
+                parts.append(self.read(group).take(pa.array(inside)))
         return pa.concat_tables(parts)
 
     def facts(self, roles: Mapping[str, ColumnRole]) -> dict[str, ColumnFacts]:

@@ -28,6 +28,7 @@ The fitted state is plain JSON (plus the serialised Arrow schema), never a pickl
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -197,13 +198,6 @@ def _fit_continuous(
     )
 
 
-def _counts(values: list[Any]) -> dict[Any, int]:
-    counts: dict[Any, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return counts
-
-
 def _fit_categorical(
     name: str,
     counts: dict[Any, float],
@@ -327,14 +321,14 @@ def _fit_column(
         distinct = len(counted) if counted is not None else len(np.unique(present))
         few = dp is None and distinct <= discrete_threshold and (facts is None or counted is not None)
         if wanted != "numeric" and (wanted == "category" or few):
-            counts = counted if counted is not None else _counts(present.tolist())
+            counts = counted if counted is not None else Counter(present.tolist())
             codec = _fit_categorical(name, counts, has_nulls, max_categories, protection, False, dp)
             if codec is not None:
                 return codec
         return _fit_continuous(name, present, has_nulls, max_knots, protection, quantum(type_), dp)
     if is_categorical(type_):
         textual = not pa.types.is_boolean(type_)
-        counts = counted if counted is not None else _counts(column.drop_null().to_pylist())
+        counts = counted if counted is not None else Counter(column.drop_null().to_pylist())
         codec = _fit_categorical(name, counts, has_nulls, max_categories, protection, textual, dp)
         assert codec is not None, "a text or boolean column always has a categorical codec"
         return codec

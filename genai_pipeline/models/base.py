@@ -69,6 +69,9 @@ class Synthesizer(ABC):
     bfloat16_sampling: ClassVar[bool] = True
     #: why the family cannot train with differential privacy (``train.privacy``); None: it can
     no_private_training: ClassVar[str | None] = None
+    #: whether the family trains on a table's rows read a few row groups at a time
+    #: (``train.in_memory_rows``; ``models.tabular.TabularSynthesizer.training_rows``)
+    streams: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig, *, device: torch.device):
         self.config = config

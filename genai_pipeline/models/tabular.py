@@ -362,8 +362,6 @@ class TabularSynthesizer(Synthesizer):
     text_reports: dict[str, dict[str, Any]]
     #: the rules every sampled row follows, fitted on the training rows
     constraints: Constraints
-    #: whether the family trains on rows read a few row groups at a time (:meth:`training_rows`)
-    streams: ClassVar[bool] = False
 
     def fit(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
         """The family's training (:meth:`fit_family`) on the table as the job's constraints
