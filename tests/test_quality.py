@@ -275,3 +275,31 @@ def test_columns_made_fresh_are_expected_unique_in_their_format_never_a_value_se
     failures = run_suite(suite, table_frame(repeated)).failures
     assert any(f.startswith("expect_column_values_to_be_unique(OrderID)") for f in failures)
     assert any(f.startswith("expect_column_values_to_match_regex(OrderID)") for f in failures)
+
+
+def test_nearest_neighbours_are_exact_and_their_search_reuses_one_block(monkeypatch) -> None:
+    """Copies sit at distance 0 in float32 (the matrix product alone leaves ~1e-3), the neighbours
+    are those of the exact distances, and every block of the search is the same buffer, bounded by
+    BLOCK_ELEMENTS, however many queries there are: the search's memory is one block."""
+    import torch
+
+    from genai_pipeline.quality import neighbours
+
+    monkeypatch.setattr(neighbours, "BLOCK_ELEMENTS", 1_000)
+    generator = torch.Generator().manual_seed(0)
+    points = torch.rand((300, 40), generator=generator) * 100
+    queries = torch.cat([points[:50], torch.rand((150, 40), generator=generator) * 100])
+    distances, indices = neighbours.nearest(queries, points, 3)
+    exact = torch.cdist(queries.double(), points.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    expected = exact.topk(3, dim=1, largest=False)
+    assert torch.equal(distances[:50, 0], torch.zeros(50))
+    assert torch.equal(indices[:50, 0], torch.arange(50))
+    assert torch.equal(indices, expected.indices)
+    assert torch.allclose(distances.double(), expected.values, rtol=1e-5)
+    blocks = [
+        (stop - start, block.data_ptr(), block.numel())
+        for start, stop, block in neighbours.distance_blocks(queries, points)
+    ]
+    assert sum(rows for rows, _, _ in blocks) == 200 and len(blocks) == 67
+    assert {pointer for _, pointer, _ in blocks} == {blocks[0][1]}
+    assert max(size for _, _, size in blocks) <= 1_000

@@ -34,8 +34,9 @@ The guesses are scored on training and holdout rows: ``gain`` = training − hol
 the synthetic data reveals because it saw the row.
 
 Cost: all-pairs distances between at most 2 × ``max_rows`` query rows and :data:`MAX_DENSITY_ROWS`
-synthetic (and reference) rows, chunked by :func:`~genai_pipeline.quality.neighbours.nearest`, in
-float64 so that an exact copy sits at distance 0 (float32's matrix-product rounding leaves ~1e-3).
+synthetic (and reference) rows, in float32 blocks of one reused buffer by
+:func:`~genai_pipeline.quality.neighbours.nearest`, which computes the neighbours' distances again
+exactly, so that an exact copy sits at distance 0 (the matrix product's rounding leaves ~1e-3).
 On a 32k-row table (eight mixed columns, 27k training and 5k holdout rows, a 32k-row synthetic
 sample) on 2 CPU cores, membership inference takes 1.1-2.0 s and attribute inference 0.8-1.8 s
 (the range is other work on the machine), nearly all of it in the distances.
@@ -100,10 +101,6 @@ def _sample(table: pa.Table, count: int, rng: np.random.Generator) -> pa.Table:
     return table.take(np.sort(rng.choice(table.num_rows, count, replace=False)))
 
 
-def _points(space: RowSpace, table: pa.Table) -> np.ndarray:
-    return space.transform(table).astype(np.float64)
-
-
 def _mean_log_distance(queries: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Mean log distance to the :data:`NEIGHBOURS` nearest points: −log density / d, up to constants."""
     return np.log(nearest_distances(queries, points, NEIGHBOURS) + EPSILON).mean(axis=1)
@@ -136,10 +133,10 @@ def membership_auc(
     rows = min(half, max_rows, train.num_rows)
     space = RowSpace.fit(train.select(names))
     queries = np.concatenate(
-        [_points(space, _sample(train, rows, rng)), _points(space, holdout.take(np.sort(order[:rows])))]
+        [space.transform(_sample(train, rows, rng)), space.transform(holdout.take(np.sort(order[:rows])))]
     )
-    reference = _points(space, _sample(holdout.take(np.sort(order[half:])), MAX_DENSITY_ROWS, rng))
-    published = _points(space, _sample(synthetic, MAX_DENSITY_ROWS, rng))
+    reference = space.transform(_sample(holdout.take(np.sort(order[half:])), MAX_DENSITY_ROWS, rng))
+    published = space.transform(_sample(synthetic, MAX_DENSITY_ROWS, rng))
     score = _mean_log_distance(queries, reference) - _mean_log_distance(queries, published)
     members = np.concatenate([np.ones(rows), np.zeros(rows)])
     with threadpool_limits(1):  # as utility.py: no BLAS/OpenMP pools spinning beside torch's threads
@@ -178,7 +175,7 @@ def attribute_inference(
     rows = min(train.num_rows, holdout.num_rows, max_rows)
     space = RowSpace.fit(train.select(known))
     published = _sample(synthetic, MAX_DENSITY_ROWS, rng)
-    points = torch.from_numpy(_points(space, published))
+    points = torch.from_numpy(space.transform(published))
     real = dense(train.column(target))
     numeric = is_numeric(real.type) and len(pc.unique(real)) > MAX_CLASS_VALUES
 
@@ -204,7 +201,7 @@ def attribute_inference(
 
     def accuracy(table: pa.Table) -> float:
         sample = _sample(table, rows, rng)
-        distances, indices = nearest(torch.from_numpy(_points(space, sample)), points, min(k, len(points)))
+        distances, indices = nearest(torch.from_numpy(space.transform(sample)), points, min(k, len(points)))
         return float(np.mean(right(1.0 / (distances.numpy() + EPSILON), indices.numpy(), values(sample))))
 
     train_accuracy, holdout_accuracy = accuracy(train), accuracy(holdout)

@@ -30,7 +30,7 @@ from torch import nn
 
 from genai_pipeline.datasets.base import ImageData
 from genai_pipeline.models.image import to_unit
-from genai_pipeline.quality.neighbours import chunk_rows, nearest
+from genai_pipeline.quality.neighbours import distance_blocks, nearest
 from genai_pipeline.storage import Storage
 from genai_pipeline.training import adam, batched_indices
 
@@ -252,8 +252,7 @@ def manifold_scores(real: np.ndarray, synthetic: np.ndarray, k: int = 5) -> dict
     inside_real = torch.zeros(len(s))  # real balls holding each synthetic point
     nearest_synthetic = torch.full((len(r),), float("inf"))
     recalled = torch.zeros(len(r), dtype=torch.bool)
-    for start, stop in batched_indices(len(s), chunk_rows(len(r))):
-        distances = torch.cdist(s[start:stop], r)
+    for start, stop, distances in distance_blocks(s, r):
         inside_real[start:stop] = (distances <= real_radii).sum(dim=1).float()
         nearest_synthetic = torch.minimum(nearest_synthetic, distances.min(dim=0).values)
         recalled |= (distances <= synthetic_radii[start:stop, None]).any(dim=0)
@@ -320,11 +319,10 @@ def memorisation_share(
         keep = np.random.default_rng(seed).choice(len(training), max_training, replace=False)
         training = training[np.sort(keep)]
     points, queries = _flat_unit(training), _flat_unit(synthetic)
-    distances, indices = nearest(queries, points, min(neighbours, len(points)))
-    # cdist's matrix-product form is off by ~1e-3 near zero: the nearest is measured exactly, so a
-    # copy scores 0 even where the training set holds several identical images
-    closest = (queries - points[indices[:, 0]]).norm(dim=1)
-    return float((closest <= ratio * distances[:, 1:].mean(dim=1)).float().mean())
+    distances, _ = nearest(queries, points, min(neighbours, len(points)))
+    # nearest's distances are exact: a copy scores 0 even where the training set holds several
+    # identical images
+    return float((distances[:, 0] <= ratio * distances[:, 1:].mean(dim=1)).float().mean())
 
 
 def duplicate_share(images: np.ndarray) -> float:
