@@ -7,9 +7,15 @@ imported, because Prefect reads its settings once at import time.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
-import threading
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 PREFECT_DEFAULTS = {
     # the first flow run of a process starts a temporary server: 9-19 s on 2 cores
@@ -33,18 +39,105 @@ def apply_prefect_defaults() -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
-def boot_temporary_server() -> threading.Thread | None:
-    """In embedded mode (no ``PREFECT_API_URL``), start Prefect's temporary server now, in a thread:
-    it boots in a process of its own (~3 s) while this one imports torch and Great Expectations,
-    instead of after them. The flow's client finds it started (one server per process); join the
-    thread before the flow runs. None with a real server."""
+def apply_memory_defaults() -> None:
+    """Arrow's buffers from jemalloc, which hands freed pages back to the system, instead of pyarrow's
+    default mimalloc, which keeps them for reuse: the whole Adult job's peak RSS is ~70 MB lower
+    (BENCHMARKS.md, "Adult through the whole job"). ``ARROW_DEFAULT_MEMORY_POOL``, when set, wins;
+    a pyarrow built without jemalloc keeps its default."""
+    if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
+        return
+    import pyarrow as pa
+
+    with contextlib.suppress(NotImplementedError):
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+
+
+class TemporaryServer:
+    """Prefect's temporary server, started as Prefect's embedded mode starts it (uvicorn serving
+    ``prefect.server.api.server:create_app`` in a process of its own, SQLite under ``PREFECT_HOME``)
+    but without importing Prefect's server into this process, which Prefect's own launcher
+    (``SubprocessASGIServer``) does: 74 MB of resident memory and 1.2 s of imports in the job's
+    process, for a class that only starts a subprocess."""
+
+    #: attempts at a free port (another process can take the one found before the server binds it)
+    ATTEMPTS = 3
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> None:
+        """Start the server process on a free port and point this process's Prefect (and the
+        processes it starts) at it; return at once: :meth:`wait` before the first flow runs."""
+        import prefect  # the package only (its modules load lazily): where the server's app lives
+        from prefect.context import refresh_global_settings_context
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+        env.update(PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1])]
+            + ["--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1"]
+            + ["--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+            env=env,
+        )
+        atexit.register(self.stop)
+        os.environ["PREFECT_API_URL"] = self.api_url
+        refresh_global_settings_context()
+
+    def wait(self, timeout: float) -> None:
+        """Until the server answers its health check; a server that exits early (its port taken
+        meanwhile) is started again on another port, :data:`ATTEMPTS` times in all."""
+        import httpx
+
+        deadline, attempts = time.monotonic() + timeout, 1
+        with httpx.Client() as client:
+            while time.monotonic() < deadline:
+                assert self.process is not None, "start() the server first"
+                if self.process.poll() is not None:
+                    if attempts == self.ATTEMPTS:
+                        break
+                    attempts += 1
+                    self.start()
+                    continue
+                try:
+                    if client.get(f"{self.api_url}/health", timeout=5).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        raise RuntimeError(
+            f"Prefect's temporary server did not start within {timeout:.0f} s"
+            f" (exit code {self.process.poll() if self.process else None})"
+        )
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def boot_temporary_server() -> TemporaryServer | None:
+    """In embedded mode (no API URL in the environment or Prefect's profile), start Prefect's
+    temporary server now (it boots in ~3 s while this process imports torch and Great
+    Expectations) and point this process's Prefect at it, so the flow's client starts no server of
+    its own. Call it before anything reads Prefect's settings beyond this function, and
+    :meth:`TemporaryServer.wait` before the flow runs. None with a real server."""
     apply_prefect_defaults()
     from prefect.settings import get_current_settings
 
     if get_current_settings().api.url:
         return None
-    from prefect.server.api.server import SubprocessASGIServer
-
-    thread = threading.Thread(target=SubprocessASGIServer().start, name="prefect-server", daemon=True)
-    thread.start()
-    return thread
+    server = TemporaryServer()
+    server.start()
+    return server

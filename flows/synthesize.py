@@ -12,9 +12,10 @@ import os
 import re
 from typing import Any
 
-from flows.settings import apply_prefect_defaults
+from flows.settings import apply_memory_defaults, apply_prefect_defaults
 
 apply_prefect_defaults()
+apply_memory_defaults()
 
 from prefect import flow, task, unmapped  # noqa: E402  (settings must be in the environment first)
 from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402

@@ -33,13 +33,13 @@ def _run(args: argparse.Namespace) -> int:
     run_date = parse_run_date(args.run_date)
     from flows.settings import boot_temporary_server  # Prefect's environment defaults, then Prefect
 
-    booting = boot_temporary_server()
+    server = boot_temporary_server()
     from flows.synthesize import synthesize
 
-    if booting is not None:
+    if server is not None:
         import great_expectations  # noqa: F401  (ingest needs it: loaded while the server boots)
 
-        booting.join()
+        server.wait(timeout=float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
 
     route = f"{job.dataset.source} → {job.model.family} → {job.export.output}"
     print(f"running job {job.name!r} for {run_date}: {route}", flush=True)
