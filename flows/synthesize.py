@@ -151,14 +151,25 @@ def shard_runner(spec: GenerateSpec) -> TaskRunner:
 @flow(name="generate", validate_parameters=False)
 def generate(run: Run, *, model: Any, dataset: Any, policy: dict[str, Any]) -> GeneratedRef:
     """Every shard as its own task on this (sub)flow's task runner; a retried shard rewrites only
-    its own part file."""
-    shards = generate_shard.with_options(**policy).map(
-        run=unmapped(run),
-        model=unmapped(model),
-        dataset=unmapped(dataset),
-        shard=list(range(run.job.generate.shards)),
-    )
-    return combine_shards.with_options(**policy)(run, [future.result() for future in shards])
+    its own part file.
+
+    One shard on the thread runner runs in this thread, where training ran: torch's OpenMP threads
+    are a team per thread that uses them, and with a second team alive (the training thread's)
+    there are more OpenMP threads than cores, so libgomp lets them spin only briefly before they
+    sleep and each parallel step waits for a wake-up. In a pool thread, Adult's 100k rows took
+    0.72 s instead of 0.42 s (BENCHMARKS.md, "Adult through the whole job")."""
+    shard = generate_shard.with_options(**policy)
+    if run.job.generate.shards == 1 and run.job.generate.runner.kind == "threads":
+        generated = [shard(run, model=model, dataset=dataset, shard=0)]
+    else:
+        futures = shard.map(
+            run=unmapped(run),
+            model=unmapped(model),
+            dataset=unmapped(dataset),
+            shard=list(range(run.job.generate.shards)),
+        )
+        generated = [future.result() for future in futures]
+    return combine_shards.with_options(**policy)(run, generated)
 
 
 @flow(name="synthesize")

@@ -557,6 +557,28 @@ def test_a_failed_shard_is_retried_alone_and_writes_its_part_once(
     assert [pq.read_metadata(part).num_rows for part in parts] == [90]  # the shards, as one file
 
 
+def test_one_shard_samples_in_the_thread_that_trained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torch's OpenMP threads form a team per thread using them: a shard sampled in a pool thread,
+    # beside the training thread's team, found more OpenMP threads than cores and ran 1.7× slower
+    import threading
+
+    import flows.synthesize as tasks
+
+    threads: dict[str, int] = {}
+    for name in ("train", "generate_shard"):
+        real = getattr(tasks, name).fn
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            threads[_name] = threading.get_ident()
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(getattr(tasks, name), "fn", spy)
+    assert _run(tiny_job("builtin://penguins", "vae", str(tmp_path)))["num_samples"] == 120
+    assert threads["generate_shard"] == threads["train"]
+
+
 def test_a_local_clusters_workers_start_with_the_heap_and_threads_sampling_needs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
