@@ -57,10 +57,11 @@ class TemporaryServer:
     ``prefect.server.api.server:create_app`` in a process of its own, SQLite under ``PREFECT_HOME``)
     but without importing Prefect's server into this process, which Prefect's own launcher
     (``SubprocessASGIServer``) does: 74 MB of resident memory and 1.2 s of imports in the job's
-    process, for a class that only starts a subprocess."""
+    process, for a class that only starts a subprocess.
 
-    #: attempts at a free port (another process can take the one found before the server binds it)
-    ATTEMPTS = 3
+    This process binds the port and hands the listening socket to uvicorn (``--fd``), so no other
+    process can take the port in between, and the server that answers is this one, never another
+    job's (Prefect's launcher picks a free port, then lets the server bind it)."""
 
     def __init__(self) -> None:
         self.port = 0
@@ -71,50 +72,48 @@ class TemporaryServer:
         return f"http://127.0.0.1:{self.port}/api"
 
     def start(self) -> None:
-        """Start the server process on a free port and point this process's Prefect (and the
+        """Start the server process on a port of its own and point this process's Prefect (and the
         processes it starts) at it; return at once: :meth:`wait` before the first flow runs."""
         import prefect  # the package only (its modules load lazily): where the server's app lives
         from prefect.context import refresh_global_settings_context
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
         env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
         env.update(PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1])]
-            + ["--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1"]
-            + ["--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-            env=env,
-        )
+        with socket.socket() as listening:
+            listening.bind(("127.0.0.1", 0))
+            listening.listen(128)
+            self.port = listening.getsockname()[1]
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1])]
+                + ["--factory", "prefect.server.api.server:create_app", "--fd", str(listening.fileno())]
+                + ["--log-level", "error", "--lifespan", "on"],
+                env=env,
+                pass_fds=(listening.fileno(),),
+            )
         atexit.register(self.stop)
         os.environ["PREFECT_API_URL"] = self.api_url
         refresh_global_settings_context()
 
     def wait(self, timeout: float) -> None:
-        """Until the server answers its health check; a server that exits early (its port taken
-        meanwhile) is started again on another port, :data:`ATTEMPTS` times in all."""
+        """Until the server answers its health check; RuntimeError if it exits or does not answer
+        within ``timeout`` seconds."""
         import httpx
 
-        deadline, attempts = time.monotonic() + timeout, 1
+        assert self.process is not None, "start() the server first"
+        deadline = time.monotonic() + timeout
         with httpx.Client() as client:
-            while time.monotonic() < deadline:
-                assert self.process is not None, "start() the server first"
-                if self.process.poll() is not None:
-                    if attempts == self.ATTEMPTS:
-                        break
-                    attempts += 1
-                    self.start()
-                    continue
+            while time.monotonic() < deadline and self.process.poll() is None:
                 try:
                     if client.get(f"{self.api_url}/health", timeout=5).status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
                 time.sleep(0.1)
+        code = self.process.poll()
         raise RuntimeError(
-            f"Prefect's temporary server did not start within {timeout:.0f} s"
-            f" (exit code {self.process.poll() if self.process else None})"
+            f"Prefect's temporary server exited with code {code}"
+            if code is not None
+            else f"Prefect's temporary server did not answer within {timeout:.0f} s"
         )
 
     def stop(self) -> None:
@@ -136,7 +135,7 @@ def boot_temporary_server() -> TemporaryServer | None:
     apply_prefect_defaults()
     from prefect.settings import get_current_settings
 
-    if get_current_settings().api.url:
+    if get_current_settings().api.url or os.name != "posix":  # Windows: Prefect starts its own
         return None
     server = TemporaryServer()
     server.start()

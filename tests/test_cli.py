@@ -82,12 +82,18 @@ def test_the_flow_refuses_overrides_with_a_literal_secret() -> None:
 
 def test_the_temporary_server_booted_early_is_the_one_the_flow_runs_on(tmp_path: Path) -> None:
     # embedded mode: the CLI starts Prefect's server while it imports the rest, without importing
-    # Prefect's server itself (74 MB); a flow then runs on it and starts no second one, and the
+    # Prefect's server itself (74 MB); its port is held from the start (no other process can take
+    # it before the server is up); a flow then runs on it and starts no second one, and the
     # server stops when the process ends
     script = (
-        "import os, sys\n"
+        "import os, socket, sys\n"
         "from flows.settings import boot_temporary_server\n"
-        "server = boot_temporary_server(); server.wait(timeout=120)\n"
+        "server = boot_temporary_server()\n"
+        "try:\n"
+        "    socket.socket().bind(('127.0.0.1', server.port)); print('port free while booting')\n"
+        "except OSError:\n"
+        "    print('port held while booting')\n"
+        "server.wait(timeout=120)\n"
         "from prefect import flow\n"
         "from prefect.client.orchestration import get_client\n"
         "print(flow(lambda: 41)() + 1, 'prefect.server.api.server' in sys.modules)\n"
@@ -102,7 +108,8 @@ def test_the_temporary_server_booted_early_is_the_one_the_flow_runs_on(tmp_path:
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180, cwd=ROOT
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    *_, answer, runs, pid = done.stdout.strip().splitlines()
+    *_, port, answer, runs, pid = done.stdout.strip().splitlines()
+    assert port == "port held while booting"
     assert answer.split() == ["42", "False"]  # the flow ran, and Prefect's server code stayed out
     assert runs.split() == ["1", "True"]  # on the server booted early: its one flow run is there
     assert not Path(f"/proc/{pid}").exists()  # stopped at exit
@@ -110,3 +117,13 @@ def test_the_temporary_server_booted_early_is_the_one_the_flow_runs_on(tmp_path:
     check = "from flows.settings import boot_temporary_server; print(boot_temporary_server())"
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, cwd=ROOT)
     assert done.stdout.strip() == "None", done.stderr[-2000:]
+
+
+def test_a_temporary_server_that_dies_while_booting_fails_the_wait_at_once() -> None:
+    from flows.settings import TemporaryServer
+
+    server = TemporaryServer()
+    server.process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    server.process.wait()
+    with pytest.raises(RuntimeError, match="exited with code 3"):
+        server.wait(timeout=60)
