@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 PREFECT_DEFAULTS = {
@@ -50,6 +53,25 @@ def apply_memory_defaults() -> None:
 
     with contextlib.suppress(NotImplementedError):
         pa.set_memory_pool(pa.jemalloc_memory_pool())
+
+
+#: prctl's option for the signal a process receives when its parent ends (linux/prctl.h)
+PR_SET_PDEATHSIG = 1
+
+
+def _ends_with(parent: int) -> Callable[[], None]:
+    """For a child process (``preexec_fn``): the kernel sends it SIGTERM when the thread that
+    started it ends, so a job killed outright (SIGKILL, the OOM killer) leaves no server behind,
+    holding a port and memory until the machine restarts; and it exits at once if its parent has
+    already ended. Linux only (``prctl``). The CLI starts the server from its main thread before
+    any other thread exists (``preexec_fn`` is unsafe beside threads)."""
+
+    def set_parent_death_signal() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(0)
+
+    return set_parent_death_signal
 
 
 class TemporaryServer:
@@ -89,6 +111,7 @@ class TemporaryServer:
                 + ["--log-level", "error", "--lifespan", "on"],
                 env=env,
                 pass_fds=(listening.fileno(),),
+                preexec_fn=_ends_with(os.getpid()) if sys.platform == "linux" else None,
             )
         atexit.register(self.stop)
         os.environ["PREFECT_API_URL"] = self.api_url

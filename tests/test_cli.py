@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -117,6 +118,39 @@ def test_the_temporary_server_booted_early_is_the_one_the_flow_runs_on(tmp_path:
     check = "from flows.settings import boot_temporary_server; print(boot_temporary_server())"
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, cwd=ROOT)
     assert done.stdout.strip() == "None", done.stderr[-2000:]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's prctl")
+def test_a_job_killed_outright_leaves_no_temporary_server_behind(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    script = (
+        "from flows.settings import boot_temporary_server\n"
+        "server = boot_temporary_server(); server.wait(timeout=120)\n"
+        "print(server.process.pid, flush=True)\n"
+        "import time; time.sleep(600)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    job = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )
+    assert job.stdout is not None
+    server = int(job.stdout.readline())
+    assert Path(f"/proc/{server}").exists()
+    job.send_signal(signal.SIGKILL)  # no atexit, no finally: what the OOM killer does
+    job.wait()
+
+    def running(pid: int) -> bool:  # a zombie has ended: whoever adopted it reaps it
+        with contextlib.suppress(OSError):
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return False
+
+    deadline = time.monotonic() + 30
+    while running(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(server)
 
 
 def test_a_temporary_server_that_dies_while_booting_fails_the_wait_at_once() -> None:
