@@ -153,20 +153,22 @@ def generate(run: Run, *, model: Any, dataset: Any, policy: dict[str, Any]) -> G
     """Every shard as its own task on this (sub)flow's task runner; a retried shard rewrites only
     its own part file.
 
-    One shard on the thread runner runs in this thread, where training ran: torch's OpenMP threads
-    are a team per thread that uses them, and with a second team alive (the training thread's)
-    there are more OpenMP threads than cores, so libgomp lets them spin only briefly before they
-    sleep and each parallel step waits for a wake-up. In a pool thread, Adult's 100k rows took
-    0.72 s instead of 0.42 s (BENCHMARKS.md, "Adult through the whole job")."""
+    Shards the thread runner would run one at a time (one shard, ``runner.workers: 1``, one core)
+    run one after another in this thread, where training ran: torch's OpenMP threads are a team per
+    thread that uses them, and with a second team alive (the training thread's) there are more
+    OpenMP threads than cores, so libgomp lets them spin only briefly before they sleep and each
+    parallel step waits for a wake-up. In a pool thread, Adult's 100k rows took 0.72 s instead of
+    0.42 s (BENCHMARKS.md, "Adult through the whole job")."""
     shard = generate_shard.with_options(**policy)
-    if run.job.generate.shards == 1 and run.job.generate.runner.kind == "threads":
-        generated = [shard(run, model=model, dataset=dataset, shard=0)]
+    spec = run.job.generate
+    if spec.runner.kind == "threads" and concurrent_shards(spec) == 1:
+        generated = [shard(run, model=model, dataset=dataset, shard=k) for k in range(spec.shards)]
     else:
         futures = shard.map(
             run=unmapped(run),
             model=unmapped(model),
             dataset=unmapped(dataset),
-            shard=list(range(run.job.generate.shards)),
+            shard=list(range(spec.shards)),
         )
         generated = [future.result() for future in futures]
     return combine_shards.with_options(**policy)(run, generated)

@@ -557,26 +557,30 @@ def test_a_failed_shard_is_retried_alone_and_writes_its_part_once(
     assert [pq.read_metadata(part).num_rows for part in parts] == [90]  # the shards, as one file
 
 
-def test_one_shard_samples_in_the_thread_that_trained(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("shards", "workers", "inline"), [(1, None, True), (3, 1, True), (2, 2, False)])
+def test_shards_run_one_at_a_time_sample_in_the_thread_that_trained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shards: int, workers: int | None, inline: bool
 ) -> None:
     # torch's OpenMP threads form a team per thread using them: a shard sampled in a pool thread,
-    # beside the training thread's team, found more OpenMP threads than cores and ran 1.7× slower
+    # beside the training thread's team, found more OpenMP threads than cores and ran 1.7× slower;
+    # shards run side by side still take the pool's threads
     import threading
 
     import flows.synthesize as tasks
 
-    threads: dict[str, int] = {}
-    for name in ("train", "generate_shard"):
+    threads: dict[str, set[int]] = {"train": set(), "generate_shard": set()}
+    for name in threads:
         real = getattr(tasks, name).fn
 
         def spy(*args, _real=real, _name=name, **kwargs):
-            threads[_name] = threading.get_ident()
+            threads[_name].add(threading.get_ident())
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(getattr(tasks, name), "fn", spy)
-    assert _run(tiny_job("builtin://penguins", "vae", str(tmp_path)))["num_samples"] == 120
-    assert threads["generate_shard"] == threads["train"]
+    monkeypatch.setattr(tasks, "available_cores", lambda: 2)
+    generate = {"num_samples": 120, "shards": shards, "runner": {"kind": "threads", "workers": workers}}
+    assert _run(tiny_job("builtin://penguins", "vae", str(tmp_path), generate=generate))["num_samples"] == 120
+    assert (threads["generate_shard"] == threads["train"]) is inline
 
 
 def test_a_local_clusters_workers_start_with_the_heap_and_threads_sampling_needs(
