@@ -1,5 +1,6 @@
 """Training cost against rows: seconds per epoch, samples/s and peak RSS of one epoch on UCI Adult
-bootstrapped to 32k, 1M and 10M rows, ours held in memory and streamed from row groups
+bootstrapped to 32k, 1M and 10M rows and widened to 100 columns (``wide``: Adult's 32k rows,
+its columns again from seeded shuffles of its rows), ours held in memory and streamed from row groups
 (``train.in_memory_rows``), against MOSTLY AI's TabularARGN and SDV's CTGAN at the sizes they
 finish (issue 19).
 
@@ -30,7 +31,9 @@ from pathlib import Path
 from figures import save
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZES = {"32k": 32_561, "1M": 1_000_000, "10M": 10_000_000}
+SIZES = {"32k": 32_561, "1M": 1_000_000, "10M": 10_000_000, "wide": 32_561}
+#: columns of the wide table (``--sizes wide``)
+WIDE_COLUMNS = 100
 
 _OURS = """
 import json, resource, sys, time
@@ -111,8 +114,26 @@ print(json.dumps({"rows": len(frame), "epochs": float(last["epoch"]),
 """
 
 
+def widened(adult, columns: int, rng):  # type: ignore[no-untyped-def]
+    """Adult's rows with ``columns`` columns: its own, then its columns again from seeded shuffles
+    of its rows (``age_2``, ``workclass_2``, …) until there are enough: each column keeps a real
+    column's values, the copies are independent of the rest."""
+    import pyarrow as pa
+
+    names, arrays, copy = list(adult.column_names), list(adult.columns), 2
+    while len(names) < columns:
+        shuffled = adult.take(pa.array(rng.permutation(adult.num_rows)))
+        for name in adult.column_names[: columns - len(names)]:
+            if name != "income":
+                names.append(f"{name}_{copy}")
+                arrays.append(shuffled.column(name))
+        copy += 1
+    return pa.table(arrays[:columns], names=names[:columns])
+
+
 def stage(folder: Path, label: str, rows: int) -> str:
-    """Adult bootstrapped to ``rows`` rows, written once as the pipeline stages a snapshot."""
+    """Adult bootstrapped to ``rows`` rows (``wide``: Adult with :data:`WIDE_COLUMNS` columns),
+    written once as the pipeline stages a snapshot."""
     name = f"adult_{label}.parquet"
     if (folder / name).exists():
         return name
@@ -126,6 +147,8 @@ def stage(folder: Path, label: str, rows: int) -> str:
 
     adult = load_adult()
     rng = np.random.default_rng(0)
+    if label == "wide":
+        adult = widened(adult, WIDE_COLUMNS, rng)
     chunk = 1_000_000
 
     def chunks():  # a million rows at a time: the parent holds no more
@@ -159,12 +182,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/tmp/genai_scale"))
     parser.add_argument("--family", default="autoregressive")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--sizes", default="32k,1M,10M")
+    parser.add_argument("--sizes", default="32k,1M,10M,wide")
     parser.add_argument("--sdv-python", default=str(ROOT / ".venv-sdv" / "bin" / "python"))
     parser.add_argument("--mostly-python", default=str(ROOT / ".venv-peers" / "bin" / "python"))
-    parser.add_argument("--peer-sizes", default="32k,1M", help="sizes the peers are run at")
+    parser.add_argument("--peer-sizes", default="32k,1M,wide", help="sizes the peers are run at")
     parser.add_argument("--peer-timeout", type=float, default=1800)
-    parser.add_argument("--in-memory-sizes", default="32k,1M", help="sizes ours also runs held in memory")
+    parser.add_argument(
+        "--in-memory-sizes", default="32k,1M,wide", help="sizes ours also runs held in memory"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
