@@ -81,6 +81,12 @@ def test_the_flow_refuses_overrides_with_a_literal_secret() -> None:
         synthesize.fn(job=JOB, overrides=["export.storage_options.secret=hunter2"])
 
 
+def _embedded_env(tmp_path: Path) -> dict[str, str]:
+    """This environment without a Prefect API to report to (embedded mode), with a home of its own."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
+    return {**env, "PREFECT_HOME": str(tmp_path / "prefect")}
+
+
 def test_the_temporary_server_booted_early_is_the_one_the_flow_runs_on(tmp_path: Path) -> None:
     # embedded mode: the CLI starts Prefect's server while it imports the rest, without importing
     # Prefect's server itself (74 MB); its port is held from the start (no other process can take
@@ -103,8 +109,7 @@ def test_the_temporary_server_booted_early_is_the_one_the_flow_runs_on(tmp_path:
         "    print(len(client.read_flow_runs()), url == os.environ['PREFECT_API_URL'])\n"
         "print(server.process.pid)\n"
     )
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env = _embedded_env(tmp_path)
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180, cwd=ROOT
     )
@@ -131,8 +136,7 @@ def test_a_job_killed_outright_leaves_no_temporary_server_behind(tmp_path: Path)
         "print(server.process.pid, flush=True)\n"
         "import time; time.sleep(600)\n"
     )
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env = _embedded_env(tmp_path)
     job = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
     )
