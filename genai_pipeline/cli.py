@@ -39,11 +39,11 @@ def _run(args: argparse.Namespace) -> int:
     if server is not None:
         import great_expectations  # noqa: F401  (ingest needs it: loaded while the server boots)
 
-        server.wait(timeout=float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
-
     route = f"{job.dataset.source} → {job.model.family} → {job.export.output}"
     print(f"running job {job.name!r} for {run_date}: {route}", flush=True)
     try:
+        if server is not None:
+            server.wait(timeout=float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
         result = synthesize(job=job, run_date=run_date)
     except PipelineError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)

@@ -157,6 +157,23 @@ def test_a_job_killed_outright_leaves_no_temporary_server_behind(tmp_path: Path)
     assert not running(server)
 
 
+def test_a_temporary_server_that_does_not_start_fails_the_run_in_one_line(tmp_path: Path) -> None:
+    env = {**_embedded_env(tmp_path), "PREFECT_HOME": "/dev/null/prefect"}  # no database can be made
+    done = subprocess.run(
+        [sys.executable, "-m", "genai_pipeline.cli", "run", JOB, "--output", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "FAILED: RuntimeError: Prefect's temporary server exited with code 3"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_temporary_server_that_dies_while_booting_fails_the_wait_at_once() -> None:
     from flows.settings import TemporaryServer
 
