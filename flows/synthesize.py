@@ -26,7 +26,7 @@ from prefect.tasks import exponential_backoff  # noqa: E402
 
 from genai_pipeline import stages  # noqa: E402
 from genai_pipeline.config import GenerateSpec, JobSpec  # noqa: E402
-from genai_pipeline.cpus import available_cores  # noqa: E402
+from genai_pipeline.cpus import available_cores, release_openmp_team  # noqa: E402
 from genai_pipeline.errors import ConfigError, PermanentError  # noqa: E402
 from genai_pipeline.generation import threads_per_shard  # noqa: E402
 from genai_pipeline.jobs import load_job, parse_overrides, parse_run_date, refuse_literal_secrets  # noqa: E402
@@ -158,12 +158,15 @@ def generate(run: Run, *, model: Any, dataset: Any, policy: dict[str, Any]) -> G
     thread that uses them, and with a second team alive (the training thread's) there are more
     OpenMP threads than cores, so libgomp lets them spin only briefly before they sleep and each
     parallel step waits for a wake-up. In a pool thread, Adult's 100k rows took 0.72 s instead of
-    0.42 s (BENCHMARKS.md, "Adult through the whole job")."""
+    0.42 s (BENCHMARKS.md, "Adult through the whole job"). Shards run side by side on the thread
+    runner take the pool's threads, after this thread's team is released."""
     shard = generate_shard.with_options(**policy)
     spec = run.job.generate
     if spec.runner.kind == "threads" and concurrent_shards(spec) == 1:
         generated = [shard(run, model=model, dataset=dataset, shard=k) for k in range(spec.shards)]
     else:
+        if spec.runner.kind == "threads":
+            release_openmp_team()  # the training thread's: the shards' threads start their own
         futures = shard.map(
             run=unmapped(run),
             model=unmapped(model),

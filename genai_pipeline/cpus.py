@@ -20,6 +20,7 @@ made training alone 2.5× slower, as every wait then costs a wake-up. So:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -53,6 +54,37 @@ def cgroup_quota(root: Path = CGROUP_ROOT) -> float | None:
             continue
         return quota / period if quota > 0 and period > 0 else None
     return None
+
+
+#: OpenMP runtimes torch is built with: GNU's (Linux wheels), LLVM's and Intel's
+OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp5")
+#: ``omp_pause_hard``: a pause that frees the runtime's threads (OpenMP 5.0)
+OMP_PAUSE_HARD = 2
+
+
+def release_openmp_team(maps: Path = Path("/proc/self/maps")) -> bool:
+    """Free the calling thread's OpenMP team (``omp_pause_resource_all(omp_pause_hard)``); the
+    next parallel step in this thread starts a new one. True when a loaded runtime did.
+
+    OpenMP keeps a team of threads per thread that runs torch's parallel code. Before shards
+    sample side by side in pool threads, the team of the thread that trained is released: with
+    it alive there are more OpenMP threads than cores, and libgomp then lets waiting threads spin
+    only briefly before they sleep, so every parallel step waits for a wake-up (a loop of small
+    parallel steps: 0.73 s in the first thread, 1.06 s in a second thread beside its team, 0.71 s
+    with the team released; ``benchmarks/openmp_teams.py``). Linux only (the runtime is found in
+    the process's memory maps)."""
+    import ctypes
+
+    try:
+        lines = maps.read_text().splitlines()
+    except OSError:
+        return False
+    libraries = {line.split()[-1] for line in lines if any(name in line for name in OPENMP_RUNTIMES)}
+    for library in sorted(libraries):
+        with contextlib.suppress(OSError, AttributeError):
+            if ctypes.CDLL(library).omp_pause_resource_all(OMP_PAUSE_HARD) == 0:
+                return True
+    return False
 
 
 def _affinity() -> set[int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from genai_pipeline.cpus import CoreWatch, available_cores, cgroup_quota
+from genai_pipeline.cpus import CoreWatch, available_cores, cgroup_quota, release_openmp_team
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -88,3 +88,20 @@ def test_training_threads_stay_within_the_affinity_and_come_back_after() -> None
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "8"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the runtime is found in /proc/self/maps")
+def test_the_openmp_team_of_a_thread_that_ran_torch_is_released(tmp_path: Path) -> None:
+    script = (
+        "import torch\n"
+        "from genai_pipeline.cpus import release_openmp_team\n"
+        "torch.nn.functional.silu(torch.randn(4096, 64) @ torch.randn(64, 64))\n"
+        "print(release_openmp_team())\n"
+        "print(float((torch.ones(4096, 64) @ torch.ones(64, 64)).sum()))\n"  # a new team works
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", str(4096 * 64 * 64.0)]
+    unrelated = tmp_path / "maps"
+    unrelated.write_text("7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/libc.so.6\n")
+    assert not release_openmp_team(unrelated)  # no OpenMP runtime loaded: nothing to release
+    assert not release_openmp_team(tmp_path / "missing")

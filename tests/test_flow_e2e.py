@@ -578,9 +578,12 @@ def test_shards_run_one_at_a_time_sample_in_the_thread_that_trained(
 
         monkeypatch.setattr(getattr(tasks, name), "fn", spy)
     monkeypatch.setattr(tasks, "available_cores", lambda: 2)
+    released: list[int] = []  # the training thread's OpenMP team, before shards run beside it
+    monkeypatch.setattr(tasks, "release_openmp_team", lambda: released.append(threading.get_ident()))
     generate = {"num_samples": 120, "shards": shards, "runner": {"kind": "threads", "workers": workers}}
     assert _run(tiny_job("builtin://penguins", "vae", str(tmp_path), generate=generate))["num_samples"] == 120
     assert (threads["generate_shard"] == threads["train"]) is inline
+    assert released == ([] if inline else list(threads["train"]))
 
 
 def test_a_local_clusters_workers_start_with_the_heap_and_threads_sampling_needs(
