@@ -162,10 +162,11 @@ def generate(run: Run, *, model: Any, dataset: Any, policy: dict[str, Any]) -> G
     runner take the pool's threads, after this thread's team is released."""
     shard = generate_shard.with_options(**policy)
     spec = run.job.generate
-    if spec.runner.kind == "threads" and concurrent_shards(spec) == 1:
+    threads = spec.runner.kind == "threads"
+    if threads and concurrent_shards(spec) == 1:
         generated = [shard(run, model=model, dataset=dataset, shard=k) for k in range(spec.shards)]
     else:
-        if spec.runner.kind == "threads":
+        if threads:
             release_openmp_team()  # the training thread's: the shards' threads start their own
         futures = shard.map(
             run=unmapped(run),

@@ -21,6 +21,7 @@ made training alone 2.5× slower, as every wait then costs a wake-up. So:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import os
 from dataclasses import dataclass
@@ -73,8 +74,6 @@ def release_openmp_team(maps: Path = Path("/proc/self/maps")) -> bool:
     parallel steps: 0.73 s in the first thread, 1.06 s in a second thread beside its team, 0.71 s
     with the team released; ``benchmarks/openmp_teams.py``). Linux only (the runtime is found in
     the process's memory maps)."""
-    import ctypes
-
     try:
         lines = maps.read_text().splitlines()
     except OSError:
