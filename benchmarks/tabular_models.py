@@ -9,6 +9,9 @@ Fidelity follows SDMetrics' QualityReport: column shapes (1 − KS / 1 − TVD) 
 ``--condition COLUMN=VALUE`` (repeatable) also samples ``--rows`` rows with those columns fixed,
 times it, checks every row holds the values, and scores the other columns' shapes against the real
 rows that meet the conditions (the rows a rejection sampler would have to wait for).
+``--streamed GROUP_ROWS`` trains as the train stage does a table of more than
+``train.in_memory_rows``: the table written to Parquet in row groups of that many rows, the encoder
+fitted on a sample completed by a pass over every row, the rows read a few groups at a time.
 """
 
 from __future__ import annotations
@@ -16,18 +19,24 @@ from __future__ import annotations
 import argparse
 import importlib
 import resource
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import yaml
 from benchmark_data import load_adult
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets import BUILTINS, TabularData
+from genai_pipeline.datasets.row_groups import FIT_SAMPLE_ROWS, RowGroups
 from genai_pipeline.models import model_class
+from genai_pipeline.privacy.roles import column_roles
 from genai_pipeline.quality.tabular import column_shapes, pair_trends, pair_trends_score, rows_meeting
+from genai_pipeline.storage import Storage
 
 TABLES = {"penguins": (lambda: BUILTINS["penguins"].load(), "species"), "adult": (load_adult, "income")}
 
@@ -46,6 +55,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--condition", action="append", default=[], help="COLUMN=VALUE to condition on")
     parser.add_argument("--import-module", action="append", default=[], help="import a model module first")
+    parser.add_argument(
+        "--streamed", type=int, metavar="GROUP_ROWS", help="train on rows streamed from row groups"
+    )
     args = parser.parse_args()
     for module in args.import_module:
         importlib.import_module(module)
@@ -63,9 +75,11 @@ def main() -> None:
         max_minutes=args.minutes,
         early_stopping_patience=args.patience,
     )
-    report = model.fit(TabularData(real, label=label), train, None)
+    with tempfile.TemporaryDirectory() as folder:
+        report = model.fit(_training_rows(real, label, folder, args.streamed, args.seed), train, None)
     print(
-        f"{args.family} on {args.dataset} ({real.num_rows} rows): {report.steps} steps, "
+        f"{args.family} on {args.dataset} ({real.num_rows} rows"
+        f"{f', streamed from groups of {args.streamed}' if args.streamed else ''}): {report.steps} steps, "
         f"{report.epochs} epochs in {report.seconds:.1f} s ({report.stopped}), "
         f"{torch.get_num_threads()} threads"
     )
@@ -103,6 +117,16 @@ def main() -> None:
             f"column shapes against those rows {np.mean(list(scores.values())):.3f}"
         )
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+def _training_rows(real: pa.Table, label: str, folder: str, group_rows: int | None, seed: int) -> TabularData:
+    """The rows whole, or with ``group_rows`` staged in row groups and streamed from them."""
+    if group_rows is None:
+        return TabularData(real, label=label)
+    pq.write_table(real, Path(folder) / "rows.parquet", row_group_size=group_rows)
+    groups = RowGroups.of(Storage(folder), "rows.parquet")
+    sample = groups.sample(FIT_SAMPLE_ROWS, seed)
+    return TabularData(sample, label, roles=column_roles(sample, {}, label), stream=groups)
 
 
 if __name__ == "__main__":

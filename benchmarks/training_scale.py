@@ -2,7 +2,8 @@
 bootstrapped to 32k, 1M and 10M rows and widened to 100 columns (``wide``: Adult's 32k rows,
 its columns again from seeded shuffles of its rows), ours held in memory and streamed from row groups
 (``train.in_memory_rows``), against MOSTLY AI's TabularARGN and SDV's CTGAN at the sizes they
-finish (issue 19).
+finish (issue 19). ``--family gan`` measures the GAN instead of the autoregressive family;
+``--max-minutes`` cuts each of our epochs short, its length then the rows over the rate measured.
 
     python benchmarks/training_scale.py --out /tmp/scale.json       # ~25 min on 2 cores
 
@@ -47,7 +48,7 @@ from genai_pipeline.models import model_class
 from genai_pipeline.privacy.roles import column_roles
 from genai_pipeline.storage import Storage
 
-mode, family, folder, name, epochs, batch = sys.argv[1:7]
+mode, family, folder, name, epochs, batch, minutes = sys.argv[1:8]
 storage = Storage(folder)
 imported = time.perf_counter()
 if mode == "streamed":
@@ -61,12 +62,16 @@ else:
     rows = data.num_rows
 cls = model_class("tabular", family)
 model = cls(cls.Config(), device=torch.device("cpu"))
-train = TrainSpec(epochs=int(epochs), batch_size=int(batch), device="cpu", seed=0)
+train = TrainSpec(epochs=int(epochs), batch_size=int(batch), device="cpu", seed=0,
+                  max_minutes=float(minutes) if minutes != "none" else None)
 fit_started = time.perf_counter()
 report = model.fit(data, train, None)
 done = time.perf_counter()
+# an epoch cut short by --max-minutes: its whole length at the rate measured
+cut = report.stopped == "time budget"
+epoch_seconds = rows / report.samples_per_second if cut else report.seconds / report.epochs
 print(json.dumps({{
-    "rows": rows, "epochs": report.epochs, "epoch_seconds": report.seconds / report.epochs,
+    "rows": rows, "epochs": report.epochs, "epoch_seconds": epoch_seconds, "stopped": report.stopped,
     "samples_per_second": report.samples_per_second,
     "prepare_seconds": done - imported - report.seconds, "wall_seconds": done - started,
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -190,6 +195,9 @@ def main() -> None:
     parser.add_argument(
         "--in-memory-sizes", default="32k,1M,wide", help="sizes ours also runs held in memory"
     )
+    parser.add_argument(
+        "--max-minutes", type=float, help="cut each epoch of ours short (its length then extrapolated)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
@@ -201,8 +209,9 @@ def main() -> None:
         if label in args.in_memory_sizes.split(","):
             runs.insert(0, ("ours, in memory", "memory"))
         for who, mode in runs:
+            minutes = "none" if args.max_minutes is None else str(args.max_minutes)
             command = [sys.executable, "-c", script, mode, args.family, str(args.data), name, "1"]
-            figures[f"{who}, {label}"] = measure(command + [str(args.batch_size)], timeout=3600)
+            figures[f"{who}, {label}"] = measure(command + [str(args.batch_size), minutes], timeout=3600)
         peers = {"TabularARGN": (args.mostly_python, _MOSTLY), "CTGAN": (args.sdv_python, _CTGAN)}
         for peer, (python, child) in peers.items():
             if label in args.peer_sizes.split(",") and Path(python).exists():

@@ -464,6 +464,11 @@ class StreamedRows:
                 parts.append(self.tensors(table.slice(start, STREAM_ENCODE_ROWS)))
         return _joined(parts)
 
+    def each(self) -> Iterator[Tensors]:
+        """The tensors of every training row, a row group at a time, in the file's order."""
+        for group in range(len(self.groups.sizes)):
+            yield self._read([group])
+
     def validation(self) -> Tensors:
         """The held-out rows the validation loss is measured on (none without ``holdout``)."""
         parts: list[Tensors] = []

@@ -12,7 +12,7 @@ from model_contract import CPU, TableContract
 
 from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets import BUILTINS, TabularData
-from genai_pipeline.encoders.tabular import TableEncoder
+from genai_pipeline.encoders.tabular import Span, TableEncoder
 from genai_pipeline.errors import ConfigError
 from genai_pipeline.models.tabular_gan import CategorySampler, RowIndex, TabularGAN, TabularGANConfig
 
@@ -36,7 +36,7 @@ def labelled_sampler() -> tuple[CategorySampler, torch.Tensor, torch.Tensor, Tab
     encoder = TableEncoder.fit(table, condition="label")
     x, labels = (torch.from_numpy(array) for array in encoder.encode(table))
     sampler = CategorySampler(encoder.spans, len(encoder.condition_values))
-    sampler.fit(sampler.categories(x), labels)
+    sampler.fit([(x, labels)])
     return sampler, x, labels, encoder
 
 
@@ -48,9 +48,26 @@ def test_training_conditions_favour_rare_categories_and_meet_real_rows() -> None
     share = torch.bincount(drawn, minlength=3).float() / len(drawn)
     expected = torch.log1p(torch.tensor([30.0, 10.0, 60.0]))
     assert torch.allclose(share, expected / expected.sum(), atol=0.01)  # log-frequency, not 10 %
-    rows = RowIndex(sampler.categories(x), sampler.width).draw(drawn, len(drawn))
+    rows = RowIndex(sampler, x, None).draw(drawn, len(drawn))
     assert torch.equal(x[rows][torch.arange(len(drawn)), sampler.columns[drawn]], torch.ones(len(drawn)))
     assert len(torch.unique(rows)) == 100  # every row that has its condition is drawn
+
+
+def test_a_batch_gives_training_by_sampling_only_conditions_its_rows_hold() -> None:
+    """Where rows are streamed, a step draws its real rows from its batch (issue 19)."""
+    sampler = CategorySampler([Span("a", "softmax", 3), Span("b", "softmax", 2)], num_labels=0)
+    every = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 0, 0, 1], [0, 0, 1, 1, 0]], dtype=torch.float32)
+    sampler.fit([(every, None)])
+    batch = every[[0, 0, 1]]  # the third category of the first span is not in it
+    rows = RowIndex(sampler, batch, None)
+    assert rows.present.tolist() == [True, True, False, True, True]
+    torch.manual_seed(0)
+    condition = sampler.draw_for_training(2000, rows.present)
+    assert condition is not None and set(condition.tolist()) == {0, 1, 3, 4}
+    picked = rows.draw(condition, 2000)
+    assert bool((sampler.categories(batch[picked]) == condition[:, None]).any(dim=1).all())
+    unmasked = sampler.draw_for_training(2000)  # all the rows': every category
+    assert unmasked is not None and set(unmasked.tolist()) == {0, 1, 2, 3, 4}
 
 
 def test_sampling_conditions_never_ask_for_a_banned_category() -> None:

@@ -208,14 +208,39 @@ def test_a_streamed_training_reads_its_row_groups_from_an_s3_workspace(
     assert model.fit["streamed"] and model.fit["trained_rows"] == 276
 
 
-def test_the_gan_private_training_and_constraints_hold_their_rows_in_memory(
+def test_the_gan_trains_streamed_on_every_row_drawing_real_rows_from_each_batch(
+    tmp_path: Path, small_groups: None
+) -> None:
+    model = run_stages(_job(tmp_path, "gan"))
+    fit = model.fit
+    assert fit["streamed"] and fit["trained_rows"] == fit["training_rows"] == 276
+    assert fit["validation_loss"] is None  # the GAN has none: early stopping holds no row out
+    published = list((tmp_path / "out" / "tiny").rglob("*.parquet"))
+    assert published and pq.read_table(published[0]).num_rows > 0
+
+
+def test_the_streamed_gan_counts_the_categories_of_every_row_not_the_samples(tmp_path: Path) -> None:
+    from genai_pipeline.datasets.base import TabularData
+    from genai_pipeline.models.tabular_gan import TabularGAN
+
+    rows = 3000
+    colour = ["red", "blue"] * (rows // 2)
+    colour[2500:2600] = ["green"] * 100  # past the sample the encoder is fitted on
+    table = pa.table({"colour": colour, "size": np.arange(rows, dtype=float)})
+    pq.write_table(table, tmp_path / "rows.parquet", row_group_size=500)
+    groups = RowGroups.of(Storage(str(tmp_path)), "rows.parquet")
+    model = TabularGAN(TabularGAN.Config(pac=1), device=torch.device("cpu"))
+    model.fit(
+        TabularData(table.slice(0, 2000), None, stream=groups), TrainSpec(epochs=1, batch_size=250), None
+    )
+    categories = model.encoder.codecs[0].categories or []
+    counts = dict(zip(categories, model.sampler.counts[0].tolist(), strict=False))
+    assert counts == {"blue": 1450, "green": 100, "red": 1450}
+
+
+def test_private_training_and_constraints_hold_their_rows_in_memory(
     tmp_path: Path, small_groups: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    run = _job(tmp_path, "gan")
-    dataset = stages.ingest(run)
-    with caplog.at_level(logging.WARNING):
-        model = stages.train(run, dataset=dataset)
-    assert not model.fit["streamed"] and "holds its 276 rows in memory" in caplog.text
     private = _job(tmp_path, "vae", early_stopping_patience=None, privacy={"epsilon": 5.0}, epochs=1)
     model = stages.train(private, dataset=stages.ingest(private))
     assert not model.fit["streamed"] and model.fit["trained_rows"] == 276
@@ -232,9 +257,12 @@ def test_a_family_that_cannot_stream_is_refused_rather_than_given_a_sample(tmp_p
     from genai_pipeline.datasets.base import TabularData
     from genai_pipeline.models.tabular_gan import TabularGAN
 
+    class HeldGAN(TabularGAN):  # a family (a user's, say) that does not stream
+        streams = False
+
     groups = _staged(tmp_path)
     data = TabularData(groups.read(0), None, stream=groups)
-    model = TabularGAN(TabularGAN.Config(), device=torch.device("cpu"))
+    model = HeldGAN(TabularGAN.Config(), device=torch.device("cpu"))
     with pytest.raises(
         ConfigError, match="train.in_memory_rows: the tabular GAN trains on rows held in memory here"
     ):

@@ -96,6 +96,12 @@ class Known:
     banned: torch.Tensor | None = None
 
 
+def matrix_tensors(x: np.ndarray, cond: np.ndarray | None) -> Tensors:
+    """The encoded rows and their labels (when the job has a label) as tensors: what a family
+    that learns the encoded matrix itself trains on."""
+    return (torch.from_numpy(x),) + ((torch.from_numpy(cond),) if cond is not None else ())
+
+
 def column_tokens(codec: ColumnCodec, block: np.ndarray) -> np.ndarray:
     """A coarse token per row of one column's encoded block: its category, or its numeric bin (the
     last token meaning null); what :class:`LabelPrior` counts."""
@@ -481,11 +487,14 @@ class TabularSynthesizer(Synthesizer):
         train: TrainSpec,
         tensors: Callable[[np.ndarray, np.ndarray | None], Tensors],
         held: Tensors,
+        *,
+        holds_out: bool = True,
     ) -> Tensors | StreamedRows:
         """What the family trains on: ``held``, ``tensors`` of the rows ``data`` holds, or where
         those are a sample of rows read a few row groups at a time (``data.stream``,
         ``train.in_memory_rows``), all the rows made ``tensors`` as they are read: through the
-        model's encoder, as :meth:`prepare` made the sample's."""
+        model's encoder, as :meth:`prepare` made the sample's. ``holds_out``: whether the family
+        measures a validation loss, for which early stopping holds rows out."""
         if not isinstance(data, TabularData) or data.stream is None:
             return held
         encoder = self.encoder
@@ -495,7 +504,8 @@ class TabularSynthesizer(Synthesizer):
                 table = table.append_column(PADDING, pa.array(np.zeros(table.num_rows, np.int8)))
             return tensors(*encoder.encode(table))
 
-        holdout = train.validation_fraction if train.early_stopping_patience is not None else None
+        stops_early = holds_out and train.early_stopping_patience is not None
+        holdout = train.validation_fraction if stops_early else None
         return StreamedRows(data.stream, made, seed=train.seed, holdout=holdout)
 
     @property

@@ -21,7 +21,7 @@ own conditional sampling.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
 
 import torch
@@ -35,17 +35,26 @@ from genai_pipeline.encoders.tabular import Span
 from genai_pipeline.errors import ConfigError
 from genai_pipeline.models.base import register_model
 from genai_pipeline.models.spans import sample_spans, span_slices
-from genai_pipeline.models.tabular import Known, TabularModelConfig, TabularSynthesizer, Width
+from genai_pipeline.models.tabular import (
+    Known,
+    TabularModelConfig,
+    TabularSynthesizer,
+    Width,
+    matrix_tensors,
+)
 from genai_pipeline.privacy.dp import dp_counts
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
+    StreamedRows,
+    Tensors,
     adam,
     check_gradients,
     fit_loop,
     frozen_copy,
     maybe_compile,
     private_step,
+    to_device,
     update_ema,
 )
 
@@ -111,18 +120,25 @@ class CategorySampler(nn.Module):
         found = [group[picked[:, group].argmax(dim=1)] for group in self.choices]
         return torch.stack(found, dim=1) if found else self.columns.new_zeros((len(x), 0))
 
-    def fit(self, categories: torch.Tensor, labels: torch.Tensor | None) -> None:
-        """Count each category per label."""
-        rows = torch.zeros(len(categories), dtype=torch.long, device=categories.device)
-        rows = (rows if labels is None else labels)[:, None].expand_as(categories)
+    def fit(self, parts: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+        """Count each category per label over the rows' ``(encoded rows, labels)`` parts."""
         self.counts.zero_()
-        self.counts.index_put_((rows, categories), self.counts.new_ones(categories.shape), accumulate=True)
+        for x, labels in parts:
+            categories = self.categories(x)
+            rows = torch.zeros(len(categories), dtype=torch.long, device=categories.device)
+            rows = (rows if labels is None else labels)[:, None].expand_as(categories)
+            ones = self.counts.new_ones(categories.shape)
+            self.counts.index_put_((rows, categories), ones, accumulate=True)
 
-    def draw_for_training(self, size: int) -> torch.Tensor | None:
-        """A span for each row uniformly, then a category with probability ∝ log(1 + count)."""
+    def draw_for_training(self, size: int, present: torch.Tensor | None = None) -> torch.Tensor | None:
+        """A span for each row uniformly, then a category with probability ∝ log(1 + count),
+        among the ``present`` ones (a mask over the categories) when given."""
         if self.width == 0:
             return None
-        weights = F.pad(torch.log1p(self.counts.sum(dim=0)), (0, 1))[self.choices]
+        weights = torch.log1p(self.counts.sum(dim=0))
+        if present is not None:
+            weights = weights * present
+        weights = F.pad(weights, (0, 1))[self.choices]
         span = torch.randint(len(self.choices), (size,), device=self.counts.device)
         return self.choices[span, torch.multinomial(weights[span], 1)[:, 0]]
 
@@ -181,15 +197,26 @@ class CategorySampler(nn.Module):
 
 
 class RowIndex:
-    """The training rows grouped by category, to draw real rows that have a condition."""
+    """Real rows grouped by category, to draw rows that have a condition: all the training rows,
+    or, where they are streamed (``train.in_memory_rows``), the step's batch of them, whose
+    categories are then the only conditions drawn (:attr:`present`). A category that is rare in
+    the table is then a condition less often than CTGAN's log-frequency asks: only in the batches
+    that hold it."""
 
-    def __init__(self, categories: torch.Tensor, width: int):
+    def __init__(self, sampler: CategorySampler, x: torch.Tensor, labels: torch.Tensor | None):
+        self.x, self.labels = x, labels
+        categories = sampler.categories(x)
         spans = categories.shape[1]
         flat = categories.flatten()
         self.rows = torch.argsort(flat, stable=True) // spans
-        self.count = torch.bincount(flat, minlength=width)
+        self.count = torch.bincount(flat, minlength=sampler.width)
         self.start = torch.cumsum(self.count, dim=0) - self.count
         self.num_rows = len(categories)
+
+    @property
+    def present(self) -> torch.Tensor:
+        """Which categories the rows hold."""
+        return self.count > 0
 
     def draw(self, condition: torch.Tensor | None, size: int) -> torch.Tensor:
         """Uniformly among the rows that have each condition (among all rows without one)."""
@@ -278,11 +305,17 @@ def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor) -> 
     return (grad.reshape(-1, pac * real.shape[1]).norm(dim=1) - 1).pow(2).mean()
 
 
+def _with_labels(batch: Tensors) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(rows, labels)`` of a batch of :func:`matrix_tensors` (labels None without a label)."""
+    return batch[0], batch[1] if len(batch) > 1 else None
+
+
 @register_model
 class TabularGAN(TabularSynthesizer):
     family = "gan"
     name = NAME
     Config = TabularGANConfig
+    streams = True
     dp_histograms_per_column = 1  # the category counts of training-by-sampling: one per discrete span
 
     config: TabularGANConfig
@@ -294,9 +327,13 @@ class TabularGAN(TabularSynthesizer):
         """CTGAN's training; with ``train.privacy``, a DP critic (one row judged at a time, on its
         own Poisson-sampled rows with a condition taken from each row, one critic step a step) and
         a generator that sees no real row (DP by post-processing), so it learns the label as a
-        condition but no revealed columns."""
+        condition but no revealed columns. Rows streamed a few row groups at a time
+        (``train.in_memory_rows``) are counted in one pass, and each step draws its real rows
+        from its own batch (:class:`RowIndex`)."""
         config = self.config
         x_np, cond_np = self.prepare(data, train, checkpoints=checkpoints)
+        held = matrix_tensors(x_np, cond_np)  # a sample's, when the rows are streamed
+        streamed = self.training_rows(data, train, matrix_tensors, held, holds_out=False)
         private = self.plan.sgd(train, rows=len(x_np)) if self.plan is not None else None
         pac = config.pac if private is None else 1
         if min(train.batch_size, len(x_np)) < pac:
@@ -304,15 +341,18 @@ class TabularGAN(TabularSynthesizer):
                 f"train.batch_size: the {NAME}'s critic judges pac={pac} rows at once; "
                 f"batches of {min(train.batch_size, len(x_np))} rows are too small"
             )
-        x = torch.from_numpy(x_np).to(self.device)
-        labels = None if cond_np is None else torch.from_numpy(cond_np).to(self.device)
         sampler, spans, reveal = self.sampler, self.encoder.spans, self.reveal
-        categories = sampler.categories(x)
-        sampler.fit(categories, labels)
+        if isinstance(streamed, StreamedRows):
+            every: RowIndex | None = None
+            parts = (tuple(to_device(t, self.device) for t in part) for part in streamed.each())
+            sampler.fit(_with_labels(part) for part in parts)
+        else:
+            labels = None if cond_np is None else torch.from_numpy(cond_np).to(self.device)
+            every = RowIndex(sampler, torch.from_numpy(x_np).to(self.device), labels)
+            sampler.fit([(every.x, labels)])
         if self.plan is not None:  # the category counts are a release: a row adds one in each span
             counts = dp_counts(sampler.counts.cpu().numpy(), self.plan.statistics, len(sampler.choices))
             sampler.counts.copy_(torch.from_numpy(counts))
-        rows = RowIndex(categories, sampler.width)
         critic = Critic(self.encoder.width + self.cond_width, config, pac).to(self.device)
         opt_g = adam(
             self.generator.parameters(),
@@ -329,25 +369,28 @@ class TabularGAN(TabularSynthesizer):
         )
         prior = torch.tensor(self.prior.probs, device=self.device) if self.labels else None
 
-        def draw(size: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
-            """A condition per row, real rows that meet it, their revealed features and the
+        def draw(
+            rows: RowIndex | None, size: int
+        ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+            """A condition per row, real ``rows`` that meet it, their revealed features and the
             conditional vector; with privacy, no real row: labels from the (DP) prior, nothing
             revealed."""
-            condition = sampler.draw_for_training(size)
-            if private is not None:
+            if rows is None:
+                condition = sampler.draw_for_training(size)
                 label = None if prior is None else torch.multinomial(prior, size, replacement=True)
-                nothing = torch.zeros(size, reveal.columns, dtype=torch.bool, device=x.device)
-                real = x.new_zeros((size, x.shape[1]))
+                nothing = torch.zeros(size, reveal.columns, dtype=torch.bool, device=self.device)
+                real = torch.zeros((size, self.encoder.width), device=self.device)
                 return (
                     condition,
                     real,
                     reveal.features(nothing),
                     sampler.vector(condition, label, reveal.inputs(real, nothing)),
                 )
+            condition = sampler.draw_for_training(size, None if rows is every else rows.present)
             picked = rows.draw(condition, size)
-            label = None if labels is None else labels[picked]
-            shown = reveal.training_mask(size, config.reveal_rate, x.device)
-            real = x[picked]
+            label = None if rows.labels is None else rows.labels[picked]
+            shown = reveal.training_mask(size, config.reveal_rate, self.device)
+            real = rows.x[picked]
             return (
                 condition,
                 real,
@@ -359,7 +402,7 @@ class TabularGAN(TabularSynthesizer):
             size: int, cond: torch.Tensor, real: torch.Tensor, shown: torch.Tensor
         ) -> tuple[torch.Tensor, ...]:
             """Generated rows (revealed columns set to the real row's) and their log-probabilities."""
-            noise = torch.randn(size, config.noise_dim, device=x.device)
+            noise = torch.randn(size, config.noise_dim, device=self.device)
             fake, log_probs = activate(generator(noise, cond), spans, config.gumbel_tau)
             return torch.where(shown, real, fake), log_probs
 
@@ -379,13 +422,15 @@ class TabularGAN(TabularSynthesizer):
                 + config.gradient_penalty * row_gradient_penalty(judge, real, fake)
             )
 
-        def critic_step(batch: tuple[torch.Tensor, ...], size: int) -> dict[str, torch.Tensor]:
+        def critic_step(
+            batch: tuple[torch.Tensor, ...], rows: RowIndex | None, size: int
+        ) -> dict[str, torch.Tensor]:
             if private is not None:
                 return {
                     "d_loss": private_step(private, {"critic": critic}, private_critic_loss, batch, opt_d)
                 }
             for _ in range(config.critic_steps):
-                _, real, shown, cond = draw(size)
+                _, real, shown, cond = draw(rows, size)
                 with torch.no_grad():
                     fake, _ = fake_rows(size, cond, real, shown)
                 real, fake = torch.cat([real, cond], dim=1), torch.cat([fake, cond], dim=1)
@@ -398,11 +443,13 @@ class TabularGAN(TabularSynthesizer):
             return {"d_loss": d_loss.detach(), "wasserstein": -wasserstein.detach()}
 
         def step(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-            # the loop's batch sets how many rows a step sees; which rows is training-by-sampling's
-            # (with privacy: the batch itself, for the critic; the generator sees none)
+            # the loop's batch sets how many rows a step sees; which rows is training-by-sampling's,
+            # among all of them or the streamed batch's (with privacy: the batch itself, for the
+            # critic; the generator sees none)
             size = (train.batch_size if private is not None else len(batch[0])) // pac * pac
-            logged = critic_step(batch, size)
-            condition, real, shown, cond = draw(size)
+            rows = None if private is not None else every or RowIndex(sampler, *_with_labels(batch))
+            logged = critic_step(batch, rows, size)
+            condition, real, shown, cond = draw(rows, size)
             fake, log_probs = fake_rows(size, cond, real, shown)
             g_loss = -judge(torch.cat([fake, cond], dim=1)).mean()
             if condition is not None:
@@ -415,9 +462,12 @@ class TabularGAN(TabularSynthesizer):
             update_ema(self.ema, self.generator, opt_g, config.ema_decay)
             return {**logged, "g_loss": g_loss.detach()}
 
-        tensors = (torch.from_numpy(x_np),)
-        if private is not None and cond_np is not None:  # Poisson batches carry their labels
-            tensors += (torch.from_numpy(cond_np),)
+        if isinstance(streamed, StreamedRows):
+            tensors: Tensors | StreamedRows = streamed
+        elif private is not None:  # Poisson batches carry their labels
+            tensors = held
+        else:
+            tensors = held[:1]
         return fit_loop(
             name=NAME,
             # with privacy the released category counts go into the checkpoint: a resumed fit

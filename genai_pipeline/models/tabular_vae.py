@@ -21,11 +21,16 @@ from genai_pipeline.config import TrainSpec
 from genai_pipeline.datasets.base import Dataset
 from genai_pipeline.models.base import register_model
 from genai_pipeline.models.spans import reconstruction_loss, sample_spans
-from genai_pipeline.models.tabular import Known, TabularModelConfig, TabularSynthesizer, Width
+from genai_pipeline.models.tabular import (
+    Known,
+    TabularModelConfig,
+    TabularSynthesizer,
+    Width,
+    matrix_tensors,
+)
 from genai_pipeline.training import (
     CheckpointStore,
     FitReport,
-    Tensors,
     adam,
     fit_loop,
     maybe_compile,
@@ -95,14 +100,10 @@ class TabularVAE(TabularSynthesizer):
     streams = True
     net: VAENet
 
-    @staticmethod
-    def _tensors(x: np.ndarray, cond: np.ndarray | None) -> Tensors:
-        return (torch.from_numpy(x),) + ((torch.from_numpy(cond),) if cond is not None else ())
-
     def fit_family(self, data: Dataset, train: TrainSpec, checkpoints: CheckpointStore | None) -> FitReport:
         x, cond = self.prepare(data, train, checkpoints=checkpoints)
-        held = self._tensors(x, cond)  # a sample's, when the rows are streamed
-        rows = self.training_rows(data, train, self._tensors, held)
+        held = matrix_tensors(x, cond)  # a sample's, when the rows are streamed
+        rows = self.training_rows(data, train, matrix_tensors, held)
         optimizer = adam(
             self.net.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay
         )
