@@ -3,7 +3,8 @@ bootstrapped to 32k, 1M and 10M rows and widened to 100 columns (``wide``: Adult
 its columns again from seeded shuffles of its rows), ours held in memory and streamed from row groups
 (``train.in_memory_rows``), against MOSTLY AI's TabularARGN and SDV's CTGAN at the sizes they
 finish (issue 19). ``--family gan`` measures the GAN instead of the autoregressive family;
-``--max-minutes`` cuts each of our epochs short, its length then the rows over the rate measured.
+``--max-minutes`` cuts each of our epochs short, its length then the rows over the rate measured;
+``--constraints`` gives ours the rules ``constraints.py`` gives Adult (the peers none).
 
     python benchmarks/training_scale.py --out /tmp/scale.json       # ~25 min on 2 cores
 
@@ -29,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from constraints import ADULT_RULES
 from figures import save
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +50,12 @@ from genai_pipeline.models import model_class
 from genai_pipeline.privacy.roles import column_roles
 from genai_pipeline.storage import Storage
 
-mode, family, folder, name, epochs, batch, minutes = sys.argv[1:8]
+from dataclasses import replace
+from pydantic import TypeAdapter
+from genai_pipeline.constraints import ConstraintSpec
+
+mode, family, folder, name, epochs, batch, minutes, rules = sys.argv[1:9]
+constraints = tuple(TypeAdapter(ConstraintSpec).validate_python(rule) for rule in json.loads(rules))
 storage = Storage(folder)
 imported = time.perf_counter()
 if mode == "streamed":
@@ -60,6 +67,7 @@ if mode == "streamed":
 else:
     data = read_snapshot(storage, name, "income")
     rows = data.num_rows
+data = replace(data, constraints=constraints)
 cls = model_class("tabular", family)
 model = cls(cls.Config(), device=torch.device("cpu"))
 train = TrainSpec(epochs=int(epochs), batch_size=int(batch), device="cpu", seed=0,
@@ -198,6 +206,7 @@ def main() -> None:
     parser.add_argument(
         "--max-minutes", type=float, help="cut each epoch of ours short (its length then extrapolated)"
     )
+    parser.add_argument("--constraints", action="store_true", help="ours under constraints.py's Adult rules")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
@@ -211,7 +220,9 @@ def main() -> None:
         for who, mode in runs:
             minutes = "none" if args.max_minutes is None else str(args.max_minutes)
             command = [sys.executable, "-c", script, mode, args.family, str(args.data), name, "1"]
-            figures[f"{who}, {label}"] = measure(command + [str(args.batch_size), minutes], timeout=3600)
+            rules = json.dumps([rule.spec for rule in ADULT_RULES] if args.constraints else [])
+            command += [str(args.batch_size), minutes, rules]
+            figures[f"{who}, {label}"] = measure(command, timeout=3600)
         peers = {"TabularARGN": (args.mostly_python, _MOSTLY), "CTGAN": (args.sdv_python, _CTGAN)}
         for peer, (python, child) in peers.items():
             if label in args.peer_sizes.split(",") and Path(python).exists():

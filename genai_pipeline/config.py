@@ -339,8 +339,8 @@ class TrainSpec(StrictModel):
         le=10**9,
         description="a table of more rows trains streamed from its staged row groups, a few at a time, "
         "with memory flat in the rows: the encoder and the model's statistics fitted on a sample of "
-        "100,000 rows drawn by train.seed and one pass over them all (the GAN, images, several tables, "
-        "constraints, train.max_rows and private training hold their rows in memory)",
+        "100,000 rows drawn by train.seed and one pass over them all (images, several tables, "
+        "train.max_rows and private training hold their rows in memory)",
     )
     compile: bool = Field(default=False, description="torch.compile the networks (CUDA)")
     reuse: Literal["never", "cached", "latest"] = Field(

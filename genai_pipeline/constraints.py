@@ -30,7 +30,7 @@ import ast
 import importlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -359,10 +359,18 @@ class Rule(ABC):
         """The rule in a few words, for reports and messages."""
         return f"{self.spec.kind} {', '.join(self.columns)}"
 
+    def tally(self, table: pa.Table) -> None:
+        """One row group of a table too large to be fitted on whole (``train.in_memory_rows``),
+        before :meth:`fit` is given a sample of its rows: what the fit must know of every row
+        (every combination's count, every value's decimals), kept to :meth:`fit` on the sample.
+        Nothing by default: the sample is enough."""
+        return
+
     @abstractmethod
     def fit(self, table: pa.Table, roles: Mapping[str, ColumnRole], min_rows: int) -> None:
         """Learn what the rule needs of the real ``table`` (its types, a rounding, the common
-        values); values fewer than ``min_rows`` rows hold are never kept."""
+        values); values fewer than ``min_rows`` rows hold are never kept. After :meth:`tally`,
+        ``table`` is a sample of the rows it saw, and what it tallied is of every row."""
 
     def forward(self, table: pa.Table) -> pa.Table:
         """The table as the model learns it."""
@@ -628,6 +636,10 @@ class Bounds(Rule):
                 if kept is not None:
                     scale = self.scales.get(name, 1)
                     self.ranges[name] = [kept.low * scale, kept.high * scale]
+
+    def broken(self, table: pa.Table) -> int:
+        """Also fails naming a step whose target a real row has without its base (which the
+        target is learned from), so that a streamed table is checked in every row group."""
         for step in self.steps:
             if step.base is None:
                 continue
@@ -637,6 +649,7 @@ class Bounds(Rule):
                     f"{self.where} ({step.text()}): {lost} real row(s) have {step.target} but no "
                     f"{step.base}, which it is learned from"
                 )
+        return super().broken(table)
 
     def _bound(self, index: int, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """``(bound, nulls)``: the least (or most) step ``index``'s target may be, per row."""
@@ -793,6 +806,8 @@ class FixedCombinations(Rule):
         self.label_column: str | None = None
         #: the label's value (as text) → its most frequent combination of the other columns
         self.by_label: dict[str, list[str | None]] = {}
+        #: every row's combinations counted by :meth:`tally` (empty: the fit counts its table's)
+        self.tallied: dict[str, int] = {}
 
     @property
     def columns(self) -> list[str]:
@@ -866,8 +881,10 @@ class FixedCombinations(Rule):
                     f"a category to combine it (dataset.columns: {{{name}: {{type: category}}}})"
                 )
             self.types[name] = type_
-        inverse, texts = self._keys(table)
-        counts = np.bincount(inverse, minlength=len(texts))
+        if self.tallied:
+            texts, counts = list(self.tallied), np.array(list(self.tallied.values()), dtype=np.int64)
+        else:
+            texts, counts = self._counted(table)
         kept = [text for text, count in zip(texts, counts, strict=True) if count >= min_rows]
         if not kept:
             raise DatasetError(
@@ -881,6 +898,16 @@ class FixedCombinations(Rule):
             common = common[:at] + common[at + 1 :]
             self._by_label(texts, counts, min_rows)
         self.common = common
+
+    def _counted(self, table: pa.Table) -> tuple[list[str], np.ndarray]:
+        """The combinations ``table``'s rows hold and how many hold each."""
+        inverse, texts = self._keys(table)
+        return texts, np.bincount(inverse, minlength=len(texts))
+
+    def tally(self, table: pa.Table) -> None:
+        texts, counts = self._counted(table)
+        for text, count in zip(texts, counts.tolist(), strict=True):
+            self.tallied[text] = self.tallied.get(text, 0) + count
 
     def _by_label(self, texts: list[str], counts: np.ndarray, min_rows: int) -> None:
         """Each label value's most frequent combination that ``min_rows`` rows hold: what a row
@@ -1106,6 +1133,9 @@ class Formula(Rule):
         self.tree, self.inputs = _parse(spec.expression)
         self.decimals: int | None = spec.decimals
         self.type: pa.DataType = pa.float64()
+        #: the most decimals a row group's values were written with (:meth:`tally`; None: not
+        #: tallied, or one's were more than 12, as floats are)
+        self.tallied: list[int | None] = []
 
     @property
     def columns(self) -> list[str]:
@@ -1149,8 +1179,23 @@ class Formula(Rule):
                 f"{self.where}.decimals: give them with train.privacy (not read off the real rows)"
             )
         if self.decimals is None:
-            present = real.values[~real.nulls].astype(np.float64)
-            self.decimals = 0 if real.exact else _decimals(present)
+            if real.exact:
+                self.decimals = 0
+            elif self.tallied:
+                known = [decimals for decimals in self.tallied if decimals is not None]
+                self.decimals = max(known) if len(known) == len(self.tallied) else None
+            else:
+                self.decimals = self._written(real)
+
+    @staticmethod
+    def _written(real: Numbers) -> int | None:
+        """The fewest decimals every present value is written with."""
+        return _decimals(real.values[~real.nulls].astype(np.float64))
+
+    def tally(self, table: pa.Table) -> None:
+        real = Numbers.of(table.column(self.spec.column))
+        if self.spec.decimals is None and not real.exact:
+            self.tallied.append(self._written(real))
 
     def _tolerance(self, values: np.ndarray) -> np.ndarray:
         """How far a column may be from the expression: half its last decimal (the real column may
@@ -1259,10 +1304,31 @@ class Unique(Rule):
     def columns(self) -> list[str]:
         return self.spec.names
 
+    def __init__(self, spec: UniqueSpec, where: str):
+        super().__init__(spec, where)
+        #: per set of columns (all of them, then each alone), a 64-bit hash of every row's values
+        #: without a null, a row group at a time (:meth:`tally`; empty: the fit hashes its table)
+        self.tallied: dict[tuple[str, ...], list[np.ndarray]] = {}
+
+    def _sets(self) -> list[tuple[str, ...]]:
+        return list(dict.fromkeys([tuple(self.columns), *((name,) for name in self.columns)]))
+
+    def tally(self, table: pa.Table) -> None:
+        for names in self._sets():
+            self.tallied.setdefault(names, []).append(_row_hashes(table, names))
+
+    def _repeats(self, table: pa.Table, names: tuple[str, ...]) -> int:
+        """How many of the rows (every row tallied, or ``table``'s) share their ``names`` with
+        another row."""
+        if not self.tallied:
+            return int((~_unrepeated(table, names)).sum())
+        _, counts = np.unique(np.concatenate(self.tallied[names]), return_counts=True)
+        return int(counts[counts > 1].sum())
+
     def fit(self, table: pa.Table, roles: Mapping[str, ColumnRole], min_rows: int) -> None:
         for name in self.columns:
             _column(table, name, self.where)
-        if repeated := int((~self.holds(table)).sum()):
+        if repeated := self._repeats(table, tuple(self.columns)):
             raise DatasetError(
                 f"{self.where}: {repeated} real row(s) repeat a value of {', '.join(self.columns)}"
             )
@@ -1271,8 +1337,9 @@ class Unique(Rule):
             for name in self.columns
             if (role := roles.get(name)) is not None
             and role.role == "id"
-            and pc.count_distinct(table.column(name)).as_py() == len(table.column(name).drop_null())
+            and not self._repeats(table, (name,))
         ]
+        self.tallied = {}  # a hash per row: not kept past the fit
         if not identifiers:
             name = self.columns[0]
             raise DatasetError(
@@ -1291,19 +1358,34 @@ class Unique(Rule):
         """Nothing is fitted: the identifier's role makes it unique."""
 
     def holds(self, table: pa.Table) -> np.ndarray:
-        """Within ``table`` (across the whole run, fresh identifiers are unique by construction); a
-        row with a null in the columns repeats none, as in SQL."""
-        nulls = np.zeros(table.num_rows, dtype=bool)
-        codes = []
-        for name in self.columns:
-            column = dense(table.column(name))
-            nulls |= column.is_null().to_numpy(zero_copy_only=False)
-            codes.append(pc.dictionary_encode(column).indices.fill_null(0).to_numpy(zero_copy_only=False))
-        keys = np.stack(codes, axis=1).reshape(table.num_rows, len(codes))[~nulls]
-        _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-        ok = np.ones(table.num_rows, dtype=bool)
-        ok[~nulls] = counts[inverse.reshape(-1)] == 1
-        return ok
+        """Within ``table`` (across the whole run, fresh identifiers are unique by construction)."""
+        return _unrepeated(table, self.columns)
+
+
+def _unrepeated(table: pa.Table, names: Sequence[str]) -> np.ndarray:
+    """Per row of ``table``, whether no other row has its values of ``names``; a row with a null
+    among them repeats none, as in SQL."""
+    nulls = np.zeros(table.num_rows, dtype=bool)
+    codes = []
+    for name in names:
+        column = dense(table.column(name))
+        nulls |= column.is_null().to_numpy(zero_copy_only=False)
+        codes.append(pc.dictionary_encode(column).indices.fill_null(0).to_numpy(zero_copy_only=False))
+    keys = np.stack(codes, axis=1).reshape(table.num_rows, len(codes))[~nulls]
+    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    ok = np.ones(table.num_rows, dtype=bool)
+    ok[~nulls] = counts[inverse.reshape(-1)] == 1
+    return ok
+
+
+def _row_hashes(table: pa.Table, names: Sequence[str]) -> np.ndarray:
+    """A 64-bit hash of each row's values of ``names``, the rows with a null among them left out
+    (they repeat none, as in SQL): rows that repeat one another hash alike."""
+    import pandas as pd
+
+    frame = pa.table([dense(table.column(name)) for name in names], names=[str(i) for i in range(len(names))])
+    frame = frame.to_pandas()
+    return pd.util.hash_pandas_object(frame[frame.notna().all(axis=1)], index=False).to_numpy()
 
 
 class CustomRule:
@@ -1482,25 +1564,36 @@ class Constraints:
         label: str | None = None,
         *,
         private: bool = False,
+        every: Callable[[], Iterable[pa.Table]] | None = None,
     ) -> None:
         """Fit every rule on the real ``table`` and check that its rows follow them: a rule the
         data breaks fails naming it and how many rows break it (never which: they are real).
-        ``private``: for a model trained with differential privacy (see :attr:`Rule.private`)."""
+        ``private``: for a model trained with differential privacy (see :attr:`Rule.private`).
+        ``every``: where ``table`` is a sample of a table read a row group at a time
+        (``train.in_memory_rows``), those row groups, read twice: once for what the rules must
+        know of every row (:meth:`Rule.tally`), once to check every row."""
         for rule in self.rules:
             rule.private = private
             if isinstance(rule, FixedCombinations) and label in rule.columns:
                 rule.label_column = label
+        for part in every() if every is not None else ():
+            for rule in self.rules:
+                rule.tally(part)
+        for rule in self.rules:
             rule.fit(table, roles, min_rows)
             if label is not None and label in rule.removed:
                 raise DatasetError(
                     f"{rule.where}: {label} is the label (dataset.label): it is learned as it is"
                 )
         self.order = self._ordered()
-        for rule in self.rules:
-            if broken := rule.broken(table):
-                raise DatasetError(
-                    f"{rule.where} ({rule.label()}): {broken} of the {table.num_rows} real rows break it"
-                )
+        broken, rows = dict.fromkeys(self.rules, 0), 0
+        for part in every() if every is not None else (table,):
+            rows += part.num_rows
+            for rule in self.rules:
+                broken[rule] += rule.broken(part)
+        for rule, count in broken.items():
+            if count:
+                raise DatasetError(f"{rule.where} ({rule.label()}): {count} of the {rows} real rows break it")
         self.schema = table.schema
 
     def forward(self, table: pa.Table) -> pa.Table:

@@ -418,19 +418,20 @@ def _holdout_rows(dataset: DatasetRef, workspace: Storage) -> Dataset | None:
 def _streamed_rows(run: Run, dataset: DatasetRef, workspace: Storage, streams: bool) -> TabularData | None:
     """The training rows read a few row groups at a time when the table has more than
     ``train.in_memory_rows`` and the model can (``streams``): a seeded sample to fit the encoder
-    on, and the row groups for the pass over all of them that completes it
-    (:mod:`genai_pipeline.datasets.row_groups`); None to read them whole. ``train.max_rows``,
-    ``train.privacy`` and constraints (fitted on every row) hold their rows in memory."""
+    and the constraints on, and the row groups for the passes over all of them that complete it
+    (:mod:`genai_pipeline.datasets.row_groups`); None to read them whole. ``train.max_rows`` and
+    ``train.privacy`` hold their rows in memory."""
     train = run.job.train
     if dataset.modality != "tabular" or train.max_rows is not None or train.privacy is not None:
         return None
     groups = RowGroups.of(workspace, dataset.snapshot)
     if groups.rows <= train.in_memory_rows:
         return None
-    if not streams or run.job.generate.constraints:
+    if not streams:
         log.warning(
-            "train.in_memory_rows: %s holds its %d rows in memory (set train.max_rows to train on a sample)",
-            f"the {run.job.model.family} family" if not streams else "a job with generate.constraints",
+            "train.in_memory_rows: the %s family holds its %d rows in memory (set train.max_rows to "
+            "train on a sample)",
+            run.job.model.family,
             groups.rows,
         )
         return None

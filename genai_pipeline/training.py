@@ -455,14 +455,21 @@ class StreamedRows:
 
     def _read(self, groups: Sequence[int], *, held: bool = False) -> Tensors:
         """The tensors of ``groups``' training rows (``held``: their held-out rows), read and made
-        a group at a time."""
-        parts = []
+        a group at a time into tensors allocated once: joined from their parts, a buffer of wide
+        rows (the GAN's one-hot matrix) would be held twice."""
+        rows = sum(int(self._held(group).sum()) if held else self.kept[group] for group in groups)
+        out: list[torch.Tensor] = []
+        at = 0
         for group in groups:
             mask = self._held(group)
             table = self.groups.read(group).filter(pa.array(mask if held else ~mask))
             for start in range(0, table.num_rows, STREAM_ENCODE_ROWS):
-                parts.append(self.tensors(table.slice(start, STREAM_ENCODE_ROWS)))
-        return _joined(parts)
+                part = self.tensors(table.slice(start, STREAM_ENCODE_ROWS))
+                out = out or [tensor.new_empty((rows, *tensor.shape[1:])) for tensor in part]
+                for whole, tensor in zip(out, part, strict=True):
+                    whole[at : at + len(tensor)] = tensor
+                at += len(part[0])
+        return tuple(out)
 
     def each(self) -> Iterator[Tensors]:
         """The tensors of every training row, a row group at a time, in the file's order."""

@@ -518,3 +518,62 @@ def test_columns_unique_together_hold_through_an_identifier_and_a_repeat_is_foun
         assert "give column (one) or columns (several)" in spec_error(
             {**BASE, "generate": {"constraints": [bad]}}
         )
+
+
+def _streamed_fit(
+    table: pa.Table, items: list[dict], sample_rows: int, *, streamed: bool = True
+) -> Constraints:
+    """The rules fitted on ``table``'s first ``sample_rows`` rows, as on a table streamed from row
+    groups of 100 rows (``train.in_memory_rows``): with every row group tallied and checked
+    (``streamed``), or on the sample alone."""
+    constraints = Constraints(rules(items))
+    groups = [table.slice(start, 100) for start in range(0, table.num_rows, 100)]
+    every = (lambda: iter(groups)) if streamed else None
+    constraints.fit(table.slice(0, sample_rows), {"id": ColumnRole("id")}, 5, every=every)
+    return constraints
+
+
+def test_a_streamed_tables_rules_learn_and_check_every_row_not_only_the_samples() -> None:
+    """Issue 19: a table too large for memory is fitted on a sample, and what a sample misses is
+    taken from a pass over every row group: each row outside the sample below would otherwise be
+    a combination refused, a decimal lost, a repeat or a broken row unseen."""
+    rows = 600
+    city = ["Lyon", "Nice"] * (rows // 2)
+    status = ["open", "closed"] * (rows // 2)
+    city[500:520], status[500:520] = ["Paris"] * 20, ["open"] * 20  # held by 20 rows, none sampled
+    price = np.round(np.linspace(1, 50, rows), 1)
+    price[550] = 12.25  # the only price of two decimals
+    table = pa.table(
+        {
+            "id": [f"o{i}" for i in range(rows)],
+            "city": city,
+            "status": status,
+            "price": price,
+            "total": price + 1,
+            "low": np.zeros(rows),
+        }
+    )
+    items = [
+        {"kind": "fixed_combinations", "columns": ["city", "status"]},
+        {"kind": "formula", "column": "total", "expression": "price + 1"},
+        {"kind": "unique", "column": "id"},
+        {"kind": "inequality", "low": "low", "high": "price"},
+    ]
+    sampled = _streamed_fit(table, items, 400, streamed=False)
+    streamed = _streamed_fit(table, items, 400)
+    assert ["Paris", "open"] not in sampled.rules[0].combinations  # type: ignore[attr-defined]
+    assert ["Paris", "open"] in streamed.rules[0].combinations  # type: ignore[attr-defined]
+    assert (sampled.rules[1].decimals, streamed.rules[1].decimals) == (1, 2)  # type: ignore[attr-defined]
+    assert not streamed.rules[2].tallied  # type: ignore[attr-defined]  # a hash per row: dropped
+    assert streamed.violations(table) == dict.fromkeys(streamed.violations(table), 0)
+
+    repeated = replaced(table, "id", pa.array([*table.column("id").to_pylist()[:599], "o0"]))
+    with pytest.raises(DatasetError, match=r"constraints\.2: 2 real row\(s\) repeat a value of id$"):
+        _streamed_fit(repeated, items, 400)
+    negative = replaced(table, "price", pa.array(np.where(np.arange(rows) == 590, -1.0, price)))
+    negative = replaced(negative, "total", pa.array(np.where(np.arange(rows) == 590, 0.0, price + 1)))
+    with pytest.raises(DatasetError, match=r"inequality.*: 1 of the 600 real rows break it$"):
+        _streamed_fit(negative, items, 400)
+    lost = replaced(table, "low", pa.array(np.where(np.arange(rows) == 580, np.nan, 0.0), from_pandas=True))
+    with pytest.raises(DatasetError, match=r"1 real row\(s\) have price but no low"):
+        _streamed_fit(lost, items, 400)

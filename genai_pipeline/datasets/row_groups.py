@@ -11,8 +11,8 @@ outside the sample is missed), and the training loop reads shuffled row groups
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,9 @@ class RowGroups:
     rel: str
     #: rows per row group, from the footer
     sizes: tuple[int, ...]
+    #: what each row group read becomes (the job's constraints rewrite the rows the model learns:
+    #: :meth:`mapped`); None: the rows as staged
+    transform: Callable[[pa.Table], pa.Table] | None = None
 
     @classmethod
     def of(cls, storage: Storage, rel: str) -> RowGroups:
@@ -87,11 +90,15 @@ class RowGroups:
     def rows(self) -> int:
         return sum(self.sizes)
 
+    def mapped(self, transform: Callable[[pa.Table], pa.Table]) -> RowGroups:
+        """The same row groups, each read made ``transform``'s table (the row count kept)."""
+        return replace(self, transform=transform)
+
     def read(self, group: int) -> pa.Table:
         """The rows of row group ``group``."""
         with self.storage.open_read(self.rel) as handle:
-            table = pq.ParquetFile(handle).read_row_group(group)
-        return table.replace_schema_metadata(None)
+            table = pq.ParquetFile(handle).read_row_group(group).replace_schema_metadata(None)
+        return table if self.transform is None else self.transform(table)
 
     def each(self) -> Iterator[pa.Table]:
         """Every row group in order, one read at a time."""

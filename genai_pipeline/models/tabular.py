@@ -373,28 +373,39 @@ class TabularSynthesizer(Synthesizer):
         """The family's training (:meth:`fit_family`) on the table as the job's constraints
         rewrite it; the text columns' models are trained in :meth:`prepare` and reported with it."""
         self.text_reports = {}
+        streamed = isinstance(data, TabularData) and data.stream is not None
+        if streamed and (not self.streams or train.privacy is not None):
+            raise ConfigError(f"train.in_memory_rows: the {self.name} trains on rows held in memory here")
+        data = self._constrained(data, private=train.privacy is not None)
         if isinstance(data, TabularData) and data.stream is not None:
-            if not self.streams or train.privacy is not None or data.constraints:
-                raise ConfigError(f"train.in_memory_rows: the {self.name} trains on rows held in memory here")
             roles = data.roles if data.roles is not None else column_roles(data.table, {}, data.label)
             data = replace(data, facts=data.stream.facts(roles))  # the pass over every row
-        data = self._constrained(data, private=train.privacy is not None)
         report = self.fit_family(_padded(data), train, checkpoints)
         report.text = self.text_reports or None
         return report
 
     def _constrained(self, data: Dataset, *, private: bool = False) -> Dataset:
-        """``data`` as the model learns it under its constraints (fitted on its rows here)."""
+        """``data`` as the model learns it under its constraints (fitted on its rows here: on
+        every row of a table streamed from row groups, whose reads they then rewrite)."""
         self.constraints = Constraints(data.constraints if isinstance(data, TabularData) else ())
         if not isinstance(data, TabularData) or not self.constraints:
             return data
         roles = data.roles if data.roles is not None else column_roles(data.table, {}, data.label)
-        self.constraints.fit(data.table, roles, data.protection.threshold, data.label, private=private)
+        stream = data.stream
+        self.constraints.fit(
+            data.table,
+            roles,
+            data.protection.threshold,
+            data.label,
+            private=private,
+            every=stream.each if stream is not None else None,
+        )
         return replace(
             data,
             table=self.constraints.forward(data.table),
             roles=self.constraints.roles(roles),
             constraints=(),
+            stream=stream.mapped(self.constraints.forward) if stream is not None else None,
         )
 
     @abstractmethod
