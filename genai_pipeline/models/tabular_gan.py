@@ -44,6 +44,7 @@ from genai_pipeline.models.tabular import (
 )
 from genai_pipeline.privacy.dp import dp_counts
 from genai_pipeline.training import (
+    STREAM_ENCODE_ROWS,
     CheckpointStore,
     FitReport,
     StreamedRows,
@@ -54,6 +55,7 @@ from genai_pipeline.training import (
     frozen_copy,
     maybe_compile,
     private_step,
+    row_count,
     to_device,
     update_ema,
 )
@@ -331,25 +333,35 @@ class TabularGAN(TabularSynthesizer):
         (``train.in_memory_rows``) are counted in one pass, and each step draws its real rows
         from its own batch (:class:`RowIndex`)."""
         config = self.config
-        x_np, cond_np = self.prepare(data, train, checkpoints=checkpoints)
-        held = matrix_tensors(x_np, cond_np)  # a sample's, when the rows are streamed
-        streamed = self.training_rows(data, train, matrix_tensors, held, holds_out=False)
-        private = self.plan.sgd(train, rows=len(x_np)) if self.plan is not None else None
+        # the rows' tensors, or where they are streamed a sample's, not kept
+        tensors = self.training_rows(
+            data,
+            train,
+            matrix_tensors,
+            matrix_tensors(*self.prepare(data, train, checkpoints=checkpoints)),
+            holds_out=False,
+        )
+        count = row_count(tensors)
+        private = self.plan.sgd(train, rows=count) if self.plan is not None else None
         pac = config.pac if private is None else 1
-        if min(train.batch_size, len(x_np)) < pac:
+        if min(train.batch_size, count) < pac:
             raise ConfigError(
                 f"train.batch_size: the {NAME}'s critic judges pac={pac} rows at once; "
-                f"batches of {min(train.batch_size, len(x_np))} rows are too small"
+                f"batches of {min(train.batch_size, count)} rows are too small"
             )
         sampler, spans, reveal = self.sampler, self.encoder.spans, self.reveal
-        if isinstance(streamed, StreamedRows):
+        if isinstance(tensors, StreamedRows):
             every: RowIndex | None = None
-            parts = (tuple(to_device(t, self.device) for t in part) for part in streamed.each())
-            sampler.fit(_with_labels(part) for part in parts)
+            sampler.fit(  # a slice at a time: the categories of a whole row group took ~170 MB
+                _with_labels(
+                    tuple(to_device(t[start : start + STREAM_ENCODE_ROWS], self.device) for t in part)
+                )
+                for part in tensors.each()
+                for start in range(0, len(part[0]), STREAM_ENCODE_ROWS)
+            )
         else:
-            labels = None if cond_np is None else torch.from_numpy(cond_np).to(self.device)
-            every = RowIndex(sampler, torch.from_numpy(x_np).to(self.device), labels)
-            sampler.fit([(every.x, labels)])
+            every = RowIndex(sampler, *_with_labels(tuple(to_device(t, self.device) for t in tensors)))
+            sampler.fit([(every.x, every.labels)])
         if self.plan is not None:  # the category counts are a release: a row adds one in each span
             counts = dp_counts(sampler.counts.cpu().numpy(), self.plan.statistics, len(sampler.choices))
             sampler.counts.copy_(torch.from_numpy(counts))
@@ -462,12 +474,8 @@ class TabularGAN(TabularSynthesizer):
             update_ema(self.ema, self.generator, opt_g, config.ema_decay)
             return {**logged, "g_loss": g_loss.detach()}
 
-        if isinstance(streamed, StreamedRows):
-            tensors: Tensors | StreamedRows = streamed
-        elif private is not None:  # Poisson batches carry their labels
-            tensors = held
-        else:
-            tensors = held[:1]
+        if not isinstance(tensors, StreamedRows) and private is None:
+            tensors = tensors[:1]  # the loop's batches only count the rows: the labels are every's
         return fit_loop(
             name=NAME,
             # with privacy the released category counts go into the checkpoint: a resumed fit
