@@ -44,6 +44,7 @@ from genai_pipeline.columns import (
     encoded_as,
     from_float,
     is_numeric,
+    row_hashes,
     schema_from_text,
     schema_to_text,
     value_type,
@@ -1379,13 +1380,11 @@ def _unrepeated(table: pa.Table, names: Sequence[str]) -> np.ndarray:
 
 
 def _row_hashes(table: pa.Table, names: Sequence[str]) -> np.ndarray:
-    """A 64-bit hash of each row's values of ``names``, the rows with a null among them left out
-    (they repeat none, as in SQL): rows that repeat one another hash alike."""
-    import pandas as pd
-
-    frame = pa.table([dense(table.column(name)) for name in names], names=[str(i) for i in range(len(names))])
-    frame = frame.to_pandas()
-    return pd.util.hash_pandas_object(frame[frame.notna().all(axis=1)], index=False).to_numpy()
+    """:func:`row_hashes` of the rows without a null among ``names`` (they repeat none, as in SQL)."""
+    nulls = np.zeros(table.num_rows, dtype=bool)
+    for name in names:
+        nulls |= dense(table.column(name)).is_null().to_numpy(zero_copy_only=False)
+    return row_hashes(table.filter(pa.array(~nulls)), names)
 
 
 class CustomRule:

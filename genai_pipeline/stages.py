@@ -395,6 +395,7 @@ def fitted_constraints(data: TabularData, job: JobSpec) -> Constraints:
             data.protection.threshold,
             data.label,
             private=job.train.privacy is not None,
+            every=data.stream.each if data.stream is not None else None,
         )
     return constraints
 
@@ -435,15 +436,32 @@ def _streamed_rows(run: Run, dataset: DatasetRef, workspace: Storage, streams: b
             groups.rows,
         )
         return None
-    roles = _roles(dataset)
     log.info(
         "training on %d rows streamed from %d row groups, the encoder fitted on a sample of %d",
         groups.rows,
         len(groups.sizes),
         min(FIT_SAMPLE_ROWS, groups.rows),
     )
-    sample = TabularData(groups.sample(FIT_SAMPLE_ROWS, train.seed), dataset.label)
-    return replace(learnable(sample, roles, run.job, _holdout_rows(dataset, workspace)), stream=groups)
+    return _sample_of(run, dataset, workspace, groups)
+
+
+def _sample_of(run: Run, dataset: DatasetRef, workspace: Storage, groups: RowGroups) -> TabularData:
+    """The seeded sample of a streamed table's rows (``train.seed``: training's and validation's
+    are the same rows), with its row groups (``stream``) for the passes over every row."""
+    sample = TabularData(groups.sample(FIT_SAMPLE_ROWS, run.job.train.seed), dataset.label)
+    return replace(
+        learnable(sample, _roles(dataset), run.job, _holdout_rows(dataset, workspace)), stream=groups
+    )
+
+
+def _validation_rows(run: Run, dataset: DatasetRef, workspace: Storage, model: ModelRef | None) -> Dataset:
+    """The training rows the output is judged against: all of them, or where the model trained
+    on them streamed (``model.fit.streamed``), the sample it was fitted on with their row groups:
+    the metrics are the sample's, and exact copies, rare values and the constraints' checks are
+    looked for in every row group, so that validation's memory is as flat in the rows as training's."""
+    if model is not None and model.fit.get("streamed"):
+        return _sample_of(run, dataset, workspace, RowGroups.of(workspace, dataset.snapshot))
+    return _read_training_rows(run, dataset, workspace)
 
 
 def _check_schema(run: Run, schema: dict[str, Any], workspace: Storage) -> None:
@@ -819,7 +837,7 @@ def validate(
         raise ValueError("validate: the model is needed to judge the privacy budget it spent (model=)")
     quality = run.staged(run.quality)
     conditions = model_conditions(job)
-    real = _read_training_rows(run, dataset, workspace)  # a table's holdout comes with it (unseen)
+    real = _validation_rows(run, dataset, workspace, model)  # a table's holdout comes with it (unseen)
     holdout = (
         read_snapshot(workspace, dataset.holdout, dataset.label)
         if dataset.holdout and isinstance(real, ImageData)
@@ -863,6 +881,7 @@ def validate(
                 seed=job.generate_seed,
                 max_pairs=spec.max_pairs,
                 rebalance=job.generate.rebalance,
+                every=real.stream.each if real.stream is not None else None,
                 privacy=TablePrivacy(
                     roles=real.roles or {},
                     protection=real.protection,

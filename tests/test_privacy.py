@@ -312,3 +312,35 @@ def test_the_sensitive_column_must_be_one_the_model_learns(tmp_path: Path) -> No
         job = tiny_job(str(source), "vae", str(tmp_path / "out"), validate={"sensitive": sensitive})
         with pytest.raises(DatasetError, match=message):
             stages.ingest(Run(job=job, run_date="2026-04-05"))
+
+
+def test_rare_values_and_copies_are_found_in_every_row_group_not_only_the_sample() -> None:
+    """Issue 19: validation of a table streamed from row groups judges the metrics on a sample,
+    but a rare real value or a copy of a real row is looked for in every row group."""
+    from genai_pipeline.privacy.protection import Protection
+    from genai_pipeline.privacy.roles import ColumnRole
+    from genai_pipeline.quality.privacy import rare_real_values
+
+    rows = 1000
+    rng = np.random.default_rng(0)
+    colour = np.array(["red", "blue"] * (rows // 2), dtype=object)
+    colour[900] = "violet"  # held by one row, past the sample
+    amount = rng.normal(100, 10, rows)
+    amount[950] = 1e6  # beyond the protected tail, past the sample
+    real = pa.table({"id": [f"u{i:04d}" for i in range(rows)], "colour": colour, "amount": amount})
+    sample, groups = real.slice(0, 500), [real.slice(start, 100) for start in range(0, rows, 100)]
+    drawn = pa.table(
+        {
+            "id": ["u0950", "n1", "n2", "n3"],
+            "colour": ["violet", "red", "blue", "red"],
+            "amount": [100.0, 1e6, 101.0, 99.0],
+        }
+    )
+    copied = pa.concat_tables([drawn, real.slice(800, 1)])  # a copy of a row past the sample
+    options: dict[str, Any] = {"protection": Protection(min_rows=5), "roles": {"id": ColumnRole("id")}}
+    whole = rare_real_values(real, None, copied, **options)
+    assert whole == ({"id": 2, "colour": 1, "amount": 1}, 0.6)
+    assert rare_real_values(sample, None, copied, every=iter(groups), **options) == whole
+    assert rare_real_values(sample, None, copied, **options)[0] == {"id": 0, "colour": 0, "amount": 0}
+    assert new_row_share(sample, copied, every=iter(groups)) == new_row_share(real, copied) == 0.8
+    assert new_row_share(sample, copied) == 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -283,3 +285,30 @@ def test_a_family_that_cannot_stream_is_refused_rather_than_given_a_sample(tmp_p
         ConfigError, match="train.in_memory_rows: the tabular GAN trains on rows held in memory here"
     ):
         model.fit(data, TrainSpec(epochs=1), None)
+
+
+def test_validating_a_streamed_run_finds_copies_of_rows_its_sample_does_not_hold(
+    tmp_path: Path, small_groups: None
+) -> None:
+    """Validation judges a streamed run's metrics on the training sample (150 of 276 rows here),
+    but copies of real rows are looked for in every row group: an output of real rows from past
+    the sample is all copies, and the gate fails."""
+    run = _job(tmp_path, "autoregressive")
+    dataset = stages.ingest(run)
+    model = stages.train(run, dataset=dataset)
+    generated = stages.generate(run, model=model, dataset=dataset)
+    workspace = run.workspace()
+    groups = RowGroups.of(workspace, dataset.snapshot)
+    sample = {json.dumps(row) for row in groups.sample(150, run.job.train.seed).to_pylist()}
+    every = pa.concat_tables(groups.each())
+    beyond = every.filter(pa.array([json.dumps(row) not in sample for row in every.to_pylist()]))
+    storage = run.storage()
+    schema = pq.read_schema(storage.path(generated.data_file))
+    copies = beyond.select(schema.names).cast(schema).slice(0, 100)
+    pq.write_table(copies, storage.path(generated.data_file))
+    verdict = stages.validate(
+        run, dataset=dataset, generated=replace(generated, num_samples=100), model=model
+    )
+    shares = {row["metric"]: row["value"] for row in verdict.metrics if row["scope"] == "table"}
+    assert shares["new_row_share"] == 0.0  # every row a copy of a real one outside the sample
+    assert not verdict.passed

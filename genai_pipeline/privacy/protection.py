@@ -87,6 +87,24 @@ class ProtectedNumbers:
     probs: np.ndarray
 
 
+def protected_range(
+    smallest: np.ndarray, largest: np.ndarray, n: int, k: int, quantum: float = 0.0
+) -> tuple[float, float]:
+    """``(low, high)``: the range protection keeps of ``n`` numbers (at least ``k``), each end the
+    mean of the ``k`` values next to the ``k - 1`` most extreme (the mean of all of them when they
+    are fewer than ``2k``), narrowed to multiples of ``quantum``. It reads only their ``2k - 1``
+    smallest and largest (``smallest``, ``largest``: ascending), so a table read a row group at a
+    time needs to keep only those."""
+    if n < 2 * k:  # too few for two protected tails: one aggregate of all of them (all in smallest)
+        low = high = float(smallest.mean())
+    else:
+        low, high = float(smallest[k - 1 : 2 * k - 1].mean()), float(largest[:k].mean())
+    if quantum > 0:
+        inner = np.ceil(low / quantum) * quantum, np.floor(high / quantum) * quantum
+        low, high = inner if inner[0] <= inner[1] else (np.round(low / quantum) * quantum,) * 2
+    return low, high
+
+
 def protect_numbers(
     values: np.ndarray, threshold: int, max_knots: int, quantum: float = 0.0
 ) -> ProtectedNumbers | None:
@@ -100,13 +118,7 @@ def protect_numbers(
     n, k = len(ordered), threshold
     if n < k:
         return None
-    if n < 2 * k:  # too few for two protected tails: one aggregate of all of them
-        low = high = float(ordered.mean())
-    else:
-        low, high = float(ordered[k - 1 : 2 * k - 1].mean()), float(ordered[n - 2 * k + 1 : n - k + 1].mean())
-    if quantum > 0:
-        inner = np.ceil(low / quantum) * quantum, np.floor(high / quantum) * quantum
-        low, high = inner if inner[0] <= inner[1] else (np.round(low / quantum) * quantum,) * 2
+    low, high = protected_range(ordered[: 2 * k - 1], ordered[max(n - 2 * k + 1, 0) :], n, k, quantum)
     clipped = np.clip(ordered, low, high)
     size = max(k, -(-n // max_knots))
     starts = np.arange(0, n - size + 1, size)  # the last block also takes the remainder

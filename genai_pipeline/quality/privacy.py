@@ -16,8 +16,9 @@ dominates by its units, and the all-pairs distances run as matrix products.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +26,7 @@ import pyarrow.compute as pc
 import torch
 
 from genai_pipeline.columns import dense, is_numeric, quantum, to_float
-from genai_pipeline.privacy.protection import Protection, protect_numbers
+from genai_pipeline.privacy.protection import Protection, protected_range
 from genai_pipeline.privacy.roles import ColumnRole
 from genai_pipeline.quality.neighbours import nearest
 from genai_pipeline.quality.tabular import top_categories
@@ -168,21 +169,63 @@ def privacy_scores(
 DISCRETE_NUMBERS = 20
 
 
-def _rare_values(column: pa.Array, threshold: int) -> pa.Array:
-    """The values fewer than ``threshold`` rows of ``column`` hold."""
-    counts = pc.value_counts(column.drop_null())
-    return counts.field("values").filter(pc.less(counts.field("counts"), threshold))
+def _extreme(values: np.ndarray, keep: int) -> np.ndarray:
+    """The ``keep`` smallest of ``values`` (unordered)."""
+    return values if len(values) <= keep else np.partition(values, keep - 1)[:keep]
 
 
-def _outside_tails(column: pa.Array, threshold: int) -> np.ndarray:
-    """The values of a numeric column (as floats) that protection clips away: beyond its protected
-    tails, or all of them when there are too few to learn any."""
-    values = to_float(column)
-    values = values[~np.isnan(values)]
-    protected = protect_numbers(values, threshold, max_knots=2, quantum=quantum(column.type))
-    if protected is None:
-        return np.unique(values)
-    return np.unique(values[(values < protected.low) | (values > protected.high)])
+@dataclass
+class _RealColumn:
+    """One column's real values as :func:`rare_real_values` judges them, taken a part (a row
+    group) at a time in memory bounded by the synthetic values checked (``drawn``: the synthetic
+    column's distinct values, floats for a number), not by the real rows: how many real rows hold
+    each of them; of a number, whether it has more than :data:`DISCRETE_NUMBERS` values, and its
+    ``keep`` (2k - 1) smallest and largest, which are all its protected tails depend on
+    (:func:`protected_range`)."""
+
+    drawn: pa.Array
+    keep: int
+    numeric: bool
+    held: dict[Any, int] = field(default_factory=dict)
+    distinct: set[float] = field(default_factory=set)
+    smallest: np.ndarray = field(default_factory=lambda: np.empty(0))
+    largest: np.ndarray = field(default_factory=lambda: np.empty(0))
+    rows: int = 0  # the numbers' present values
+
+    def add(self, column: pa.Array) -> None:
+        if self.numeric:
+            values = to_float(column)
+            values = values[~np.isnan(values)]
+            self.rows += len(values)
+            if len(self.distinct) <= DISCRETE_NUMBERS:  # each part's first few: enough to know "more"
+                self.distinct.update(np.unique(values)[: DISCRETE_NUMBERS + 1].tolist())
+            self.smallest = np.sort(np.concatenate([self.smallest, _extreme(values, self.keep)]))[: self.keep]
+            largest = -_extreme(-values, self.keep)
+            self.largest = np.sort(np.concatenate([self.largest, largest]))[-self.keep :]
+            column = pa.array(values, pa.float64())
+        column = column.drop_null()
+        inside = column.filter(pc.is_in(column, value_set=self.drawn.cast(column.type)))
+        tallied = pc.value_counts(inside)
+        for value, count in zip(tallied.field(0).to_pylist(), tallied.field(1).to_pylist(), strict=True):
+            self.held[value] = self.held.get(value, 0) + count
+
+    def continuous(self, role: str | None) -> bool:
+        """A number learned as one (not value by value): declared so, or of many values."""
+        return role == "numeric" or (role != "category" and len(self.distinct) > DISCRETE_NUMBERS)
+
+    def rare(self, threshold: int, tails: float | None) -> pa.Array:
+        """The drawn values that are real ones fewer than ``threshold`` rows hold or, with
+        ``tails`` (a number learned as one: its decoding quantum), real ones beyond its
+        protected tails, or any real one when there are too few to learn any."""
+        if tails is None:
+            rare = [value for value, count in self.held.items() if count < threshold]
+            return pa.array(rare, self.drawn.type if not self.numeric else pa.float64())
+        if self.rows < threshold:
+            beyond = self.smallest  # all of them: fewer than k, so among the smallest
+        else:
+            low, high = protected_range(self.smallest, self.largest, self.rows, threshold, tails)
+            beyond = np.concatenate([self.smallest[self.smallest < low], self.largest[self.largest > high]])
+        return pa.array(np.unique(beyond), pa.float64())
 
 
 def rare_real_values(
@@ -193,6 +236,7 @@ def rare_real_values(
     protection: Protection,
     roles: Mapping[str, ColumnRole],
     private: bool = False,
+    every: Iterable[pa.Table] | None = None,
 ) -> tuple[dict[str, int], float]:
     """``({column: count}, share of rows)``: synthetic values that are real ones no model may emit.
     In a learned column, a value fewer than ``min_rows`` training rows hold (a category) or one
@@ -200,35 +244,38 @@ def rare_real_values(
     real rows hold, holdout included (identifiers: any real one). Zero by construction: this is
     the check that construction held, against the real rows themselves. ``private`` (a model
     trained with differential privacy): learned numbers are not checked, being drawn from a DP
-    distribution over DP bounds, where any whole number may come out without revealing a row."""
-    found: dict[str, int] = {}
-    hit = np.zeros(synthetic.num_rows, dtype=bool)
+    distribution over DP bounds, where any whole number may come out without revealing a row.
+    ``every``: where ``train`` is a sample of a table read a row group at a time, those row
+    groups: every real row is counted, a row group at a time."""
+    columns: dict[str, tuple[_RealColumn, int, bool]] = {}
     for name in synthetic.column_names:
         role = roles.get(name)
         fresh = role is not None and role.fresh
         threshold = protection.min_rows if fresh else protection.threshold
         if name not in train.column_names or threshold <= 1:
             continue
-        real = dense(train.column(name))
-        if fresh and holdout is not None and name in holdout.column_names:
-            real = pa.concat_arrays([real, dense(holdout.column(name)).cast(real.type)])
-        column = dense(synthetic.column(name))
-        if private and is_numeric(real.type) and not fresh:
+        numeric = is_numeric(train.schema.field(name).type)
+        if private and numeric and not fresh:
             continue
-        if is_numeric(real.type):
-            wanted = role.role if role is not None else None
-            continuous = wanted == "numeric" or (
-                wanted != "category" and len(pc.unique(real.drop_null())) > DISCRETE_NUMBERS
-            )
-            numbers = (
-                _outside_tails(real, threshold)
-                if continuous and not fresh
-                else to_float(_rare_values(real, threshold))
-            )
-            column, rare = pa.array(to_float(column)), pa.array(numbers, pa.float64())
-        else:
-            rare = _rare_values(real, threshold)
-        mask = pc.fill_null(pc.is_in(column, value_set=rare), False).to_numpy(zero_copy_only=False)
+        column = dense(synthetic.column(name))
+        drawn = pc.unique(pa.array(to_float(column)) if numeric else column.drop_null())
+        columns[name] = (_RealColumn(drawn.drop_null(), 2 * threshold - 1, numeric), threshold, fresh)
+    for part in every if every is not None else (train,):
+        for name, (real, _, _) in columns.items():
+            real.add(dense(part.column(name)))
+    found: dict[str, int] = {}
+    hit = np.zeros(synthetic.num_rows, dtype=bool)
+    for name, (real, threshold, fresh) in columns.items():
+        if fresh and holdout is not None and name in holdout.column_names:
+            real.add(dense(holdout.column(name)).cast(train.schema.field(name).type))
+        role = roles.get(name)
+        tails = real.numeric and not fresh and real.continuous(role.role if role is not None else None)
+        rare = real.rare(threshold, quantum(train.schema.field(name).type) if tails else None)
+        column = dense(synthetic.column(name))
+        column = pa.array(to_float(column)) if real.numeric else column
+        mask = pc.fill_null(pc.is_in(column, value_set=rare.cast(column.type)), False).to_numpy(
+            zero_copy_only=False
+        )
         found[name] = int(mask.sum())
         hit |= mask
     return found, float(hit.mean()) if len(hit) else 0.0

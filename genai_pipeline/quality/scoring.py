@@ -10,7 +10,7 @@ score any two tables with them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,6 +165,7 @@ def score_tables(
     max_pairs: int = 1_000,
     privacy: TablePrivacy | None = None,
     rebalance: Mapping[str, Mapping[Any, float]] | None = None,
+    every: Callable[[], Iterable[pa.Table]] | None = None,
 ) -> dict[str, Any]:
     """Fidelity, privacy and utility of a table run. ``target`` is the label/target column (the
     utility model's), ``per_label`` whether the run fixed its counts per label, ``rebalance`` the
@@ -172,8 +173,10 @@ def score_tables(
     drawn to those shares, :func:`rebalanced_reference`, without that column's own); pair trends are
     scored on at most ``max_pairs`` pairs (a seeded sample beyond). Columns made fresh, and text,
     are left out of the value-by-value metrics (``privacy``); every column is checked for real
-    values fewer than ``min_rows`` rows hold. Returns the real (as they may be shown) and synthetic
-    columns that were compared, as the report charts them."""
+    values fewer than ``min_rows`` rows hold. ``every``: where ``real`` is a sample of a table read
+    a row group at a time, those row groups, in which copies of real rows and rare real values are
+    looked for (the other metrics are the sample's). Returns the real (as they may be shown) and
+    synthetic columns that were compared, as the report charts them."""
     privacy = privacy or TablePrivacy()
     learned = privacy.learned(real.column_names)
     real_all, synthetic_all = real, synthetic
@@ -190,14 +193,14 @@ def score_tables(
     for name in compared:
         for metric, value in column_coverage(reference.column(name), synthetic.column(name)).items():
             rows.add("column", name, metric, value)
-    rows.add("table", None, "new_row_share", new_row_share(real, synthetic))
+    rows.add("table", None, "new_row_share", new_row_share(real, synthetic, every() if every else None))
     pairs = scored_pairs(column_pairs(reference.select(compared), synthetic), max_pairs, seed)
     trends = pair_trend_details(reference.select(compared), synthetic.slice(0, PAIR_TREND_ROWS), pairs=pairs)
     for (first, second), trend in trends.items():
         rows.add("pair", f"{first} × {second}", "pair_trend", trend.score)
     if trends:
         rows.add("table", None, "pair_trends", overall_pair_trend(trends))
-    _privacy_by_construction(rows, privacy, real_all, holdout, synthetic_all)
+    _privacy_by_construction(rows, privacy, real_all, holdout, synthetic_all, every() if every else None)
     charts: dict[str, Any] = {
         "real": privacy.shown(reference).select(compared),
         "synthetic": synthetic.select(compared),
@@ -328,7 +331,12 @@ def _attacks(
 
 
 def _privacy_by_construction(
-    rows: MetricRows, privacy: TablePrivacy, real: pa.Table, holdout: pa.Table | None, synthetic: pa.Table
+    rows: MetricRows,
+    privacy: TablePrivacy,
+    real: pa.Table,
+    holdout: pa.Table | None,
+    synthetic: pa.Table,
+    every: Iterable[pa.Table] | None,
 ) -> None:
     """How many values protection kept from the model (per column, and in all), how unique the
     columns made fresh came out, and how many synthetic values are real ones fewer than
@@ -347,6 +355,7 @@ def _privacy_by_construction(
         protection=privacy.protection,
         roles=privacy.roles,
         private=privacy.private,
+        every=every,
     )
     for name, count in found.items():
         if count:  # a column's row only where construction failed: the table's share is always there

@@ -7,7 +7,7 @@ categorical ones, over non-null values (null rates are checked separately by the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from scipy.stats import ks_2samp
 from scipy.stats.contingency import association
 
-from genai_pipeline.columns import dense, is_numeric, to_float
+from genai_pipeline.columns import dense, is_numeric, row_hashes, to_float
 
 
 def _values(column: pa.ChunkedArray) -> pa.Array:
@@ -74,29 +74,20 @@ def column_coverage(real: pa.ChunkedArray, synthetic: pa.ChunkedArray) -> dict[s
     return scores
 
 
-def new_row_share(real: pa.Table, synthetic: pa.Table) -> float:
+def new_row_share(real: pa.Table, synthetic: pa.Table, every: Iterable[pa.Table] | None = None) -> float:
     """SDMetrics' NewRowSynthesis: the share of synthetic rows that are not a copy of a real row
     (all columns equal, nulls included). A model that memorises its training rows scores near 0;
-    rows without a compared column (every column made fresh) copy nothing."""
+    rows without a compared column (every column made fresh) copy nothing. ``every``: where
+    ``real`` is a sample of a table read a row group at a time, those row groups (of its columns
+    or more): a copy of any row of theirs is found, not only of the sample's."""
     columns = [name for name in real.column_names if name in synthetic.column_names]
     if synthetic.num_rows == 0 or not columns:
         return 1.0
-
-    def hashes(table: pa.Table) -> np.ndarray:
-        """Row hashes of the columns as text (null as its own marker): through pandas, an integer
-        column with nulls becomes float64 on one side and stays int64 on the other, and copies
-        no longer hash alike."""
-        frame = pd.DataFrame(
-            {
-                name: pc.fill_null(pc.cast(dense(table.column(name)), pa.string()), "\x00null").to_numpy(
-                    zero_copy_only=False
-                )
-                for name in columns
-            }
-        )
-        return pd.util.hash_pandas_object(frame, index=False).to_numpy()
-
-    return float(1 - np.isin(hashes(synthetic.cast(real.select(columns).schema)), hashes(real)).mean())
+    drawn = row_hashes(synthetic.cast(real.select(columns).schema), columns)
+    copied = np.zeros(len(drawn), dtype=bool)
+    for part in every if every is not None else (real,):
+        copied |= np.isin(drawn, row_hashes(part, columns))
+    return float(1 - copied.mean())
 
 
 def _null_share(column: pa.ChunkedArray) -> float:
