@@ -389,6 +389,11 @@ class Rule(ABC):
         """How many of the real ``table``'s rows break the rule."""
         return int((~self.holds(table)).sum())
 
+    def check_rows(self, table: pa.Table) -> None:
+        """Fail naming what in the real ``table``'s rows the rule cannot learn from (nothing by
+        default); called on every row group of a streamed table, as :meth:`broken` is."""
+        return
+
     def roles(self, roles: dict[str, ColumnRole]) -> dict[str, ColumnRole]:
         """The roles of the model's table: those of the columns it does not learn as they are gone
         (a rule that adds a column of a role of its own adds that)."""
@@ -638,9 +643,9 @@ class Bounds(Rule):
                     scale = self.scales.get(name, 1)
                     self.ranges[name] = [kept.low * scale, kept.high * scale]
 
-    def broken(self, table: pa.Table) -> int:
-        """Also fails naming a step whose target a real row has without its base (which the
-        target is learned from), so that a streamed table is checked in every row group."""
+    def check_rows(self, table: pa.Table) -> None:
+        """Fails naming a step whose target a real row has without its base (which the target
+        is learned from)."""
         for step in self.steps:
             if step.base is None:
                 continue
@@ -650,7 +655,6 @@ class Bounds(Rule):
                     f"{self.where} ({step.text()}): {lost} real row(s) have {step.target} but no "
                     f"{step.base}, which it is learned from"
                 )
-        return super().broken(table)
 
     def _bound(self, index: int, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """``(bound, nulls)``: the least (or most) step ``index``'s target may be, per row."""
@@ -1589,6 +1593,7 @@ class Constraints:
         for part in every() if every is not None else (table,):
             rows += part.num_rows
             for rule in self.rules:
+                rule.check_rows(part)
                 broken[rule] += rule.broken(part)
         for rule, count in broken.items():
             if count:
