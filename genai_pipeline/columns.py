@@ -58,19 +58,26 @@ def dense(column: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 def row_hashes(table: pa.Table, names: Sequence[str]) -> np.ndarray:
     """A 64-bit hash of each row's values of ``names``, as text (null as its own marker): rows
-    alike hash alike whatever their table. Through pandas' own types, an integer column with
-    nulls becomes float64 in one table and stays int64 in another, and copies would not."""
+    alike hash alike whatever their table. As text, because an integer column with nulls is
+    float64 in one table's pandas frame and int64 in another's, and copies would hash apart.
+    Each column's distinct texts are hashed once (``pd.util.hash_array``) and taken per row by
+    their dictionary index: no Python string per row."""
     import pandas as pd
 
-    frame = pd.DataFrame(
-        {
-            str(at): pc.fill_null(pc.cast(dense(table.column(name)), pa.string()), "\x00null").to_numpy(
-                zero_copy_only=False
-            )
-            for at, name in enumerate(names)
-        }
-    )
-    return pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    combined = np.zeros(table.num_rows, dtype=np.uint64)
+    for name in names:
+        encoded = pc.dictionary_encode(pc.cast(dense(table.column(name)), pa.string()))
+        texts = np.append(encoded.dictionary.to_numpy(zero_copy_only=False).astype(object), _NULL_TEXT)
+        hashes = pd.util.hash_array(texts)
+        indices = encoded.indices.fill_null(len(texts) - 1).to_numpy(zero_copy_only=False)
+        combined = combined * _FNV_PRIME ^ hashes[indices]
+    return combined
+
+
+#: what a null is hashed as (no value's text starts with a NUL), and the multiplier that combines
+#: a row's column hashes in their order (FNV-1's prime)
+_NULL_TEXT = "\x00null"
+_FNV_PRIME = np.uint64(1099511628211)
 
 
 def to_float(array: pa.Array) -> np.ndarray:
