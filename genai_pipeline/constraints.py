@@ -1370,12 +1370,11 @@ class Unique(Rule):
 def _unrepeated(table: pa.Table, names: Sequence[str]) -> np.ndarray:
     """Per row of ``table``, whether no other row has its values of ``names``; a row with a null
     among them repeats none, as in SQL."""
-    nulls = np.zeros(table.num_rows, dtype=bool)
-    codes = []
-    for name in names:
-        column = dense(table.column(name))
-        nulls |= column.is_null().to_numpy(zero_copy_only=False)
-        codes.append(pc.dictionary_encode(column).indices.fill_null(0).to_numpy(zero_copy_only=False))
+    nulls = _any_null(table, names)
+    codes = [
+        pc.dictionary_encode(dense(table.column(name))).indices.fill_null(0).to_numpy(zero_copy_only=False)
+        for name in names
+    ]
     keys = np.stack(codes, axis=1).reshape(table.num_rows, len(codes))[~nulls]
     _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
     ok = np.ones(table.num_rows, dtype=bool)
@@ -1385,10 +1384,15 @@ def _unrepeated(table: pa.Table, names: Sequence[str]) -> np.ndarray:
 
 def _row_hashes(table: pa.Table, names: Sequence[str]) -> np.ndarray:
     """:func:`row_hashes` of the rows without a null among ``names`` (they repeat none, as in SQL)."""
+    return row_hashes(table.filter(pa.array(~_any_null(table, names))), names)
+
+
+def _any_null(table: pa.Table, names: Sequence[str]) -> np.ndarray:
+    """Per row of ``table``, whether one of ``names`` is null there."""
     nulls = np.zeros(table.num_rows, dtype=bool)
     for name in names:
         nulls |= dense(table.column(name)).is_null().to_numpy(zero_copy_only=False)
-    return row_hashes(table.filter(pa.array(~nulls)), names)
+    return nulls
 
 
 class CustomRule:

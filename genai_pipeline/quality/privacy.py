@@ -247,7 +247,8 @@ def rare_real_values(
     distribution over DP bounds, where any whole number may come out without revealing a row.
     ``every``: where ``train`` is a sample of a table read a row group at a time, those row
     groups: every real row is counted, a row group at a time."""
-    columns: dict[str, tuple[_RealColumn, int, bool]] = {}
+    # per column checked: its real values, the synthetic column (floats for a number), k, fresh
+    columns: dict[str, tuple[_RealColumn, pa.Array, int, bool]] = {}
     for name in synthetic.column_names:
         role = roles.get(name)
         fresh = role is not None and role.fresh
@@ -258,21 +259,20 @@ def rare_real_values(
         if private and numeric and not fresh:
             continue
         column = dense(synthetic.column(name))
-        drawn = pc.unique(pa.array(to_float(column)) if numeric else column.drop_null())
-        columns[name] = (_RealColumn(drawn.drop_null(), 2 * threshold - 1, numeric), threshold, fresh)
+        column = pa.array(to_float(column)) if numeric else column
+        real = _RealColumn(pc.unique(column.drop_null()), 2 * threshold - 1, numeric)
+        columns[name] = (real, column, threshold, fresh)
     for part in every if every is not None else (train,):
-        for name, (real, _, _) in columns.items():
+        for name, (real, *_) in columns.items():
             real.add(dense(part.column(name)))
     found: dict[str, int] = {}
     hit = np.zeros(synthetic.num_rows, dtype=bool)
-    for name, (real, threshold, fresh) in columns.items():
+    for name, (real, column, threshold, fresh) in columns.items():
         if fresh and holdout is not None and name in holdout.column_names:
             real.add(dense(holdout.column(name)).cast(train.schema.field(name).type))
         role = roles.get(name)
         tails = real.numeric and not fresh and real.continuous(role.role if role is not None else None)
         rare = real.rare(threshold, quantum(train.schema.field(name).type) if tails else None)
-        column = dense(synthetic.column(name))
-        column = pa.array(to_float(column)) if real.numeric else column
         mask = pc.fill_null(pc.is_in(column, value_set=rare.cast(column.type)), False).to_numpy(
             zero_copy_only=False
         )
